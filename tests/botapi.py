@@ -1,0 +1,215 @@
+"""A Bot API stand-in on 127.0.0.1: answers sendDocument and sendMessage as the real server does, with
+its size limits and its error replies, and can be told to fail (5xx, 429 with retry_after, 4xx, a reset
+connection, a stall). Tests read what it received."""
+
+import email.parser
+import email.policy
+import json
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAKE_TOKEN = "123456789:fake-token-for-tests-only"
+CHAT_ID = "-100123456789"
+UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
+CAPTION_LIMIT = 1024
+MESSAGE_LIMIT = 4096
+
+
+@dataclass
+class Received:
+    method: str
+    fields: dict[str, str]
+    file_name: str | None = None
+    content: bytes | None = None
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering: an HTTP status with a Bot API error body, `reset`, or `stall`."""
+
+    status: int = 500
+    description: str = "Internal Server Error"
+    retry_after: int | None = None
+    action: str = "reply"  # reply | reset | stall
+    stall_s: float = 0.0
+
+
+@dataclass
+class BotApiState:
+    token: str
+    chats: set[str]
+    upload_limit: int
+    kicked_from: set[str] = field(default_factory=set)
+    received: list[Received] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    next_message_id: int = 1
+
+
+def _error(status: int, description: str, retry_after: int | None = None) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after is not None:
+        body["parameters"] = {"retry_after": retry_after}
+    return status, body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _handle(self) -> None:
+        state = self.server.state
+        length = int(self.headers.get("Content-Length") or 0)
+        path = urllib.parse.urlsplit(self.path).path
+        with state.lock:
+            state.requests.append(path)
+            fault = state.faults.pop(0) if state.faults else None
+        if fault is not None and fault.action == "reset":
+            self.rfile.read(min(length, 64 * 1024))
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if fault is not None and fault.action == "stall":
+            time.sleep(fault.stall_s)
+        if length > state.upload_limit + 64 * 1024:
+            # The real server refuses before reading it all; read it anyway so the client sees the reply.
+            remaining = length
+            while remaining:
+                remaining -= len(self.rfile.read(min(remaining, 1024 * 1024)))
+            self._reply(*_error(413, "Request Entity Too Large"))
+            return
+        body = self.rfile.read(length)
+        if fault is not None and fault.action == "reply":
+            self._reply(*_error(fault.status, fault.description, fault.retry_after))
+            return
+        self._reply(*self._answer(path, body))
+
+    def _answer(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        parts = path.split("/")
+        if len(parts) != 3 or not parts[1].startswith("bot"):
+            return _error(404, "Not Found")
+        token, method = parts[1][3:], parts[2]
+        if token != state.token:
+            return _error(401, "Unauthorized")
+        fields, file_name, content = self._form(body)
+        if method == "getMe":
+            return 200, {"ok": True, "result": {"id": int(token.split(":")[0]), "is_bot": True,
+                                                 "first_name": "Backups", "username": "backup_test_bot"}}
+        if method not in ("sendDocument", "sendMessage"):
+            return _error(404, "Not Found: method not found")
+        chat_id = fields.get("chat_id", "")
+        if not chat_id:
+            return _error(400, "Bad Request: chat_id is empty")
+        if chat_id not in state.chats:
+            return _error(400, "Bad Request: chat not found")
+        if chat_id in state.kicked_from:
+            return _error(403, "Forbidden: bot is not a member of the channel chat")
+        if method == "sendMessage":
+            text = fields.get("text", "")
+            if not text:
+                return _error(400, "Bad Request: message text is empty")
+            if len(text) > MESSAGE_LIMIT:
+                return _error(400, "Bad Request: message is too long")
+        else:
+            if content is None:
+                return _error(400, "Bad Request: there is no document in the request")
+            if not content:
+                return _error(400, "Bad Request: file must be non-empty")
+            if len(content) > state.upload_limit:
+                return _error(413, "Request Entity Too Large")
+            if len(fields.get("caption", "")) > CAPTION_LIMIT:
+                return _error(400, "Bad Request: message caption is too long")
+        with state.lock:
+            state.received.append(Received(method, fields, file_name, content))
+            message_id = state.next_message_id
+            state.next_message_id += 1
+        result: dict[str, Any] = {"message_id": message_id, "date": int(time.time()),
+                                  "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0,
+                                           "type": "channel"}}
+        if method == "sendMessage":
+            result["text"] = fields["text"]
+        else:
+            result["document"] = {"file_name": file_name, "file_id": f"doc{message_id}",
+                                  "file_unique_id": f"u{message_id}", "file_size": len(content or b"")}
+            if fields.get("caption"):
+                result["caption"] = fields["caption"]
+        return 200, {"ok": True, "result": result}
+
+    def _form(self, body: bytes) -> tuple[dict[str, str], str | None, bytes | None]:
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.startswith("application/json"):
+            return {key: str(value) for key, value in json.loads(body or b"{}").items()}, None, None
+        if content_type.startswith("multipart/form-data"):
+            message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            fields: dict[str, str] = {}
+            file_name = content = None
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if part.get_filename() is not None:
+                    file_name, content = part.get_filename(), payload
+                else:
+                    fields[name] = payload.decode("utf-8")
+            return fields, file_name, content
+        return dict(urllib.parse.parse_qsl(body.decode("utf-8"))), None, None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: BotApiState
+
+
+class BotApiStandIn:
+    def __init__(self, token: str = FAKE_TOKEN, chats: set[str] | None = None,
+                 upload_limit: int = UPLOAD_LIMIT_BYTES) -> None:
+        self.state = BotApiState(token=token, chats=chats or {CHAT_ID}, upload_limit=upload_limit)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.state = self.state
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> "BotApiStandIn":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fail_next(self, *faults: Fault) -> None:
+        with self.state.lock:
+            self.state.faults.extend(faults)
+
+    def documents(self) -> list[Received]:
+        return [item for item in self.state.received if item.method == "sendDocument"]
+
+    def messages(self) -> list[Received]:
+        return [item for item in self.state.received if item.method == "sendMessage"]

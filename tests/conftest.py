@@ -1,0 +1,201 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
+
+PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+PG_PORT = os.environ.get("TEST_PG_PORT", "5432")
+PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+
+
+def psql(dbname: str, sql: str) -> str:
+    completed = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER,
+         "-d", dbname, "-c", sql],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+def database_url(dbname: str) -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+
+
+SAMPLE_SCHEMA = r"""
+CREATE TABLE customers (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    email text UNIQUE,
+    balance numeric(12, 2),
+    created timestamptz NOT NULL DEFAULT '2025-12-03 03:00:00+00',
+    notes text,
+    data jsonb,
+    avatar bytea
+);
+CREATE TABLE orders (
+    id bigserial PRIMARY KEY,
+    customer_id integer NOT NULL REFERENCES customers (id),
+    amount numeric(10, 2) NOT NULL,
+    placed date NOT NULL
+);
+CREATE INDEX orders_by_customer ON orders (customer_id);
+CREATE VIEW big_spenders AS SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id;
+INSERT INTO customers (name, email, balance, notes, data, avatar)
+SELECT 'Ünïcødé – 名前 ' || i, 'user' || i || '@example.org', (i * 1.25)::numeric(12, 2),
+       CASE WHEN i % 7 = 0 THEN NULL ELSE E'line one\nline two\ttab \\ backslash ''quote'' ' || md5(i::text) END,
+       jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b', i % 3)),
+       decode(md5(i::text), 'hex')
+FROM generate_series(1, %(rows)s) AS i;
+INSERT INTO orders (customer_id, amount, placed)
+SELECT 1 + (i % %(rows)s), (i % 1000) / 10.0, DATE '2025-01-01' + (i % 365)
+FROM generate_series(1, %(rows)s * 2) AS i;
+"""
+
+FINGERPRINT_SQL = """
+SELECT (SELECT count(*) FROM customers) || ' ' ||
+       (SELECT md5(string_agg(c::text, '|' ORDER BY id)) FROM customers c) || ' ' ||
+       (SELECT count(*) FROM orders) || ' ' ||
+       (SELECT md5(string_agg(o::text, '|' ORDER BY id)) FROM orders o) || ' ' ||
+       (SELECT md5(string_agg(b::text, '|' ORDER BY customer_id)) FROM big_spenders b) || ' ' ||
+       (SELECT last_value FROM customers_id_seq)
+"""
+
+
+def fingerprint(dbname: str) -> str:
+    """A digest of every row, the view and the sequence: equal fingerprints mean equal contents."""
+    return psql(dbname, FINGERPRINT_SQL)
+
+
+@pytest.fixture
+def make_database() -> Iterator:
+    created: list[str] = []
+
+    def make(rows: int = 2000, empty: bool = False) -> str:
+        name = f"tgb_test_{uuid.uuid4().hex[:10]}"
+        psql("postgres", f"CREATE DATABASE {name}")
+        created.append(name)
+        if not empty:
+            psql(name, SAMPLE_SCHEMA.replace("%(rows)s", str(rows)))
+        return name
+
+    yield make
+    for name in created:
+        psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def bot_api() -> Iterator[BotApiStandIn]:
+    with BotApiStandIn() as server:
+        yield server
+
+
+def base_environment(tmp_path: Path, dbname: str, **overrides: str) -> dict[str, str]:
+    """An environment for tgbackupd that reads nothing of this machine's own configuration."""
+    config_file = tmp_path / "config.toml"
+    if not config_file.exists():
+        config_file.write_text("")
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "TGBACKUPD_CONFIG": str(config_file),
+        "DATABASE_URL": database_url(dbname),
+        "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "backups"),
+        "TGBACKUPD_DAEMON_STATE_FILE": str(tmp_path / "state.json"),
+        "TGBACKUPD_DAEMON_SOCKET": str(tmp_path / "control.sock"),
+    }
+    environment.update(overrides)
+    return {name: value for name, value in environment.items() if value is not None}
+
+
+def telegram_environment(bot_api: BotApiStandIn) -> dict[str, str]:
+    return {"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, "TELEGRAM_CHAT_ID": CHAT_ID,
+            "TGBACKUPD_TELEGRAM_API_URL": bot_api.url, "TGBACKUPD_TELEGRAM_RETRIES": "2"}
+
+
+class NotifyListener:
+    """The receiving end of systemd's notify protocol: a datagram socket at NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, wanted: str, timeout: float = 20.0) -> str:
+        """Return the first message with a line starting with `wanted`, reading more as they come."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.messages:
+                if any(line.startswith(wanted) for line in message.splitlines()):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {wanted!r} within {timeout} s; got {self.messages}")
+            self.socket.settimeout(remaining)
+            try:
+                self.messages.append(self.socket.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class DaemonProcess:
+    def __init__(self, environment: dict[str, str], tmp_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.notify = NotifyListener(tmp_path / "notify.sock")
+        self.log_path = tmp_path / "daemon.log"
+        self.socket_path = Path(environment["TGBACKUPD_DAEMON_SOCKET"])
+        environment = {**environment, "NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": "1000000"}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tgbackupd", *extra_args], env=environment,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.environment = environment
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def ctl(self, *args: str, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(self.socket_path), *args],
+            capture_output=True, text=True, timeout=timeout, env={"PATH": os.environ["PATH"]},
+            **popen,  # type: ignore[arg-type]
+        )
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(30)
+        finally:
+            self._log.close()
+            self.notify.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    started: list[DaemonProcess] = []
+
+    def start(environment: dict[str, str], *extra_args: str) -> DaemonProcess:
+        daemon = DaemonProcess(environment, tmp_path, extra_args)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()

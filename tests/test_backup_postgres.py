@@ -1,0 +1,214 @@
+"""One backup against the real PostgreSQL server, restored the way the original guide says."""
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.botapi import CHAT_ID, Fault
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, base_environment, fingerprint, psql, telegram_environment
+from tgbackupd.backup import Backup
+from tgbackupd.config import load_config
+
+pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
+
+
+def restore_as_the_guide_says(backup: Path, workdir: Path, target: str) -> None:
+    """`gunzip x.sql.gz && psql -d target < x.sql`, exactly."""
+    copy = workdir / backup.name
+    shutil.copy(backup, copy)
+    subprocess.run(["gunzip", str(copy)], check=True)
+    sql = copy.with_suffix("")
+    with sql.open("rb") as stream:
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER,
+                        "-d", target], stdin=stream, check=True, capture_output=True)
+
+
+def test_backup_restores_into_a_fresh_database_with_identical_contents(tmp_path, make_database):
+    source = make_database(rows=5000)
+    config = load_config(None, base_environment(tmp_path, source))
+
+    result = Backup(config).run("manual")
+
+    assert result.succeeded, result.error
+    assert result.delivery == "local_only"
+    path = Path(result.path)
+    assert path.parent == tmp_path / "backups"
+    assert path.name.startswith(f"{source}_backup_") and path.name.endswith(".sql.gz")
+    assert result.size_bytes == path.stat().st_size
+    assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == [".tgbackupd.lock", path.name]
+    target = make_database(empty=True)
+    restore_as_the_guide_says(path, tmp_path, target)
+    assert fingerprint(target) == fingerprint(source)
+
+
+def test_backup_is_sent_to_the_chat_with_a_caption_a_person_can_use(tmp_path, make_database, bot_api):
+    source = make_database(rows=500)
+    config = load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
+
+    result = Backup(config).run("scheduled")
+
+    assert result.succeeded and result.delivery == "sent", result.error
+    (document,) = bot_api.documents()
+    assert document.fields["chat_id"] == CHAT_ID
+    assert document.file_name == Path(result.path).name
+    assert document.content == Path(result.path).read_bytes()
+    caption = document.fields["caption"]
+    assert source in caption and result.sha256 in caption and "Size:" in caption and "Took:" in caption
+    assert result.message_id == 1
+    assert gzip.decompress(document.content).startswith(b"--\n-- PostgreSQL database dump")
+
+
+def test_failed_dump_leaves_no_file_and_reports_pg_dumps_own_error_to_the_chat(tmp_path, bot_api):
+    environment = base_environment(tmp_path, "no_such_database_here", **telegram_environment(bot_api))
+    config = load_config(None, environment)
+
+    result = Backup(config).run("scheduled")
+
+    assert not result.succeeded
+    assert 'database "no_such_database_here" does not exist' in result.error
+    assert "pg_dump exited with status 1" in result.error
+    assert [p.name for p in (tmp_path / "backups").iterdir()] == [".tgbackupd.lock"]
+    (notice,) = bot_api.messages()
+    assert "failed" in notice.fields["text"] and "does not exist" in notice.fields["text"]
+    assert bot_api.documents() == []
+
+
+def test_missing_pg_dump_is_a_clear_error(tmp_path, make_database):
+    source = make_database(empty=True)
+    config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP="/nonexistent/pg_dump"))
+
+    result = Backup(config).run("manual")
+
+    assert "/nonexistent/pg_dump was not found: install the PostgreSQL client tools" in result.error
+
+
+def test_backup_over_the_upload_limit_is_kept_and_the_chat_is_told_why(tmp_path, make_database, bot_api):
+    source = make_database(rows=3000)
+    environment = base_environment(tmp_path, source, **telegram_environment(bot_api),
+                                   TGBACKUPD_TELEGRAM_MAX_UPLOAD_MB="1", TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1")
+    psql(source, "CREATE TABLE noise AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS b "
+                 "FROM generate_series(1, 200000)")
+    config = load_config(None, environment)
+
+    result = Backup(config).run("scheduled")
+
+    assert result.delivery == "too_large"
+    assert Path(result.path).exists() and result.size_bytes > 1024 * 1024
+    assert "over the 1 MB upload limit" in result.error
+    assert bot_api.documents() == []
+    (notice,) = bot_api.messages()
+    assert "was not sent" in notice.fields["text"] and result.path in notice.fields["text"]
+
+
+def test_a_413_from_the_server_is_reported_like_the_local_limit(tmp_path, make_database, bot_api):
+    source = make_database(rows=100)
+    config = load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
+    bot_api.state.upload_limit = 100  # a server stricter than telegram.max_upload_mb
+
+    result = Backup(config).run("manual")
+
+    assert result.delivery == "too_large"
+    assert "413" in result.error
+    assert len(bot_api.messages()) == 1
+
+
+def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_database, bot_api):
+    source = make_database(rows=100)
+    config = load_config(None, base_environment(tmp_path, source, **{**telegram_environment(bot_api),
+                                                "TGBACKUPD_TELEGRAM_RETRIES": "3"}))
+    bot_api.fail_next(Fault(502, "Bad Gateway"), Fault(429, "Too Many Requests: retry after 1", retry_after=1))
+
+    began = time.monotonic()
+    result = Backup(config).run("manual")
+
+    assert result.delivery == "sent", result.error
+    assert time.monotonic() - began >= 1.0 + 1.0  # backoff of 1 s after the 502, then retry_after 1 s
+    assert len(bot_api.documents()) == 1
+
+
+def test_rejected_upload_is_not_retried_and_says_what_to_fix(tmp_path, make_database, bot_api):
+    source = make_database(rows=10)
+    environment = base_environment(tmp_path, source, **{**telegram_environment(bot_api),
+                                                        "TELEGRAM_CHAT_ID": "-100999"})
+    config = load_config(None, environment)
+
+    result = Backup(config).run("manual")
+
+    assert result.delivery == "failed"
+    assert "chat -100999 was not found" in result.error and "TELEGRAM_CHAT_ID" in result.error
+    assert Path(result.path).exists()
+    assert len([r for r in bot_api.state.requests if r.endswith("/sendDocument")]) == 1
+
+
+def test_retention_keeps_the_newest_and_never_touches_other_files(tmp_path, make_database):
+    source = make_database(empty=True)
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    old = [directory / f"{source}_backup_2025120{day}_030000.sql.gz" for day in range(1, 6)]
+    for path in old:
+        path.write_bytes(b"old")
+    strangers = [directory / "notes.txt", directory / f"{source}_backup_latest.sql.gz",
+                 directory / f"other_backup_20250101_030000.sql.gz"]
+    for path in strangers:
+        path.write_bytes(b"keep me")
+    config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_BACKUP_KEEP="3"))
+
+    result = Backup(config).run("manual")
+
+    remaining = sorted(p.name for p in directory.iterdir() if p.name.startswith(f"{source}_backup_2"))
+    assert remaining == sorted([Path(result.path).name, old[4].name, old[3].name])
+    assert all(path.read_bytes() == b"keep me" for path in strangers)
+
+
+def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path, make_database):
+    source = make_database(empty=True)
+    # A pg_dump stand-in that streams forever, like a dump of a huge database.
+    slow_dump = tmp_path / "slow_pg_dump"
+    slow_dump.write_text("#!/bin/sh\necho $$ > \"$0.pid\"\nexec yes 'INSERT INTO t VALUES (1);'\n")
+    slow_dump.chmod(0o755)
+    config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(slow_dump)))
+    backup = Backup(config)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(backup.run("manual")))
+    worker.start()
+    partials = []
+    deadline = time.monotonic() + 10
+    while not partials and time.monotonic() < deadline:
+        partials = [p for p in (tmp_path / "backups").glob(".*.partial") if p.stat().st_size > 0]
+        time.sleep(0.05)
+    assert partials, "the dump never started writing"
+
+    backup.cancel.set()
+    worker.join(10)
+
+    assert not worker.is_alive()
+    (result,) = outcome
+    assert "stopping" in result.error
+    assert list((tmp_path / "backups").glob("*.gz*")) == []
+    pid = int((tmp_path / "slow_pg_dump.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, make_database):
+    source = make_database(empty=True)
+    spy = tmp_path / "spy_pg_dump"
+    spy.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\necho \"$PGPASSWORD\" > {tmp_path}/password\n"
+                   "echo '-- empty'\n")
+    spy.chmod(0o755)
+    environment = base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(spy),
+                                   DATABASE_URL=f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}")
+
+    result = Backup(load_config(None, environment)).run("manual")
+
+    assert result.succeeded, result.error
+    assert "s3cret-pw" not in (tmp_path / "argv").read_text()
+    assert (tmp_path / "password").read_text().strip() == "s3cret-pw"

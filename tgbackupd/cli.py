@@ -1,0 +1,125 @@
+"""`tgbackupd`: the daemon's command line."""
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import tomli_w
+
+from . import __version__, messages
+from .backup import Backup
+from .config import Config, effective_config, load_config
+from .daemon import Daemon
+from .errors import ConfigError
+from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
+
+EPILOG = """\
+exit status:
+  0   success (with --once: the backup was made, and sent when Telegram is configured)
+  1   the backup failed (--once); the reason is logged and sent to the chat
+  69  the daemon could not start (control socket in use, ...)
+  73  the backup directory cannot be created or written
+  78  the configuration is invalid (every problem is listed on standard error)
+
+configuration: /etc/tgbackupd/config.toml, --config, or TGBACKUPD_CONFIG; environment variables
+(TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, BACKUP_ENABLED, BACKUP_HOUR, DATABASE_URL, PG*, and
+TGBACKUPD_<SECTION>_<KEY>) override the file.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tgbackupd",
+        description="Back up a PostgreSQL database every day and deliver it to a Telegram chat.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="configuration file (default /etc/tgbackupd/config.toml)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print it with secrets redacted, and exit",
+    )
+    mode.add_argument(
+        "--once",
+        action="store_true",
+        help="make one backup now, deliver it, and exit (for cron, or a first try)",
+    )
+    parser.add_argument("--version", action="version", version=f"tgbackupd {__version__}")
+    return parser
+
+
+def _print_config_error(error: ConfigError) -> None:
+    """Plain text for people; under journald each line carries the error priority, so `-p err` shows it."""
+    prefix = f"<{SYSLOG_PRIORITIES['ERROR']}>" if under_journald(os.environ) else ""
+    for line in f"tgbackupd: {error}".splitlines():
+        print(f"{prefix}{line}", file=sys.stderr)
+
+
+def _render_config(config: Config) -> str:
+    environment = sorted(
+        source.removeprefix("environment variable ")
+        for source in set(config.sources.values())
+        if source.startswith("environment variable ")
+    )
+    header = [
+        "# tgbackupd: the configuration is valid. Effective values follow, secrets redacted.",
+        f"# file: {config.config_file or 'none (defaults and environment only)'}",
+        f"# from the environment: {', '.join(environment) or 'nothing'}",
+    ]
+    if config.telegram.bot_token_source:
+        header.append(f"# bot token from: {config.telegram.bot_token_source}")
+    if config.database.options:
+        options = " ".join(f"{name}={value}" for name, value in config.database.options)
+        header.append(f"# connection options from database.url: {options}")
+    if not config.telegram.configured:
+        header.append("# Telegram is not configured: backups will be kept locally only.")
+    return "\n".join(header) + "\n" + tomli_w.dumps(effective_config(config))
+
+
+def _run_once(config: Config) -> int:
+    backup = Backup(config)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        backup.cancel.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    result = backup.run("manual")
+    if result.succeeded:
+        where = (
+            ("sent to Telegram chat " + str(config.telegram.chat_id))
+            if result.delivery == "sent"
+            else "kept locally (Telegram is not configured)"
+        )
+        size = messages.human_size(result.size_bytes or 0)
+        print(f"Backup created: {result.path} ({size}), {where}")
+        return 0
+    print(f"Backup failed: {result.error}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as error:
+        _print_config_error(error)
+        return error.exit_code
+    if args.check_config:
+        sys.stdout.write(_render_config(config))
+        return 0
+    configure_logging(config.daemon.log_level, config.secrets())
+    if args.once:
+        return _run_once(config)
+    return Daemon(config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

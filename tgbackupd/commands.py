@@ -1,0 +1,155 @@
+"""What the control socket's commands mean: dispatch and authorization, with no socket in sight."""
+
+import grp
+import os
+import pwd
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from . import __version__, messages
+from .config import Config
+from .control import Peer, error_reply
+from .errors import Cancelled
+from .runner import BackupBusy, BackupRunner
+from .storage import BackupDirectory
+
+COMMANDS = ("status", "trigger")
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def peer_may_trigger(peer: Peer, control_group: int | None, daemon_uid: int | None = None) -> bool:
+    """Root, the daemon's own user and members of the control group may start backups."""
+    if peer.uid in (0, os.getuid() if daemon_uid is None else daemon_uid):
+        return True
+    if control_group is None:
+        return False
+    if peer.gid == control_group:
+        return True
+    try:
+        account = pwd.getpwuid(peer.uid)
+    except KeyError:
+        return False
+    return control_group in os.getgrouplist(account.pw_name, account.pw_gid)
+
+
+class Commands:
+    def __init__(
+        self, config: Config, runner: BackupRunner, next_run: Callable[[], datetime | None], started_at: str
+    ) -> None:
+        self._config = config
+        self._runner = runner
+        self._next_run = next_run
+        self._started_at = started_at
+        self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+
+    def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"data": self.status()}
+        if command == "trigger":
+            return self.trigger(peer, wait=request.get("wait") is True)
+        return error_reply(
+            "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
+        )
+
+    def status(self, count_backups: bool = True) -> dict[str, Any]:
+        """The status reply; `count_backups=False` spares the directory scan when only a summary is needed."""
+        config = self._config
+        running = self._runner.current
+        next_run = self._next_run()
+        return {
+            "backup_enabled": config.backup.enabled,
+            "backup_hour": config.backup.hour,
+            "backup_minute": config.backup.minute,
+            "telegram_configured": config.telegram.configured,
+            "telegram_chat_id": config.telegram.chat_id,
+            "state": "running" if running else "idle",
+            "running": running.describe() if running else None,
+            "next_run": next_run.isoformat() if next_run else None,
+            "database": config.database.describe(),
+            "backup_directory": str(config.backup.directory),
+            "keep": config.backup.keep,
+            "backups_stored": len(self._directory.backups()) if count_backups else None,
+            "last_backup": self._runner.last_backup,
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+        }
+
+    def trigger(self, peer: Peer, wait: bool) -> dict[str, Any]:
+        if not peer_may_trigger(peer, self._config.daemon.control_group):
+            return error_reply("permission_denied", self._refusal(peer))
+        try:
+            running = self._runner.start_when_free("manual") if wait else self._runner.start("manual")
+        except BackupBusy as error:
+            return error_reply("busy", str(error))
+        except Cancelled as error:
+            return error_reply("stopping", str(error))
+        running.done.wait()
+        result = running.result
+        assert result is not None
+        telegram_configured = self._config.telegram.configured
+        if result.succeeded:
+            return {
+                "data": {
+                    "message": "Manual backup completed successfully",
+                    "telegram_configured": telegram_configured,
+                    "backup": result.to_dict(),
+                }
+            }
+        return error_reply(
+            "backup_failed",
+            f"Manual backup failed: {result.error}",
+            telegram_configured=telegram_configured,
+            backup=result.to_dict(),
+        )
+
+    def _refusal(self, peer: Peer) -> str:
+        user = _user_name(peer.uid)
+        group = self._config.daemon.control_group
+        if group is None:
+            return (
+                f"{user} may not trigger backups: only root and the tgbackupd user may. To let others, "
+                "set daemon.control_group and add them to that group"
+            )
+        name = _group_name(group)
+        return (
+            f"{user} may not trigger backups: only root, the tgbackupd user and members of the group "
+            f"{name!r} may (`usermod -aG {name} {user}`, then log in again)"
+        )
+
+
+def status_line(status: dict[str, Any]) -> str:
+    """One line for `systemctl status`: what it is doing, when it runs next, how the last backup went."""
+    if status["running"]:
+        running = status["running"]
+        return f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
+    if status["next_run"]:
+        schedule = f"next backup {status['next_run'][:16].replace('T', ' ')}"
+    else:
+        schedule = "scheduled backups off (BACKUP_ENABLED=false)"
+    return f"Idle; {schedule}; last: {describe_last(status['last_backup'])}"
+
+
+def describe_last(last: dict[str, Any] | None) -> str:
+    if not last:
+        return "none yet"
+    if last.get("error"):
+        return f"FAILED at {last['started_at'][:19].replace('T', ' ')}: {last['error']}"[:300]
+    size = messages.human_size(last["size_bytes"]) if last.get("size_bytes") is not None else "?"
+    where = "sent to Telegram" if last.get("delivery") == "sent" else "kept locally"
+    return f"{last['file']} ({size}) {where}"

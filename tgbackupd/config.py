@@ -1,0 +1,535 @@
+"""Configuration: read the TOML file, apply the environment, validate it all, report every problem at once.
+
+Environment variables win over the file. The names users already have in their `.env` files
+(TELEGRAM_BOT_TOKEN, BACKUP_HOUR, DATABASE_URL, PGHOST, ...) work unchanged; every key is also
+reachable as TGBACKUPD_<SECTION>_<KEY>, which wins over the legacy name when both are set.
+"""
+
+import difflib
+import grp
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
+DEFAULT_API_URL = "https://api.telegram.org"
+TOKEN_CREDENTIAL = "telegram-bot-token"
+REDACTED = "<redacted>"
+
+_TOKEN_PATTERN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]+$")
+_CHAT_ID_PATTERN = re.compile(r"^(-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{3,31})$")
+_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_INLINE_COMMENT = re.compile(r"\s+#.*$")
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_URL_SCHEMES = ("postgresql", "postgres")
+
+
+class _Problem(Exception):
+    """One value's problem; the loader adds the key and where the value came from."""
+
+
+@dataclass(frozen=True)
+class _Key:
+    section: str
+    name: str
+    parse: Callable[[Any, bool], Any]
+    default: Any = None
+    legacy_env: tuple[str, ...] = ()
+    secret: bool = False
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env_name(self) -> str:
+        return f"TGBACKUPD_{self.section}_{self.name}".upper()
+
+
+def _text(value: Any, from_env: bool) -> str | None:
+    if not isinstance(value, str):
+        raise _Problem(f"expected a string, got {type(value).__name__}")
+    return value.strip() or None
+
+
+def _integer(low: int, high: int, what: str) -> Callable[[Any, bool], int]:
+    def parse(value: Any, from_env: bool) -> int:
+        if from_env:
+            value = _INLINE_COMMENT.sub("", value).strip()
+            if not re.fullmatch(r"-?[0-9]+", value):
+                raise _Problem(f"expected {what} from {low} to {high}, got {value!r}")
+            value = int(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise _Problem(f"expected {what} from {low} to {high} (an integer), got {type(value).__name__}")
+        if not low <= value <= high:
+            raise _Problem(f"expected {what} from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _boolean(value: Any, from_env: bool) -> bool:
+    if from_env:
+        word = _INLINE_COMMENT.sub("", value).strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise _Problem(f"expected true or false, got {value!r}")
+    if not isinstance(value, bool):
+        raise _Problem(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _chat_id(value: Any, from_env: bool) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise _Problem(f"expected an integer chat id or an @channelname, got {type(value).__name__}")
+    value = _INLINE_COMMENT.sub("", value).strip() if from_env else value.strip()
+    if not value:
+        return None
+    if not _CHAT_ID_PATTERN.match(value):
+        raise _Problem(f"expected an integer chat id (e.g. -100123456789) or an @channelname, got {value!r}")
+    return value
+
+
+def _bot_token(value: Any, from_env: bool) -> str | None:
+    token = _text(value, from_env)
+    if token is not None and not _TOKEN_PATTERN.match(token):
+        raise _Problem("expected a bot token of the form <digits>:<letters>, as @BotFather gives it")
+    return token
+
+
+def _api_url(value: Any, from_env: bool) -> str:
+    url = _text(value, from_env) or DEFAULT_API_URL
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise _Problem(f"expected an http:// or https:// URL such as {DEFAULT_API_URL}, got {url!r}")
+    return url.rstrip("/")
+
+
+def _path(value: Any, from_env: bool) -> Path | None:
+    text = _text(value, from_env)
+    if text is None:
+        return None
+    if not os.path.isabs(text):
+        raise _Problem(f"expected an absolute path, got {text!r}")
+    return Path(text)
+
+
+def _prefix(value: Any, from_env: bool) -> str | None:
+    text = _text(value, from_env)
+    if text is not None and not _PREFIX_PATTERN.match(text):
+        raise _Problem(
+            f"expected letters, digits, '_', '.' or '-' (it becomes part of file names), got {text!r}"
+        )
+    return text
+
+
+def _log_level(value: Any, from_env: bool) -> str:
+    text = (_text(value, from_env) or "info").lower()
+    if text not in _LOG_LEVELS:
+        raise _Problem(f"expected one of {', '.join(_LOG_LEVELS)}, got {text!r}")
+    return text
+
+
+def _group(value: Any, from_env: bool) -> int | None:
+    name = _text(value, from_env)
+    if name is None:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise _Problem(
+            f"there is no group named {name!r} on this system (create it, or leave the key empty)"
+        ) from None
+
+
+def _database_url(value: Any, from_env: bool) -> str | None:
+    url = _text(value, from_env)
+    if url is not None:
+        _parse_database_url(url)
+    return url
+
+
+KEYS = (
+    _Key("telegram", "bot_token", _bot_token, legacy_env=("TELEGRAM_BOT_TOKEN",), secret=True),
+    _Key("telegram", "bot_token_file", _path),
+    _Key("telegram", "chat_id", _chat_id, legacy_env=("TELEGRAM_CHAT_ID",)),
+    _Key("telegram", "api_url", _api_url, DEFAULT_API_URL),
+    _Key("telegram", "max_upload_mb", _integer(1, 2000, "a size in MB"), 50),
+    _Key("telegram", "timeout", _integer(5, 3600, "a number of seconds"), 120),
+    _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
+    _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
+    _Key("database", "host", _text, legacy_env=("PGHOST",)),
+    _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
+    _Key("database", "user", _text, legacy_env=("PGUSER",)),
+    _Key("database", "password", _text, legacy_env=("PGPASSWORD",), secret=True),
+    _Key("database", "name", _text, legacy_env=("PGDATABASE",)),
+    _Key("database", "pg_dump", _text, "pg_dump"),
+    _Key("backup", "enabled", _boolean, True, legacy_env=("BACKUP_ENABLED",)),
+    _Key("backup", "hour", _integer(0, 23, "an hour"), 3, legacy_env=("BACKUP_HOUR",)),
+    _Key("backup", "minute", _integer(0, 59, "a minute"), 0),
+    _Key("backup", "directory", _path),
+    _Key("backup", "prefix", _prefix),
+    _Key("backup", "keep", _integer(1, 10000, "a number of backups"), 7),
+    _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
+    _Key("daemon", "socket", _path),
+    _Key("daemon", "control_group", _group),
+    _Key("daemon", "state_file", _path),
+    _Key("daemon", "log_level", _log_level, "info"),
+)
+_KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
+_CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    bot_token: str | None
+    bot_token_source: str | None
+    chat_id: str | None
+    api_url: str
+    max_upload_mb: int
+    timeout: int
+    retries: int
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.bot_token and self.chat_id)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    name: str
+    host: str | None
+    port: int | None
+    user: str | None
+    password: str | None
+    options: tuple[tuple[str, str], ...]
+    pg_dump: str
+
+    def describe(self) -> str:
+        """Say which database this is, for people: `mydb on 127.0.0.1:5432`."""
+        where = self.host or "the local socket"
+        if self.port:
+            where = f"{where}:{self.port}"
+        return f"{self.name} on {where}"
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    enabled: bool
+    hour: int
+    minute: int
+    directory: Path
+    prefix: str
+    keep: int
+    compression_level: int
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: Path
+    control_group: int | None
+    state_file: Path
+    log_level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    telegram: TelegramConfig
+    database: DatabaseConfig
+    backup: BackupConfig
+    daemon: DaemonConfig
+    config_file: Path | None
+    sources: Mapping[str, str]
+
+    def secrets(self) -> list[str]:
+        """Return the values that must never reach logs, errors or status output."""
+        return [value for value in (self.telegram.bot_token, self.database.password) if value]
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Config:
+    """Given a config path (or None for TGBACKUPD_CONFIG or the default) and the environment, return the
+    validated configuration. Raise ConfigError listing every problem found."""
+    config_file, explicit = _choose_config_file(path, environ)
+    problems = _unknown_environment(environ)
+    file_values = _read_config_file(config_file, explicit, problems)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in KEYS:
+        raw, source, from_env = _raw_value(key, file_values, config_file, environ)
+        if source is None:
+            values[key.dotted] = key.default
+            continue
+        try:
+            values[key.dotted] = key.parse(raw, from_env)
+            sources[key.dotted] = source
+        except _Problem as problem:
+            shown = "" if key.secret else f" = {raw!r}"
+            problems.append(f"{key.dotted}{shown} (from {source}): {problem}")
+    token, token_source = _resolve_token(values, sources, environ, problems)
+    database = _resolve_database(values, sources, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert database is not None
+    return Config(
+        telegram=TelegramConfig(
+            bot_token=token,
+            bot_token_source=token_source,
+            chat_id=values["telegram.chat_id"],
+            api_url=values["telegram.api_url"],
+            max_upload_mb=values["telegram.max_upload_mb"],
+            timeout=values["telegram.timeout"],
+            retries=values["telegram.retries"],
+        ),
+        database=database,
+        backup=BackupConfig(
+            enabled=values["backup.enabled"],
+            hour=values["backup.hour"],
+            minute=values["backup.minute"],
+            directory=values["backup.directory"] or _state_directory(environ) / "backups",
+            prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
+            keep=values["backup.keep"],
+            compression_level=values["backup.compression_level"],
+        ),
+        daemon=DaemonConfig(
+            socket=values["daemon.socket"] or _runtime_directory(environ) / "control.sock",
+            control_group=values["daemon.control_group"],
+            state_file=values["daemon.state_file"] or _state_directory(environ) / "state.json",
+            log_level=values["daemon.log_level"],
+        ),
+        config_file=config_file if config_file.exists() else None,
+        sources=sources,
+    )
+
+
+def _choose_config_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    if path is not None:
+        return Path(path), True
+    if environ.get(_CONFIG_FILE_ENV):
+        return Path(environ[_CONFIG_FILE_ENV]), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def _read_config_file(config_file: Path, explicit: bool, problems: list[str]) -> dict[str, Any]:
+    """Return the file's tables; an absent default file is fine, the environment may say it all."""
+    try:
+        with config_file.open("rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        if explicit:
+            problems.append(f"configuration file {config_file} does not exist")
+        return {}
+    except OSError as error:
+        problems.append(f"cannot read configuration file {config_file}: {error.strerror}")
+        return {}
+    except tomllib.TOMLDecodeError as error:
+        problems.append(f"{config_file} is not valid TOML: {error}")
+        return {}
+    for section, table in document.items():
+        if section not in _KEYS_BY_SECTION:
+            hint = _suggest(section, _KEYS_BY_SECTION)
+            problems.append(f"{config_file}: unknown section [{section}]{hint}")
+        elif not isinstance(table, dict):
+            problems.append(f"{config_file}: {section} must be a table ([{section}]), not a single value")
+        else:
+            for name in table:
+                if name not in _KEYS_BY_SECTION[section]:
+                    hint = _suggest(name, _KEYS_BY_SECTION[section])
+                    problems.append(f"{config_file}: unknown key {section}.{name}{hint}")
+    return document
+
+
+def _unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """Return a problem for each TGBACKUPD_* variable that names no key: a typo must not pass silently."""
+    known = {key.env_name for key in KEYS} | {_CONFIG_FILE_ENV}
+    return [
+        f"unknown environment variable {name}{_suggest(name, known)}"
+        for name in sorted(environ)
+        if name.startswith("TGBACKUPD_") and name not in known
+    ]
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    """Return ` (did you mean X?)` for a near miss, else the list of what is known."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f" (known: {', '.join(sorted(known))})"
+
+
+def _raw_value(
+    key: _Key, file_values: dict[str, Any], config_file: Path, environ: Mapping[str, str]
+) -> tuple[Any, str | None, bool]:
+    """Return (raw value, where it came from, whether it came from the environment)."""
+    for env_name in (key.env_name, *key.legacy_env):
+        if environ.get(env_name, "").strip():
+            return environ[env_name], f"environment variable {env_name}", True
+    table = file_values.get(key.section)
+    if isinstance(table, dict) and key.name in table:
+        return table[key.name], f"{config_file}", False
+    return None, None, False
+
+
+def _resolve_token(
+    values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str], problems: list[str]
+) -> tuple[str | None, str | None]:
+    """Return the bot token and where it came from: bot_token, then bot_token_file, then the credential."""
+    if values["telegram.bot_token"]:
+        return values["telegram.bot_token"], sources["telegram.bot_token"]
+    candidates = []
+    if values["telegram.bot_token_file"]:
+        candidates.append(
+            (
+                values["telegram.bot_token_file"],
+                f"telegram.bot_token_file (from {sources['telegram.bot_token_file']})",
+            )
+        )
+    elif environ.get("CREDENTIALS_DIRECTORY"):
+        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / TOKEN_CREDENTIAL
+        if credential.exists():
+            candidates.append((credential, f"systemd credential {TOKEN_CREDENTIAL}"))
+    for token_path, source in candidates:
+        try:
+            token = token_path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            problems.append(f"{source}: cannot read the bot token file {token_path}: {error.strerror}")
+            return None, None
+        except UnicodeDecodeError:
+            problems.append(f"{source}: the bot token file {token_path} is not text")
+            return None, None
+        if not _TOKEN_PATTERN.match(token):
+            problems.append(
+                f"{source}: the file {token_path} does not hold a bot token of the form <digits>:<letters>"
+            )
+            return None, None
+        sources["telegram.bot_token"] = f"file {token_path}"
+        return token, source
+    return None, None
+
+
+def _parse_database_url(url: str) -> dict[str, Any]:
+    """Split postgresql://user:password@host:port/dbname?options into parts; SQLAlchemy-style
+    schemes such as postgresql+asyncpg:// are accepted, since application .env files carry them."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme.split("+")[0] not in _URL_SCHEMES:
+        raise _Problem("expected a URL of the form postgresql://user:password@host:port/dbname")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise _Problem("the port in the URL is not a number from 1 to 65535") from None
+    options = dict(urllib.parse.parse_qsl(parsed.query))
+    host = urllib.parse.unquote(parsed.hostname or "") or options.pop("host", None)
+    options.pop("host", None)
+    return {
+        "host": host or None,
+        "port": port,
+        "user": urllib.parse.unquote(parsed.username) if parsed.username else None,
+        "password": urllib.parse.unquote(parsed.password) if parsed.password else None,
+        "name": urllib.parse.unquote(parsed.path.lstrip("/")) or None,
+        "options": tuple(sorted(options.items())),
+    }
+
+
+def _resolve_database(
+    values: dict[str, Any], sources: dict[str, str], problems: list[str]
+) -> DatabaseConfig | None:
+    """Return the database to dump: the URL's parts, each overridden by its own key when that is set."""
+    parts: dict[str, Any] = {"options": ()}
+    if values["database.url"]:
+        try:
+            parts = _parse_database_url(values["database.url"])
+        except _Problem:
+            return None  # already reported by the key's own check
+    for name in ("host", "port", "user", "password", "name"):
+        if values[f"database.{name}"] is not None:
+            parts[name] = values[f"database.{name}"]
+    if not parts.get("name"):
+        problems.append(
+            "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
+            "PGDATABASE, or database.name in the configuration file"
+        )
+        return None
+    return DatabaseConfig(
+        name=parts["name"],
+        host=parts.get("host"),
+        port=parts.get("port"),
+        user=parts.get("user"),
+        password=parts.get("password"),
+        options=parts["options"],
+        pg_dump=values["database.pg_dump"],
+    )
+
+
+def _first_directory(environ: Mapping[str, str], variable: str, fallback: str) -> Path:
+    """systemd passes StateDirectory= and RuntimeDirectory= as colon-separated lists."""
+    value = environ.get(variable, "").split(":")[0]
+    return Path(value) if value else Path(fallback)
+
+
+def _state_directory(environ: Mapping[str, str]) -> Path:
+    return _first_directory(environ, "STATE_DIRECTORY", "/var/lib/tgbackupd")
+
+
+def _runtime_directory(environ: Mapping[str, str]) -> Path:
+    return _first_directory(environ, "RUNTIME_DIRECTORY", "/run/tgbackupd")
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """Return the configuration as TOML-ready tables, secrets redacted, for `--check-config`."""
+    database = config.database
+    group = None
+    if config.daemon.control_group is not None:
+        group = grp.getgrgid(config.daemon.control_group).gr_name
+    tables: dict[str, dict[str, Any]] = {
+        "telegram": {
+            "bot_token": REDACTED if config.telegram.bot_token else None,
+            "chat_id": config.telegram.chat_id,
+            "api_url": config.telegram.api_url,
+            "max_upload_mb": config.telegram.max_upload_mb,
+            "timeout": config.telegram.timeout,
+            "retries": config.telegram.retries,
+        },
+        "database": {
+            "host": database.host,
+            "port": database.port,
+            "user": database.user,
+            "password": REDACTED if database.password else None,
+            "name": database.name,
+            "pg_dump": database.pg_dump,
+        },
+        "backup": {
+            "enabled": config.backup.enabled,
+            "hour": config.backup.hour,
+            "minute": config.backup.minute,
+            "directory": str(config.backup.directory),
+            "prefix": config.backup.prefix,
+            "keep": config.backup.keep,
+            "compression_level": config.backup.compression_level,
+        },
+        "daemon": {
+            "socket": str(config.daemon.socket),
+            "control_group": group,
+            "state_file": str(config.daemon.state_file),
+            "log_level": config.daemon.log_level,
+        },
+    }
+    return {
+        section: {name: value for name, value in table.items() if value is not None}
+        for section, table in tables.items()
+    }

@@ -1,0 +1,38 @@
+"""Error types whose messages are written for the administrator, each with its sysexits status."""
+
+import os
+
+
+class TgbackupdError(Exception):
+    """An expected failure: its message says what happened and what to do, without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(TgbackupdError):
+    """The configuration is invalid; carries every problem found, not just the first."""
+
+    exit_code = os.EX_CONFIG
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"Invalid configuration ({len(problems)} problem(s)):\n{listing}")
+
+
+class DumpError(TgbackupdError):
+    """pg_dump could not be started or did not finish successfully."""
+
+    exit_code = os.EX_UNAVAILABLE
+
+
+class StorageError(TgbackupdError):
+    """The backup file could not be written, moved into place or pruned."""
+
+    exit_code = os.EX_CANTCREAT
+
+
+class Cancelled(TgbackupdError):
+    """The backup was stopped on purpose (the daemon is stopping)."""
+
+    exit_code = os.EX_TEMPFAIL

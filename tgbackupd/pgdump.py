@@ -1,0 +1,128 @@
+"""pg_dump: its command line and environment (pure functions), and running it as a stream."""
+
+import collections
+import contextlib
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+
+from .config import DatabaseConfig
+from .errors import DumpError
+
+STDERR_TAIL_LINES = 20
+_TERMINATE_GRACE_S = 5.0
+
+
+def _conninfo_value(value: str) -> str:
+    """Quote a libpq keyword value: single quotes, with backslash escapes, when it needs them."""
+    if value and not any(character in value for character in " '\\\t\n"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def conninfo(database: DatabaseConfig) -> str:
+    """Return the libpq connection string for `--dbname`, without the password (that goes in the
+    environment, never on a command line where `ps` shows it)."""
+    fields: dict[str, str] = {"dbname": database.name}
+    if database.host:
+        fields["host"] = database.host
+    if database.port:
+        fields["port"] = str(database.port)
+    if database.user:
+        fields["user"] = database.user
+    fields.update(database.options)
+    fields.setdefault("application_name", "tgbackupd")
+    return " ".join(f"{keyword}={_conninfo_value(value)}" for keyword, value in fields.items())
+
+
+def build_command(database: DatabaseConfig) -> tuple[str, ...]:
+    """Return pg_dump's argv for a plain-SQL dump on standard output, as the original restore steps expect."""
+    return (database.pg_dump, "--format=plain", "--no-password", f"--dbname={conninfo(database)}")
+
+
+def build_environment(database: DatabaseConfig, base: Mapping[str, str]) -> dict[str, str]:
+    """Return pg_dump's environment: the daemon's own, with PGPASSWORD set to the configured one or unset."""
+    environment = {name: value for name, value in base.items() if name != "PGPASSWORD"}
+    if database.password:
+        environment["PGPASSWORD"] = database.password
+    return environment
+
+
+class DumpProcess:
+    """A running pg_dump whose standard output is read in chunks; keeps the tail of its standard error."""
+
+    def __init__(self, argv: tuple[str, ...], environment: dict[str, str]) -> None:
+        self._program = argv[0]
+        try:
+            # Its own session: a Ctrl-C meant for tgbackupd must not kill pg_dump behind our back.
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environment,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise DumpError(
+                f"{self._program} was not found: install the PostgreSQL client tools "
+                "(apt-get install postgresql-client) or set database.pg_dump to its path"
+            ) from None
+        except PermissionError:
+            raise DumpError(f"{self._program} is not executable: check database.pg_dump") from None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._stderr_reader = threading.Thread(target=self._read_stderr, name="pg_dump-stderr", daemon=True)
+        self._stderr_reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            self._stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        assert self._process.stdout is not None
+        while chunk := self._process.stdout.read(size):
+            yield chunk
+
+    def wait(self) -> None:
+        """Wait for pg_dump to end. Raise DumpError carrying its own error output if it failed."""
+        returncode = self._process.wait()
+        self._stderr_reader.join()
+        if returncode != 0:
+            detail = "\n".join(self._stderr_tail) or "it printed nothing"
+            how = (
+                f"was killed by signal {-returncode}"
+                if returncode < 0
+                else f"exited with status {returncode}"
+            )
+            raise DumpError(f"pg_dump {how}: {detail}")
+
+    def terminate(self) -> None:
+        """Stop pg_dump now (SIGTERM, then SIGKILL if it lingers) and reap it."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(_TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._stderr_reader.join(_TERMINATE_GRACE_S)
+
+    def close(self) -> None:
+        for stream in (self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def run_pg_dump(
+    database: DatabaseConfig, base_environment: Mapping[str, str] = os.environ
+) -> Iterator[DumpProcess]:
+    """Start pg_dump for the database; on leaving early (an error, a cancel) it is stopped and reaped."""
+    process = DumpProcess(build_command(database), build_environment(database, base_environment))
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.close()

@@ -1,0 +1,65 @@
+"""Stages a dump's bytes flow through on their way to disk. Each stage writes to the next, so another
+(encrypt, split) slots in by wrapping one more; none holds more than one chunk at a time."""
+
+import hashlib
+import os
+import zlib
+from typing import BinaryIO, Protocol
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class GzipCompressor:
+    """Compress into the gzip format, so that `gunzip` and `zcat` read the result."""
+
+    def __init__(self, level: int, downstream: Sink) -> None:
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        compressed = self._compressor.compress(data)
+        if compressed:
+            self._downstream.write(compressed)
+
+    def close(self) -> None:
+        self._downstream.write(self._compressor.flush())
+        self._downstream.close()
+
+
+class Digest:
+    """Count and hash the bytes that pass, on their way downstream."""
+
+    def __init__(self, downstream: Sink) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        self._downstream.write(data)
+
+    def close(self) -> None:
+        self._downstream.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class FileWriter:
+    """The end of the line: write to an open file, and make it durable (fsync) on close."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data)
+
+    def close(self) -> None:
+        self._stream.flush()
+        os.fsync(self._stream.fileno())

@@ -1,0 +1,107 @@
+"""One backup at a time, in a worker thread, so the main loop keeps ticking (and pinging the watchdog)."""
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from .backup import BackupResult
+from .clock import Clock
+from .errors import Cancelled, TgbackupdError
+from .state import StateFile
+
+log = structlog.stdlib.get_logger("tgbackupd.runner")
+
+
+class BackupBusy(TgbackupdError):
+    exit_code = os.EX_TEMPFAIL
+
+
+class RunningBackup:
+    def __init__(self, trigger: str, started_at: str) -> None:
+        self.trigger = trigger
+        self.started_at = started_at
+        self.done = threading.Event()
+        self.result: BackupResult | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"trigger": self.trigger, "started_at": self.started_at}
+
+
+class BackupRunner:
+    def __init__(
+        self,
+        run_backup: Callable[[str], BackupResult],
+        state: StateFile,
+        cancel: threading.Event,
+        clock: Clock | None = None,
+    ) -> None:
+        self._run_backup = run_backup
+        self._state = state
+        self._cancel = cancel
+        self._clock = clock or Clock()
+        self._lock = threading.Lock()
+        self._current: RunningBackup | None = None
+        self._thread: threading.Thread | None = None
+        self.last_backup: dict[str, Any] | None = state.last_backup()
+
+    @property
+    def current(self) -> RunningBackup | None:
+        return self._current
+
+    def start(self, trigger: str) -> RunningBackup:
+        """Start a backup now. Raise BackupBusy if one is running, Cancelled if the daemon is stopping."""
+        with self._lock:
+            if self._cancel.is_set():
+                raise Cancelled("tgbackupd is stopping; no new backup is started")
+            if self._current is not None:
+                current = self._current
+                raise BackupBusy(
+                    f"a {current.trigger} backup is already running (started {current.started_at}); "
+                    "try again when it has finished, or use `tgbackupctl trigger --wait`"
+                )
+            running = RunningBackup(trigger, self._clock.now().isoformat(timespec="seconds"))
+            self._current = running
+            self._thread = threading.Thread(target=self._work, args=(running,), name="backup", daemon=True)
+            self._thread.start()
+            return running
+
+    def start_when_free(self, trigger: str) -> RunningBackup:
+        """Wait for the running backup (if any) to finish, then start this one."""
+        while True:
+            try:
+                return self.start(trigger)
+            except BackupBusy:
+                current = self._current
+                if current is not None:
+                    current.done.wait()
+
+    def _work(self, running: RunningBackup) -> None:
+        try:
+            result = self._run_backup(running.trigger)
+        except Exception as error:  # a bug must not take the daemon down with it, nor hang the waiters
+            log.exception("Backup crashed unexpectedly; please report this", error=type(error).__name__)
+            result = BackupResult(
+                trigger=running.trigger,
+                database="",
+                started_at=running.started_at,
+                duration_s=0.0,
+                error=f"internal error: {type(error).__name__}",
+            )
+        self.last_backup = result.to_dict()
+        if not self._cancel.is_set():
+            self._state.save_last_backup(self.last_backup)
+        running.result = result
+        with self._lock:
+            self._current = None
+        running.done.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the running backup; return True when none is running."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True

@@ -1,0 +1,228 @@
+"""The Telegram Bot API client: the only module that imports requests.
+
+The token is part of every request URL, and requests puts URLs into its exception texts, so every
+text that leaves this module goes through `redaction.scrub` first.
+"""
+
+import os
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from . import __version__
+from .errors import Cancelled, TgbackupdError
+from .redaction import scrub
+
+CONNECT_TIMEOUT_S = 10.0
+MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 600
+_BODY_BLOCK_BYTES = 256 * 1024
+
+
+class TelegramError(TgbackupdError):
+    """A request the Bot API did not carry out; the message says what to fix."""
+
+    exit_code = os.EX_UNAVAILABLE
+
+
+class TelegramRejected(TelegramError):
+    """A 4xx answer: repeating the same request cannot help, so it is not retried."""
+
+
+class TelegramTooLarge(TelegramRejected):
+    """The Bot API server refused the file's size (413)."""
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    message_id: int
+
+
+class MultipartBody:
+    """A multipart/form-data body read from disk block by block, so that memory stays flat however large
+    the file (requests' `files=` builds the whole body in memory). Reading stops when `cancel` is set."""
+
+    def __init__(
+        self, fields: dict[str, str], file_field: str, path: Path, file_name: str, cancel: threading.Event
+    ) -> None:
+        self.boundary = uuid.uuid4().hex
+        head = b"".join(
+            self._part_header(f'name="{name}"') + value.encode("utf-8") + b"\r\n"
+            for name, value in fields.items()
+        )
+        quoted_name = file_name.replace('"', "%22")
+        head += self._part_header(f'name="{file_field}"; filename="{quoted_name}"', "application/gzip")
+        self._head = head
+        self._tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self._path = path
+        self._file_size = path.stat().st_size
+        self._cancel = cancel
+
+    def _part_header(self, disposition: str, content_type: str | None = None) -> bytes:
+        lines = [f"--{self.boundary}", f"Content-Disposition: form-data; {disposition}"]
+        if content_type:
+            lines.append(f"Content-Type: {content_type}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return len(self._head) + self._file_size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        with self._path.open("rb") as stream:
+            while block := stream.read(_BODY_BLOCK_BYTES):
+                if self._cancel.is_set():
+                    raise Cancelled("the upload was stopped because tgbackupd is stopping")
+                yield block
+        yield self._tail
+
+
+class BotApi:
+    """Calls Bot API methods, retrying what can succeed later: network errors, 5xx and 429."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str,
+        *,
+        timeout_s: float,
+        retries: int,
+        cancel: threading.Event | None = None,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        self._api_url = api_url
+        self._token = token
+        self._timeout = (CONNECT_TIMEOUT_S, timeout_s)
+        self._attempts = retries + 1
+        self._cancel = cancel or threading.Event()
+        self._wait = wait or self._cancel.wait
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = f"tgbackupd/{__version__}"
+        self.on_retry: Callable[[str, int, float, str], None] = lambda method, attempt, delay, reason: None
+
+    def close(self) -> None:
+        self._session.close()
+
+    def send_message(self, chat_id: str, text: str) -> SentMessage:
+        fields = {"chat_id": chat_id, "text": text, "disable_web_page_preview": "true"}
+        return self._sent(self._call("sendMessage", chat_id, lambda: {"data": fields}))
+
+    def send_document(self, chat_id: str, path: Path, file_name: str, caption: str) -> SentMessage:
+        def request() -> dict[str, Any]:
+            body = MultipartBody(
+                {"chat_id": chat_id, "caption": caption}, "document", path, file_name, self._cancel
+            )
+            return {"data": body, "headers": {"Content-Type": body.content_type}}
+
+        return self._sent(self._call("sendDocument", chat_id, request))
+
+    @staticmethod
+    def _sent(result: Any) -> SentMessage:
+        return SentMessage(message_id=int(result.get("message_id", 0)) if isinstance(result, dict) else 0)
+
+    def _call(self, method: str, chat_id: str, make_request: Callable[[], dict[str, Any]]) -> Any:
+        """POST a method; return its `result`. Raise TelegramRejected at once on 4xx, TelegramError once
+        the retries are spent, Cancelled when told to stop."""
+        url = f"{self._api_url}/bot{self._token}/{method}"
+        failure = ""
+        for attempt in range(1, self._attempts + 1):
+            if self._cancel.is_set():
+                raise Cancelled("tgbackupd is stopping")
+            try:
+                response = self._session.post(
+                    url, timeout=self._timeout, allow_redirects=False, **make_request()
+                )
+            except requests.RequestException as error:
+                failure = self._describe_network_error(error)
+                delay = min(MAX_BACKOFF_S, 2.0 ** (attempt - 1))
+            else:
+                reply = self._json(response)
+                if response.status_code == 200 and reply.get("ok"):
+                    return reply.get("result")
+                description = str(reply.get("description") or response.reason or "no description")
+                failure = f"{response.status_code} {scrub(description, [self._token])}"
+                if response.status_code == 429:
+                    retry_after = self._retry_after(reply)
+                    if retry_after > MAX_RETRY_AFTER_S:
+                        raise TelegramError(
+                            f"Telegram asked to wait {retry_after} s before the next request (429 Too Many "
+                            f"Requests); giving up rather than blocking that long"
+                        )
+                    delay = float(retry_after)
+                elif 400 <= response.status_code < 500:
+                    raise self._rejected(response.status_code, description, chat_id)
+                else:
+                    delay = min(MAX_BACKOFF_S, 2.0 ** (attempt - 1))
+            if attempt < self._attempts:
+                self.on_retry(method, attempt, delay, failure)
+                if self._wait(delay):
+                    raise Cancelled("tgbackupd is stopping")
+        raise TelegramError(
+            f"Telegram {method} failed {self._attempts} time(s), last with: {failure}. "
+            "Check that this host reaches the Bot API (telegram.api_url) and try again"
+        )
+
+    def _describe_network_error(self, error: requests.RequestException) -> str:
+        if isinstance(error, requests.Timeout):
+            kind = "timed out talking"
+        elif isinstance(error, requests.ConnectionError):
+            kind = "could not connect"
+        else:
+            kind = "request failed"
+        host = urllib.parse.urlsplit(self._api_url).netloc
+        return scrub(f"{kind} to {host} ({type(error).__name__}: {error})", [self._token])[:400]
+
+    @staticmethod
+    def _json(response: requests.Response) -> dict[str, Any]:
+        try:
+            reply = response.json()
+        except ValueError:
+            return {}
+        return reply if isinstance(reply, dict) else {}
+
+    @staticmethod
+    def _retry_after(reply: dict[str, Any]) -> int:
+        parameters = reply.get("parameters")
+        value = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        return value if isinstance(value, int) and value >= 0 else 5
+
+    def _rejected(self, status: int, description: str, chat_id: str) -> TelegramRejected:
+        """Turn a 4xx answer into a message that says what to fix."""
+        description = scrub(description, [self._token])
+        lowered = description.lower()
+        if status == 401:
+            return TelegramRejected(
+                f"Telegram rejected the bot token (401 {description}): it is wrong or was revoked. Put the "
+                "token @BotFather gave you in TELEGRAM_BOT_TOKEN or the telegram-bot-token credential"
+            )
+        if status == 404:
+            return TelegramRejected(
+                f"Telegram answered 404 {description}: the bot token is malformed, or telegram.api_url "
+                f"({self._api_url}) is not a Bot API server"
+            )
+        if status == 413:
+            return TelegramTooLarge(
+                f"the Bot API server refused the file as too large (413 {description}): lower "
+                "telegram.max_upload_mb to the server's limit (50 MB on the public Bot API)"
+            )
+        if "chat not found" in lowered:
+            return TelegramRejected(
+                f"Telegram chat {chat_id} was not found ({status} {description}): check TELEGRAM_CHAT_ID "
+                "(a channel's id starts with -100) and that the bot was added to that chat"
+            )
+        if status == 403:
+            return TelegramRejected(
+                f"the bot may not post in chat {chat_id} ({status} {description}): add the bot to the "
+                "channel as an administrator allowed to post messages"
+            )
+        return TelegramRejected(f"Telegram refused the request ({status} {description})")
