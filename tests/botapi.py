@@ -116,8 +116,15 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(401, "Unauthorized")
         fields, file_name, content = self._form(body)
         if method == "getMe":
-            return 200, {"ok": True, "result": {"id": int(token.split(":")[0]), "is_bot": True,
-                                                 "first_name": "Backups", "username": "backup_test_bot"}}
+            return 200, {
+                "ok": True,
+                "result": {
+                    "id": int(token.split(":")[0]),
+                    "is_bot": True,
+                    "first_name": "Backups",
+                    "username": "backup_test_bot",
+                },
+            }
         if method not in ("sendDocument", "sendMessage"):
             return _error(404, "Not Found: method not found")
         chat_id = fields.get("chat_id", "")
@@ -146,14 +153,20 @@ class _Handler(BaseHTTPRequestHandler):
             state.received.append(Received(method, fields, file_name, content))
             message_id = state.next_message_id
             state.next_message_id += 1
-        result: dict[str, Any] = {"message_id": message_id, "date": int(time.time()),
-                                  "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0,
-                                           "type": "channel"}}
+        result: dict[str, Any] = {
+            "message_id": message_id,
+            "date": int(time.time()),
+            "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0, "type": "channel"},
+        }
         if method == "sendMessage":
             result["text"] = fields["text"]
         else:
-            result["document"] = {"file_name": file_name, "file_id": f"doc{message_id}",
-                                  "file_unique_id": f"u{message_id}", "file_size": len(content or b"")}
+            result["document"] = {
+                "file_name": file_name,
+                "file_id": f"doc{message_id}",
+                "file_unique_id": f"u{message_id}",
+                "file_size": len(content or b""),
+            }
             if fields.get("caption"):
                 result["caption"] = fields["caption"]
         return 200, {"ok": True, "result": result}
@@ -164,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             return {key: str(value) for key, value in json.loads(body or b"{}").items()}, None, None
         if content_type.startswith("multipart/form-data"):
             message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+            )
             fields: dict[str, str] = {}
             file_name = content = None
             for part in message.iter_parts():
@@ -184,8 +198,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class BotApiStandIn:
-    def __init__(self, token: str = FAKE_TOKEN, chats: set[str] | None = None,
-                 upload_limit: int = UPLOAD_LIMIT_BYTES) -> None:
+    def __init__(
+        self, token: str = FAKE_TOKEN, chats: set[str] | None = None, upload_limit: int = UPLOAD_LIMIT_BYTES
+    ) -> None:
         self.state = BotApiState(token=token, chats=chats or {CHAT_ID}, upload_limit=upload_limit)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.state = self.state

@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,28 @@ PG_USER = os.environ.get("TEST_PG_USER", "postgres")
 
 def psql(dbname: str, sql: str) -> str:
     completed = subprocess.run(
-        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER,
-         "-d", dbname, "-c", sql],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            "psql",
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            PG_HOST,
+            "-p",
+            PG_PORT,
+            "-U",
+            PG_USER,
+            "-d",
+            dbname,
+            "-c",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip()
@@ -118,66 +138,84 @@ def base_environment(tmp_path: Path, dbname: str, **overrides: str) -> dict[str,
 
 
 def telegram_environment(bot_api: BotApiStandIn) -> dict[str, str]:
-    return {"TELEGRAM_BOT_TOKEN": FAKE_TOKEN, "TELEGRAM_CHAT_ID": CHAT_ID,
-            "TGBACKUPD_TELEGRAM_API_URL": bot_api.url, "TGBACKUPD_TELEGRAM_RETRIES": "2"}
+    return {
+        "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
+        "TELEGRAM_CHAT_ID": CHAT_ID,
+        "TGBACKUPD_TELEGRAM_API_URL": bot_api.url,
+        "TGBACKUPD_TELEGRAM_RETRIES": "2",
+    }
 
 
 class NotifyListener:
-    """The receiving end of systemd's notify protocol: a datagram socket at NOTIFY_SOCKET."""
+    """The receiving end of systemd's notify protocol: a datagram socket at NOTIFY_SOCKET, drained by a
+    thread as systemd would (a full queue would block the daemon's sends)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.bind(str(path))
         self.messages: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_for(self, wanted: str, timeout: float = 20.0) -> str:
-        """Return the first message with a line starting with `wanted`, reading more as they come."""
-        deadline = time.monotonic() + timeout
+    def _read(self) -> None:
         while True:
-            for message in self.messages:
-                if any(line.startswith(wanted) for line in message.splitlines()):
-                    return message
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {wanted!r} within {timeout} s; got {self.messages}")
-            self.socket.settimeout(remaining)
             try:
                 self.messages.append(self.socket.recv(4096).decode())
-            except TimeoutError:
-                continue
+            except OSError:
+                return
+
+    def wait_for(self, wanted: str, timeout: float = 20.0) -> str:
+        """Return the first message that contains `wanted`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.messages):
+                if wanted in message:
+                    return message
+            time.sleep(0.02)
+        raise AssertionError(f"no {wanted!r} within {timeout} s; got {self.messages}")
 
     def close(self) -> None:
+        self.socket.shutdown(socket.SHUT_RDWR)
         self.socket.close()
 
 
 class DaemonProcess:
     def __init__(self, environment: dict[str, str], tmp_path: Path, extra_args: tuple[str, ...] = ()) -> None:
-        self.notify = NotifyListener(tmp_path / "notify.sock")
-        self.log_path = tmp_path / "daemon.log"
+        tag = uuid.uuid4().hex[:8]
+        self.notify = NotifyListener(tmp_path / f"notify-{tag}.sock")
+        self.log_path = tmp_path / f"daemon-{tag}.log"
         self.socket_path = Path(environment["TGBACKUPD_DAEMON_SOCKET"])
         environment = {**environment, "NOTIFY_SOCKET": str(self.notify.path), "WATCHDOG_USEC": "1000000"}
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tgbackupd", *extra_args], env=environment,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "tgbackupd", *extra_args],
+            env=environment,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.environment = environment
 
     def log_text(self) -> str:
-        self._log.flush()
         return self.log_path.read_text()
 
     def ctl(self, *args: str, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(self.socket_path), *args],
-            capture_output=True, text=True, timeout=timeout, env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": os.environ["PATH"]},
             **popen,  # type: ignore[arg-type]
         )
 
     def stop(self) -> int:
+        """SIGTERM, as systemctl stop sends it, then wait for the exit status."""
         if self.process.poll() is None:
             self.process.terminate()
+        return self.wait()
+
+    def wait(self) -> int:
         try:
             return self.process.wait(30)
         finally:

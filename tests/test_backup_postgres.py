@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, Fault
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, base_environment, fingerprint, psql, telegram_environment
+from tests.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    base_environment,
+    fingerprint,
+    psql,
+    telegram_environment,
+)
 from tgbackupd.backup import Backup
 from tgbackupd.config import load_config
 
@@ -26,8 +34,26 @@ def restore_as_the_guide_says(backup: Path, workdir: Path, target: str) -> None:
     subprocess.run(["gunzip", str(copy)], check=True)
     sql = copy.with_suffix("")
     with sql.open("rb") as stream:
-        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER,
-                        "-d", target], stdin=stream, check=True, capture_output=True)
+        subprocess.run(
+            [
+                "psql",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                PG_HOST,
+                "-p",
+                PG_PORT,
+                "-U",
+                PG_USER,
+                "-d",
+                target,
+            ],
+            stdin=stream,
+            check=True,
+            capture_output=True,
+        )
 
 
 def test_backup_restores_into_a_fresh_database_with_identical_contents(tmp_path, make_database):
@@ -84,7 +110,9 @@ def test_failed_dump_leaves_no_file_and_reports_pg_dumps_own_error_to_the_chat(t
 
 def test_missing_pg_dump_is_a_clear_error(tmp_path, make_database):
     source = make_database(empty=True)
-    config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP="/nonexistent/pg_dump"))
+    config = load_config(
+        None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP="/nonexistent/pg_dump")
+    )
 
     result = Backup(config).run("manual")
 
@@ -93,10 +121,18 @@ def test_missing_pg_dump_is_a_clear_error(tmp_path, make_database):
 
 def test_backup_over_the_upload_limit_is_kept_and_the_chat_is_told_why(tmp_path, make_database, bot_api):
     source = make_database(rows=3000)
-    environment = base_environment(tmp_path, source, **telegram_environment(bot_api),
-                                   TGBACKUPD_TELEGRAM_MAX_UPLOAD_MB="1", TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1")
-    psql(source, "CREATE TABLE noise AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS b "
-                 "FROM generate_series(1, 200000)")
+    environment = base_environment(
+        tmp_path,
+        source,
+        **telegram_environment(bot_api),
+        TGBACKUPD_TELEGRAM_MAX_UPLOAD_MB="1",
+        TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1",
+    )
+    psql(
+        source,
+        "CREATE TABLE noise AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS b "
+        "FROM generate_series(1, 200000)",
+    )
     config = load_config(None, environment)
 
     result = Backup(config).run("scheduled")
@@ -123,9 +159,15 @@ def test_a_413_from_the_server_is_reported_like_the_local_limit(tmp_path, make_d
 
 def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_database, bot_api):
     source = make_database(rows=100)
-    config = load_config(None, base_environment(tmp_path, source, **{**telegram_environment(bot_api),
-                                                "TGBACKUPD_TELEGRAM_RETRIES": "3"}))
-    bot_api.fail_next(Fault(502, "Bad Gateway"), Fault(429, "Too Many Requests: retry after 1", retry_after=1))
+    config = load_config(
+        None,
+        base_environment(
+            tmp_path, source, **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_RETRIES": "3"}
+        ),
+    )
+    bot_api.fail_next(
+        Fault(502, "Bad Gateway"), Fault(429, "Too Many Requests: retry after 1", retry_after=1)
+    )
 
     began = time.monotonic()
     result = Backup(config).run("manual")
@@ -137,8 +179,9 @@ def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_databa
 
 def test_rejected_upload_is_not_retried_and_says_what_to_fix(tmp_path, make_database, bot_api):
     source = make_database(rows=10)
-    environment = base_environment(tmp_path, source, **{**telegram_environment(bot_api),
-                                                        "TELEGRAM_CHAT_ID": "-100999"})
+    environment = base_environment(
+        tmp_path, source, **{**telegram_environment(bot_api), "TELEGRAM_CHAT_ID": "-100999"}
+    )
     config = load_config(None, environment)
 
     result = Backup(config).run("manual")
@@ -156,8 +199,11 @@ def test_retention_keeps_the_newest_and_never_touches_other_files(tmp_path, make
     old = [directory / f"{source}_backup_2025120{day}_030000.sql.gz" for day in range(1, 6)]
     for path in old:
         path.write_bytes(b"old")
-    strangers = [directory / "notes.txt", directory / f"{source}_backup_latest.sql.gz",
-                 directory / f"other_backup_20250101_030000.sql.gz"]
+    strangers = [
+        directory / "notes.txt",
+        directory / f"{source}_backup_latest.sql.gz",
+        directory / f"other_backup_20250101_030000.sql.gz",
+    ]
     for path in strangers:
         path.write_bytes(b"keep me")
     config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_BACKUP_KEEP="3"))
@@ -201,11 +247,17 @@ def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path
 def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, make_database):
     source = make_database(empty=True)
     spy = tmp_path / "spy_pg_dump"
-    spy.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\necho \"$PGPASSWORD\" > {tmp_path}/password\n"
-                   "echo '-- empty'\n")
+    spy.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path}/argv\necho "$PGPASSWORD" > {tmp_path}/password\n'
+        "echo '-- empty'\n"
+    )
     spy.chmod(0o755)
-    environment = base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(spy),
-                                   DATABASE_URL=f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}")
+    environment = base_environment(
+        tmp_path,
+        source,
+        TGBACKUPD_DATABASE_PG_DUMP=str(spy),
+        DATABASE_URL=f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}",
+    )
 
     result = Backup(load_config(None, environment)).run("manual")
 

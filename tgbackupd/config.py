@@ -280,6 +280,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             values[key.dotted] = key.parse(raw, from_env)
             sources[key.dotted] = source
         except _Problem as problem:
+            values[key.dotted] = key.default
             shown = "" if key.secret else f" = {raw!r}"
             problems.append(f"{key.dotted}{shown} (from {source}): {problem}")
     token, token_source = _resolve_token(values, sources, environ, problems)
@@ -452,14 +453,11 @@ def _resolve_database(
     """Return the database to dump: the URL's parts, each overridden by its own key when that is set."""
     parts: dict[str, Any] = {"options": ()}
     if values["database.url"]:
-        try:
-            parts = _parse_database_url(values["database.url"])
-        except _Problem:
-            return None  # already reported by the key's own check
+        parts = _parse_database_url(values["database.url"])  # valid: its key's own check passed
     for name in ("host", "port", "user", "password", "name"):
         if values[f"database.{name}"] is not None:
             parts[name] = values[f"database.{name}"]
-    if not parts.get("name"):
+    if not parts.get("name") and not any(problem.startswith("database.") for problem in problems):
         problems.append(
             "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
             "PGDATABASE, or database.name in the configuration file"

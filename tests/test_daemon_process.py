@@ -1,0 +1,395 @@
+"""The real tgbackupd process: systemd notifications, the control socket, tgbackupctl, signals, logs."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.botapi import CHAT_ID, FAKE_TOKEN
+from tests.conftest import base_environment, telegram_environment
+from tgbackupd import control
+
+pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
+
+GUIDE_EVENTS = [
+    "Starting manual database backup...",
+    "Creating database backup: ",
+    "Compressing backup: ",
+    "Backup created successfully: (",
+    f"Sending backup to Telegram chat: {CHAT_ID}",
+    "Backup sent to Telegram successfully",
+    "Backup routine completed successfully",
+]
+
+
+def events(log_text: str) -> list[dict]:
+    return [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+
+
+def slow_pg_dump(directory: Path, seconds: float) -> Path:
+    """A pg_dump stand-in that takes a while, then prints a tiny dump (or streams forever if seconds < 0)."""
+    script = directory / "slow_pg_dump"
+    body = "exec yes 'SELECT 1;'" if seconds < 0 else f"sleep {seconds}\necho 'SELECT 1;'"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_daemon_reports_ready_watchdog_and_stopping_to_systemd(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    source = make_database(rows=10)
+    daemon = start_daemon(base_environment(tmp_path, source, **telegram_environment(bot_api)))
+
+    ready = daemon.notify.wait_for("READY=1")
+    assert "STATUS=Idle; next backup " in ready and "last: none yet" in ready
+    daemon.notify.wait_for("WATCHDOG=1")
+    assert daemon.socket_path.exists() and daemon.socket_path.stat().st_mode & 0o777 == 0o660
+
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.notify.wait_for("STOPPING=1")
+    assert daemon.wait() == 0
+    assert not daemon.socket_path.exists()
+    assert "tgbackupd stopped" in daemon.log_text()
+
+
+def test_trigger_delivers_a_backup_and_status_shows_it_across_a_restart(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    source = make_database(rows=300)
+    environment = base_environment(tmp_path, source, **telegram_environment(bot_api), BACKUP_HOUR="4")
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+
+    triggered = daemon.ctl("trigger")
+
+    assert triggered.returncode == 0, triggered.stderr
+    assert triggered.stdout.startswith("Manual backup completed successfully")
+    assert "sent to Telegram (message 1)" in triggered.stdout
+    (document,) = bot_api.documents()
+    assert document.fields["chat_id"] == CHAT_ID
+    status = json.loads(daemon.ctl("status", "--json").stdout)["data"]
+    assert status["backup_enabled"] is True and status["backup_hour"] == 4
+    assert status["telegram_configured"] is True and status["telegram_chat_id"] == CHAT_ID
+    assert status["state"] == "idle" and status["next_run"].split("T")[1].startswith("04:00")
+    assert status["last_backup"]["file"] == document.file_name
+    assert status["last_backup"]["delivery"] == "sent" and status["backups_stored"] == 1
+    assert daemon.notify.wait_for(document.file_name).startswith("STATUS=Idle; next backup ")
+
+    log_text = daemon.log_text()
+    messages = [event["event"] for event in events(log_text)]
+    positions = [next(i for i, m in enumerate(messages) if m.startswith(wanted)) for wanted in GUIDE_EVENTS]
+    assert positions == sorted(positions), messages
+    summary = next(e for e in events(log_text) if e["event"] == "Backup routine completed successfully")
+    assert summary["logger"] == "tgbackupd.backup" and summary["level"] == "info"
+    assert summary["file"] == document.file_name and summary["size_bytes"] == len(document.content)
+    assert {"timestamp", "duration_s", "sha256"} <= summary.keys()
+    assert daemon.stop() == 0
+
+    again = start_daemon(environment)
+    again.notify.wait_for("READY=1")
+    human = again.ctl("status")
+    assert human.returncode == 0
+    assert f"Last backup:       {document.file_name}" in human.stdout and "sent to Telegram" in human.stdout
+    assert f"chat {CHAT_ID}" in human.stdout
+    assert again.stop() == 0
+    assert FAKE_TOKEN not in log_text + again.log_text() + human.stdout + triggered.stdout
+
+
+def test_second_trigger_is_told_a_backup_is_running_and_wait_runs_after_it(
+    tmp_path, make_database, start_daemon
+):
+    source = make_database(empty=True)
+    environment = base_environment(
+        tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(slow_pg_dump(tmp_path, 3))
+    )
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    daemon.notify.wait_for("STATUS=Backing up")
+
+    busy = daemon.ctl("trigger")
+    waited = daemon.ctl("trigger", "--wait")
+
+    assert busy.returncode == 75
+    assert "already running" in busy.stderr and "--wait" in busy.stderr
+    assert first.wait(30) == 0
+    assert waited.returncode == 0, waited.stderr
+    assert len(list((tmp_path / "backups").glob("*.sql.gz"))) == 2
+    assert daemon.stop() == 0
+
+
+def test_sigterm_during_a_dump_ends_pg_dump_and_removes_the_partial_file(
+    tmp_path, make_database, start_daemon
+):
+    source = make_database(empty=True)
+    environment = base_environment(
+        tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(slow_pg_dump(tmp_path, -1))
+    )
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+    trigger = subprocess.Popen(
+        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "backups").glob(".*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((tmp_path / "backups").glob(".*.partial"))
+
+    began = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    daemon.notify.wait_for("STOPPING=1")
+
+    assert daemon.wait() == 0
+    assert time.monotonic() - began < 10
+    assert list((tmp_path / "backups").glob("*.gz*")) == []
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "slow_pg_dump")], check=False).returncode == 1
+    _, stderr = trigger.communicate(timeout=10)
+    assert trigger.returncode != 0 and "stopping" in stderr
+
+
+def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(
+    tmp_path, make_database, start_daemon
+):
+    source = make_database(empty=True)
+    daemon = start_daemon(base_environment(tmp_path, source))
+    daemon.notify.wait_for("READY=1")
+    path = str(daemon.socket_path)
+
+    def raw(payload: bytes) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(10)
+            client.connect(path)
+            try:
+                client.sendall(payload)
+            except BrokenPipeError:
+                pass
+            return json.loads(client.makefile("rb").readline())
+
+    assert raw(b"\x00\xff garbage\n")["error"]["code"] == "bad_request"
+    assert raw(b'["status"]\n')["error"]["code"] == "bad_request"
+    assert raw(b'{"command": "format-disk"}\n')["error"]["code"] == "unknown_command"
+    assert raw(b"x" * (10 * 1024 * 1024) + b"\n")["error"]["code"] == "request_too_large"
+
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(path)
+    began = time.monotonic()
+    assert daemon.ctl("status").returncode == 0  # served while the silent client waits
+    assert time.monotonic() - began < 3
+    silent.settimeout(10)
+    assert json.loads(silent.makefile("rb").readline())["error"]["code"] == "timeout"
+    silent.close()
+
+    replies: list[dict] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        reply = raw(b'{"command": "status"}\n')
+        with lock:
+            replies.append(reply)
+
+    crowd = [threading.Thread(target=ask) for _ in range(200)]
+    for thread in crowd:
+        thread.start()
+    for thread in crowd:
+        thread.join(30)
+    assert len(replies) == 200
+    assert all("data" in r or r["error"]["code"] == "too_many_clients" for r in replies)
+    assert sum("data" in r for r in replies) >= 64
+    threads = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines()
+            if line.startswith("Threads:")
+        )
+    )
+    assert threads < 10
+    assert daemon.ctl("status").returncode == 0
+    assert daemon.stop() == 0
+
+
+def _as_user(uid: int, gid: int, path: str, message: dict, answers: multiprocessing.Queue) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:
+        answers.put(control.request(Path(path), message, timeout=30))
+    except control.ControlClientError as error:
+        answers.put({"client_error": str(error)})
+
+
+def ask_as(uid: int, gid: int, path: Path, message: dict) -> dict:
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_as_user, args=(uid, gid, str(path), message, answers))
+    child.start()
+    answer = answers.get(timeout=60)
+    child.join(10)
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+@pytest.mark.parametrize("control_group, may_trigger", [(None, False), ("nogroup", True)])
+def test_only_root_the_daemon_user_and_the_control_group_may_trigger(
+    tmp_path, make_database, start_daemon, control_group, may_trigger
+):
+    source = make_database(empty=True)
+    socket_directory = Path(tempfile.mkdtemp(prefix="tgbackupd-test-"))
+    socket_directory.chmod(0o755)
+    try:
+        environment = base_environment(
+            tmp_path,
+            source,
+            TGBACKUPD_DAEMON_SOCKET=str(socket_directory / "c.sock"),
+            TGBACKUPD_DAEMON_CONTROL_GROUP=control_group,
+        )
+        daemon = start_daemon(environment)
+        daemon.notify.wait_for("READY=1")
+        daemon.socket_path.chmod(0o666)  # let a stranger connect, so the daemon's own check is what decides
+        nobody = 65534
+
+        status = ask_as(nobody, nobody, daemon.socket_path, {"command": "status"})
+        trigger = ask_as(nobody, nobody, daemon.socket_path, {"command": "trigger"})
+
+        assert "data" in status
+        if may_trigger:
+            assert trigger["data"]["message"] == "Manual backup completed successfully"
+        else:
+            assert trigger["error"]["code"] == "permission_denied"
+            assert "may not trigger backups" in trigger["error"]["message"]
+            assert list((tmp_path / "backups").glob("*.sql.gz")) == []
+        daemon.socket_path.chmod(0o660)
+        refused = ask_as(nobody, 12345, daemon.socket_path, {"command": "status"})
+        assert "permission denied" in refused["client_error"]
+        assert daemon.stop() == 0
+    finally:
+        shutil.rmtree(socket_directory)
+
+
+def test_tgbackupctl_says_when_the_daemon_is_not_running(tmp_path):
+    missing = subprocess.run(
+        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 69
+    assert "tgbackupd is not running" in missing.stderr and "systemctl start tgbackupd" in missing.stderr
+    stale = tmp_path / "stale.sock"
+    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).bind(str(stale))
+    refused = subprocess.run(
+        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(stale), "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 69 and "nothing listens" in refused.stderr
+
+
+def test_once_makes_a_backup_and_exits_zero_or_one(tmp_path, make_database, bot_api):
+    source = make_database(rows=10)
+    environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
+    good = subprocess.run(
+        [sys.executable, "-m", "tgbackupd", "--once"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith(f"Backup created: {tmp_path / 'backups'}/{source}_backup_")
+    assert f"sent to Telegram chat {CHAT_ID}" in good.stdout
+    environment["DATABASE_URL"] = environment["DATABASE_URL"].rsplit("/", 1)[0] + "/missing_db"
+    bad = subprocess.run(
+        [sys.executable, "-m", "tgbackupd", "--once"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert 'database "missing_db" does not exist' in bad.stderr
+    assert FAKE_TOKEN not in good.stdout + good.stderr + bad.stdout + bad.stderr
+
+
+def test_invalid_configuration_exits_78_naming_every_problem(tmp_path):
+    environment = base_environment(
+        tmp_path, "db", BACKUP_HOUR="24", TELEGRAM_CHAT_ID="not-a-chat", TELEGRAM_BOT_TOKEN="nonsense"
+    )
+    for args in ((), ("--check-config",), ("--once",)):
+        completed = subprocess.run(
+            [sys.executable, "-m", "tgbackupd", *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 78
+        assert (
+            "backup.hour = '24' (from environment variable BACKUP_HOUR): expected an hour from 0 to 23"
+            in completed.stderr
+        )
+        assert "TELEGRAM_CHAT_ID" in completed.stderr and "TELEGRAM_BOT_TOKEN" in completed.stderr
+        assert "nonsense" not in completed.stderr  # a wrong token may still be a real one: never echo it
+
+
+def test_check_config_prints_the_effective_configuration_with_secrets_redacted(tmp_path):
+    environment = base_environment(
+        tmp_path,
+        "shop",
+        TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
+        TELEGRAM_CHAT_ID=CHAT_ID,
+        DATABASE_URL="postgresql://app:pa55word@db.internal:6432/shop",
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "tgbackupd", "--check-config"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert 'bot_token = "<redacted>"' in completed.stdout and 'password = "<redacted>"' in completed.stdout
+    assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout
+    assert 'host = "db.internal"' in completed.stdout and "port = 6432" in completed.stdout
+
+
+def test_logs_carry_syslog_priorities_under_journald(tmp_path, make_database):
+    environment = base_environment(tmp_path, "missing_db", JOURNAL_STREAM="8:12345")
+    completed = subprocess.run(
+        [sys.executable, "-m", "tgbackupd", "--once"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = completed.stderr.splitlines()
+    assert any(
+        line.startswith('<6>{"timestamp"') and "Starting manual database backup" in line for line in lines
+    )
+    failed = [line for line in lines if "Backup routine failed" in line]
+    assert failed and failed[0].startswith("<3>")
+    assert json.loads(failed[0][3:])["error"].startswith("pg_dump exited with status 1")
