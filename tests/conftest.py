@@ -71,7 +71,8 @@ CREATE INDEX orders_by_customer ON orders (customer_id);
 CREATE VIEW big_spenders AS SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id;
 INSERT INTO customers (name, email, balance, notes, data, avatar)
 SELECT 'Ünïcødé – 名前 ' || i, 'user' || i || '@example.org', (i * 1.25)::numeric(12, 2),
-       CASE WHEN i % 7 = 0 THEN NULL ELSE E'line one\nline two\ttab \\ backslash ''quote'' ' || md5(i::text) END,
+       CASE WHEN i % 7 = 0 THEN NULL
+            ELSE E'line one\nline two\ttab \\ backslash ''quote'' ' || md5(i::text) END,
        jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b', i % 3)),
        decode(md5(i::text), 'hex')
 FROM generate_series(1, %(rows)s) AS i;

@@ -457,11 +457,12 @@ def _resolve_database(
     for name in ("host", "port", "user", "password", "name"):
         if values[f"database.{name}"] is not None:
             parts[name] = values[f"database.{name}"]
-    if not parts.get("name") and not any(problem.startswith("database.") for problem in problems):
-        problems.append(
-            "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
-            "PGDATABASE, or database.name in the configuration file"
-        )
+    if not parts.get("name"):
+        if not any(problem.startswith("database.") for problem in problems):
+            problems.append(
+                "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
+                "PGDATABASE, or database.name in the configuration file"
+            )
         return None
     return DatabaseConfig(
         name=parts["name"],

@@ -68,7 +68,7 @@ class ControlServer:
         try:
             listener.bind(str(self.path))
             os.chmod(self.path, SOCKET_MODE)
-            if self._group is not None:
+            if self._group is not None and self._group != os.getegid():
                 try:
                     os.chown(self.path, -1, self._group)
                 except PermissionError:

@@ -202,7 +202,7 @@ def test_retention_keeps_the_newest_and_never_touches_other_files(tmp_path, make
     strangers = [
         directory / "notes.txt",
         directory / f"{source}_backup_latest.sql.gz",
-        directory / f"other_backup_20250101_030000.sql.gz",
+        directory / "other_backup_20250101_030000.sql.gz",
     ]
     for path in strangers:
         path.write_bytes(b"keep me")

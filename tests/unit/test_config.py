@@ -1,0 +1,256 @@
+from pathlib import Path
+
+import pytest
+
+from tgbackupd.config import DEFAULT_API_URL, KEYS, effective_config, load_config
+from tgbackupd.errors import ConfigError
+
+TOKEN = "123456789:fake-token-for-tests-only"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def problems(tmp_path: Path, text: str = "", **environ: str) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text), environ)
+    assert raised.value.exit_code == 78
+    return raised.value.problems
+
+
+def test_the_original_env_names_alone_make_a_complete_configuration(tmp_path):
+    config = load_config(
+        write(tmp_path, ""),
+        {
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_CHAT_ID": "-100123456789",
+            "BACKUP_ENABLED": "true",
+            "BACKUP_HOUR": "3",
+            "DATABASE_URL": "postgresql://app:secret@localhost:5432/bunyodkor",
+        },
+    )
+    assert config.telegram.configured and config.telegram.chat_id == "-100123456789"
+    assert config.telegram.api_url == DEFAULT_API_URL and config.telegram.max_upload_mb == 50
+    assert config.backup.enabled and config.backup.hour == 3 and config.backup.minute == 0
+    assert config.backup.keep == 7 and config.backup.prefix == "bunyodkor"
+    assert config.database.name == "bunyodkor" and config.database.password == "secret"
+    assert config.backup.directory == Path("/var/lib/tgbackupd/backups")
+    assert config.daemon.socket == Path("/run/tgbackupd/control.sock")
+    assert set(config.secrets()) == {TOKEN, "secret"}
+
+
+def test_inline_comments_copied_from_the_original_env_example_are_accepted(tmp_path):
+    config = load_config(
+        write(tmp_path, ""),
+        {
+            "DATABASE_URL": "postgresql://localhost/db",
+            "BACKUP_HOUR": "3  # Hour of day to run backup (0-23, default is 3 AM)",
+            "BACKUP_ENABLED": "true  # on",
+        },
+    )
+    assert config.backup.hour == 3 and config.backup.enabled
+
+
+def test_environment_wins_over_the_file_and_the_tgbackupd_name_over_the_legacy_one(tmp_path):
+    path = write(tmp_path, '[backup]\nhour = 5\nkeep = 2\n[database]\nname = "shop"\n')
+    config = load_config(path, {"BACKUP_HOUR": "6", "TGBACKUPD_BACKUP_HOUR": "7"})
+    assert config.backup.hour == 7 and config.backup.keep == 2
+    assert config.sources["backup.hour"] == "environment variable TGBACKUPD_BACKUP_HOUR"
+    assert config.sources["backup.keep"] == path
+
+
+def test_each_problem_names_the_key_where_it_came_from_and_what_is_expected(tmp_path):
+    found = problems(
+        tmp_path,
+        '[backup]\nhour = 24\nkeep = "seven"\nkep = 3\n[telegram]\nchat_id = "my chat"\n',
+        DATABASE_URL="postgresql://localhost/db",
+        BACKUP_ENABLED="maybe",
+    )
+    path = str(tmp_path / "config.toml")
+    assert f"backup.hour = 24 (from {path}): expected an hour from 0 to 23, got 24" in found
+    assert any(
+        p.startswith(f"backup.keep = 'seven' (from {path}): expected a number of backups") for p in found
+    )
+    assert f"{path}: unknown key backup.kep (did you mean keep?)" in found
+    assert any(p.startswith("telegram.chat_id = 'my chat'") and "@channelname" in p for p in found)
+    assert any(
+        p.startswith("backup.enabled = 'maybe' (from environment variable BACKUP_ENABLED)") for p in found
+    )
+    assert len(found) == 5
+
+
+def test_hour_24_from_the_environment_is_refused(tmp_path):
+    (problem,) = problems(tmp_path, DATABASE_URL="postgresql://localhost/db", BACKUP_HOUR="24")
+    assert (
+        problem
+        == "backup.hour = '24' (from environment variable BACKUP_HOUR): expected an hour from 0 to 23, got 24"
+    )
+
+
+@pytest.mark.parametrize(
+    "chat_id, expected",
+    [
+        ("-100123456789", "-100123456789"),
+        ("123456789", "123456789"),
+        ("@backup_channel", "@backup_channel"),
+    ],
+)
+def test_chat_ids_are_integers_or_channel_names(tmp_path, chat_id, expected):
+    config = load_config(
+        write(tmp_path, ""), {"DATABASE_URL": "postgresql://h/db", "TELEGRAM_CHAT_ID": chat_id}
+    )
+    assert config.telegram.chat_id == expected
+
+
+def test_a_chat_id_may_be_a_toml_integer(tmp_path):
+    config = load_config(
+        write(tmp_path, '[telegram]\nchat_id = -100123456789\n[database]\nname = "db"\n'), {}
+    )
+    assert config.telegram.chat_id == "-100123456789"
+
+
+def test_a_malformed_token_is_refused_without_being_echoed(tmp_path):
+    (problem,) = problems(tmp_path, DATABASE_URL="postgresql://h/db", TELEGRAM_BOT_TOKEN="oops-my-password")
+    assert "TELEGRAM_BOT_TOKEN" in problem and "oops-my-password" not in problem
+
+
+def test_unknown_sections_and_tgbackupd_variables_are_named(tmp_path):
+    found = problems(
+        tmp_path, "[telegarm]\nchat_id = 1\n", DATABASE_URL="postgresql://h/db", TGBACKUPD_BACKUP_KEPP="3"
+    )
+    assert any("unknown section [telegarm] (did you mean telegram?)" in p for p in found)
+    assert "unknown environment variable TGBACKUPD_BACKUP_KEPP (did you mean TGBACKUPD_BACKUP_KEEP?)" in found
+
+
+def test_invalid_toml_and_a_missing_explicit_file_are_reported(tmp_path):
+    assert any("is not valid TOML" in p for p in problems(tmp_path, "[backup\nhour = 3"))
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(tmp_path / "absent.toml"), {"DATABASE_URL": "postgresql://h/db"})
+    assert f"configuration file {tmp_path / 'absent.toml'} does not exist" in raised.value.problems
+
+
+def test_config_path_comes_from_tgbackupd_config(tmp_path):
+    path = write(tmp_path, '[database]\nname = "from_file"\n')
+    assert load_config(None, {"TGBACKUPD_CONFIG": path}).database.name == "from_file"
+
+
+def test_token_comes_from_a_file_and_then_from_the_systemd_credential(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "telegram-bot-token").write_text("987654321:credential-token-fake\n")
+    base = {"DATABASE_URL": "postgresql://h/db", "CREDENTIALS_DIRECTORY": str(credentials)}
+
+    from_file = load_config(
+        write(tmp_path, ""), {**base, "TGBACKUPD_TELEGRAM_BOT_TOKEN_FILE": str(token_file)}
+    )
+    from_credential = load_config(write(tmp_path, ""), base)
+
+    assert from_file.telegram.bot_token == TOKEN
+    assert from_credential.telegram.bot_token == "987654321:credential-token-fake"
+    assert from_credential.telegram.bot_token_source == "systemd credential telegram-bot-token"
+
+
+def test_an_unreadable_or_garbage_token_file_is_a_clear_problem(tmp_path):
+    (missing,) = problems(
+        tmp_path, DATABASE_URL="postgresql://h/db", TGBACKUPD_TELEGRAM_BOT_TOKEN_FILE=str(tmp_path / "nope")
+    )
+    assert f"cannot read the bot token file {tmp_path / 'nope'}: No such file or directory" in missing
+    garbage = tmp_path / "garbage"
+    garbage.write_text("hunter2 is my password")
+    (bad,) = problems(
+        tmp_path, DATABASE_URL="postgresql://h/db", TGBACKUPD_TELEGRAM_BOT_TOKEN_FILE=str(garbage)
+    )
+    assert "does not hold a bot token" in bad and "hunter2" not in bad
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (
+            "postgresql://app:p%40ss@db.example:6432/shop?sslmode=require",
+            ("shop", "db.example", 6432, "app", "p@ss", (("sslmode", "require"),)),
+        ),
+        ("postgresql+asyncpg://app:pw@localhost/shop", ("shop", "localhost", None, "app", "pw", ())),
+        ("postgres:///shop?host=/var/run/postgresql", ("shop", "/var/run/postgresql", None, None, None, ())),
+    ],
+)
+def test_database_urls_as_applications_write_them(tmp_path, url, expected):
+    database = load_config(write(tmp_path, ""), {"DATABASE_URL": url}).database
+    assert (
+        database.name,
+        database.host,
+        database.port,
+        database.user,
+        database.password,
+        database.options,
+    ) == expected
+
+
+def test_pg_variables_override_the_parts_of_the_url(tmp_path):
+    database = load_config(
+        write(tmp_path, ""),
+        {
+            "DATABASE_URL": "postgresql://app:pw@localhost/shop",
+            "PGHOST": "replica",
+            "PGPASSWORD": "other",
+        },
+    ).database
+    assert (database.host, database.password, database.user, database.name) == (
+        "replica",
+        "other",
+        "app",
+        "shop",
+    )
+
+
+def test_a_bad_url_or_no_database_at_all_is_reported(tmp_path):
+    (bad,) = problems(tmp_path, DATABASE_URL="mysql://h/db")
+    assert bad.startswith("database.url (from environment variable DATABASE_URL): expected a URL of the form")
+    (none,) = problems(tmp_path)
+    assert none.startswith("no database to back up: set DATABASE_URL")
+
+
+def test_systemd_directories_set_the_defaults(tmp_path):
+    config = load_config(
+        write(tmp_path, ""),
+        {
+            "DATABASE_URL": "postgresql://h/db",
+            "STATE_DIRECTORY": "/var/lib/tgbackupd",
+            "RUNTIME_DIRECTORY": "/run/custom",
+        },
+    )
+    assert config.daemon.socket == Path("/run/custom/control.sock")
+    assert config.daemon.state_file == Path("/var/lib/tgbackupd/state.json")
+
+
+def test_a_control_group_that_does_not_exist_is_reported(tmp_path):
+    (problem,) = problems(
+        tmp_path, DATABASE_URL="postgresql://h/db", TGBACKUPD_DAEMON_CONTROL_GROUP="no-such-grp"
+    )
+    assert "there is no group named 'no-such-grp'" in problem
+
+
+def test_effective_configuration_redacts_the_secrets(tmp_path):
+    config = load_config(
+        write(tmp_path, ""), {"DATABASE_URL": "postgresql://app:pw@h/db", "TELEGRAM_BOT_TOKEN": TOKEN}
+    )
+    effective = effective_config(config)
+    assert (
+        effective["telegram"]["bot_token"] == "<redacted>"
+        and effective["database"]["password"] == "<redacted>"
+    )
+    assert TOKEN not in repr(effective) and "'pw'" not in repr(effective)
+
+
+def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path):
+    example = Path(__file__).parents[2] / "config.example.toml"
+    config = load_config(str(example), {"DATABASE_URL": "postgresql://h/db"})
+    uncommented = "\n".join(line.lstrip("# ") for line in example.read_text().splitlines())
+    for key in KEYS:
+        assert f"\n{key.name} =" in uncommented, f"config.example.toml does not document {key.dotted}"
+    assert config.backup.hour == 3 and config.backup.keep == 7

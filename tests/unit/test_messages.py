@@ -1,0 +1,60 @@
+from tgbackupd import messages
+from tgbackupd.ctl import render_status
+
+
+def test_sizes_read_like_the_original_log_lines():
+    assert messages.human_size(16180000) == "15.43 MB"
+    assert messages.human_size(2048) == "2.00 KB"
+    assert messages.human_size(12) == "12 bytes"
+
+
+def test_caption_says_what_a_person_needs_and_fits_telegrams_limit():
+    caption = messages.backup_caption(
+        file="a" * 900 + ".sql.gz",
+        database="shop on db:5432",
+        server="web1",
+        size_bytes=16180000,
+        sha256="f" * 64,
+        duration_s=20.04,
+    )
+    assert len(caption) <= messages.CAPTION_LIMIT
+    short = messages.backup_caption(
+        file="shop_backup_20251203_030000.sql.gz",
+        database="shop on db:5432",
+        server="web1",
+        size_bytes=16180000,
+        sha256="f" * 64,
+        duration_s=20.04,
+    )
+    for expected in ("shop on db:5432", "web1", "15.43 MB", "f" * 64, "20.0 s", "gunzip"):
+        assert expected in short
+
+
+def test_failure_notice_is_clipped_to_a_message():
+    notice = messages.failure_notice(database="shop", server="web1", reason="x" * 10000)
+    assert len(notice) <= messages.MESSAGE_LIMIT and notice.startswith("❌ Backup of shop on web1 failed.")
+
+
+def test_status_rendering_says_when_scheduled_backups_are_off_and_telegram_missing():
+    text = render_status(
+        {
+            "version": "0.1.0",
+            "pid": 10,
+            "started_at": "2025-12-02T10:00:00+00:00",
+            "running": None,
+            "backup_enabled": False,
+            "backup_hour": 3,
+            "backup_minute": 0,
+            "next_run": None,
+            "telegram_configured": False,
+            "telegram_chat_id": None,
+            "database": "shop on h",
+            "backups_stored": 0,
+            "backup_directory": "/b",
+            "keep": 7,
+            "last_backup": None,
+        }
+    )
+    assert "Scheduled backups: off (BACKUP_ENABLED=false)" in text
+    assert "not configured: backups are kept locally only" in text
+    assert "Last backup:       none yet" in text

@@ -1,0 +1,37 @@
+from tgbackupd.config import DatabaseConfig
+from tgbackupd.pgdump import build_command, build_environment, conninfo
+
+
+def database(**overrides) -> DatabaseConfig:
+    fields = {
+        "name": "shop",
+        "host": "db.internal",
+        "port": 6432,
+        "user": "app",
+        "password": "s3cret",
+        "options": (("sslmode", "require"),),
+        "pg_dump": "/usr/lib/postgresql/16/bin/pg_dump",
+    }
+    fields.update(overrides)
+    return DatabaseConfig(**fields)
+
+
+def test_command_is_a_plain_sql_dump_without_the_password():
+    assert build_command(database()) == (
+        "/usr/lib/postgresql/16/bin/pg_dump",
+        "--format=plain",
+        "--no-password",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
+    )
+
+
+def test_conninfo_quotes_values_that_need_it():
+    assert conninfo(database(name="my db", host=None, port=None, user="o'brien", options=())) == (
+        "dbname='my db' user='o\\'brien' application_name=tgbackupd"
+    )
+
+
+def test_password_goes_in_pgpassword_and_an_inherited_one_is_dropped():
+    environment = build_environment(database(), {"PATH": "/usr/bin", "PGPASSWORD": "inherited"})
+    assert environment == {"PATH": "/usr/bin", "PGPASSWORD": "s3cret"}
+    assert "PGPASSWORD" not in build_environment(database(password=None), {"PGPASSWORD": "inherited"})

@@ -1,0 +1,75 @@
+from datetime import datetime
+
+import pytest
+
+from tgbackupd.errors import StorageError
+from tgbackupd.storage import BackupDirectory
+
+WHEN = datetime(2025, 12, 3, 3, 0, 0)
+
+
+def test_names_follow_the_original_pattern_and_skip_a_taken_second(tmp_path):
+    directory = BackupDirectory(tmp_path, "bunyodkor")
+    assert directory.unused_name(WHEN) == "bunyodkor_backup_20251203_030000.sql.gz"
+    (tmp_path / "bunyodkor_backup_20251203_030000.sql.gz").write_bytes(b"x")
+    assert directory.unused_name(WHEN) == "bunyodkor_backup_20251203_030001.sql.gz"
+
+
+def test_a_file_appears_under_its_name_only_when_complete(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    with directory.new_file("db_backup_20251203_030000.sql.gz") as stream:
+        stream.write(b"data")
+        assert directory.backups() == []
+        assert [p.name for p in tmp_path.iterdir()] == [".db_backup_20251203_030000.sql.gz.partial"]
+    assert [b.name for b in directory.backups()] == ["db_backup_20251203_030000.sql.gz"]
+
+
+def test_an_error_while_writing_leaves_nothing_behind(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    with pytest.raises(RuntimeError), directory.new_file("db_backup_20251203_030000.sql.gz") as stream:
+        stream.write(b"half")
+        raise RuntimeError("disk on fire")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_keeps_the_newest_of_ours_and_nothing_else_is_touched(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    ours = [f"db_backup_2025120{day}_030000.sql.gz" for day in range(1, 10)]
+    others = [
+        "db_backup_manual.sql.gz",
+        "dbx_backup_20250101_030000.sql.gz",
+        "db_backup_20250101_030000.sql",
+        "readme.txt",
+        ".db_backup_20251201_030000.sql.gz.partial",
+    ]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"x")
+
+    removed = directory.prune(7)
+
+    assert removed == ["db_backup_20251202_030000.sql.gz", "db_backup_20251201_030000.sql.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ours[2:] + others)
+
+
+def test_leftovers_of_an_interrupted_run_are_removed_and_only_those(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    (tmp_path / ".db_backup_20251201_030000.sql.gz.partial").write_bytes(b"x")
+    (tmp_path / ".other_backup_20251201_030000.sql.gz.partial").write_bytes(b"x")
+    assert directory.remove_partials() == [".db_backup_20251201_030000.sql.gz.partial"]
+    assert [p.name for p in tmp_path.iterdir()] == [".other_backup_20251201_030000.sql.gz.partial"]
+
+
+def test_two_processes_never_back_up_into_one_directory_at_once(tmp_path):
+    first, second = BackupDirectory(tmp_path, "db"), BackupDirectory(tmp_path, "db")
+    busy = pytest.raises(StorageError, match="another tgbackupd process is making a backup")
+    with first.lock(), busy, second.lock():
+        pass
+    with second.lock():
+        pass
+
+
+def test_an_unwritable_directory_is_reported_with_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StorageError, match=r"set backup\.directory"):
+        BackupDirectory(blocker / "backups", "db").ensure()
