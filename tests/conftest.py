@@ -17,33 +17,42 @@ PG_PORT = os.environ.get("TEST_PG_PORT", "5432")
 PG_USER = os.environ.get("TEST_PG_USER", "postgres")
 
 
+def psql_command(dbname: str) -> list[str]:
+    return [
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        PG_HOST,
+        "-p",
+        PG_PORT,
+        "-U",
+        PG_USER,
+        "-d",
+        dbname,
+    ]
+
+
 def psql(dbname: str, sql: str) -> str:
     completed = subprocess.run(
-        [
-            "psql",
-            "-X",
-            "-q",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            PG_HOST,
-            "-p",
-            PG_PORT,
-            "-U",
-            PG_USER,
-            "-d",
-            dbname,
-            "-c",
-            sql,
-        ],
+        [*psql_command(dbname), "-At", "-c", sql], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.strip()
+
+
+def run_tgbackupd(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `tgbackupd ARGS` to completion, as a user would from a shell or cron."""
+    return subprocess.run(
+        [sys.executable, "-m", "tgbackupd", *args],
+        env=environment,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert completed.returncode == 0, completed.stderr
-    return completed.stdout.strip()
 
 
 def database_url(dbname: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
-from tests.conftest import base_environment, telegram_environment
+from tests.conftest import base_environment, run_tgbackupd, telegram_environment
 from tgbackupd import control
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -306,26 +306,12 @@ def test_tgbackupctl_says_when_the_daemon_is_not_running(tmp_path):
 def test_once_makes_a_backup_and_exits_zero_or_one(tmp_path, make_database, bot_api):
     source = make_database(rows=10)
     environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
-    good = subprocess.run(
-        [sys.executable, "-m", "tgbackupd", "--once"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    good = run_tgbackupd(environment, "--once")
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith(f"Backup created: {tmp_path / 'backups'}/{source}_backup_")
     assert f"sent to Telegram chat {CHAT_ID}" in good.stdout
     environment["DATABASE_URL"] = environment["DATABASE_URL"].rsplit("/", 1)[0] + "/missing_db"
-    bad = subprocess.run(
-        [sys.executable, "-m", "tgbackupd", "--once"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = run_tgbackupd(environment, "--once")
     assert bad.returncode == 1
     assert 'database "missing_db" does not exist' in bad.stderr
     assert FAKE_TOKEN not in good.stdout + good.stderr + bad.stdout + bad.stderr
@@ -336,14 +322,7 @@ def test_invalid_configuration_exits_78_naming_every_problem(tmp_path):
         tmp_path, "db", BACKUP_HOUR="24", TELEGRAM_CHAT_ID="not-a-chat", TELEGRAM_BOT_TOKEN="nonsense"
     )
     for args in ((), ("--check-config",), ("--once",)):
-        completed = subprocess.run(
-            [sys.executable, "-m", "tgbackupd", *args],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        completed = run_tgbackupd(environment, *args)
         assert completed.returncode == 78
         assert (
             "backup.hour = '24' (from environment variable BACKUP_HOUR): expected an hour from 0 to 23"
@@ -361,14 +340,7 @@ def test_check_config_prints_the_effective_configuration_with_secrets_redacted(t
         TELEGRAM_CHAT_ID=CHAT_ID,
         DATABASE_URL="postgresql://app:pa55word@db.internal:6432/shop",
     )
-    completed = subprocess.run(
-        [sys.executable, "-m", "tgbackupd", "--check-config"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_tgbackupd(environment, "--check-config")
     assert completed.returncode == 0, completed.stderr
     assert 'bot_token = "<redacted>"' in completed.stdout and 'password = "<redacted>"' in completed.stdout
     assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout
@@ -377,14 +349,7 @@ def test_check_config_prints_the_effective_configuration_with_secrets_redacted(t
 
 def test_logs_carry_syslog_priorities_under_journald(tmp_path, make_database):
     environment = base_environment(tmp_path, "missing_db", JOURNAL_STREAM="8:12345")
-    completed = subprocess.run(
-        [sys.executable, "-m", "tgbackupd", "--once"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = run_tgbackupd(environment, "--once")
     lines = completed.stderr.splitlines()
     assert any(
         line.startswith('<6>{"timestamp"') and "Starting manual database backup" in line for line in lines

@@ -15,10 +15,10 @@ from tests.botapi import CHAT_ID, Fault
 from tests.conftest import (
     PG_HOST,
     PG_PORT,
-    PG_USER,
     base_environment,
     fingerprint,
     psql,
+    psql_command,
     telegram_environment,
 )
 from tgbackupd.backup import Backup
@@ -34,26 +34,7 @@ def restore_as_the_guide_says(backup: Path, workdir: Path, target: str) -> None:
     subprocess.run(["gunzip", str(copy)], check=True)
     sql = copy.with_suffix("")
     with sql.open("rb") as stream:
-        subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                PG_HOST,
-                "-p",
-                PG_PORT,
-                "-U",
-                PG_USER,
-                "-d",
-                target,
-            ],
-            stdin=stream,
-            check=True,
-            capture_output=True,
-        )
+        subprocess.run(psql_command(target), stdin=stream, check=True, capture_output=True)
 
 
 def test_backup_restores_into_a_fresh_database_with_identical_contents(tmp_path, make_database):
