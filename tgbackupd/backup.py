@@ -180,7 +180,13 @@ class Backup:
         except (TelegramError, Cancelled) as error:
             reason = self._text(error)
             bound.error("Failed to send backup to Telegram", chat_id=chat_id, error=reason)
-            return "failed", None, f"the backup was made but not sent to Telegram: {reason}"
+            error_text = f"the backup was made but not sent to Telegram: {reason}"
+            if not self.cancel.is_set():
+                notice = messages.failure_notice(
+                    database=self._config.database.describe(), server=self._server, reason=error_text
+                )
+                self._tell_chat(bot, notice, bound, retry=False)
+            return "failed", None, error_text
         bound.info("Backup sent to Telegram successfully", chat_id=chat_id, message_id=sent.message_id)
         return "sent", sent.message_id, None
 
@@ -214,15 +220,17 @@ class Backup:
         self._summarize(result, bound)
         if bot is not None and not self.cancel.is_set():
             notice = messages.failure_notice(
-                database=result.database, server=self._server, reason=result.error or "unknown"
+                database=self._config.database.describe(),
+                server=self._server,
+                reason=result.error or "unknown",
             )
             self._tell_chat(bot, notice, bound)
 
-    def _tell_chat(self, bot: BotApi, text: str, bound: Any) -> None:
+    def _tell_chat(self, bot: BotApi, text: str, bound: Any, retry: bool = True) -> None:
         chat_id = self._config.telegram.chat_id
         assert chat_id is not None
         try:
-            bot.send_message(chat_id, text)
+            bot.send_message(chat_id, text, retry=retry)
         except (TelegramError, Cancelled) as error:
             bound.warning("Could not tell the Telegram chat", chat_id=chat_id, error=self._text(error))
 

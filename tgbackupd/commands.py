@@ -79,7 +79,7 @@ class Commands:
             "telegram_chat_id": config.telegram.chat_id,
             "state": "running" if running else "idle",
             "running": running.describe() if running else None,
-            "next_run": next_run.isoformat() if next_run else None,
+            "next_run": next_run.astimezone().isoformat(timespec="seconds") if next_run else None,
             "database": config.database.describe(),
             "backup_directory": str(config.backup.directory),
             "keep": config.backup.keep,
@@ -139,17 +139,22 @@ def status_line(status: dict[str, Any]) -> str:
         running = status["running"]
         return f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
     if status["next_run"]:
-        schedule = f"next backup {status['next_run'][:16].replace('T', ' ')}"
+        schedule = f"next backup {_minutes(status['next_run'])}"
     else:
         schedule = "scheduled backups off (BACKUP_ENABLED=false)"
     return f"Idle; {schedule}; last: {describe_last(status['last_backup'])}"
+
+
+def _minutes(iso_time: str) -> str:
+    """`2026-12-01T03:00:00+00:00` as people read it: `2026-12-01 03:00`."""
+    return iso_time[:16].replace("T", " ")
 
 
 def describe_last(last: dict[str, Any] | None) -> str:
     if not last:
         return "none yet"
     if last.get("error"):
-        return f"FAILED at {last['started_at'][:19].replace('T', ' ')}: {last['error']}"[:300]
+        return f"FAILED at {_minutes(last['started_at'])}: {last['error']}"[:300]
     size = messages.human_size(last["size_bytes"]) if last.get("size_bytes") is not None else "?"
     where = "sent to Telegram" if last.get("delivery") == "sent" else "kept locally"
     return f"{last['file']} ({size}) {where}"

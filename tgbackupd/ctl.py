@@ -76,7 +76,10 @@ def render_status(data: dict[str, Any]) -> str:
     else:
         state = "idle"
     if data["backup_enabled"]:
-        schedule = f"daily at {data['backup_hour']:02d}:{data['backup_minute']:02d}, next {data['next_run']}"
+        next_run = data["next_run"][:16].replace("T", " ")
+        schedule = (
+            f"daily at {data['backup_hour']:02d}:{data['backup_minute']:02d} local time, next {next_run}"
+        )
     else:
         schedule = "off (BACKUP_ENABLED=false); `tgbackupctl trigger` still works"
     telegram = (

@@ -113,9 +113,11 @@ class BotApi:
     def close(self) -> None:
         self._session.close()
 
-    def send_message(self, chat_id: str, text: str) -> SentMessage:
+    def send_message(self, chat_id: str, text: str, retry: bool = True) -> SentMessage:
+        """Send a text; `retry=False` makes one attempt only, for a notice after the API already failed."""
         fields = {"chat_id": chat_id, "text": text, "disable_web_page_preview": "true"}
-        return self._sent(self._call("sendMessage", chat_id, lambda: {"data": fields}))
+        attempts = self._attempts if retry else 1
+        return self._sent(self._call("sendMessage", chat_id, lambda: {"data": fields}, attempts))
 
     def send_document(self, chat_id: str, path: Path, file_name: str, caption: str) -> SentMessage:
         def request() -> dict[str, Any]:
@@ -124,18 +126,20 @@ class BotApi:
             )
             return {"data": body, "headers": {"Content-Type": body.content_type}}
 
-        return self._sent(self._call("sendDocument", chat_id, request))
+        return self._sent(self._call("sendDocument", chat_id, request, self._attempts))
 
     @staticmethod
     def _sent(result: Any) -> SentMessage:
         return SentMessage(message_id=int(result.get("message_id", 0)) if isinstance(result, dict) else 0)
 
-    def _call(self, method: str, chat_id: str, make_request: Callable[[], dict[str, Any]]) -> Any:
+    def _call(
+        self, method: str, chat_id: str, make_request: Callable[[], dict[str, Any]], attempts: int
+    ) -> Any:
         """POST a method; return its `result`. Raise TelegramRejected at once on 4xx, TelegramError once
         the retries are spent, Cancelled when told to stop."""
         url = f"{self._api_url}/bot{self._token}/{method}"
         failure = ""
-        for attempt in range(1, self._attempts + 1):
+        for attempt in range(1, attempts + 1):
             if self._cancel.is_set():
                 raise Cancelled("tgbackupd is stopping")
             try:
@@ -163,12 +167,12 @@ class BotApi:
                     raise self._rejected(response.status_code, description, chat_id)
                 else:
                     delay = min(MAX_BACKOFF_S, 2.0 ** (attempt - 1))
-            if attempt < self._attempts:
+            if attempt < attempts:
                 self.on_retry(method, attempt, delay, failure)
                 if self._wait(delay):
                     raise Cancelled("tgbackupd is stopping")
         raise TelegramError(
-            f"Telegram {method} failed {self._attempts} time(s), last with: {failure}. "
+            f"Telegram {method} failed {attempts} time(s), last with: {failure}. "
             "Check that this host reaches the Bot API (telegram.api_url) and try again"
         )
 

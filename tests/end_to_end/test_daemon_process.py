@@ -357,3 +357,12 @@ def test_logs_carry_syslog_priorities_under_journald(tmp_path, make_database):
     failed = [line for line in lines if "Backup routine failed" in line]
     assert failed and failed[0].startswith("<3>")
     assert json.loads(failed[0][3:])["error"].startswith("pg_dump exited with status 1")
+
+
+def test_daemon_refuses_to_start_without_a_usable_backup_directory(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    environment = base_environment(tmp_path, "db", TGBACKUPD_BACKUP_DIRECTORY=str(blocker / "backups"))
+    completed = run_tgbackupd(environment)
+    assert completed.returncode == 73
+    assert "cannot create the backup directory" in completed.stderr and "backup.directory" in completed.stderr

@@ -245,3 +245,21 @@ def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, m
     assert result.succeeded, result.error
     assert "s3cret-pw" not in (tmp_path / "argv").read_text()
     assert (tmp_path / "password").read_text().strip() == "s3cret-pw"
+
+
+def test_a_delivery_that_keeps_failing_is_reported_to_the_chat_once_it_answers(
+    tmp_path, make_database, bot_api
+):
+    source = make_database(rows=10)
+    environment = base_environment(
+        tmp_path, source, **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_RETRIES": "1"}
+    )
+    bot_api.fail_next(Fault(500, "Internal Server Error"), Fault(503, "Service Unavailable"))
+
+    result = Backup(load_config(None, environment)).run("scheduled")
+
+    assert result.delivery == "failed" and Path(result.path).exists()
+    assert "failed 2 time(s), last with: 503 Service Unavailable" in result.error
+    (notice,) = bot_api.messages()
+    assert "not sent to Telegram" in notice.fields["text"]
+    assert bot_api.documents() == []

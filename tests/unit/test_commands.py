@@ -154,5 +154,5 @@ def test_status_line_tells_schedule_and_last_result():
     )
     failed = {**status, "next_run": None, "last_backup": result("scheduled", error="disk full").to_dict()}
     assert status_line(failed) == (
-        "Idle; scheduled backups off (BACKUP_ENABLED=false); last: FAILED at 2025-12-03 03:00:00: disk full"
+        "Idle; scheduled backups off (BACKUP_ENABLED=false); last: FAILED at 2025-12-03 03:00: disk full"
     )
