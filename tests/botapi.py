@@ -1,6 +1,7 @@
-"""A Bot API stand-in on 127.0.0.1: answers sendDocument and sendMessage as the real server does, with
-its size limits and its error replies, and can be told to fail (5xx, 429 with retry_after, 4xx, a reset
-connection, a stall). Tests read what it received."""
+"""A Bot API stand-in on 127.0.0.1: answers sendDocument, sendMessage, pinChatMessage, getChat, getFile
+and file downloads as the real server does, with its size limits (50 MB up, 20 MB down) and its error
+replies, and can be told to fail (5xx, 429 with retry_after, 4xx, a reset connection, a stall, a
+download cut short). Tests read what it received and may damage what it stores."""
 
 import email.parser
 import email.policy
@@ -15,6 +16,7 @@ from typing import Any
 FAKE_TOKEN = "123456789:fake-token-for-tests-only"
 CHAT_ID = "-100123456789"
 UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
+DOWNLOAD_LIMIT_BYTES = 20 * 1024 * 1024
 CAPTION_LIMIT = 1024
 MESSAGE_LIMIT = 4096
 
@@ -29,12 +31,13 @@ class Received:
 
 @dataclass
 class Fault:
-    """What to do instead of answering: an HTTP status with a Bot API error body, `reset`, or `stall`."""
+    """What to do instead of answering the next request: an HTTP status with a Bot API error body,
+    `reset` (close the connection), `stall`, or `truncate` (a file download cut in half)."""
 
     status: int = 500
     description: str = "Internal Server Error"
     retry_after: int | None = None
-    action: str = "reply"  # reply | reset | stall
+    action: str = "reply"
     stall_s: float = 0.0
 
 
@@ -43,10 +46,15 @@ class BotApiState:
     token: str
     chats: set[str]
     upload_limit: int
+    download_limit: int = DOWNLOAD_LIMIT_BYTES
+    can_pin: bool = True
     kicked_from: set[str] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)  # message id → Message
+    files: dict[str, bytes] = field(default_factory=dict)  # file id → content
+    pinned: dict[str, dict[str, Any]] = field(default_factory=dict)  # chat id → pinned Message
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_message_id: int = 1
 
@@ -66,7 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self._handle()
+        if self.path.startswith("/file/"):
+            self._download()
+        else:
+            self._handle()
 
     def do_POST(self) -> None:
         self._handle()
@@ -78,6 +89,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _download(self) -> None:
+        state = self.server.state
+        parts = urllib.parse.urlsplit(self.path).path.split("/")  # '', 'file', 'bot<token>', 'documents', id
+        with state.lock:
+            state.requests.append(self.path)
+            fault = state.faults.pop(0) if state.faults else None
+        if len(parts) != 5 or parts[2] != f"bot{state.token}" or parts[4] not in state.files:
+            self._reply(*_error(404, "Not Found"))
+            return
+        content = state.files[parts[4]]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        if fault is not None and fault.action == "truncate":
+            self.wfile.write(content[: len(content) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(content)
 
     def _handle(self) -> None:
         state = self.server.state
@@ -125,7 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "username": "backup_test_bot",
                 },
             }
-        if method not in ("sendDocument", "sendMessage"):
+        if method == "getFile":
+            return self._get_file(fields.get("file_id", ""))
+        if method not in ("sendDocument", "sendMessage", "getChat", "pinChatMessage"):
             return _error(404, "Not Found: method not found")
         chat_id = fields.get("chat_id", "")
         if not chat_id:
@@ -134,6 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(400, "Bad Request: chat not found")
         if chat_id in state.kicked_from:
             return _error(403, "Forbidden: bot is not a member of the channel chat")
+        if method == "getChat":
+            return 200, {"ok": True, "result": self._chat(chat_id)}
+        if method == "pinChatMessage":
+            return self._pin(chat_id, fields.get("message_id", ""))
         if method == "sendMessage":
             text = fields.get("text", "")
             if not text:
@@ -156,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         result: dict[str, Any] = {
             "message_id": message_id,
             "date": int(time.time()),
-            "chat": {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0, "type": "channel"},
+            "chat": self._chat(chat_id, with_pinned=False),
         }
         if method == "sendMessage":
             result["text"] = fields["text"]
@@ -169,7 +208,44 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if fields.get("caption"):
                 result["caption"] = fields["caption"]
+            with state.lock:
+                state.files[f"doc{message_id}"] = content or b""
+        with state.lock:
+            state.messages[message_id] = result
         return 200, {"ok": True, "result": result}
+
+    def _chat(self, chat_id: str, with_pinned: bool = True) -> dict[str, Any]:
+        chat: dict[str, Any] = {"id": int(chat_id) if chat_id.lstrip("-").isdigit() else 0, "type": "channel"}
+        chat["title"] = "Backups"
+        pinned = self.server.state.pinned.get(chat_id)
+        if with_pinned and pinned is not None:
+            chat["pinned_message"] = pinned
+        return chat
+
+    def _pin(self, chat_id: str, message_id: str) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        if not state.can_pin:
+            return _error(400, "Bad Request: not enough rights to manage pinned messages in the chat")
+        message = state.messages.get(int(message_id)) if message_id.isdigit() else None
+        if message is None:
+            return _error(400, "Bad Request: message to pin not found")
+        state.pinned[chat_id] = message
+        return 200, {"ok": True, "result": True}
+
+    def _get_file(self, file_id: str) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        if file_id not in state.files:
+            return _error(400, "Bad Request: invalid file_id")
+        size = len(state.files[file_id])
+        if size > state.download_limit:
+            return _error(400, "Bad Request: file is too big")
+        file = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_size": size,
+            "file_path": f"documents/{file_id}",
+        }
+        return 200, {"ok": True, "result": file}
 
     def _form(self, body: bytes) -> tuple[dict[str, str], str | None, bytes | None]:
         content_type = self.headers.get("Content-Type", "")

@@ -22,6 +22,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
 TOKEN_CREDENTIAL = "telegram-bot-token"
 REDACTED = "<redacted>"
+STATE_FILE_NAME = ".tgbackupd-state.json"
 
 _TOKEN_PATTERN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]+$")
 _CHAT_ID_PATTERN = re.compile(r"^(-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{3,31})$")
@@ -168,6 +169,7 @@ KEYS = (
     _Key("telegram", "chat_id", _chat_id, legacy_env=("TELEGRAM_CHAT_ID",)),
     _Key("telegram", "api_url", _api_url, DEFAULT_API_URL),
     _Key("telegram", "max_upload_mb", _integer(1, 2000, "a size in MB"), 50),
+    _Key("telegram", "part_size_mb", _integer(1, 2000, "a size in MB"), 19),
     _Key("telegram", "timeout", _integer(5, 3600, "a number of seconds"), 120),
     _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
@@ -184,6 +186,7 @@ KEYS = (
     _Key("backup", "prefix", _prefix),
     _Key("backup", "keep", _integer(1, 10000, "a number of backups"), 7),
     _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
+    _Key("backup", "verify_after", _boolean, False),
     _Key("daemon", "socket", _path),
     _Key("daemon", "control_group", _group),
     _Key("daemon", "state_file", _path),
@@ -200,6 +203,7 @@ class TelegramConfig:
     chat_id: str | None
     api_url: str
     max_upload_mb: int
+    part_size_mb: int
     timeout: int
     retries: int
 
@@ -208,8 +212,8 @@ class TelegramConfig:
         return bool(self.bot_token and self.chat_id)
 
     @property
-    def max_upload_bytes(self) -> int:
-        return self.max_upload_mb * 1024 * 1024
+    def part_size_bytes(self) -> int:
+        return self.part_size_mb * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,7 @@ class BackupConfig:
     prefix: str
     keep: int
     compression_level: int
+    verify_after: bool
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,84 @@ class Config:
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Config:
     """Given a config path (or None for TGBACKUPD_CONFIG or the default) and the environment, return the
     validated configuration. Raise ConfigError listing every problem found."""
+    values, sources, problems, config_file = _collect(path, environ)
+    telegram = _telegram(values, sources, environ, problems)
+    database = _resolve_database(values, problems, required=True)
+    if problems:
+        raise ConfigError(problems)
+    assert database is not None
+    directory = _backup_directory(values, environ)
+    return Config(
+        telegram=telegram,
+        database=database,
+        backup=BackupConfig(
+            enabled=values["backup.enabled"],
+            hour=values["backup.hour"],
+            minute=values["backup.minute"],
+            directory=directory,
+            prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
+            keep=values["backup.keep"],
+            compression_level=values["backup.compression_level"],
+            verify_after=values["backup.verify_after"],
+        ),
+        daemon=DaemonConfig(
+            socket=_socket(values, environ),
+            control_group=values["daemon.control_group"],
+            state_file=values["daemon.state_file"] or directory / STATE_FILE_NAME,
+            log_level=values["daemon.log_level"],
+        ),
+        config_file=config_file if config_file.exists() else None,
+        sources=sources,
+    )
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What tgbackupctl's restore, verify and list need: no database is required (a new machine may
+    have nothing but the token and the chat id)."""
+
+    telegram: TelegramConfig
+    database: DatabaseConfig | None
+    backup_directory: Path
+    state_file: Path
+    socket: Path
+
+    def secrets(self) -> list[str]:
+        password = self.database.password if self.database else None
+        return [value for value in (self.telegram.bot_token, password) if value]
+
+
+def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> ClientConfig:
+    values, sources, problems, _ = _collect(path, environ)
+    telegram = _telegram(values, sources, environ, problems)
+    database = _resolve_database(values, problems, required=False)
+    if problems:
+        raise ConfigError(problems)
+    directory = _backup_directory(values, environ)
+    return ClientConfig(
+        telegram=telegram,
+        database=database,
+        backup_directory=directory,
+        state_file=values["daemon.state_file"] or directory / STATE_FILE_NAME,
+        socket=_socket(values, environ),
+    )
+
+
+def database_from_url(url: str, pg_dump: str = "pg_dump") -> DatabaseConfig:
+    """Return the connection a URL names. Raise ConfigError if it is not a PostgreSQL URL with a database."""
+    try:
+        parts = _parse_database_url(url)
+    except _Problem as problem:
+        raise ConfigError([f"{problem}"]) from None
+    if not parts["name"]:
+        raise ConfigError(["the URL names no database: postgresql://user@host:port/DBNAME"])
+    return DatabaseConfig(pg_dump=pg_dump, **parts)
+
+
+def _collect(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str], list[str], Path]:
+    """Read the file, apply the environment and check each value: (values, sources, problems, file)."""
     config_file, explicit = _choose_config_file(path, environ)
     problems = _unknown_environment(environ)
     file_values = _read_config_file(config_file, explicit, problems)
@@ -283,40 +366,37 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             values[key.dotted] = key.default
             shown = "" if key.secret else f" = {raw!r}"
             problems.append(f"{key.dotted}{shown} (from {source}): {problem}")
+    return values, sources, problems, config_file
+
+
+def _telegram(
+    values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str], problems: list[str]
+) -> TelegramConfig:
     token, token_source = _resolve_token(values, sources, environ, problems)
-    database = _resolve_database(values, sources, problems)
-    if problems:
-        raise ConfigError(problems)
-    assert database is not None
-    return Config(
-        telegram=TelegramConfig(
-            bot_token=token,
-            bot_token_source=token_source,
-            chat_id=values["telegram.chat_id"],
-            api_url=values["telegram.api_url"],
-            max_upload_mb=values["telegram.max_upload_mb"],
-            timeout=values["telegram.timeout"],
-            retries=values["telegram.retries"],
-        ),
-        database=database,
-        backup=BackupConfig(
-            enabled=values["backup.enabled"],
-            hour=values["backup.hour"],
-            minute=values["backup.minute"],
-            directory=values["backup.directory"] or _state_directory(environ) / "backups",
-            prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
-            keep=values["backup.keep"],
-            compression_level=values["backup.compression_level"],
-        ),
-        daemon=DaemonConfig(
-            socket=values["daemon.socket"] or _runtime_directory(environ) / "control.sock",
-            control_group=values["daemon.control_group"],
-            state_file=values["daemon.state_file"] or _state_directory(environ) / "state.json",
-            log_level=values["daemon.log_level"],
-        ),
-        config_file=config_file if config_file.exists() else None,
-        sources=sources,
+    if values["telegram.part_size_mb"] > values["telegram.max_upload_mb"]:
+        problems.append(
+            f"telegram.part_size_mb ({values['telegram.part_size_mb']}) is larger than "
+            f"telegram.max_upload_mb "
+            f"({values['telegram.max_upload_mb']}): a part must fit in one upload"
+        )
+    return TelegramConfig(
+        bot_token=token,
+        bot_token_source=token_source,
+        chat_id=values["telegram.chat_id"],
+        api_url=values["telegram.api_url"],
+        max_upload_mb=values["telegram.max_upload_mb"],
+        part_size_mb=values["telegram.part_size_mb"],
+        timeout=values["telegram.timeout"],
+        retries=values["telegram.retries"],
     )
+
+
+def _backup_directory(values: dict[str, Any], environ: Mapping[str, str]) -> Path:
+    return values["backup.directory"] or _state_directory(environ) / "backups"
+
+
+def _socket(values: dict[str, Any], environ: Mapping[str, str]) -> Path:
+    return values["daemon.socket"] or _runtime_directory(environ) / "control.sock"
 
 
 def _choose_config_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
@@ -447,9 +527,7 @@ def _parse_database_url(url: str) -> dict[str, Any]:
     }
 
 
-def _resolve_database(
-    values: dict[str, Any], sources: dict[str, str], problems: list[str]
-) -> DatabaseConfig | None:
+def _resolve_database(values: dict[str, Any], problems: list[str], required: bool) -> DatabaseConfig | None:
     """Return the database to dump: the URL's parts, each overridden by its own key when that is set."""
     parts: dict[str, Any] = {"options": ()}
     if values["database.url"]:
@@ -458,7 +536,7 @@ def _resolve_database(
         if values[f"database.{name}"] is not None:
             parts[name] = values[f"database.{name}"]
     if not parts.get("name"):
-        if not any(problem.startswith("database.") for problem in problems):
+        if required and not any(problem.startswith("database.") for problem in problems):
             problems.append(
                 "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
                 "PGDATABASE, or database.name in the configuration file"
@@ -501,6 +579,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "chat_id": config.telegram.chat_id,
             "api_url": config.telegram.api_url,
             "max_upload_mb": config.telegram.max_upload_mb,
+            "part_size_mb": config.telegram.part_size_mb,
             "timeout": config.telegram.timeout,
             "retries": config.telegram.retries,
         },
@@ -520,6 +599,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
             "compression_level": config.backup.compression_level,
+            "verify_after": config.backup.verify_after,
         },
         "daemon": {
             "socket": str(config.daemon.socket),

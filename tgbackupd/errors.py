@@ -36,3 +36,9 @@ class Cancelled(TgbackupdError):
     """The backup was stopped on purpose (the daemon is stopping)."""
 
     exit_code = os.EX_TEMPFAIL
+
+
+class RestoreError(TgbackupdError):
+    """A backup could not be fetched, checked or restored; nothing was changed unless the message says so."""
+
+    exit_code = os.EX_DATAERR

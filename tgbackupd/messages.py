@@ -1,5 +1,7 @@
 """What the chat reads: captions and notices, as plain text (no parse mode, so nothing needs escaping)."""
 
+from dataclasses import dataclass
+
 CAPTION_LIMIT = 1024
 MESSAGE_LIMIT = 4096
 
@@ -17,30 +19,62 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def backup_caption(
-    *, file: str, database: str, server: str, size_bytes: int, sha256: str, duration_s: float
-) -> str:
+@dataclass(frozen=True)
+class BackupFacts:
+    """What every caption of one backup says about it."""
+
+    file: str
+    database: str
+    server: str
+    size_bytes: int
+    sha256: str
+    duration_s: float
+    verification: str | None = None  # "verified: …" or "NOT VERIFIED: …", when verification ran
+
+
+def _verification_line(facts: BackupFacts) -> str:
+    if facts.verification is None:
+        return ""
+    mark = "✅" if facts.verification.startswith("verified") else "⚠️"
+    return f"{mark} {facts.verification[0].upper()}{facts.verification[1:]}\n"
+
+
+def backup_caption(facts: BackupFacts) -> str:
+    """The caption of a backup sent as one document."""
     return _clip(
-        f"✅ Backup {file}\n"
-        f"Database: {database}\n"
-        f"Server: {server}\n"
-        f"Size: {human_size(size_bytes)} ({size_bytes} bytes)\n"
-        f"SHA-256: {sha256}\n"
-        f"Took: {duration_s:.1f} s\n"
-        f"Restore: gunzip {file} && psql -d DATABASE < {file.removesuffix('.gz')}",
+        f"✅ Backup {facts.file}\n"
+        f"Database: {facts.database}\n"
+        f"Server: {facts.server}\n"
+        f"Size: {human_size(facts.size_bytes)} ({facts.size_bytes} bytes)\n"
+        f"SHA-256: {facts.sha256}\n"
+        f"Took: {facts.duration_s:.1f} s\n"
+        f"{_verification_line(facts)}"
+        f"Restore: gunzip {facts.file} && psql -d DATABASE < {facts.file.removesuffix('.gz')}",
         CAPTION_LIMIT,
     )
 
 
-def too_large_notice(
-    *, file: str, database: str, server: str, path: str, size_bytes: int, limit_mb: int
-) -> str:
+def part_caption(facts: BackupFacts, *, index: int, count: int, part_size: int, part_sha256: str) -> str:
+    """The caption of one part of a backup sent in several."""
     return _clip(
-        f"⚠️ Backup {file} of {database} was not sent: it is {human_size(size_bytes)}, over the "
-        f"{limit_mb} MB upload limit of the Bot API.\n"
-        f"It is kept on {server} at {path}.\n"
-        "With a self-hosted Bot API server, raise telegram.max_upload_mb (up to 2000).",
-        MESSAGE_LIMIT,
+        f"📦 Backup {facts.file}, part {index} of {count}\n"
+        f"Database: {facts.database}\n"
+        f"Server: {facts.server}\n"
+        f"This part: {human_size(part_size)}, SHA-256 {part_sha256}\n"
+        f"Whole backup: {human_size(facts.size_bytes)}, SHA-256 {facts.sha256}\n"
+        f"{_verification_line(facts)}"
+        f"Rebuild: cat {facts.file}.* > {facts.file}",
+        CAPTION_LIMIT,
+    )
+
+
+def manifest_caption(facts: BackupFacts, *, parts: int) -> str:
+    return _clip(
+        f"🗂 Manifest of backup {facts.file}: {parts} part(s), {human_size(facts.size_bytes)}, "
+        f"SHA-256 {facts.sha256}\n"
+        f"{_verification_line(facts)}"
+        f"Restore from Telegram alone: tgbackupctl restore --from-telegram {facts.file} --dbname DATABASE",
+        CAPTION_LIMIT,
     )
 
 

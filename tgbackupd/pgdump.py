@@ -1,4 +1,4 @@
-"""pg_dump: its command line and environment (pure functions), and running it as a stream."""
+"""pg_dump: its command line (a pure function), and running it as a stream."""
 
 import collections
 import contextlib
@@ -9,44 +9,24 @@ from collections.abc import Iterator, Mapping
 
 from .config import DatabaseConfig
 from .errors import DumpError
+from .libpq import build_environment, conninfo
 
 STDERR_TAIL_LINES = 20
 _TERMINATE_GRACE_S = 5.0
 
 
-def _conninfo_value(value: str) -> str:
-    """Quote a libpq keyword value: single quotes, with backslash escapes, when it needs them."""
-    if value and not any(character in value for character in " '\\\t\n"):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def conninfo(database: DatabaseConfig) -> str:
-    """Return the libpq connection string for `--dbname`, without the password (that goes in the
-    environment, never on a command line where `ps` shows it)."""
-    fields: dict[str, str] = {"dbname": database.name}
-    if database.host:
-        fields["host"] = database.host
-    if database.port:
-        fields["port"] = str(database.port)
-    if database.user:
-        fields["user"] = database.user
-    fields.update(database.options)
-    fields.setdefault("application_name", "tgbackupd")
-    return " ".join(f"{keyword}={_conninfo_value(value)}" for keyword, value in fields.items())
-
-
 def build_command(database: DatabaseConfig) -> tuple[str, ...]:
-    """Return pg_dump's argv for a plain-SQL dump on standard output, as the original restore steps expect."""
-    return (database.pg_dump, "--format=plain", "--no-password", f"--dbname={conninfo(database)}")
-
-
-def build_environment(database: DatabaseConfig, base: Mapping[str, str]) -> dict[str, str]:
-    """Return pg_dump's environment: the daemon's own, with PGPASSWORD set to the configured one or unset."""
-    environment = {name: value for name, value in base.items() if name != "PGPASSWORD"}
-    if database.password:
-        environment["PGPASSWORD"] = database.password
-    return environment
+    """Return pg_dump's argv for a plain-SQL dump on standard output, as the original restore steps expect.
+    Without owners and privileges, so that it restores into any database as any user: on a new machine
+    the original roles may not exist."""
+    return (
+        database.pg_dump,
+        "--format=plain",
+        "--no-owner",
+        "--no-privileges",
+        "--no-password",
+        f"--dbname={conninfo(database)}",
+    )
 
 
 class DumpProcess:

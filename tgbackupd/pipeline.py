@@ -63,3 +63,36 @@ class FileWriter:
     def close(self) -> None:
         self._stream.flush()
         os.fsync(self._stream.fileno())
+
+
+class PartDigests:
+    """Hash the stream in parts of `part_size` bytes as it passes, so the parts a backup is sent in are
+    known (offset, size, SHA-256) the moment the file is complete, without reading it again."""
+
+    def __init__(self, part_size: int, downstream: Sink) -> None:
+        self._part_size = part_size
+        self._downstream = downstream
+        self._current = hashlib.sha256()
+        self._current_size = 0
+        self.parts: list[tuple[int, str]] = []  # (size, sha256) of each finished part
+
+    def write(self, data: bytes) -> None:
+        self._downstream.write(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self._part_size - self._current_size)
+            self._current.update(view[:take])
+            self._current_size += take
+            view = view[take:]
+            if self._current_size == self._part_size:
+                self._finish_part()
+
+    def _finish_part(self) -> None:
+        self.parts.append((self._current_size, self._current.hexdigest()))
+        self._current = hashlib.sha256()
+        self._current_size = 0
+
+    def close(self) -> None:
+        if self._current_size or not self.parts:
+            self._finish_part()
+        self._downstream.close()

@@ -39,7 +39,6 @@ class BackupRunner:
         clock: Clock | None = None,
     ) -> None:
         self._run_backup = run_backup
-        self._state = state
         self._cancel = cancel
         self._clock = clock or Clock()
         self._lock = threading.Lock()
@@ -91,8 +90,6 @@ class BackupRunner:
                 error=f"internal error: {type(error).__name__}",
             )
         self.last_backup = result.to_dict()
-        if not self._cancel.is_set():
-            self._state.save_last_backup(self.last_backup)
         running.result = result
         with self._lock:
             self._current = None

@@ -1,4 +1,5 @@
-"""The daemon's memory across restarts (the last backup's result), written atomically."""
+"""The daemon's memory across restarts: the last backup's result and the catalogue of backups (each
+with its manifest and where that manifest is in the chat), written atomically."""
 
 import json
 import os
@@ -6,6 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
+from .manifest import Manifest, ManifestError, ManifestRef
+
+CATALOGUE_LIMIT = 500
 
 log = structlog.stdlib.get_logger("tgbackupd.state")
 
@@ -31,27 +36,73 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(directory)
 
 
+def _entries(state: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = state.get("catalogue")
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
+
+
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def last_backup(self) -> dict[str, Any] | None:
-        """Return the last backup's result as saved, or None when there is none (or it is unreadable)."""
+    def _read(self) -> dict[str, Any]:
         try:
             state = json.loads(self.path.read_bytes())
         except FileNotFoundError:
-            return None
+            return {}
         except (OSError, ValueError) as error:
             log.warning("Ignoring an unreadable state file", path=str(self.path), error=str(error))
-            return None
-        last = state.get("last_backup") if isinstance(state, dict) else None
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def last_backup(self) -> dict[str, Any] | None:
+        """Return the last backup's result as saved, or None when there is none (or it is unreadable)."""
+        last = self._read().get("last_backup")
         return last if isinstance(last, dict) else None
 
-    def save_last_backup(self, result: dict[str, Any]) -> None:
-        """Save the result; a failure to do so is logged, never fatal: the backup itself is what matters."""
+    def catalogue(self) -> list[dict[str, Any]]:
+        """Return the catalogue, newest first: entries with `manifest`, `manifest_ref` and `delivery`."""
+        return _entries(self._read())
+
+    def latest_manifest_ref(self) -> ManifestRef | None:
+        """Where the newest delivered manifest is in the chat, for the next manifest's `previous`."""
+        for entry in self.catalogue():
+            reference = entry.get("manifest_ref")
+            if isinstance(reference, dict) and reference.get("file_id"):
+                return ManifestRef(**reference)
+        return None
+
+    def find(self, name: str) -> tuple[Manifest, ManifestRef | None] | None:
+        """Return the catalogued manifest of the backup called `name` (or `latest`)."""
+        for entry in self.catalogue():
+            if name in ("latest", entry.get("name")):
+                try:
+                    manifest = Manifest.from_json(json.dumps(entry["manifest"]).encode())
+                except (KeyError, ManifestError):
+                    continue
+                reference = entry.get("manifest_ref")
+                return manifest, ManifestRef(**reference) if isinstance(reference, dict) else None
+        return None
+
+    def record(
+        self, result: dict[str, Any], manifest: Manifest | None, reference: ManifestRef | None
+    ) -> None:
+        """Save a backup's result (and its manifest in the catalogue). A failure to save is logged, never
+        fatal: the backup itself is what matters."""
+        state = self._read()
+        state["last_backup"] = result
+        if manifest is not None:
+            entry = {
+                "name": manifest.name,
+                "manifest": json.loads(manifest.to_json()),
+                "manifest_ref": reference.__dict__ if reference else None,
+                "delivery": result.get("delivery"),
+                "path": result.get("path"),
+            }
+            state["catalogue"] = [entry, *_entries(state)][:CATALOGUE_LIMIT]
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomically(self.path, json.dumps({"last_backup": result}, indent=2).encode())
+            write_atomically(self.path, json.dumps(state, indent=2).encode())
         except OSError as error:
             log.error(
                 "Could not save the daemon state", path=str(self.path), error=error.strerror or str(error)

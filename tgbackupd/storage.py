@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StorageError
+from .manifest import manifest_name
 
 SUFFIX = ".sql.gz"
 _PARTIAL_SUFFIX = ".partial"
@@ -127,11 +128,12 @@ class BackupDirectory:
         return sorted(found, key=lambda backup: backup.name, reverse=True)
 
     def prune(self, keep: int) -> list[str]:
-        """Remove all but the newest `keep` backups; never touch a file that is not one of ours."""
+        """Remove all but the newest `keep` backups (and their manifests); never touch any other file."""
         removed = []
         for backup in self.backups()[keep:]:
             try:
                 backup.path.unlink()
+                (self.path / manifest_name(backup.name)).unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
             except OSError as error:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 
@@ -42,6 +42,20 @@ class TelegramTooLarge(TelegramRejected):
 @dataclass(frozen=True)
 class SentMessage:
     message_id: int
+    file_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """Bytes [offset, offset + length) of a file on disk: one part of a backup, or all of it."""
+
+    path: Path
+    offset: int
+    length: int
+
+    @classmethod
+    def whole(cls, path: Path) -> "FileSlice":
+        return cls(path, 0, path.stat().st_size)
 
 
 class MultipartBody:
@@ -49,7 +63,13 @@ class MultipartBody:
     the file (requests' `files=` builds the whole body in memory). Reading stops when `cancel` is set."""
 
     def __init__(
-        self, fields: dict[str, str], file_field: str, path: Path, file_name: str, cancel: threading.Event
+        self,
+        fields: dict[str, str],
+        file_field: str,
+        content: FileSlice,
+        file_name: str,
+        content_type: str,
+        cancel: threading.Event,
     ) -> None:
         self.boundary = uuid.uuid4().hex
         head = b"".join(
@@ -57,11 +77,10 @@ class MultipartBody:
             for name, value in fields.items()
         )
         quoted_name = file_name.replace('"', "%22")
-        head += self._part_header(f'name="{file_field}"; filename="{quoted_name}"', "application/gzip")
+        head += self._part_header(f'name="{file_field}"; filename="{quoted_name}"', content_type)
         self._head = head
         self._tail = f"\r\n--{self.boundary}--\r\n".encode()
-        self._path = path
-        self._file_size = path.stat().st_size
+        self._content = content
         self._cancel = cancel
 
     def _part_header(self, disposition: str, content_type: str | None = None) -> bytes:
@@ -75,14 +94,20 @@ class MultipartBody:
         return f"multipart/form-data; boundary={self.boundary}"
 
     def __len__(self) -> int:
-        return len(self._head) + self._file_size + len(self._tail)
+        return len(self._head) + self._content.length + len(self._tail)
 
     def __iter__(self) -> Iterator[bytes]:
         yield self._head
-        with self._path.open("rb") as stream:
-            while block := stream.read(_BODY_BLOCK_BYTES):
+        with self._content.path.open("rb") as stream:
+            stream.seek(self._content.offset)
+            remaining = self._content.length
+            while remaining:
                 if self._cancel.is_set():
                     raise Cancelled("the upload was stopped because tgbackupd is stopping")
+                block = stream.read(min(_BODY_BLOCK_BYTES, remaining))
+                if not block:
+                    raise TgbackupdError(f"{self._content.path} became shorter while it was being sent")
+                remaining -= len(block)
                 yield block
         yield self._tail
 
@@ -119,18 +144,68 @@ class BotApi:
         attempts = self._attempts if retry else 1
         return self._sent(self._call("sendMessage", chat_id, lambda: {"data": fields}, attempts))
 
-    def send_document(self, chat_id: str, path: Path, file_name: str, caption: str) -> SentMessage:
+    def send_document(
+        self,
+        chat_id: str,
+        content: FileSlice,
+        file_name: str,
+        caption: str,
+        content_type: str = "application/gzip",
+    ) -> SentMessage:
         def request() -> dict[str, Any]:
-            body = MultipartBody(
-                {"chat_id": chat_id, "caption": caption}, "document", path, file_name, self._cancel
-            )
+            fields = {"chat_id": chat_id, "caption": caption, "disable_content_type_detection": "true"}
+            body = MultipartBody(fields, "document", content, file_name, content_type, self._cancel)
             return {"data": body, "headers": {"Content-Type": body.content_type}}
 
         return self._sent(self._call("sendDocument", chat_id, request, self._attempts))
 
+    def pin_chat_message(self, chat_id: str, message_id: int) -> None:
+        fields = {"chat_id": chat_id, "message_id": str(message_id), "disable_notification": "true"}
+        self._call("pinChatMessage", chat_id, lambda: {"data": fields}, self._attempts)
+
+    def get_chat(self, chat_id: str) -> dict[str, Any]:
+        result = self._call("getChat", chat_id, lambda: {"data": {"chat_id": chat_id}}, self._attempts)
+        return result if isinstance(result, dict) else {}
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        """Return the File object (file_path, file_size); the public Bot API serves files up to 20 MB."""
+        result = self._call("getFile", "", lambda: {"data": {"file_id": file_id}}, self._attempts)
+        if not isinstance(result, dict) or not result.get("file_path"):
+            raise TelegramError(f"Telegram's getFile answered without a file path for file {file_id}")
+        return result
+
+    def download(
+        self, file_path: str, sink: BinaryIO, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Stream a file from the Bot API's file endpoint into `sink`; return how many bytes came.
+        One attempt: the caller checks the size and hash, and retries the whole part if they are wrong."""
+        url = f"{self._api_url}/file/bot{self._token}/{file_path}"
+        try:
+            with self._session.get(url, timeout=self._timeout, stream=True) as response:
+                if response.status_code != 200:
+                    raise TelegramError(
+                        f"Telegram refused to hand out a file ({response.status_code} {response.reason})"
+                    )
+                received = 0
+                for block in response.iter_content(_BODY_BLOCK_BYTES):
+                    if self._cancel.is_set():
+                        raise Cancelled("the download was stopped")
+                    sink.write(block)
+                    received += len(block)
+                    if on_progress is not None:
+                        on_progress(received)
+                return received
+        except requests.RequestException as error:
+            raise TelegramError(
+                f"downloading from Telegram failed: {self._describe_network_error(error)}"
+            ) from None
+
     @staticmethod
     def _sent(result: Any) -> SentMessage:
-        return SentMessage(message_id=int(result.get("message_id", 0)) if isinstance(result, dict) else 0)
+        if not isinstance(result, dict):
+            return SentMessage(message_id=0)
+        document = result.get("document") if isinstance(result.get("document"), dict) else {}
+        return SentMessage(message_id=int(result.get("message_id", 0)), file_id=document.get("file_id"))
 
     def _call(
         self, method: str, chat_id: str, make_request: Callable[[], dict[str, Any]], attempts: int
@@ -217,7 +292,7 @@ class BotApi:
         if status == 413:
             return TelegramTooLarge(
                 f"the Bot API server refused the file as too large (413 {description}): lower "
-                "telegram.max_upload_mb to the server's limit (50 MB on the public Bot API)"
+                "telegram.part_size_mb (and telegram.max_upload_mb) to the server's limit"
             )
         if "chat not found" in lowered:
             return TelegramRejected(

@@ -76,8 +76,8 @@ def test_trigger_delivers_a_backup_and_status_shows_it_across_a_restart(
 
     assert triggered.returncode == 0, triggered.stderr
     assert triggered.stdout.startswith("Manual backup completed successfully")
-    assert "sent to Telegram (message 1)" in triggered.stdout
-    (document,) = bot_api.documents()
+    assert "sent to Telegram (message 2)" in triggered.stdout
+    document, _manifest = bot_api.documents()
     assert document.fields["chat_id"] == CHAT_ID
     status = json.loads(daemon.ctl("status", "--json").stdout)["data"]
     assert status["backup_enabled"] is True and status["backup_hour"] == 4

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,7 +18,6 @@ from tests.conftest import (
     PG_PORT,
     base_environment,
     fingerprint,
-    psql,
     psql_command,
     telegram_environment,
 )
@@ -51,7 +51,11 @@ def test_backup_restores_into_a_fresh_database_with_identical_contents(tmp_path,
     assert result.size_bytes == path.stat().st_size
     assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert os.stat(path).st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in path.parent.iterdir()) == [".tgbackupd.lock", path.name]
+    manifest = path.with_name(path.name.removesuffix(".sql.gz") + ".manifest.json")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [".tgbackupd.lock", path.name, manifest.name]
+    )
+    assert json.loads(manifest.read_text())["sha256"] == result.sha256
     target = make_database(empty=True)
     restore_as_the_guide_says(path, tmp_path, target)
     assert fingerprint(target) == fingerprint(source)
@@ -64,14 +68,17 @@ def test_backup_is_sent_to_the_chat_with_a_caption_a_person_can_use(tmp_path, ma
     result = Backup(config).run("scheduled")
 
     assert result.succeeded and result.delivery == "sent", result.error
-    (document,) = bot_api.documents()
+    document, manifest = bot_api.documents()
     assert document.fields["chat_id"] == CHAT_ID
     assert document.file_name == Path(result.path).name
     assert document.content == Path(result.path).read_bytes()
     caption = document.fields["caption"]
     assert source in caption and result.sha256 in caption and "Size:" in caption and "Took:" in caption
-    assert result.message_id == 1
     assert gzip.decompress(document.content).startswith(b"--\n-- PostgreSQL database dump")
+    assert manifest.file_name == document.file_name.removesuffix(".sql.gz") + ".manifest.json"
+    assert json.loads(manifest.content)["parts"][0]["file_id"] == "doc1"
+    assert result.message_id == 2 and result.pin_error is None
+    assert bot_api.state.pinned[CHAT_ID]["message_id"] == 2
 
 
 def test_failed_dump_leaves_no_file_and_reports_pg_dumps_own_error_to_the_chat(tmp_path, bot_api):
@@ -100,42 +107,19 @@ def test_missing_pg_dump_is_a_clear_error(tmp_path, make_database):
     assert "/nonexistent/pg_dump was not found: install the PostgreSQL client tools" in result.error
 
 
-def test_backup_over_the_upload_limit_is_kept_and_the_chat_is_told_why(tmp_path, make_database, bot_api):
-    source = make_database(rows=3000)
-    environment = base_environment(
-        tmp_path,
-        source,
-        **telegram_environment(bot_api),
-        TGBACKUPD_TELEGRAM_MAX_UPLOAD_MB="1",
-        TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1",
-    )
-    psql(
-        source,
-        "CREATE TABLE noise AS SELECT decode(string_agg(md5(random()::text), ''), 'hex') AS b "
-        "FROM generate_series(1, 200000)",
-    )
-    config = load_config(None, environment)
-
-    result = Backup(config).run("scheduled")
-
-    assert result.delivery == "too_large"
-    assert Path(result.path).exists() and result.size_bytes > 1024 * 1024
-    assert "over the 1 MB upload limit" in result.error
-    assert bot_api.documents() == []
-    (notice,) = bot_api.messages()
-    assert "was not sent" in notice.fields["text"] and result.path in notice.fields["text"]
-
-
-def test_a_413_from_the_server_is_reported_like_the_local_limit(tmp_path, make_database, bot_api):
+def test_a_413_from_the_server_keeps_the_backup_and_tells_the_chat_to_lower_the_part_size(
+    tmp_path, make_database, bot_api
+):
     source = make_database(rows=100)
     config = load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
-    bot_api.state.upload_limit = 100  # a server stricter than telegram.max_upload_mb
+    bot_api.state.upload_limit = 100  # a server stricter than telegram.part_size_mb
 
     result = Backup(config).run("manual")
 
-    assert result.delivery == "too_large"
-    assert "413" in result.error
-    assert len(bot_api.messages()) == 1
+    assert result.delivery == "failed" and Path(result.path).exists()
+    assert "413" in result.error and "telegram.part_size_mb" in result.error
+    (notice,) = bot_api.messages()
+    assert "telegram.part_size_mb" in notice.fields["text"]
 
 
 def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_database, bot_api):
@@ -155,7 +139,7 @@ def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_databa
 
     assert result.delivery == "sent", result.error
     assert time.monotonic() - began >= 1.0 + 1.0  # backoff of 1 s after the 502, then retry_after 1 s
-    assert len(bot_api.documents()) == 1
+    assert [d.file_name.endswith(".sql.gz") for d in bot_api.documents()] == [True, False]
 
 
 def test_rejected_upload_is_not_retried_and_says_what_to_fix(tmp_path, make_database, bot_api):
@@ -191,7 +175,9 @@ def test_retention_keeps_the_newest_and_never_touches_other_files(tmp_path, make
 
     result = Backup(config).run("manual")
 
-    remaining = sorted(p.name for p in directory.iterdir() if p.name.startswith(f"{source}_backup_2"))
+    remaining = sorted(
+        p.name for p in directory.iterdir() if p.name.startswith(f"{source}_backup_2") and p.suffix == ".gz"
+    )
     assert remaining == sorted([Path(result.path).name, old[4].name, old[3].name])
     assert all(path.read_bytes() == b"keep me" for path in strangers)
 

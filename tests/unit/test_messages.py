@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 from tgbackupd import messages
 from tgbackupd.ctl import render_status
 
@@ -9,7 +11,7 @@ def test_sizes_read_like_the_original_log_lines():
 
 
 def test_caption_says_what_a_person_needs_and_fits_telegrams_limit():
-    caption = messages.backup_caption(
+    facts = messages.BackupFacts(
         file="a" * 900 + ".sql.gz",
         database="shop on db:5432",
         server="web1",
@@ -17,17 +19,26 @@ def test_caption_says_what_a_person_needs_and_fits_telegrams_limit():
         sha256="f" * 64,
         duration_s=20.04,
     )
-    assert len(caption) <= messages.CAPTION_LIMIT
-    short = messages.backup_caption(
-        file="shop_backup_20251203_030000.sql.gz",
-        database="shop on db:5432",
-        server="web1",
-        size_bytes=16180000,
-        sha256="f" * 64,
-        duration_s=20.04,
-    )
+    assert len(messages.backup_caption(facts)) <= messages.CAPTION_LIMIT
+    short = messages.backup_caption(replace(facts, file="shop_backup_20251203_030000.sql.gz"))
     for expected in ("shop on db:5432", "web1", "15.43 MB", "f" * 64, "20.0 s", "gunzip"):
         assert expected in short
+
+
+def test_part_captions_say_which_part_and_the_whole_backups_hash():
+    facts = messages.BackupFacts(
+        file="shop_backup_20251203_030000.sql.gz",
+        database="shop",
+        server="web1",
+        size_bytes=3 * 1048576,
+        sha256="a" * 64,
+        duration_s=3.0,
+        verification="verified: restored into a scratch database, 2 tables, 10 rows",
+    )
+    caption = messages.part_caption(facts, index=2, count=3, part_size=1048576, part_sha256="b" * 64)
+    assert "part 2 of 3" in caption and "a" * 64 in caption and "b" * 64 in caption
+    assert "✅ Verified: restored into a scratch database" in caption
+    assert "cat shop_backup_20251203_030000.sql.gz.* > shop_backup_20251203_030000.sql.gz" in caption
 
 
 def test_failure_notice_is_clipped_to_a_message():

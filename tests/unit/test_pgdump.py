@@ -1,5 +1,6 @@
 from tgbackupd.config import DatabaseConfig
-from tgbackupd.pgdump import build_command, build_environment, conninfo
+from tgbackupd.libpq import build_environment, conninfo
+from tgbackupd.pgdump import build_command
 
 
 def database(**overrides) -> DatabaseConfig:
@@ -20,6 +21,8 @@ def test_command_is_a_plain_sql_dump_without_the_password():
     assert build_command(database()) == (
         "/usr/lib/postgresql/16/bin/pg_dump",
         "--format=plain",
+        "--no-owner",
+        "--no-privileges",
         "--no-password",
         "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
     )

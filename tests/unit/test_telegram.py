@@ -7,7 +7,14 @@ import requests
 import responses
 
 from tgbackupd.errors import Cancelled
-from tgbackupd.telegram import BotApi, MultipartBody, TelegramError, TelegramRejected, TelegramTooLarge
+from tgbackupd.telegram import (
+    BotApi,
+    FileSlice,
+    MultipartBody,
+    TelegramError,
+    TelegramRejected,
+    TelegramTooLarge,
+)
 
 TOKEN = "123456789:fake-token-for-tests-only"
 API = "https://api.telegram.example"
@@ -48,7 +55,7 @@ def backup_file(tmp_path):
 def test_document_is_streamed_as_multipart_with_its_caption(bot, backup_file):
     responses.post(SEND_DOCUMENT, json=ok(42))
 
-    sent = bot.send_document(CHAT, backup_file, backup_file.name, "✅ Backup caption")
+    sent = bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "✅ Backup caption")
 
     assert sent.message_id == 42
     request = responses.calls[0].request
@@ -99,7 +106,7 @@ def test_client_errors_are_not_retried_and_say_what_to_fix(
     responses.post(SEND_DOCUMENT, json=failure(status, description), status=status)
 
     with pytest.raises(TelegramRejected) as raised:
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
     assert expected in str(raised.value)
     assert len(responses.calls) == 1 and waits == []
@@ -109,8 +116,8 @@ def test_client_errors_are_not_retried_and_say_what_to_fix(
 @responses.activate
 def test_413_is_its_own_error(bot, backup_file):
     responses.post(SEND_DOCUMENT, json=failure(413, "Request Entity Too Large"), status=413)
-    with pytest.raises(TelegramTooLarge, match=r"telegram\.max_upload_mb"):
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+    with pytest.raises(TelegramTooLarge, match=r"telegram\.part_size_mb"):
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
 
 @responses.activate
@@ -118,7 +125,7 @@ def test_429_waits_exactly_retry_after_then_succeeds(bot, backup_file, waits):
     responses.post(SEND_DOCUMENT, json=failure(429, "Too Many Requests: retry after 17", 17), status=429)
     responses.post(SEND_DOCUMENT, json=ok())
 
-    assert bot.send_document(CHAT, backup_file, backup_file.name, "caption").message_id == 7
+    assert bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption").message_id == 7
     assert waits == [17.0]
     assert b"".join(responses.calls[1].request.body).count(backup_file.read_bytes()) == 1
 
@@ -127,7 +134,7 @@ def test_429_waits_exactly_retry_after_then_succeeds(bot, backup_file, waits):
 def test_a_retry_after_longer_than_ten_minutes_gives_up_with_a_reason(bot, backup_file):
     responses.post(SEND_DOCUMENT, json=failure(429, "Too Many Requests: retry after 3600", 3600), status=429)
     with pytest.raises(TelegramError, match="asked to wait 3600 s"):
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
 
 @responses.activate
@@ -136,7 +143,7 @@ def test_server_errors_are_retried_with_growing_delays_then_reported(bot, backup
         responses.post(SEND_DOCUMENT, body="<html>Bad Gateway</html>", status=502)
 
     with pytest.raises(TelegramError) as raised:
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
     assert waits == [1.0, 2.0, 4.0]
     assert "failed 4 time(s), last with: 502" in str(raised.value)
@@ -151,7 +158,7 @@ def test_network_errors_are_retried_and_their_text_never_carries_the_token(bot, 
         responses.post(SEND_DOCUMENT, body=url_error)
     responses.post(SEND_DOCUMENT, json=ok(9))
 
-    assert bot.send_document(CHAT, backup_file, backup_file.name, "caption").message_id == 9
+    assert bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption").message_id == 9
     assert waits == [1.0, 2.0, 4.0]
 
 
@@ -162,7 +169,7 @@ def test_an_unreachable_api_ends_in_one_error_without_the_token(backup_file):
         responses.post(SEND_DOCUMENT, body=requests.ConnectTimeout(f"timed out: {SEND_DOCUMENT}"))
 
     with pytest.raises(TelegramError) as raised:
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
     assert "timed out talking to api.telegram.example" in str(raised.value)
     assert TOKEN not in str(raised.value) and TOKEN.split(":")[1] not in str(raised.value)
@@ -179,13 +186,20 @@ def test_stopping_interrupts_the_wait_between_retries(backup_file):
     bot = BotApi(API, TOKEN, timeout_s=30, retries=5, cancel=cancel, wait=wait)
     responses.post(SEND_DOCUMENT, status=500, json=failure(500, "Internal Server Error"))
     with pytest.raises(Cancelled):
-        bot.send_document(CHAT, backup_file, backup_file.name, "caption")
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
     assert len(responses.calls) == 1
 
 
 def test_stopping_interrupts_an_upload_in_progress(backup_file):
     cancel = threading.Event()
-    body = MultipartBody({"chat_id": CHAT}, "document", backup_file, backup_file.name, cancel)
+    body = MultipartBody(
+        {"chat_id": CHAT},
+        "document",
+        FileSlice.whole(backup_file),
+        backup_file.name,
+        "application/gzip",
+        cancel,
+    )
     blocks = iter(body)
     next(blocks)
     cancel.set()

@@ -1,0 +1,87 @@
+"""Delivery of one backup to the chat: its parts in order, then its manifest, then the manifest pinned,
+so that a new machine with only the token and the chat id finds the newest backup (getChat)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import messages
+from .manifest import SUFFIX, Manifest, ManifestRef, Part
+from .state import write_atomically
+from .telegram import BotApi, FileSlice, TelegramError, TelegramRejected
+
+
+@dataclass(frozen=True)
+class Delivered:
+    manifest: Manifest  # with each part's message and file id
+    manifest_ref: ManifestRef
+    pin_error: str | None
+
+
+def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
+    """Return the manifest pinned in the chat, if the pinned message is one of ours."""
+    pinned = bot.get_chat(chat_id).get("pinned_message")
+    document = pinned.get("document") if isinstance(pinned, dict) else None
+    if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
+        return None
+    name = str(document["file_name"]).removesuffix(SUFFIX) + ".sql.gz"
+    return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
+
+
+class Delivery:
+    def __init__(self, bot: BotApi, chat_id: str, log: Any) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._log = log
+
+    def send(
+        self,
+        path: Path,
+        manifest: Manifest,
+        facts: messages.BackupFacts,
+        manifest_file: Path,
+        find_previous: Callable[[], ManifestRef | None],
+    ) -> Delivered:
+        """Send the parts, then the manifest (linked to the previous one, and written to `manifest_file`
+        first). Raise TelegramError if a part or the manifest could not be sent; a refused pin is only
+        reported in `pin_error`."""
+        count = len(manifest.parts)
+        sent_parts: list[Part] = []
+        for part in manifest.parts:
+            if count == 1:
+                caption = messages.backup_caption(facts)
+            else:
+                caption = messages.part_caption(
+                    facts, index=part.index, count=count, part_size=part.size_bytes, part_sha256=part.sha256
+                )
+                self._log.info(
+                    f"Sending part {part.index} of {count}", file=part.file_name, size_bytes=part.size_bytes
+                )
+            sent = self._bot.send_document(
+                self._chat_id, FileSlice(path, part.offset, part.size_bytes), part.file_name, caption
+            )
+            sent_parts.append(replace(part, message_id=sent.message_id, file_id=sent.file_id))
+        complete = replace(manifest, parts=tuple(sent_parts), previous=find_previous())
+        write_atomically(manifest_file, complete.to_json())
+        sent = self._bot.send_document(
+            self._chat_id,
+            FileSlice.whole(manifest_file),
+            complete.file_name,
+            messages.manifest_caption(facts, parts=count),
+            content_type="application/json",
+        )
+        reference = ManifestRef(name=complete.name, message_id=sent.message_id, file_id=sent.file_id)
+        return Delivered(complete, reference, self._pin(sent.message_id))
+
+    def _pin(self, message_id: int) -> str | None:
+        try:
+            self._bot.pin_chat_message(self._chat_id, message_id)
+        except TelegramRejected as error:
+            return (
+                f"the bot may not pin messages in chat {self._chat_id} ({error}); give it the right to pin "
+                "(in a channel: to edit messages) so that a new machine finds the newest backup"
+            )
+        except TelegramError as error:
+            return f"pinning the manifest failed: {error}"
+        return None

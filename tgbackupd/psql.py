@@ -1,0 +1,130 @@
+"""psql: the one place that runs it, to restore a dump into a database and to ask the server questions."""
+
+import collections
+import os
+import subprocess
+import threading
+from collections.abc import Iterable
+
+from .config import DatabaseConfig
+from .errors import RestoreError
+from .libpq import build_environment, conninfo
+
+STDERR_TAIL_LINES = 20
+_SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
+
+
+def _argv(database: DatabaseConfig, dbname: str | None, *extra: str) -> list[str]:
+    return [
+        "psql",
+        "-X",
+        "-q",
+        "--no-password",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo(database, dbname),
+        *extra,
+    ]
+
+
+def query(database: DatabaseConfig, sql: str, dbname: str | None = None) -> list[list[str]]:
+    """Run SQL and return its rows as lists of text. Raise RestoreError with psql's message if it fails."""
+    try:
+        completed = subprocess.run(
+            _argv(database, dbname, "-At", "-F", "\t", "-c", sql),
+            capture_output=True,
+            text=True,
+            env=build_environment(database, os.environ),
+            check=False,
+            timeout=3600,
+        )
+    except FileNotFoundError:
+        raise RestoreError(
+            "psql was not found: install the PostgreSQL client tools (postgresql-client)"
+        ) from None
+    if completed.returncode != 0:
+        raise RestoreError(f"psql failed on {dbname or database.name}: {completed.stderr.strip()}")
+    return [line.split("\t") for line in completed.stdout.splitlines()]
+
+
+def user_relations(database: DatabaseConfig) -> int:
+    """How many tables, views, sequences, … the database holds outside the system schemas."""
+    rows = query(
+        database,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE n.nspname NOT IN {_SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg_toast%' "
+        "AND n.nspname NOT LIKE 'pg_temp%'",
+    )
+    return int(rows[0][0])
+
+
+# Prepended to a restore with --clean: the same transaction drops every non-system schema first.
+CLEAN_SQL = (
+    "DO $$ DECLARE schema_name text; BEGIN "
+    f"FOR schema_name IN SELECT nspname FROM pg_namespace WHERE nspname NOT IN {_SYSTEM_SCHEMAS} "
+    "AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%' "
+    "LOOP EXECUTE format('DROP SCHEMA %I CASCADE', schema_name); END LOOP; "
+    "CREATE SCHEMA public; END $$;\n"
+)
+
+
+def table_row_counts(database: DatabaseConfig, dbname: str) -> list[tuple[str, int]]:
+    """Every table of the database with its exact number of rows."""
+    rows = query(
+        database,
+        "SELECT format('%I.%I', table_schema, table_name), "
+        "(xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', table_schema, "
+        "table_name), false, true, '')))[1]::text FROM information_schema.tables "
+        f"WHERE table_type = 'BASE TABLE' AND table_schema NOT IN {_SYSTEM_SCHEMAS} ORDER BY 1",
+        dbname,
+    )
+    return [(name, int(count)) for name, count in rows]
+
+
+def restore(database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None) -> int:
+    """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
+    leaves the database as it was. Return how many bytes of SQL went in."""
+    try:
+        process = subprocess.Popen(
+            _argv(database, dbname, "--single-transaction"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=build_environment(database, os.environ),
+        )
+    except FileNotFoundError:
+        raise RestoreError(
+            "psql was not found: install the PostgreSQL client tools (postgresql-client)"
+        ) from None
+    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            tail.append(line.decode("utf-8", "replace").rstrip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    assert process.stdin is not None
+    written = 0
+    try:
+        for chunk in sql_chunks:
+            process.stdin.write(chunk)
+            written += len(chunk)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # psql stopped at an error; its message says which
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    returncode = process.wait()
+    reader.join()
+    if returncode != 0:
+        detail = "\n".join(tail) or f"psql exited with status {returncode}"
+        raise RestoreError(
+            f"the restore into {dbname or database.name} failed and was rolled back, so the database is "
+            f"as it was before: {detail}"
+        )
+    return written

@@ -1,0 +1,396 @@
+"""Getting a database back: find a backup (a local file, a folder of parts, the catalogue, or Telegram
+alone), check every part's and the whole's SHA-256 before anything touches a database, then stream
+the SQL through gunzip into psql in one transaction, or into a scratch database to verify it."""
+
+import hashlib
+import io
+import re
+import secrets
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import psql
+from .config import DatabaseConfig
+from .delivery import pinned_manifest_ref
+from .errors import RestoreError
+from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
+from .progress import Progress
+from .telegram import BotApi, TelegramError, TelegramRejected
+
+READ_BYTES = 1024 * 1024
+MAX_MANIFEST_BYTES = 1024 * 1024
+DOWNLOAD_ATTEMPTS = 3
+HISTORY_LIMIT = 10000
+_PART_FILE = re.compile(r"^(?P<name>.+\.sql\.gz)\.(?P<index>[0-9]{3,})$")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes [offset, offset + size) of a file that hold one part of a backup."""
+
+    path: Path
+    offset: int
+    size: int
+    label: str
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class CheckedBackup:
+    """A backup whose pieces are all present and, where their hashes are known, match them."""
+
+    name: str
+    pieces: tuple[Piece, ...]
+    sha256: str | None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(piece.size for piece in self.pieces)
+
+
+def _read_piece(piece: Piece) -> Iterator[bytes]:
+    with piece.path.open("rb") as stream:
+        stream.seek(piece.offset)
+        remaining = piece.size
+        while remaining:
+            block = stream.read(min(READ_BYTES, remaining))
+            if not block:
+                raise RestoreError(f"{piece.label} ({piece.path}) ends early: the file is truncated")
+            remaining -= len(block)
+            yield block
+
+
+def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Progress) -> CheckedBackup:
+    """Hash every piece and the whole; raise RestoreError naming the first piece that does not match."""
+    whole = hashlib.sha256()
+    total = sum(piece.size for piece in pieces)
+    done = 0
+    progress.start(f"Checking {name}", total)
+    for piece in pieces:
+        part_hash = hashlib.sha256()
+        for block in _read_piece(piece):
+            part_hash.update(block)
+            whole.update(block)
+            done += len(block)
+            progress.update(done)
+        if piece.sha256 and part_hash.hexdigest() != piece.sha256:
+            raise RestoreError(
+                f"{piece.label} is corrupt: its SHA-256 is {part_hash.hexdigest()}, the manifest says "
+                f"{piece.sha256}. Nothing was restored"
+            )
+    if whole_sha256 and whole.hexdigest() != whole_sha256:
+        raise RestoreError(
+            f"{name} as a whole does not match its SHA-256 ({whole.hexdigest()} instead of {whole_sha256}): "
+            "a part is missing, extra or out of order. Nothing was restored"
+        )
+    progress.finish(
+        f"Checked {name}: {len(pieces)} part(s), SHA-256 {'matches' if whole_sha256 else 'computed'}"
+    )
+    checked = CheckedBackup(name, tuple(pieces), whole_sha256)
+    if whole_sha256 is None:
+        # Nothing to compare with: make sure the gzip stream is whole before a database sees any of it.
+        for _ in sql_chunks(checked):
+            pass
+    return checked
+
+
+def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Iterator[bytes]:
+    """The backup's SQL, decompressed as it is read. Raise RestoreError if the gzip stream is cut short."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    done = 0
+    for piece in backup.pieces:
+        for block in _read_piece(piece):
+            try:
+                sql = decompressor.decompress(block)
+            except zlib.error as error:
+                raise RestoreError(f"{piece.label} is not valid gzip data ({error})") from None
+            done += len(block)
+            if progress is not None:
+                progress.update(done)
+            if sql:
+                yield sql
+    if not decompressor.eof:
+        raise RestoreError(
+            f"{backup.name} ends in the middle of its gzip stream: the last part is missing or cut"
+        )
+    tail = decompressor.flush()
+    if tail:
+        yield tail
+
+
+# Sources
+
+
+def _manifest_pieces(
+    manifest: Manifest, locate: dict[int, Path], whole_file: Path | None = None
+) -> list[Piece]:
+    pieces = []
+    count = len(manifest.parts)
+    for part in manifest.parts:
+        label = f"part {part.index} of {count} ({part.file_name})"
+        if whole_file is not None:
+            pieces.append(Piece(whole_file, part.offset, part.size_bytes, label, part.sha256))
+            continue
+        path = locate.get(part.index)
+        if path is None:
+            raise RestoreError(f"{label} is missing. Nothing was restored")
+        if path.stat().st_size != part.size_bytes:
+            raise RestoreError(
+                f"{label} is {path.stat().st_size} bytes, the manifest says {part.size_bytes}: the file is "
+                "truncated or not that part. Nothing was restored"
+            )
+        pieces.append(Piece(path, 0, part.size_bytes, label, part.sha256))
+    return pieces
+
+
+def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -> CheckedBackup:
+    """A whole `.sql.gz` file, checked against its manifest when there is one."""
+    if not path.is_file():
+        raise RestoreError(f"{path} does not exist or is not a file")
+    if manifest is None:
+        sibling = path.with_name(manifest_name(path.name))
+        manifest = _load_manifest_file(sibling) if sibling.exists() else None
+    if manifest is not None and manifest.size_bytes != path.stat().st_size:
+        raise RestoreError(
+            f"{path} is {path.stat().st_size} bytes, its manifest says {manifest.size_bytes}: it is "
+            "truncated "
+            "or not that backup"
+        )
+    if manifest is None:
+        return check(path.name, [Piece(path, 0, path.stat().st_size, path.name, None)], None, progress)
+    return check(manifest.name, _manifest_pieces(manifest, {}, whole_file=path), manifest.sha256, progress)
+
+
+def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
+    """A folder of downloaded parts (`name.sql.gz.001`, …), with or without the manifest beside them."""
+    manifests = sorted(folder.glob(f"*{SUFFIX}"))
+    parts: dict[str, dict[int, Path]] = {}
+    for path in folder.iterdir():
+        match = _PART_FILE.match(path.name)
+        if match:
+            parts.setdefault(match["name"], {})[int(match["index"])] = path
+    wholes = sorted(folder.glob("*.sql.gz"))
+    if len(manifests) == 1:
+        manifest = _load_manifest_file(manifests[0])
+        if len(manifest.parts) == 1:
+            return from_local_file(folder / manifest.parts[0].file_name, manifest, progress)
+        return check(
+            manifest.name, _manifest_pieces(manifest, parts.get(manifest.name, {})), manifest.sha256, progress
+        )
+    if len(manifests) > 1:
+        raise RestoreError(
+            f"{folder} holds {len(manifests)} manifests: keep the one backup to restore, or name a file"
+        )
+    if len(parts) == 1:
+        ((name, indexed),) = parts.items()
+        numbers = sorted(indexed)
+        if numbers != list(range(1, len(numbers) + 1)):
+            missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+            raise RestoreError(
+                f"{name}: part(s) {', '.join(f'{n:03d}' for n in missing)} are missing from {folder}"
+            )
+        pieces = [
+            Piece(
+                indexed[n],
+                0,
+                indexed[n].stat().st_size,
+                f"part {n} of {len(numbers)} ({indexed[n].name})",
+                None,
+            )
+            for n in numbers
+        ]
+        return check(name, pieces, None, progress)
+    if len(wholes) == 1 and not parts:
+        return from_local_file(wholes[0], None, progress)
+    raise RestoreError(
+        f"{folder} does not hold exactly one backup (found {len(wholes)} .sql.gz file(s) and parts of "
+        f"{len(parts)} backup(s)): point at one file instead"
+    )
+
+
+def _load_manifest_file(path: Path) -> Manifest:
+    try:
+        return Manifest.from_json(path.read_bytes())
+    except ManifestError as error:
+        raise RestoreError(f"{path}: {error}") from None
+
+
+class TelegramSource:
+    """Backups found from the chat alone: the pinned manifest, then each manifest's `previous`."""
+
+    def __init__(self, bot: BotApi, chat_id: str, progress: Progress) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._progress = progress
+
+    def history(self, limit: int = HISTORY_LIMIT) -> Iterator[tuple[Manifest, ManifestRef]]:
+        """The manifests, newest first, by walking back from the pinned one."""
+        try:
+            reference = pinned_manifest_ref(self._bot, self._chat_id)
+        except TelegramError as error:
+            raise RestoreError(f"cannot read chat {self._chat_id}: {error}") from None
+        if reference is None:
+            raise RestoreError(
+                f"no tgbackupd manifest is pinned in chat {self._chat_id}: either no backup was "
+                "delivered there "
+                "yet, or the bot may not pin messages (then restore from a folder of downloaded parts)"
+            )
+        seen: set[str] = set()
+        while reference is not None and reference.file_id and len(seen) < limit:
+            if reference.file_id in seen:
+                break
+            seen.add(reference.file_id)
+            manifest = self._manifest(reference)
+            yield manifest, reference
+            reference = manifest.previous
+
+    def _manifest(self, reference: ManifestRef) -> Manifest:
+        assert reference.file_id is not None
+        buffer = io.BytesIO()
+        try:
+            file = self._bot.get_file(reference.file_id)
+            if int(file.get("file_size") or 0) > MAX_MANIFEST_BYTES:
+                raise RestoreError(f"the manifest of {reference.name} is implausibly large; is it ours?")
+            self._bot.download(file["file_path"], buffer)
+        except TelegramError as error:
+            raise RestoreError(f"cannot download the manifest of {reference.name}: {error}") from None
+        try:
+            return Manifest.from_json(buffer.getvalue())
+        except ManifestError as error:
+            raise RestoreError(f"the manifest of {reference.name} in the chat: {error}") from None
+
+    def find(self, which: str) -> Manifest:
+        """The manifest of the backup called `which`, or of the newest for `latest`."""
+        for manifest, _ in self.history():
+            if which in ("latest", manifest.name, manifest.name.removesuffix(".sql.gz")):
+                return manifest
+        raise RestoreError(
+            f"no backup called {which} in chat {self._chat_id} (see `tgbackupctl list --remote`)"
+        )
+
+    def fetch(self, manifest: Manifest, workdir: Path) -> CheckedBackup:
+        """Download every part into `workdir`, each checked as it arrives (and downloaded again when it
+        came truncated or damaged), then check the whole."""
+        located: dict[int, Path] = {}
+        for part in manifest.parts:
+            located[part.index] = self._download_part(manifest, part, workdir)
+        pieces = _manifest_pieces(manifest, located)
+        return check(manifest.name, pieces, manifest.sha256, self._progress)
+
+    def _download_part(self, manifest: Manifest, part: Part, workdir: Path) -> Path:
+        count = len(manifest.parts)
+        label = f"part {part.index} of {count} ({part.file_name})"
+        if not part.file_id:
+            raise RestoreError(f"{label} was never delivered to Telegram (no file id in the manifest)")
+        target = workdir / part.file_name
+        problem = ""
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                file = self._bot.get_file(part.file_id)
+            except TelegramRejected as error:
+                if "too big" in str(error).lower():
+                    raise RestoreError(
+                        f"{label} is larger than the 20 MB a bot may download from the public Bot API: this "
+                        "backup was made with telegram.part_size_mb above 19. Download it through a "
+                        "self-hosted Bot API server (telegram.api_url)"
+                    ) from None
+                raise RestoreError(
+                    f"{label} is missing from Telegram (was its message deleted?): {error}"
+                ) from None
+            except TelegramError as error:
+                raise RestoreError(f"cannot download {label}: {error}") from None
+            self._progress.start(f"Downloading {label}", part.size_bytes)
+            with target.open("wb") as sink:
+                try:
+                    received = self._bot.download(file["file_path"], sink, self._progress.update)
+                except TelegramError as error:
+                    problem = str(error)
+                    continue
+            digest = _file_sha256(target)
+            if received != part.size_bytes:
+                problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
+            elif digest != part.sha256:
+                problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
+            else:
+                self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
+                return target
+            self._progress.finish(
+                f"Downloaded {label} again: {problem} (attempt {attempt} of {DOWNLOAD_ATTEMPTS})"
+            )
+        raise RestoreError(f"{label} could not be downloaded intact: {problem}. Nothing was restored")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(READ_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Targets
+
+
+def restore_into(database: DatabaseConfig, backup: CheckedBackup, clean: bool, progress: Progress) -> int:
+    """Restore into the database in one transaction; with `clean`, its schemas are dropped first in that
+    same transaction, so that a failure leaves it exactly as it was. Return the bytes of SQL restored."""
+    relations = psql.user_relations(database)
+    if relations and not clean:
+        raise RestoreError(
+            f"the database {database.name} is not empty ({relations} tables, views, sequences or indexes): "
+            "restoring on top would mix two databases. Restore into an empty database, or add --clean to "
+            "drop its schemas first (in the same transaction as the restore)"
+        )
+    prologue = [psql.CLEAN_SQL.encode()] if clean else []
+    progress.start(f"Restoring {backup.name} into {database.name}", backup.size_bytes)
+    written = psql.restore(database, _chain(prologue, sql_chunks(backup, progress)))
+    progress.finish(f"Restored {backup.name} into {database.name}: {written} bytes of SQL")
+    return written
+
+
+def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
+    """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it."""
+    written = 0
+    progress.start(f"Writing {output}", backup.size_bytes)
+    with output.open("wb") as sink:
+        for chunk in sql_chunks(backup, progress):
+            sink.write(chunk)
+            written += len(chunk)
+    progress.finish(f"Wrote {output}: {written} bytes of SQL")
+    return written
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    name: str
+    tables: list[tuple[str, int]]
+
+    @property
+    def rows(self) -> int:
+        return sum(count for _, count in self.tables)
+
+    def summary(self) -> str:
+        return f"verified: restored into a scratch database, {len(self.tables)} tables, {self.rows} rows"
+
+
+def verify(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> VerifyReport:
+    """Restore into a scratch database created for the purpose and dropped afterwards, whatever happens."""
+    scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
+    maintenance = "postgres"
+    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=maintenance)
+    try:
+        progress.start(f"Verifying {backup.name} in scratch database {scratch}", backup.size_bytes)
+        psql.restore(database, sql_chunks(backup, progress), dbname=scratch)
+        tables = psql.table_row_counts(database, scratch)
+    finally:
+        psql.query(database, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', dbname=maintenance)
+    report = VerifyReport(backup.name, tables)
+    progress.finish(f"{backup.name}: {report.summary()}")
+    return report
