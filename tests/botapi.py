@@ -32,7 +32,8 @@ class Received:
 @dataclass
 class Fault:
     """What to do instead of answering the next request: an HTTP status with a Bot API error body,
-    `reset` (close the connection), `stall`, or `truncate` (a file download cut in half)."""
+    `reset` (close the connection), `stall`, `truncate` (a file download cut in half), or `pass`
+    (answer as usual: it lets a fault land on a later request)."""
 
     status: int = 500
     description: str = "Internal Server Error"

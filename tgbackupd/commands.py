@@ -12,9 +12,10 @@ from .config import Config
 from .control import Peer, error_reply
 from .errors import Cancelled
 from .runner import BackupBusy, BackupRunner
+from .state import StateFile
 from .storage import BackupDirectory
 
-COMMANDS = ("status", "trigger")
+COMMANDS = ("status", "trigger", "list")
 
 
 def _group_name(gid: int) -> str:
@@ -55,6 +56,7 @@ class Commands:
         self._next_run = next_run
         self._started_at = started_at
         self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+        self._state = StateFile(config.daemon.state_file)
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         command = request.get("command")
@@ -62,6 +64,8 @@ class Commands:
             return {"data": self.status()}
         if command == "trigger":
             return self.trigger(peer, wait=request.get("wait") is True)
+        if command == "list":
+            return {"data": {"backups": self._state.listing(self._config.backup.directory)}}
         return error_reply(
             "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
         )

@@ -1,16 +1,27 @@
-"""`tgbackupctl`: talks to the daemon's control socket and renders its replies for people."""
+"""`tgbackupctl`: talks to the daemon's control socket and renders its replies for people; restores and
+verifies backups itself, since the server they came from may be gone."""
 
 import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import __version__, messages
+from . import __version__, messages, restore
 from .commands import describe_last
-from .control import ControlClientError, request
+from .config import ClientConfig, DatabaseConfig, database_from_url, load_client_config
+from .control import DaemonNotRunning, request
+from .errors import ConfigError, RestoreError, TgbackupdError
+from .progress import Progress
+from .redaction import scrub
+from .state import StateFile
+from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
 EXIT_BACKUP_FAILED = 1
@@ -21,11 +32,16 @@ exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat)
   64  wrong usage
-  69  tgbackupd is not running, or its socket is not where --socket says
+  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
+  69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
+  78  the configuration is invalid, or restore does not know which database to restore into
 
 The socket is --socket, else $TGBACKUPD_DAEMON_SOCKET, else {DEFAULT_SOCKET}.
+restore, verify and list --remote read the same configuration as tgbackupd (--config, TGBACKUPD_CONFIG,
+/etc/tgbackupd/config.toml) and environment (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, DATABASE_URL, PG*);
+on a new machine the token and the chat id are enough to find every backup.
 """
 
 
@@ -38,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tgbackupctl",
-        description="Ask tgbackupd for its status, or to make a backup now.",
+        description="Ask tgbackupd for its status or a backup now; list, restore and verify backups.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -49,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("TGBACKUPD_DAEMON_SOCKET") or DEFAULT_SOCKET),
         help="the daemon's control socket",
     )
+    parser.add_argument("--config", metavar="PATH", help="configuration file (restore, verify, list)")
     parser.add_argument("--version", action="version", version=f"tgbackupctl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     status = commands.add_parser("status", help="show what the daemon is doing and how the last backup went")
@@ -67,6 +84,31 @@ def _parser() -> argparse.ArgumentParser:
         help="if a backup is already running, wait for it to finish, then make this one",
     )
     trigger.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    listing = commands.add_parser("list", help="list local and delivered backups (--remote: from Telegram)")
+    listing.add_argument("--remote", action="store_true", help="walk the chain of manifests in the chat")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    restore_parser = commands.add_parser(
+        "restore",
+        help="restore a backup into a database (or only reassemble it with --output)",
+        description="SOURCE is a .sql.gz file, a folder of downloaded parts, or a backup name (or 'latest') "
+        "from the catalogue; or use --from-telegram.",
+    )
+    verify = commands.add_parser(
+        "verify", help="restore a backup into a scratch database, count its rows, and drop it again"
+    )
+    for command in (restore_parser, verify):
+        command.add_argument("source", nargs="?", metavar="SOURCE", help="file, folder, NAME or latest")
+        command.add_argument(
+            "--from-telegram",
+            nargs="?",
+            const="latest",
+            metavar="NAME",
+            help="find the backup in the chat alone (default: the latest)",
+        )
+        command.add_argument("--dbname", metavar="DB", help="database name or postgresql:// URL")
+        command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+    restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
+    restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
     return parser
 
 
@@ -101,6 +143,10 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(
             f"  started {last['started_at']}, took {last['duration_s']:.1f} s, sha256 {last['sha256']}"
         )
+        if last.get("verified") is not None:
+            lines.append(f"  verified: {'yes' if last['verified'] else 'NO'}")
+        if last.get("pin_error"):
+            lines.append(f"  warning: {last['pin_error']}")
     return "\n".join(lines)
 
 
@@ -109,27 +155,45 @@ def render_backup(backup: dict[str, Any]) -> str:
         return ""
     size = messages.human_size(backup["size_bytes"])
     delivery = {
-        "sent": f"sent to Telegram (message {backup['message_id']})",
+        "sent": f"sent to Telegram in {backup.get('parts')} part(s), manifest message {backup['message_id']}",
         "local_only": "kept locally only (Telegram is not configured)",
-        "too_large": "kept locally, too large for Telegram",
         "failed": "kept locally, NOT sent to Telegram",
     }.get(backup["delivery"], backup["delivery"])
-    return (
-        f"File:     {backup['path']}\nSize:     {size}\nSHA-256:  {backup['sha256']}\n"
-        f"Took:     {backup['duration_s']:.1f} s\nDelivery: {delivery}"
-    )
+    lines = [
+        f"File:     {backup['path']}",
+        f"Size:     {size}",
+        f"SHA-256:  {backup['sha256']}",
+        f"Took:     {backup['duration_s']:.1f} s",
+        f"Delivery: {delivery}",
+    ]
+    if backup.get("verified") is not None:
+        lines.append(f"Verified: {'yes' if backup['verified'] else 'NO'}")
+    if backup.get("pin_error"):
+        lines.append(f"Warning:  {backup['pin_error']}")
+    return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def render_listing(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No backups yet."
+    lines = [f"{'NAME':<48} {'SIZE':>10} {'PARTS':>5}  {'LOCAL':<5}  {'TELEGRAM':<16} VERIFIED"]
+    for row in rows:
+        size = messages.human_size(row["size_bytes"]) if row.get("size_bytes") is not None else "?"
+        telegram = row.get("delivery") or "unknown"
+        if row.get("manifest_message_id"):
+            telegram = f"{telegram} (#{row['manifest_message_id']})"
+        verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
+        local = {True: "yes", False: "no", None: "-"}[row.get("local")]
+        parts = row.get("parts") or "?"
+        lines.append(f"{row['name']:<48} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} {verified}")
+    return "\n".join(lines)
+
+
+def _ask_daemon(args: argparse.Namespace) -> int:
     message: dict[str, Any] = {"command": args.command}
     if args.command == "trigger":
         message["wait"] = args.wait
-    try:
-        reply = request(args.socket, message, timeout=args.timeout if args.command == "status" else None)
-    except ControlClientError as error:
-        print(f"tgbackupctl: {error}", file=sys.stderr)
-        return error.exit_code
+    reply = request(args.socket, message, timeout=args.timeout if args.command == "status" else None)
     if args.json:
         print(json.dumps(reply, indent=2, ensure_ascii=False))
     if "error" in reply:
@@ -147,6 +211,154 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(data["message"])
             print(render_backup(data["backup"]))
     return 0
+
+
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    return load_client_config(args.config, os.environ)
+
+
+def _bot(config: ClientConfig) -> tuple[BotApi, str]:
+    telegram = config.telegram
+    if not telegram.configured:
+        raise ConfigError(["reading backups from Telegram needs TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"])
+    assert telegram.bot_token is not None and telegram.chat_id is not None
+    bot = BotApi(telegram.api_url, telegram.bot_token, timeout_s=telegram.timeout, retries=telegram.retries)
+    return bot, telegram.chat_id
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.remote:
+        config = _client_config(args)
+        bot, chat_id = _bot(config)
+        rows = [
+            {
+                "name": manifest.name,
+                "created_at": manifest.created_at,
+                "size_bytes": manifest.size_bytes,
+                "sha256": manifest.sha256,
+                "parts": len(manifest.parts),
+                "verified": manifest.verified,
+                "delivery": "sent",
+                "manifest_message_id": reference.message_id,
+                "local": None,
+            }
+            for manifest, reference in restore.TelegramSource(bot, chat_id, Progress()).history()
+        ]
+    else:
+        try:
+            reply = request(args.socket, {"command": "list"}, timeout=10.0)
+            rows = reply["data"]["backups"]
+        except DaemonNotRunning:
+            config = _client_config(args)
+            rows = StateFile(config.state_file).listing(config.backup_directory)
+    print(json.dumps(rows, indent=2) if args.json else render_listing(rows))
+    return 0
+
+
+def _target(args: argparse.Namespace, config: ClientConfig) -> DatabaseConfig:
+    """The database to restore into (or, for verify, the server to make a scratch database on)."""
+    if args.dbname and "://" in args.dbname:
+        return database_from_url(args.dbname)
+    if args.dbname:
+        if config.database is not None:
+            return replace(config.database, name=args.dbname)
+        return DatabaseConfig(args.dbname, None, None, None, None, (), "pg_dump")
+    if config.database is None:
+        raise ConfigError(
+            ["say which database to use: --dbname NAME (or a postgresql:// URL), or DATABASE_URL"]
+        )
+    return config.database
+
+
+def _fetch(
+    args: argparse.Namespace, config: ClientConfig, workdir: Path, progress: Progress
+) -> restore.CheckedBackup:
+    """Find the backup SOURCE names, and check it, before any database sees it."""
+    if args.from_telegram:
+        if args.source:
+            raise ConfigError(["give either SOURCE or --from-telegram, not both"])
+        bot, chat_id = _bot(config)
+        source = restore.TelegramSource(bot, chat_id, progress)
+        return source.fetch(source.find(args.from_telegram), workdir)
+    if not args.source:
+        raise ConfigError(["say which backup: a file, a folder of parts, a NAME, latest, or --from-telegram"])
+    path = Path(args.source)
+    if path.is_dir():
+        return restore.from_folder(path, progress)
+    if path.is_file():
+        return restore.from_local_file(path, None, progress)
+    found = StateFile(config.state_file).find(args.source)
+    if found is None:
+        raise RestoreError(
+            f"{args.source} is not a file, a folder, nor a backup in the catalogue {config.state_file} "
+            "(see `tgbackupctl list`; on a new machine use --from-telegram)"
+        )
+    manifest, _ = found
+    local = config.backup_directory / manifest.name
+    if local.is_file():
+        return restore.from_local_file(local, manifest, progress)
+    bot, chat_id = _bot(config)
+    progress.note(f"{manifest.name} is not on this machine any more: downloading it from Telegram")
+    return restore.TelegramSource(bot, chat_id, progress).fetch(manifest, workdir)
+
+
+@contextmanager
+def _workdir(args: argparse.Namespace) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="tgbackupd-restore-", dir=args.work_dir) as directory:
+        yield Path(directory)
+
+
+def _restore(args: argparse.Namespace) -> int:
+    config = _client_config(args)
+    progress = Progress()
+    target = None if args.output else _target(args, config)
+    with _workdir(args) as workdir:
+        backup = _fetch(args, config, workdir, progress)
+        if args.output:
+            restore.write_sql(backup, args.output, progress)
+            return 0
+        assert target is not None
+        restore.restore_into(target, backup, args.clean, progress)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    config = _client_config(args)
+    progress = Progress()
+    server = _target(args, config)
+    with _workdir(args) as workdir:
+        backup = _fetch(args, config, workdir, progress)
+        report = restore.verify(server, backup, progress)
+    for table, rows in report.tables:
+        print(f"{table:<60} {rows:>12}")
+    print(f"{backup.name}: {report.summary()}")
+    return 0
+
+
+def _secrets_in_environment() -> list[str]:
+    """What must not be echoed even when the configuration could not be read."""
+    url_password = urllib.parse.urlsplit(os.environ.get("DATABASE_URL", "")).password
+    candidates = (os.environ.get("TELEGRAM_BOT_TOKEN"), os.environ.get("PGPASSWORD"), url_password)
+    return [value for value in candidates if value]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {
+        "status": _ask_daemon,
+        "trigger": _ask_daemon,
+        "list": _list,
+        "restore": _restore,
+        "verify": _verify,
+    }
+    try:
+        return handlers[args.command](args)
+    except TgbackupdError as error:
+        print(f"tgbackupctl: {scrub(str(error), _secrets_in_environment())}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("tgbackupctl: interrupted (a restore in progress was rolled back)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

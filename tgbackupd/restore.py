@@ -306,16 +306,16 @@ class TelegramSource:
                 try:
                     received = self._bot.download(file["file_path"], sink, self._progress.update)
                 except TelegramError as error:
-                    problem = str(error)
-                    continue
-            digest = _file_sha256(target)
-            if received != part.size_bytes:
-                problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
-            elif digest != part.sha256:
-                problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
-            else:
-                self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
-                return target
+                    received, problem = -1, str(error)
+            if received >= 0:
+                digest = _file_sha256(target)
+                if received != part.size_bytes:
+                    problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
+                elif digest != part.sha256:
+                    problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
+                else:
+                    self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
+                    return target
             self._progress.finish(
                 f"Downloaded {label} again: {problem} (attempt {attempt} of {DOWNLOAD_ATTEMPTS})"
             )

@@ -3,6 +3,7 @@ with its manifest and where that manifest is in the chat), written atomically.""
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import structlog
 from .manifest import Manifest, ManifestError, ManifestRef
 
 CATALOGUE_LIMIT = 500
+_BACKUP_NAME = re.compile(r"^.+_backup_(?P<stamp>[0-9]{8}_[0-9]{6})\.sql\.gz$")
 
 log = structlog.stdlib.get_logger("tgbackupd.state")
 
@@ -34,6 +36,12 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _stamp(name: str) -> str:
+    """The `YYYYMMDD_HHMMSS` of a backup's name, which orders backups by age."""
+    match = _BACKUP_NAME.match(name)
+    return match["stamp"] if match else ""
 
 
 def _entries(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,6 +91,43 @@ class StateFile:
                 reference = entry.get("manifest_ref")
                 return manifest, ManifestRef(**reference) if isinstance(reference, dict) else None
         return None
+
+    def listing(self, directory: Path) -> list[dict[str, Any]]:
+        """Every backup known here, newest first: those in the catalogue, and any other backup file in
+        the directory (made before the catalogue existed, or by the system tgbackupd replaces)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for entry in self.catalogue():
+            name = str(entry.get("name"))
+            if name in rows:
+                continue
+            manifest = entry.get("manifest") if isinstance(entry.get("manifest"), dict) else {}
+            reference = entry.get("manifest_ref") if isinstance(entry.get("manifest_ref"), dict) else {}
+            rows[name] = {
+                "name": name,
+                "created_at": manifest.get("created_at"),
+                "size_bytes": manifest.get("size_bytes"),
+                "sha256": manifest.get("sha256"),
+                "parts": len(manifest.get("parts") or []),
+                "verified": manifest.get("verified"),
+                "delivery": entry.get("delivery"),
+                "manifest_message_id": reference.get("message_id"),
+                "local": (directory / name).is_file(),
+            }
+        found = directory.glob("*_backup_*.sql.gz") if directory.is_dir() else iter(())
+        for path in found:
+            if _BACKUP_NAME.match(path.name) and path.name not in rows:
+                rows[path.name] = {
+                    "name": path.name,
+                    "created_at": None,
+                    "size_bytes": path.stat().st_size,
+                    "sha256": None,
+                    "parts": None,
+                    "verified": None,
+                    "delivery": None,
+                    "manifest_message_id": None,
+                    "local": True,
+                }
+        return sorted(rows.values(), key=lambda row: _stamp(row["name"]), reverse=True)
 
     def record(
         self, result: dict[str, Any], manifest: Manifest | None, reference: ManifestRef | None

@@ -76,7 +76,7 @@ def test_trigger_delivers_a_backup_and_status_shows_it_across_a_restart(
 
     assert triggered.returncode == 0, triggered.stderr
     assert triggered.stdout.startswith("Manual backup completed successfully")
-    assert "sent to Telegram (message 2)" in triggered.stdout
+    assert "sent to Telegram in 1 part(s), manifest message 2" in triggered.stdout
     document, _manifest = bot_api.documents()
     assert document.fields["chat_id"] == CHAT_ID
     status = json.loads(daemon.ctl("status", "--json").stdout)["data"]

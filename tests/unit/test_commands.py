@@ -138,7 +138,9 @@ def test_a_trigger_during_a_backup_is_told_so_and_status_shows_it_running(tmp_pa
 @pytest.mark.parametrize("request_", [{}, {"command": "rm -rf"}, {"command": 3}])
 def test_unknown_commands_are_named(tmp_path, request_):
     reply = commands(tmp_path, StandInBackup()).handle(request_, ROOT)
-    assert reply["error"]["code"] == "unknown_command" and "status, trigger" in reply["error"]["message"]
+    assert (
+        reply["error"]["code"] == "unknown_command" and "status, trigger, list" in reply["error"]["message"]
+    )
 
 
 def test_status_line_tells_schedule_and_last_result():

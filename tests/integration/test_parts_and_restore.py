@@ -1,0 +1,318 @@
+"""Any size reaches the chat in parts, and the database comes back from the chat alone."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
+from tests.conftest import base_environment, database_url, fingerprint, psql, telegram_environment
+from tgbackupd.backup import Backup
+from tgbackupd.config import load_config
+
+pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
+MB = 1024 * 1024
+
+
+def add_noise(dbname: str, megabytes: int) -> None:
+    """Random bytes, which gzip cannot shrink below about half of their hex dump."""
+    psql(dbname, "CREATE TABLE noise (id int PRIMARY KEY, b bytea)")
+    psql(
+        dbname,
+        f"INSERT INTO noise SELECT i, decode(string_agg(md5(i::text || random()::text), ''), 'hex') "
+        f"FROM generate_series(1, {megabytes * 8}) AS i, generate_series(1, 8192) GROUP BY i",
+    )
+
+
+@pytest.fixture
+def big_source(make_database):
+    source = make_database(rows=2000)
+    add_noise(source, 4)  # about 4 MB of random bytes: 4 to 5 parts of 1 MB once gzipped
+    return source
+
+
+def backup_in_parts(tmp_path: Path, source: str, bot_api, **overrides: str):
+    environment = base_environment(
+        tmp_path,
+        source,
+        **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1", **overrides},
+    )
+    return Backup(load_config(None, environment)).run("scheduled")
+
+
+def new_machine(tmp_path: Path, bot_api) -> dict[str, str]:
+    """Nothing but the token and the chat id (and where the stand-in Bot API listens)."""
+    home = tmp_path / "new-machine"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text("")
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "TGBACKUPD_CONFIG": str(home / "config.toml"),
+        "TGBACKUPD_BACKUP_DIRECTORY": str(home / "backups"),
+        "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
+        "TELEGRAM_CHAT_ID": CHAT_ID,
+        "TGBACKUPD_TELEGRAM_API_URL": bot_api.url,
+    }
+
+
+def ctl(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tgbackupd.ctl", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_a_large_backup_goes_out_in_parts_and_comes_back_from_telegram_alone(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+
+    assert result.succeeded and result.delivery == "sent", result.error
+    assert result.parts >= 3
+    documents = bot_api.documents()
+    parts, manifest_document = documents[:-1], documents[-1]
+    assert [d.file_name for d in parts] == [f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)]
+    assert all(len(d.content) <= MB for d in parts) and all(len(d.content) == MB for d in parts[:-1])
+    assert b"".join(d.content for d in parts) == Path(result.path).read_bytes()
+    for index, document in enumerate(parts, start=1):
+        assert f"part {index} of {result.parts}" in document.fields["caption"]
+        assert result.sha256 in document.fields["caption"]
+    manifest = json.loads(manifest_document.content)
+    assert manifest["name"] == result.file and manifest["sha256"] == result.sha256
+    assert [p["message_id"] for p in manifest["parts"]] == list(range(1, result.parts + 1))
+    assert bot_api.state.pinned[CHAT_ID]["document"]["file_name"] == manifest_document.file_name
+
+    target = make_database(empty=True)
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(target)
+    )
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"Restored {result.file} into {target}" in restored.stderr
+    assert fingerprint(target) == fingerprint(big_source)
+    assert psql(target, "SELECT count(*) FROM noise") == psql(big_source, "SELECT count(*) FROM noise")
+    assert FAKE_TOKEN not in restored.stdout + restored.stderr
+
+
+def test_a_corrupt_part_is_named_and_nothing_touches_the_database(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    damaged = bytearray(bot_api.state.files["doc2"])
+    damaged[1000] ^= 0xFF
+    bot_api.state.files["doc2"] = bytes(damaged)
+    target = make_database(empty=True)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(target)
+    )
+
+    assert restored.returncode == 65
+    assert f"part 2 of {result.parts} ({result.file}.002) could not be downloaded intact" in restored.stderr
+    assert "SHA-256" in restored.stderr and "Nothing was restored" in restored.stderr
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+def test_a_missing_part_is_named(tmp_path, big_source, make_database, bot_api):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    del bot_api.state.files["doc3"]
+
+    restored = ctl(new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", "whatever")
+
+    assert restored.returncode == 65
+    assert f"part 3 of {result.parts} ({result.file}.003) is missing from Telegram" in restored.stderr
+
+
+def test_a_download_cut_short_is_downloaded_again(tmp_path, big_source, bot_api):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    output = tmp_path / "restored.sql"
+    # getChat, getFile and the download of the manifest pass; the first part's download is cut in half.
+    bot_api.fail_next(
+        Fault(action="pass"),
+        Fault(action="pass"),
+        Fault(action="pass"),
+        Fault(action="pass"),
+        Fault(action="truncate"),
+    )
+
+    restored = ctl(new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--output", str(output))
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"Downloaded part 1 of {result.parts} ({result.file}.001) again" in restored.stderr
+    assert [r for r in bot_api.state.requests if r.endswith("/documents/doc1")] == [
+        f"/file/bot{FAKE_TOKEN}/documents/doc1"
+    ] * 2
+    assert output.read_bytes() == subprocess.run(["gzip", "-dc", result.path], capture_output=True).stdout
+
+
+def test_429_during_the_parts_is_waited_out_and_the_parts_stay_in_order(tmp_path, big_source, bot_api):
+    bot_api.fail_next(Fault(action="pass"), Fault(429, "Too Many Requests: retry after 1", retry_after=1))
+
+    began = time.monotonic()
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+
+    assert result.delivery == "sent", result.error
+    assert time.monotonic() - began >= 1.0
+    names = [d.file_name for d in bot_api.documents()]
+    assert names[:-1] == [f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)]
+    assert names[-1].endswith(".manifest.json")
+
+
+def test_parts_in_the_wrong_order_in_a_folder_are_caught(tmp_path, big_source, bot_api):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    for document in bot_api.documents():
+        (folder / document.file_name).write_bytes(document.content)
+    first, second = folder / f"{result.file}.001", folder / f"{result.file}.002"
+    first_bytes = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(first_bytes)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(tmp_path / "x.sql")
+    )
+
+    assert restored.returncode == 65
+    assert f"part 1 of {result.parts} ({result.file}.001) is corrupt" in restored.stderr
+
+
+def test_a_folder_of_parts_without_a_manifest_restores_as_cat_would(tmp_path, big_source, bot_api):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    for document in bot_api.documents()[:-1]:
+        (folder / document.file_name).write_bytes(document.content)
+    output = tmp_path / "x.sql"
+
+    restored = ctl(new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(output))
+
+    assert restored.returncode == 0, restored.stderr
+    assert output.read_bytes() == subprocess.run(["gzip", "-dc", result.path], capture_output=True).stdout
+    (folder / f"{result.file}.002").unlink()
+    missing = ctl(new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(output))
+    assert missing.returncode == 65 and "part(s) 002 are missing" in missing.stderr
+
+
+def test_the_history_is_walked_from_the_pinned_manifest(tmp_path, make_database, bot_api):
+    source = make_database(rows=50)
+    environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
+    first = Backup(load_config(None, environment)).run("scheduled")
+    psql(source, "DELETE FROM orders")
+    time.sleep(1)  # a new second, so a new name
+    second = Backup(load_config(None, environment)).run("scheduled")
+    machine = new_machine(tmp_path, bot_api)
+
+    listing = ctl(machine, "list", "--remote", "--json")
+    restored_first = make_database(empty=True)
+    restore = ctl(machine, "restore", "--from-telegram", first.file, "--dbname", database_url(restored_first))
+
+    assert listing.returncode == 0, listing.stderr
+    assert [row["name"] for row in json.loads(listing.stdout)] == [second.file, first.file]
+    assert restore.returncode == 0, restore.stderr
+    assert int(psql(restored_first, "SELECT count(*) FROM orders")) == 100
+
+
+def test_restore_refuses_a_database_that_is_not_empty_unless_clean(tmp_path, make_database):
+    source = make_database(rows=30)
+    environment = base_environment(tmp_path, source)
+    result = Backup(load_config(None, environment)).run("manual")
+    before = fingerprint(source)
+    psql(source, "DELETE FROM orders; CREATE TABLE extra (x int)")
+
+    refused = ctl(environment, "restore", result.path)
+    cleaned = ctl(environment, "restore", result.path, "--clean")
+
+    assert refused.returncode == 65 and "is not empty" in refused.stderr and "--clean" in refused.stderr
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert fingerprint(source) == before
+    assert psql(source, "SELECT count(*) FROM pg_tables WHERE tablename = 'extra'") == "0"
+
+
+def test_a_failing_restore_is_rolled_back_whole_clean_included(tmp_path, make_database):
+    source = make_database(rows=30)
+    environment = base_environment(tmp_path, source)
+    result = Backup(load_config(None, environment)).run("manual")
+    failing = tmp_path / "failing_backup_20251203_030000.sql.gz"
+    failing.write_bytes(gzip.compress(gzip.decompress(Path(result.path).read_bytes()) + b"\nSELECT 1/0;\n"))
+    target = make_database(empty=True)
+    psql(target, "CREATE SCHEMA keep_me; CREATE TABLE keep_me.t (x int); INSERT INTO keep_me.t VALUES (1)")
+
+    failed = ctl({**environment, "DATABASE_URL": database_url(target)}, "restore", str(failing), "--clean")
+
+    assert failed.returncode == 65
+    assert "failed and was rolled back" in failed.stderr and "division by zero" in failed.stderr
+    assert psql(target, "SELECT x FROM keep_me.t") == "1"
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE tablename = 'customers'") == "0"
+
+
+def test_restore_by_name_from_the_catalogue_downloads_what_is_no_longer_local(
+    tmp_path, make_database, bot_api
+):
+    source = make_database(rows=30)
+    environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
+    result = Backup(load_config(None, environment)).run("manual")
+    Path(result.path).unlink()
+    target = make_database(empty=True)
+
+    restored = ctl({**environment, "DATABASE_URL": database_url(target)}, "restore", result.file)
+
+    assert restored.returncode == 0, restored.stderr
+    assert "not on this machine any more: downloading it from Telegram" in restored.stderr
+    assert fingerprint(target) == fingerprint(source)
+
+
+def test_verify_restores_into_a_scratch_database_and_drops_it(tmp_path, make_database):
+    source = make_database(rows=40)
+    environment = base_environment(tmp_path, source)
+    result = Backup(load_config(None, environment)).run("manual")
+
+    verified = ctl(environment, "verify", "latest")
+
+    assert verified.returncode == 0, verified.stderr
+    assert "public.customers" in verified.stdout and "40" in verified.stdout
+    assert f"{result.file}: verified: restored into a scratch database, 2 tables, 120 rows" in verified.stdout
+    assert psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'tgbackupd_verify_%'") == "0"
+
+
+def test_verify_after_makes_every_backup_say_verified(tmp_path, make_database, bot_api):
+    source = make_database(rows=20)
+    environment = base_environment(
+        tmp_path, source, **telegram_environment(bot_api), TGBACKUPD_BACKUP_VERIFY_AFTER="true"
+    )
+
+    result = Backup(load_config(None, environment)).run("scheduled")
+
+    assert result.succeeded and result.verified is True, result.error
+    document, manifest = bot_api.documents()
+    assert "✅ Verified: restored into a scratch database, 2 tables, 60 rows" in document.fields["caption"]
+    assert json.loads(manifest.content)["verified"] is True
+
+
+def test_without_the_right_to_pin_the_backup_is_still_delivered_and_the_reason_given(
+    tmp_path, make_database, bot_api
+):
+    source = make_database(rows=10)
+    bot_api.state.can_pin = False
+
+    result = Backup(
+        load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
+    ).run("scheduled")
+
+    assert result.succeeded and result.delivery == "sent"
+    assert "may not pin messages" in result.pin_error
+    machine = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--output", str(tmp_path / "x")
+    )
+    assert machine.returncode == 65 and "no tgbackupd manifest is pinned" in machine.stderr
