@@ -95,7 +95,18 @@ def test_trigger_delivers_a_backup_and_status_shows_it_across_a_restart(
     assert summary["logger"] == "tgbackupd.backup" and summary["level"] == "info"
     assert summary["file"] == document.file_name and summary["size_bytes"] == len(document.content)
     assert {"timestamp", "duration_s", "sha256"} <= summary.keys()
+    listed = daemon.ctl("list")
+    assert listed.returncode == 0 and document.file_name in listed.stdout and "sent (#2)" in listed.stdout
     assert daemon.stop() == 0
+    offline = subprocess.run(
+        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "list"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert offline.returncode == 0 and offline.stdout == listed.stdout  # read from the catalogue directly
 
     again = start_daemon(environment)
     again.notify.wait_for("READY=1")

@@ -1,0 +1,91 @@
+import hashlib
+import json
+
+import pytest
+
+from tgbackupd.manifest import Manifest, ManifestError, ManifestRef, manifest_name, part_name, plan_parts
+from tgbackupd.pipeline import PartDigests
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("chunks", [[b"x" * 25], [b"x" * 7] * 3 + [b"x" * 4], [b"x"] * 25])
+def test_parts_are_cut_at_the_part_size_however_the_stream_arrives(chunks):
+    sink = Collect()
+    parts = PartDigests(10, sink)
+    for chunk in chunks:
+        parts.write(chunk)
+    parts.close()
+    assert bytes(sink.data) == b"x" * 25 and sink.closed
+    assert parts.parts == [
+        (10, hashlib.sha256(b"x" * 10).hexdigest()),
+        (10, hashlib.sha256(b"x" * 10).hexdigest()),
+        (5, hashlib.sha256(b"x" * 5).hexdigest()),
+    ]
+
+
+def test_an_exact_multiple_makes_no_empty_last_part_and_an_empty_stream_one_empty_part():
+    exact = PartDigests(10, Collect())
+    exact.write(b"y" * 20)
+    exact.close()
+    assert [size for size, _ in exact.parts] == [10, 10]
+    empty = PartDigests(10, Collect())
+    empty.close()
+    assert empty.parts == [(0, hashlib.sha256(b"").hexdigest())]
+
+
+def test_names_rebuild_with_cat_and_one_part_keeps_the_plain_name():
+    assert part_name("db_backup_20251203_030000.sql.gz", 1, 1) == "db_backup_20251203_030000.sql.gz"
+    assert part_name("db_backup_20251203_030000.sql.gz", 2, 12) == "db_backup_20251203_030000.sql.gz.002"
+    assert manifest_name("db_backup_20251203_030000.sql.gz") == "db_backup_20251203_030000.manifest.json"
+    planned = plan_parts("b.sql.gz", [(10, "a"), (10, "b"), (3, "c")])
+    assert [(p.index, p.file_name, p.offset, p.size_bytes) for p in planned] == [
+        (1, "b.sql.gz.001", 0, 10),
+        (2, "b.sql.gz.002", 10, 10),
+        (3, "b.sql.gz.003", 20, 3),
+    ]
+
+
+def manifest() -> Manifest:
+    return Manifest(
+        name="b.sql.gz",
+        database="shop",
+        host="shop on db",
+        server="web1",
+        created_at="2025-12-03T03:00:00+00:00",
+        size_bytes=23,
+        sha256="f" * 64,
+        parts=plan_parts("b.sql.gz", [(10, "a"), (10, "b"), (3, "c")]),
+        previous=ManifestRef("a.sql.gz", 41, "file-41"),
+    )
+
+
+def test_a_manifest_survives_its_round_trip():
+    assert Manifest.from_json(manifest().to_json()) == manifest()
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: d.update(format="other"), "not a tgbackupd manifest"),
+        (lambda d: d.update(version=99), "manifest version 99"),
+        (lambda d: d["parts"].pop(1), "not numbered 1, 2, 3"),
+        (lambda d: d.update(size_bytes=24), "do not add up"),
+        (lambda d: d.pop("sha256"), "incomplete or malformed"),
+    ],
+)
+def test_a_damaged_manifest_says_what_is_wrong(change, expected):
+    document = json.loads(manifest().to_json())
+    change(document)
+    with pytest.raises(ManifestError, match=expected):
+        Manifest.from_json(json.dumps(document).encode())
