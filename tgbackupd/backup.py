@@ -1,14 +1,14 @@
 """One backup, start to end: pg_dump → gzip → file in place (hashed in parts as it is written) →
-retention → verification, when asked → parts, manifest and pin in the chat → one summary event."""
+retention → verification, when asked → the outbox, drained to the chat → one summary event."""
 
 import dataclasses
+import errno
 import io
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -16,9 +16,9 @@ import structlog
 from . import messages, restore
 from .clock import Clock
 from .config import Config
-from .delivery import Delivered, Delivery, pinned_manifest_ref
-from .errors import Cancelled, TgbackupdError
-from .manifest import Manifest, ManifestRef, plan_parts
+from .errors import Cancelled, StorageError, TgbackupdError
+from .manifest import Manifest, plan_parts
+from .outbox import Outbox
 from .pgdump import run_pg_dump
 from .pipeline import Digest, FileWriter, GzipCompressor, PartDigests
 from .progress import Progress
@@ -28,8 +28,12 @@ from .storage import BackupDirectory
 from .telegram import BotApi, TelegramError
 
 CHUNK_BYTES = 1024 * 1024
+# A dump this much smaller than the previous one of the same database is flagged: tools that reported
+# an empty dump as success have let retention delete the last good backup.
+SHRINK_WARNING_RATIO = 0.5
 _START_EVENTS = {
     "scheduled": "Starting automated database backup...",
+    "catch-up": "Starting automated database backup...",
     "manual": "Starting manual database backup...",
 }
 
@@ -38,8 +42,9 @@ log = structlog.stdlib.get_logger("tgbackupd.backup")
 
 @dataclass(frozen=True)
 class BackupResult:
-    """What one backup came to. `delivery` is sent, local_only, failed or not_attempted; `message_id`
-    is the manifest's (the message that is pinned); `verified` is None when verification did not run."""
+    """What one backup came to. `delivery` is sent, pending (kept, and sent again later), local_only,
+    lost or not_attempted; `message_id` is the manifest's (the pinned message); `verified` is None
+    when verification did not run; `warning` flags a suspicious dump that was kept and sent anyway."""
 
     trigger: str
     database: str
@@ -48,12 +53,14 @@ class BackupResult:
     file: str | None = None
     path: str | None = None
     size_bytes: int | None = None
+    sql_bytes: int | None = None
     sha256: str | None = None
     parts: int | None = None
     verified: bool | None = None
     delivery: str = "not_attempted"
     message_id: int | None = None
     pin_error: str | None = None
+    warning: str | None = None
     error: str | None = None
 
     @property
@@ -64,15 +71,10 @@ class BackupResult:
         return dataclasses.asdict(self)
 
 
-class _Outcome:
-    """What the steps after the dump found, gathered for the result."""
-
-    def __init__(self) -> None:
-        self.verified: bool | None = None
-        self.verification: str | None = None
-        self.delivery = "not_attempted"
-        self.delivered: Delivered | None = None
-        self.errors: list[str] = []
+@dataclass(frozen=True)
+class _Made:
+    manifest: Manifest
+    sql_bytes: int
 
 
 class Backup:
@@ -91,7 +93,8 @@ class Backup:
         self.cancel = cancel or threading.Event()
         self._bot_factory = bot_factory or make_bot
         self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
-        self._state = StateFile(config.daemon.state_file)
+        self.state = StateFile(config.daemon.state_file)
+        self.outbox = Outbox(config, self.state, self._clock, log)
         self._server = socket.gethostname()
 
     def run(self, trigger: str) -> BackupResult:
@@ -107,39 +110,53 @@ class Backup:
         bot = self._bot_factory(self._config, self.cancel)
         try:
             try:
-                manifest = self._make(started, bound)
+                made = self._make(started, bound)
             except TgbackupdError as error:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
                 self._summarize(result, bound)
                 self._report_failure(bot, result.error or "", bound)
-                self._state.record(result.to_dict(), None, None)
+                self.state.record_result(result.to_dict())
                 return result
-            outcome = self._after_dump(bot, manifest, self._since(began), bound)
+            result = self._after_dump(bot, made, base, began, bound)
         finally:
             if bot is not None:
                 bot.close()
-        delivered = outcome.delivered
-        result = BackupResult(
-            **base,
-            duration_s=self._since(began),
-            file=manifest.name,
-            path=str(self._directory.path / manifest.name),
-            size_bytes=manifest.size_bytes,
-            sha256=manifest.sha256,
-            parts=len(manifest.parts),
-            verified=outcome.verified,
-            delivery=outcome.delivery,
-            message_id=delivered.manifest_ref.message_id if delivered else None,
-            pin_error=delivered.pin_error if delivered else None,
-            error="; ".join(outcome.errors) or None,
-        )
         self._summarize(result, bound)
-        self._state.record(
-            result.to_dict(),
-            delivered.manifest if delivered else manifest,
-            delivered.manifest_ref if delivered else None,
-        )
+        self.state.record_result(result.to_dict())
         return result
+
+    def redeliver(self) -> None:
+        """Send what waits in the outbox (the daemon calls this when a retry is due)."""
+        bot = self._bot_factory(self._config, self.cancel)
+        if bot is None:
+            return
+        try:
+            self.outbox.drain(bot, self._directory.path, self.cancel)
+        except Cancelled:
+            log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
+        finally:
+            bot.close()
+
+    def clean_up_after_crash(self) -> None:
+        """Remove what an interrupted run left behind, unless another process is backing up right now."""
+        try:
+            with self._directory.lock():
+                for stale in self._directory.remove_partials():
+                    log.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
+        except TgbackupdError as error:
+            log.info("Not cleaning the backup directory now", reason=self._text(error))
+
+    def tell_chat(self, problem: str) -> None:
+        """Tell the chat about a problem found outside a backup (at start, say)."""
+        bot = self._bot_factory(self._config, self.cancel)
+        if bot is None:
+            return
+        try:
+            self._send_notice(
+                bot, messages.problem_notice(server=self._server, problem=self._text(problem)), log
+            )
+        finally:
+            bot.close()
 
     def _since(self, began: float) -> float:
         return round(self._clock.monotonic() - began, 3)
@@ -147,9 +164,9 @@ class Backup:
     def _text(self, error: BaseException | str) -> str:
         return scrub(str(error), self._config.secrets())
 
-    def _make(self, started: datetime, bound: Any) -> Manifest:
+    def _make(self, started: datetime, bound: Any) -> _Made:
         """Dump, compress and put the file in place, hashed in parts as it is written; prune old backups.
-        Return the backup's manifest (without message ids yet). Raise on any failure."""
+        Raise on any failure, having removed what it wrote."""
         self._directory.ensure()
         with self._directory.lock():
             for stale in self._directory.remove_partials():
@@ -161,17 +178,34 @@ class Backup:
                 file=name,
                 compression_level=self._config.backup.compression_level,
             )
-            with self._directory.new_file(name) as stream:
-                parts = PartDigests(self._config.telegram.part_size_bytes, FileWriter(stream))
-                digest = Digest(parts)
-                pipeline = GzipCompressor(self._config.backup.compression_level, digest)
-                with run_pg_dump(self._config.database) as dump:
-                    for chunk in dump.chunks(CHUNK_BYTES):
-                        if self.cancel.is_set():
-                            raise Cancelled("the backup was stopped because tgbackupd is stopping")
-                        pipeline.write(chunk)
-                    dump.wait()
-                pipeline.close()
+            try:
+                made = self._dump_into(name, started)
+            except OSError as error:
+                raise self._write_failed(error) from None
+            bound.info(
+                f"Backup created successfully: ({messages.human_size(made.manifest.size_bytes)})",
+                file=name,
+                path=str(self._directory.path / name),
+                size_bytes=made.manifest.size_bytes,
+                sql_bytes=made.sql_bytes,
+                sha256=made.manifest.sha256,
+                parts=len(made.manifest.parts),
+            )
+            self._prune(bound)
+        return made
+
+    def _dump_into(self, name: str, started: datetime) -> _Made:
+        with self._directory.new_file(name) as stream:
+            parts = PartDigests(self._config.telegram.part_size_bytes, FileWriter(stream))
+            digest = Digest(parts)
+            sql = Digest(GzipCompressor(self._config.backup.compression_level, digest))
+            with run_pg_dump(self._config.database) as dump:
+                for chunk in dump.chunks(CHUNK_BYTES):
+                    if self.cancel.is_set():
+                        raise Cancelled("the backup was stopped because tgbackupd is stopping")
+                    sql.write(chunk)
+                dump.wait()
+            sql.close()
             manifest = Manifest(
                 name=name,
                 database=self._config.database.name,
@@ -184,95 +218,142 @@ class Backup:
                 previous=None,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
-            bound.info(
-                f"Backup created successfully: ({messages.human_size(manifest.size_bytes)})",
-                file=name,
-                path=str(self._directory.path / name),
-                size_bytes=manifest.size_bytes,
-                sha256=manifest.sha256,
-                parts=len(manifest.parts),
-            )
-            try:
-                removed = self._directory.prune(self._config.backup.keep)
-            except TgbackupdError as error:
-                bound.error("Could not remove old backups", error=self._text(error))
-            else:
-                if removed:
-                    bound.info("Removed old backups", removed=removed, keep=self._config.backup.keep)
-        return manifest
+        return _Made(manifest, sql.size)
 
-    def _after_dump(self, bot: BotApi | None, manifest: Manifest, duration_s: float, bound: Any) -> _Outcome:
-        outcome = _Outcome()
-        path = self._directory.path / manifest.name
+    def _write_failed(self, error: OSError) -> StorageError:
+        where = self._directory.path
+        if error.errno == errno.ENOSPC:
+            return StorageError(
+                f"the backup directory {where} is full (No space left on device); the unfinished file was "
+                "removed. Free space there, lower backup.keep, or set backup.directory to a larger disk"
+            )
+        return StorageError(f"writing the backup into {where} failed: {error.strerror or error}")
+
+    def _prune(self, bound: Any) -> None:
+        keep = self._config.backup.keep
+        undelivered = self.outbox.undelivered()
+        try:
+            removed = self._directory.prune(keep, protect=undelivered)
+        except TgbackupdError as error:
+            bound.error("Could not remove old backups", error=self._text(error))
+            return
+        if removed:
+            bound.info("Removed old backups", removed=removed, keep=keep)
+        stored = len(self._directory.backups())
+        if stored > keep:
+            bound.warning(
+                f"Keeping {stored} backups, more than backup.keep ({keep}): those not yet delivered to "
+                "Telegram are never removed",
+                undelivered=sorted(undelivered),
+            )
+
+    def _after_dump(
+        self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any
+    ) -> BackupResult:
+        manifest = made.manifest
+        errors: list[str] = []
+        verified, verification = None, None
         if self._config.backup.verify_after:
-            self._verify(path, manifest, outcome, bound)
+            verified, verification = self._verify(manifest, bound)
+            if not verified:
+                errors.append(f"verification failed: {verification}")
+        warning = self._shrink_warning(made)
+        if warning:
+            bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
         facts = messages.BackupFacts(
             file=manifest.name,
             database=self._config.database.describe(),
             server=self._server,
             size_bytes=manifest.size_bytes,
             sha256=manifest.sha256,
-            duration_s=duration_s,
-            verification=outcome.verification,
+            duration_s=self._since(began),
+            verification=verification,
+            warning=warning,
         )
-        self._deliver(bot, path, manifest, facts, outcome, bound)
-        return outcome
+        self.outbox.add(dataclasses.replace(manifest, verified=verified), facts, made.sql_bytes, warning)
+        delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
+        return BackupResult(
+            **base,
+            duration_s=self._since(began),
+            file=manifest.name,
+            path=str(self._directory.path / manifest.name),
+            size_bytes=manifest.size_bytes,
+            sql_bytes=made.sql_bytes,
+            sha256=manifest.sha256,
+            parts=len(manifest.parts),
+            verified=verified,
+            delivery=delivery,
+            message_id=message_id,
+            pin_error=pin_error,
+            warning=warning,
+            error="; ".join(errors) or None,
+        )
 
-    def _verify(self, path: Path, manifest: Manifest, outcome: _Outcome, bound: Any) -> None:
+    def _shrink_warning(self, made: _Made) -> str | None:
+        """Say so when the dump is empty, or far smaller than the previous one of the same database."""
+        if made.sql_bytes == 0:
+            return "pg_dump produced no SQL at all: this backup is empty"
+        for entry in self.state.catalogue():
+            previous = entry.get("sql_bytes")
+            if (
+                entry.get("database") != made.manifest.database
+                or not isinstance(previous, int)
+                or not previous
+            ):
+                continue
+            if made.sql_bytes < previous * SHRINK_WARNING_RATIO:
+                shrink = 100 - made.sql_bytes * 100 // previous
+                return (
+                    f"this dump is {messages.human_size(made.sql_bytes)} of SQL, {shrink}% smaller than the "
+                    f"previous one ({messages.human_size(previous)}, {entry['name']}). Check that the "
+                    "database "
+                    "has not lost data before relying on it"
+                )
+            return None
+        return None
+
+    def _verify(self, manifest: Manifest, bound: Any) -> tuple[bool, str]:
         bound.info(f"Verifying backup: {manifest.name}", file=manifest.name)
         quiet = Progress(io.StringIO())  # inside the daemon, the log reports instead
         try:
-            checked = restore.from_local_file(path, manifest, quiet)
+            checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
             report = restore.verify(self._config.database, checked, quiet)
         except TgbackupdError as error:
             reason = self._text(error)
-            outcome.verified = False
-            outcome.verification = f"NOT VERIFIED: {reason}"[:300]
-            outcome.errors.append(f"verification failed: {reason}")
             bound.error("Backup verification failed", file=manifest.name, error=reason)
-            return
-        outcome.verified = True
-        outcome.verification = report.summary()
-        bound.info(
-            "Backup verified",
-            file=manifest.name,
-            tables=len(report.tables),
-            rows=report.rows,
-        )
+            return False, f"NOT VERIFIED: {reason}"[:300]
+        bound.info("Backup verified", file=manifest.name, tables=len(report.tables), rows=report.rows)
+        return True, report.summary()
 
     def _deliver(
-        self,
-        bot: BotApi | None,
-        path: Path,
-        manifest: Manifest,
-        facts: messages.BackupFacts,
-        outcome: _Outcome,
-        bound: Any,
-    ) -> None:
+        self, bot: BotApi | None, name: str, errors: list[str], bound: Any
+    ) -> tuple[str, int | None, str | None]:
+        """Drain the outbox (older pending backups first); return this backup's delivery, message id and
+        pin error, adding to `errors` when it did not reach the chat."""
         chat_id = self._config.telegram.chat_id
         if bot is None or chat_id is None:
-            bound.warning("Telegram is not configured: the backup is kept locally only", path=str(path))
-            outcome.delivery = "local_only"
-            return
-        bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=manifest.name)
-        try:
-            delivered = Delivery(bot, chat_id, bound).send(
-                path,
-                dataclasses.replace(manifest, verified=outcome.verified),
-                facts,
-                self._directory.path / manifest.file_name,
-                lambda: self._state.latest_manifest_ref() or self._pinned(bot, chat_id, bound),
+            bound.warning(
+                "Telegram is not configured: the backup is kept locally only",
+                path=str(self._directory.path / name),
             )
-        except (TelegramError, Cancelled) as error:
-            reason = self._text(error)
-            bound.error("Failed to send backup to Telegram", chat_id=chat_id, error=reason)
-            outcome.delivery = "failed"
-            outcome.errors.append(f"the backup was made but not sent to Telegram: {reason}")
+            return "local_only", None, None
+        bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=name)
+        try:
+            outcomes = self.outbox.drain(bot, self._directory.path, self.cancel)
+        except Cancelled:
+            errors.append("tgbackupd is stopping; the backup stays in the outbox and is sent after a restart")
+            return "pending", None, None
+        outcome = outcomes.get(name)
+        if outcome is None:
+            blocked = next((o.error for o in outcomes.values() if o.error), "an older backup is waiting")
+            errors.append(f"waiting behind an older backup that is not delivered yet: {blocked}")
+            return "pending", None, None
+        if outcome.delivered is None:
+            errors.append(outcome.error or "not delivered")
             if not self.cancel.is_set():
-                self._report_failure(bot, outcome.errors[-1], bound, retry=False)
-            return
-        outcome.delivery = "sent"
-        outcome.delivered = delivered
+                self._report_failure(bot, errors[-1], bound, retry=False)
+            return outcome.delivery, None, None
+        delivered = outcome.delivered
         bound.info(
             "Backup sent to Telegram successfully",
             chat_id=chat_id,
@@ -283,24 +364,21 @@ class Backup:
             bound.warning(
                 "Could not pin the backup's manifest in the chat", error=self._text(delivered.pin_error)
             )
-
-    def _pinned(self, bot: BotApi, chat_id: str, bound: Any) -> ManifestRef | None:
-        """On a machine with no catalogue yet, continue the chain from the manifest pinned in the chat."""
-        try:
-            return pinned_manifest_ref(bot, chat_id)
-        except TelegramError as error:
-            bound.warning("Could not read the chat's pinned manifest", error=self._text(error))
-            return None
+        return "sent", delivered.manifest_ref.message_id, delivered.pin_error
 
     def _report_failure(self, bot: BotApi | None, reason: str, bound: Any, retry: bool = True) -> None:
-        chat_id = self._config.telegram.chat_id
-        if bot is None or chat_id is None or self.cancel.is_set():
+        if bot is None or self.cancel.is_set():
             return
         notice = messages.failure_notice(
             database=self._config.database.describe(), server=self._server, reason=reason
         )
+        self._send_notice(bot, notice, bound, retry)
+
+    def _send_notice(self, bot: BotApi, text: str, bound: Any, retry: bool = True) -> None:
+        chat_id = self._config.telegram.chat_id
+        assert chat_id is not None
         try:
-            bot.send_message(chat_id, notice, retry=retry)
+            bot.send_message(chat_id, text, retry=retry)
         except (TelegramError, Cancelled) as error:
             bound.warning("Could not tell the Telegram chat", chat_id=chat_id, error=self._text(error))
 

@@ -11,6 +11,7 @@ from . import __version__, messages
 from .config import Config
 from .control import Peer, error_reply
 from .errors import Cancelled
+from .outbox import Outbox
 from .runner import BackupBusy, BackupRunner
 from .state import StateFile
 from .storage import BackupDirectory
@@ -49,12 +50,18 @@ def peer_may_trigger(peer: Peer, control_group: int | None, daemon_uid: int | No
 
 class Commands:
     def __init__(
-        self, config: Config, runner: BackupRunner, next_run: Callable[[], datetime | None], started_at: str
+        self,
+        config: Config,
+        runner: BackupRunner,
+        next_run: Callable[[], datetime | None],
+        started_at: str,
+        outbox: Outbox,
     ) -> None:
         self._config = config
         self._runner = runner
         self._next_run = next_run
         self._started_at = started_at
+        self._outbox = outbox
         self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
         self._state = StateFile(config.daemon.state_file)
 
@@ -88,11 +95,24 @@ class Commands:
             "backup_directory": str(config.backup.directory),
             "keep": config.backup.keep,
             "backups_stored": len(self._directory.backups()) if count_backups else None,
+            "pending_deliveries": self._outbox.pending_count,
+            "pending": self._pending() if count_backups else None,
             "last_backup": self._runner.last_backup,
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self._started_at,
         }
+
+    def _pending(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": entry["name"],
+                "attempts": entry.get("attempts"),
+                "next_attempt_at": entry.get("next_attempt_at"),
+                "last_error": entry.get("last_error"),
+            }
+            for entry in self._state.pending()
+        ]
 
     def trigger(self, peer: Peer, wait: bool) -> dict[str, Any]:
         if not peer_may_trigger(peer, self._config.daemon.control_group):
@@ -138,15 +158,23 @@ class Commands:
 
 
 def status_line(status: dict[str, Any]) -> str:
-    """One line for `systemctl status`: what it is doing, when it runs next, how the last backup went."""
+    """One line for `systemctl status`: what it is doing, when it runs next, how the last backup went,
+    and what still waits for Telegram."""
     if status["running"]:
         running = status["running"]
-        return f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
-    if status["next_run"]:
-        schedule = f"next backup {_minutes(status['next_run'])}"
+        if running["trigger"] == "redelivery":
+            line = f"Sending backups that were waiting for Telegram (started {running['started_at']})"
+        else:
+            line = f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
     else:
-        schedule = "scheduled backups off (BACKUP_ENABLED=false)"
-    return f"Idle; {schedule}; last: {describe_last(status['last_backup'])}"
+        if status["next_run"]:
+            schedule = f"next backup {_minutes(status['next_run'])}"
+        else:
+            schedule = "scheduled backups off (BACKUP_ENABLED=false)"
+        line = f"Idle; {schedule}; last: {describe_last(status['last_backup'])}"
+    if status.get("pending_deliveries"):
+        line += f"; {status['pending_deliveries']} backup(s) waiting for Telegram"
+    return line
 
 
 def _minutes(iso_time: str) -> str:

@@ -172,6 +172,8 @@ KEYS = (
     _Key("telegram", "part_size_mb", _integer(1, 2000, "a size in MB"), 19),
     _Key("telegram", "timeout", _integer(5, 3600, "a number of seconds"), 120),
     _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
+    _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
+    _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
     _Key("database", "host", _text, legacy_env=("PGHOST",)),
     _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
@@ -187,6 +189,8 @@ KEYS = (
     _Key("backup", "keep", _integer(1, 10000, "a number of backups"), 7),
     _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
     _Key("backup", "verify_after", _boolean, False),
+    _Key("backup", "catch_up", _boolean, True),
+    _Key("backup", "catch_up_delay_s", _integer(0, 86400, "a number of seconds"), 60),
     _Key("daemon", "socket", _path),
     _Key("daemon", "control_group", _group),
     _Key("daemon", "state_file", _path),
@@ -206,6 +210,8 @@ class TelegramConfig:
     part_size_mb: int
     timeout: int
     retries: int
+    redeliver_min_s: int
+    redeliver_max_s: int
 
     @property
     def configured(self) -> bool:
@@ -244,6 +250,8 @@ class BackupConfig:
     keep: int
     compression_level: int
     verify_after: bool
+    catch_up: bool
+    catch_up_delay_s: int
 
 
 @dataclass(frozen=True)
@@ -290,6 +298,8 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             keep=values["backup.keep"],
             compression_level=values["backup.compression_level"],
             verify_after=values["backup.verify_after"],
+            catch_up=values["backup.catch_up"],
+            catch_up_delay_s=values["backup.catch_up_delay_s"],
         ),
         daemon=DaemonConfig(
             socket=_socket(values, environ),
@@ -388,6 +398,8 @@ def _telegram(
         part_size_mb=values["telegram.part_size_mb"],
         timeout=values["telegram.timeout"],
         retries=values["telegram.retries"],
+        redeliver_min_s=values["telegram.redeliver_min_s"],
+        redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
     )
 
 
@@ -582,6 +594,8 @@ def effective_config(config: Config) -> dict[str, Any]:
             "part_size_mb": config.telegram.part_size_mb,
             "timeout": config.telegram.timeout,
             "retries": config.telegram.retries,
+            "redeliver_min_s": config.telegram.redeliver_min_s,
+            "redeliver_max_s": config.telegram.redeliver_max_s,
         },
         "database": {
             "host": database.host,
@@ -600,6 +614,8 @@ def effective_config(config: Config) -> dict[str, Any]:
             "keep": config.backup.keep,
             "compression_level": config.backup.compression_level,
             "verify_after": config.backup.verify_after,
+            "catch_up": config.backup.catch_up,
+            "catch_up_delay_s": config.backup.catch_up_delay_s,
         },
         "daemon": {
             "socket": str(config.daemon.socket),

@@ -1,6 +1,7 @@
 """The daemon's lifecycle, after uvicorn's: signals only set flags, one main loop ticks, runs the schedule,
 pings the watchdog while it is healthy, and shutdown is bounded in time."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -18,9 +19,8 @@ from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
-from .runner import BackupBusy, BackupRunner
-from .scheduling import DailySchedule
-from .state import StateFile
+from .runner import REDELIVERY, BackupBusy, BackupRunner
+from .scheduling import DailySchedule, missed_run
 from .storage import BackupDirectory
 from .systemd import Notifier, watchdog_interval
 
@@ -41,17 +41,24 @@ class Daemon:
         self._cancel = threading.Event()
         self.should_exit = False
         self.force_exit = False
-        backup = Backup(config, clock=self._clock, cancel=self._cancel)
+        self._backup = Backup(config, clock=self._clock, cancel=self._cancel)
+        self._outbox = self._backup.outbox
         self._runner = BackupRunner(
-            backup.run, StateFile(config.daemon.state_file), self._cancel, self._clock
+            self._backup.run, self._backup.state, self._cancel, self._clock, redeliver=self._backup.redeliver
         )
         self._schedule = (
             DailySchedule(config.backup.hour, config.backup.minute, self._run_scheduled)
             if config.backup.enabled
             else None
         )
+        self._deferred: str | None = None  # a scheduled backup waiting for a redelivery to finish
+        self._catch_up_at: float | None = None
         self._commands = Commands(
-            config, self._runner, self._next_run, self._clock.now().isoformat(timespec="seconds")
+            config,
+            self._runner,
+            self._next_run,
+            self._clock.now().isoformat(timespec="seconds"),
+            self._outbox,
         )
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
@@ -74,10 +81,18 @@ class Daemon:
         return self._schedule.next_run if self._schedule else None
 
     def _run_scheduled(self) -> None:
+        self._start("scheduled")
+
+    def _start(self, trigger: str) -> None:
+        """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
         try:
-            self._runner.start("scheduled")
+            self._runner.start(trigger)
         except BackupBusy as error:
-            log.warning("Scheduled backup skipped: a backup is already running", error=str(error))
+            current = self._runner.current
+            if current is not None and current.trigger == REDELIVERY:
+                self._deferred = trigger
+            else:
+                log.warning("Scheduled backup skipped: a backup is already running", error=str(error))
         except TgbackupdError as error:
             log.warning("Scheduled backup not started", error=str(error))
 
@@ -87,17 +102,47 @@ class Daemon:
             signal.signal(signum, self.handle_exit)
         signal.signal(signal.SIGHUP, self.handle_reload)
         try:
-            BackupDirectory(self._config.backup.directory, self._config.backup.prefix).ensure()
             self._control.start()
         except TgbackupdError as error:
             log.error("tgbackupd cannot start", error=str(error))
             return error.exit_code
         try:
+            self._check_directory()
+            self._backup.clean_up_after_crash()
+            self._plan_catch_up()
             self._started()
             self._main_loop()
         finally:
             self._shutdown()
         return 0
+
+    def _check_directory(self) -> None:
+        """An unusable backup directory is reported at once (log and chat), but the daemon stays up:
+        it may be a mount that is not there yet, and someone must hear about every failed night."""
+        directory = BackupDirectory(self._config.backup.directory, self._config.backup.prefix)
+        try:
+            directory.ensure()
+        except TgbackupdError as error:
+            log.error(
+                "The backup directory is not usable; backups will fail until it is fixed", error=str(error)
+            )
+            self._backup.tell_chat(f"the backup directory is not usable, so backups will fail: {error}")
+
+    def _plan_catch_up(self) -> None:
+        backup = self._config.backup
+        if not (backup.enabled and backup.catch_up):
+            return
+        last = self._runner.last_backup
+        last_attempt = datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
+        missed = missed_run(self._clock.now(), backup.hour, backup.minute, last_attempt)
+        if missed is not None:
+            log.warning(
+                f"The backup scheduled for {missed:%Y-%m-%d %H:%M} did not run (tgbackupd or the host was "
+                f"down); catching up in {backup.catch_up_delay_s} s",
+                missed=missed.isoformat(timespec="minutes"),
+                last_attempt=last_attempt.isoformat(timespec="seconds") if last_attempt else None,
+            )
+            self._catch_up_at = time.monotonic() + backup.catch_up_delay_s
 
     def _started(self) -> None:
         status = self._commands.status()
@@ -133,12 +178,30 @@ class Daemon:
         while not self.should_exit:
             if self._schedule is not None:
                 self._schedule.run_pending()
+            self._start_due_work()
             self._publish_status()
             now = time.monotonic()
             if self._watchdog_every is not None and now - last_ping >= self._watchdog_every:
                 self._notifier.watchdog()
                 last_ping = now
             time.sleep(tick)
+
+    def _start_due_work(self) -> None:
+        """Deferred and catch-up backups first, then what waits in the outbox; one job at a time."""
+        if self._runner.current is not None:
+            return
+        if self._deferred is not None:
+            trigger, self._deferred = self._deferred, None
+            self._start(trigger)
+        elif self._catch_up_at is not None and time.monotonic() >= self._catch_up_at:
+            self._catch_up_at = None
+            self._start("catch-up")
+        elif self._outbox.is_due():
+            self._start_redelivery()
+
+    def _start_redelivery(self) -> None:
+        with contextlib.suppress(TgbackupdError):  # a backup started in between: it drains the outbox
+            self._runner.start(REDELIVERY)
 
     def _publish_status(self) -> None:
         text = status_line(self._commands.status(count_backups=False))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import messages
-from .manifest import SUFFIX, Manifest, ManifestRef, Part
+from .manifest import SUFFIX, Manifest, ManifestRef
 from .state import write_atomically
 from .telegram import BotApi, FileSlice, TelegramError, TelegramRejected
 
@@ -42,13 +42,17 @@ class Delivery:
         facts: messages.BackupFacts,
         manifest_file: Path,
         find_previous: Callable[[], ManifestRef | None],
+        on_part_sent: Callable[[Manifest], None],
     ) -> Delivered:
-        """Send the parts, then the manifest (linked to the previous one, and written to `manifest_file`
-        first). Raise TelegramError if a part or the manifest could not be sent; a refused pin is only
-        reported in `pin_error`."""
+        """Send the parts not sent yet (a part with a message id already reached the chat on an earlier
+        attempt), then the manifest, linked to the previous one and written to `manifest_file` first.
+        `on_part_sent` gets the manifest after each part, so that progress survives a crash. Raise
+        TelegramError if a part or the manifest could not be sent; a refused pin is only reported."""
         count = len(manifest.parts)
-        sent_parts: list[Part] = []
-        for part in manifest.parts:
+        parts = list(manifest.parts)
+        for position, part in enumerate(parts):
+            if part.message_id is not None:
+                continue
             if count == 1:
                 caption = messages.backup_caption(facts)
             else:
@@ -61,8 +65,9 @@ class Delivery:
             sent = self._bot.send_document(
                 self._chat_id, FileSlice(path, part.offset, part.size_bytes), part.file_name, caption
             )
-            sent_parts.append(replace(part, message_id=sent.message_id, file_id=sent.file_id))
-        complete = replace(manifest, parts=tuple(sent_parts), previous=find_previous())
+            parts[position] = replace(part, message_id=sent.message_id, file_id=sent.file_id)
+            on_part_sent(replace(manifest, parts=tuple(parts)))
+        complete = replace(manifest, parts=tuple(parts), previous=find_previous())
         write_atomically(manifest_file, complete.to_json())
         sent = self._bot.send_document(
             self._chat_id,

@@ -30,25 +30,28 @@ class BackupFacts:
     sha256: str
     duration_s: float
     verification: str | None = None  # "verified: …" or "NOT VERIFIED: …", when verification ran
+    warning: str | None = None  # something a person must look at, such as a dump far smaller than the last
 
 
-def _verification_line(facts: BackupFacts) -> str:
-    if facts.verification is None:
-        return ""
-    mark = "✅" if facts.verification.startswith("verified") else "⚠️"
-    return f"{mark} {facts.verification[0].upper()}{facts.verification[1:]}\n"
+def _notes(facts: BackupFacts) -> str:
+    """The lines about verification and warnings; a warning comes first, where nobody can miss it."""
+    lines = f"⚠️ WARNING: {facts.warning}\n" if facts.warning else ""
+    if facts.verification is not None:
+        mark = "✅" if facts.verification.startswith("verified") else "⚠️"
+        lines += f"{mark} {facts.verification[0].upper()}{facts.verification[1:]}\n"
+    return lines
 
 
 def backup_caption(facts: BackupFacts) -> str:
     """The caption of a backup sent as one document."""
     return _clip(
         f"✅ Backup {facts.file}\n"
+        f"{_notes(facts)}"
         f"Database: {facts.database}\n"
         f"Server: {facts.server}\n"
         f"Size: {human_size(facts.size_bytes)} ({facts.size_bytes} bytes)\n"
         f"SHA-256: {facts.sha256}\n"
         f"Took: {facts.duration_s:.1f} s\n"
-        f"{_verification_line(facts)}"
         f"Restore: gunzip {facts.file} && psql -d DATABASE < {facts.file.removesuffix('.gz')}",
         CAPTION_LIMIT,
     )
@@ -58,11 +61,11 @@ def part_caption(facts: BackupFacts, *, index: int, count: int, part_size: int, 
     """The caption of one part of a backup sent in several."""
     return _clip(
         f"📦 Backup {facts.file}, part {index} of {count}\n"
+        f"{_notes(facts)}"
         f"Database: {facts.database}\n"
         f"Server: {facts.server}\n"
         f"This part: {human_size(part_size)}, SHA-256 {part_sha256}\n"
         f"Whole backup: {human_size(facts.size_bytes)}, SHA-256 {facts.sha256}\n"
-        f"{_verification_line(facts)}"
         f"Rebuild: cat {facts.file}.* > {facts.file}",
         CAPTION_LIMIT,
     )
@@ -72,7 +75,7 @@ def manifest_caption(facts: BackupFacts, *, parts: int) -> str:
     return _clip(
         f"🗂 Manifest of backup {facts.file}: {parts} part(s), {human_size(facts.size_bytes)}, "
         f"SHA-256 {facts.sha256}\n"
-        f"{_verification_line(facts)}"
+        f"{_notes(facts)}"
         f"Restore from Telegram alone: tgbackupctl restore --from-telegram {facts.file} --dbname DATABASE",
         CAPTION_LIMIT,
     )
@@ -84,4 +87,10 @@ def failure_notice(*, database: str, server: str, reason: str) -> str:
         f"Reason: {reason}\n"
         "Details: journalctl -u tgbackupd -p warning",
         MESSAGE_LIMIT,
+    )
+
+
+def problem_notice(*, server: str, problem: str) -> str:
+    return _clip(
+        f"⚠️ tgbackupd on {server}: {problem}\nDetails: journalctl -u tgbackupd -p warning", MESSAGE_LIMIT
     )

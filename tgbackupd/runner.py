@@ -15,6 +15,9 @@ from .state import StateFile
 log = structlog.stdlib.get_logger("tgbackupd.runner")
 
 
+REDELIVERY = "redelivery"  # the job that sends backups waiting in the outbox
+
+
 class BackupBusy(TgbackupdError):
     exit_code = os.EX_TEMPFAIL
 
@@ -37,8 +40,10 @@ class BackupRunner:
         state: StateFile,
         cancel: threading.Event,
         clock: Clock | None = None,
+        redeliver: Callable[[], None] | None = None,
     ) -> None:
         self._run_backup = run_backup
+        self._redeliver = redeliver
         self._cancel = cancel
         self._clock = clock or Clock()
         self._lock = threading.Lock()
@@ -57,9 +62,14 @@ class BackupRunner:
                 raise Cancelled("tgbackupd is stopping; no new backup is started")
             if self._current is not None:
                 current = self._current
+                doing = (
+                    "tgbackupd is sending backups that were waiting for Telegram"
+                    if current.trigger == REDELIVERY
+                    else f"a {current.trigger} backup is already running"
+                )
                 raise BackupBusy(
-                    f"a {current.trigger} backup is already running (started {current.started_at}); "
-                    "try again when it has finished, or use `tgbackupctl trigger --wait`"
+                    f"{doing} (started {current.started_at}); try again when it has finished, or use "
+                    "`tgbackupctl trigger --wait`"
                 )
             running = RunningBackup(trigger, self._clock.now().isoformat(timespec="seconds"))
             self._current = running
@@ -78,6 +88,9 @@ class BackupRunner:
                     current.done.wait()
 
     def _work(self, running: RunningBackup) -> None:
+        if running.trigger == REDELIVERY:
+            self._finish_redelivery(running)
+            return
         try:
             result = self._run_backup(running.trigger)
         except Exception as error:  # a bug must not take the daemon down with it, nor hang the waiters
@@ -91,6 +104,16 @@ class BackupRunner:
             )
         self.last_backup = result.to_dict()
         running.result = result
+        with self._lock:
+            self._current = None
+        running.done.set()
+
+    def _finish_redelivery(self, running: RunningBackup) -> None:
+        try:
+            if self._redeliver is not None:
+                self._redeliver()
+        except Exception as error:  # as above: report, and keep serving
+            log.exception("Redelivery crashed unexpectedly; please report this", error=type(error).__name__)
         with self._lock:
             self._current = None
         running.done.set()

@@ -1,9 +1,13 @@
 """The daemon's memory across restarts: the last backup's result and the catalogue of backups (each
 with its manifest and where that manifest is in the chat), written atomically."""
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +54,12 @@ def _entries(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class StateFile:
+    """The state on disk. Every change is a read-modify-write under a lock on a sidecar file, so that
+    the daemon and a `tgbackupd --once` from cron never lose each other's updates."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._thread_lock = threading.RLock()
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -63,6 +71,30 @@ class StateFile:
             return {}
         return state if isinstance(state, dict) else {}
 
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, Any]]:
+        """Yield the state to change in place; it is written back atomically. A failure to write is
+        logged, never fatal: the backup itself is what matters."""
+        with self._thread_lock:
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as error:
+                log.error("Could not save the daemon state", path=str(self.path), error=error.strerror)
+                yield self._read()
+                return
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                state = self._read()
+                yield state
+                write_atomically(self.path, json.dumps(state, indent=2).encode())
+            except OSError as error:
+                log.error(
+                    "Could not save the daemon state", path=str(self.path), error=error.strerror or str(error)
+                )
+            finally:
+                os.close(lock)
+
     def last_backup(self) -> dict[str, Any] | None:
         """Return the last backup's result as saved, or None when there is none (or it is unreadable)."""
         last = self._read().get("last_backup")
@@ -72,11 +104,20 @@ class StateFile:
         """Return the catalogue, newest first: entries with `manifest`, `manifest_ref` and `delivery`."""
         return _entries(self._read())
 
+    def entry(self, name: str) -> dict[str, Any] | None:
+        return next((entry for entry in self.catalogue() if entry.get("name") == name), None)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Backups waiting for delivery, oldest first: the order they must reach the chat in."""
+        waiting = [entry for entry in self.catalogue() if entry.get("delivery") == "pending"]
+        return sorted(waiting, key=lambda entry: _stamp(str(entry.get("name"))))
+
     def latest_manifest_ref(self) -> ManifestRef | None:
         """Where the newest delivered manifest is in the chat, for the next manifest's `previous`."""
-        for entry in self.catalogue():
-            reference = entry.get("manifest_ref")
-            if isinstance(reference, dict) and reference.get("file_id"):
+        delivered = [entry for entry in self.catalogue() if isinstance(entry.get("manifest_ref"), dict)]
+        for entry in sorted(delivered, key=lambda entry: _stamp(str(entry.get("name"))), reverse=True):
+            reference = entry["manifest_ref"]
+            if reference.get("file_id"):
                 return ManifestRef(**reference)
         return None
 
@@ -112,6 +153,8 @@ class StateFile:
                 "delivery": entry.get("delivery"),
                 "manifest_message_id": reference.get("message_id"),
                 "local": (directory / name).is_file(),
+                "warning": entry.get("warning"),
+                "last_error": entry.get("last_error") if entry.get("delivery") == "pending" else None,
             }
         found = directory.glob("*_backup_*.sql.gz") if directory.is_dir() else iter(())
         for path in found:
@@ -126,29 +169,23 @@ class StateFile:
                     "delivery": None,
                     "manifest_message_id": None,
                     "local": True,
+                    "warning": None,
+                    "last_error": None,
                 }
         return sorted(rows.values(), key=lambda row: _stamp(row["name"]), reverse=True)
 
-    def record(
-        self, result: dict[str, Any], manifest: Manifest | None, reference: ManifestRef | None
-    ) -> None:
-        """Save a backup's result (and its manifest in the catalogue). A failure to save is logged, never
-        fatal: the backup itself is what matters."""
-        state = self._read()
-        state["last_backup"] = result
-        if manifest is not None:
-            entry = {
-                "name": manifest.name,
-                "manifest": json.loads(manifest.to_json()),
-                "manifest_ref": reference.__dict__ if reference else None,
-                "delivery": result.get("delivery"),
-                "path": result.get("path"),
-            }
-            state["catalogue"] = [entry, *_entries(state)][:CATALOGUE_LIMIT]
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomically(self.path, json.dumps(state, indent=2).encode())
-        except OSError as error:
-            log.error(
-                "Could not save the daemon state", path=str(self.path), error=error.strerror or str(error)
-            )
+    def record_result(self, result: dict[str, Any]) -> None:
+        with self._changing() as state:
+            state["last_backup"] = result
+
+    def add_entry(self, entry: dict[str, Any]) -> None:
+        with self._changing() as state:
+            others = [other for other in _entries(state) if other.get("name") != entry["name"]]
+            state["catalogue"] = [entry, *others][:CATALOGUE_LIMIT]
+
+    def update_entry(self, name: str, **fields: Any) -> None:
+        with self._changing() as state:
+            for entry in _entries(state):
+                if entry.get("name") == name:
+                    entry.update(fields)
+            state["catalogue"] = _entries(state)

@@ -118,7 +118,7 @@ class BackupDirectory:
         """Return this database's backups, newest first (the timestamp in the name orders them)."""
         try:
             entries = list(os.scandir(self.path))
-        except FileNotFoundError:
+        except OSError:  # missing or unusable: reported where it matters, when a backup is made
             return []
         found = [
             StoredBackup(entry.name, Path(entry.path), entry.stat().st_size)
@@ -127,10 +127,13 @@ class BackupDirectory:
         ]
         return sorted(found, key=lambda backup: backup.name, reverse=True)
 
-    def prune(self, keep: int) -> list[str]:
-        """Remove all but the newest `keep` backups (and their manifests); never touch any other file."""
+    def prune(self, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Remove all but the newest `keep` backups (and their manifests), except those in `protect`
+        (not delivered yet); never touch any other file."""
         removed = []
         for backup in self.backups()[keep:]:
+            if backup.name in protect:
+                continue
             try:
                 backup.path.unlink()
                 (self.path / manifest_name(backup.name)).unlink(missing_ok=True)

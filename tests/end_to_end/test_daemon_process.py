@@ -370,10 +370,19 @@ def test_logs_carry_syslog_priorities_under_journald(tmp_path, make_database):
     assert json.loads(failed[0][3:])["error"].startswith("pg_dump exited with status 1")
 
 
-def test_daemon_refuses_to_start_without_a_usable_backup_directory(tmp_path):
+def test_an_unusable_backup_directory_is_reported_at_once_and_the_daemon_stays_up(
+    tmp_path, bot_api, start_daemon
+):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    environment = base_environment(tmp_path, "db", TGBACKUPD_BACKUP_DIRECTORY=str(blocker / "backups"))
-    completed = run_tgbackupd(environment)
-    assert completed.returncode == 73
-    assert "cannot create the backup directory" in completed.stderr and "backup.directory" in completed.stderr
+    environment = base_environment(
+        tmp_path, "db", **telegram_environment(bot_api), TGBACKUPD_BACKUP_DIRECTORY=str(blocker / "backups")
+    )
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+
+    (notice,) = bot_api.messages()
+    assert "the backup directory is not usable" in notice.fields["text"]
+    assert "cannot create the backup directory" in daemon.log_text()
+    assert daemon.ctl("status").returncode == 0
+    assert daemon.stop() == 0

@@ -116,7 +116,7 @@ def test_a_413_from_the_server_keeps_the_backup_and_tells_the_chat_to_lower_the_
 
     result = Backup(config).run("manual")
 
-    assert result.delivery == "failed" and Path(result.path).exists()
+    assert result.delivery == "pending" and Path(result.path).exists()
     assert "413" in result.error and "telegram.part_size_mb" in result.error
     (notice,) = bot_api.messages()
     assert "telegram.part_size_mb" in notice.fields["text"]
@@ -151,7 +151,7 @@ def test_rejected_upload_is_not_retried_and_says_what_to_fix(tmp_path, make_data
 
     result = Backup(config).run("manual")
 
-    assert result.delivery == "failed"
+    assert result.delivery == "pending"
     assert "chat -100999 was not found" in result.error and "TELEGRAM_CHAT_ID" in result.error
     assert Path(result.path).exists()
     assert len([r for r in bot_api.state.requests if r.endswith("/sendDocument")]) == 1
@@ -244,7 +244,7 @@ def test_a_delivery_that_keeps_failing_is_reported_to_the_chat_once_it_answers(
 
     result = Backup(load_config(None, environment)).run("scheduled")
 
-    assert result.delivery == "failed" and Path(result.path).exists()
+    assert result.delivery == "pending" and Path(result.path).exists()
     assert "failed 2 time(s), last with: 503 Service Unavailable" in result.error
     (notice,) = bot_api.messages()
     assert "not sent to Telegram" in notice.fields["text"]

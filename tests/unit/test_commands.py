@@ -5,11 +5,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tgbackupd.backup import BackupResult
+from tgbackupd.clock import Clock
 from tgbackupd.commands import Commands, peer_may_trigger, status_line
 from tgbackupd.config import load_config
 from tgbackupd.control import Peer
+from tgbackupd.outbox import Outbox
 from tgbackupd.runner import BackupRunner
 from tgbackupd.state import StateFile
 
@@ -58,8 +61,10 @@ def commands(tmp_path: Path, backup: StandInBackup, **environ: str) -> Commands:
             **environ,
         },
     )
-    runner = BackupRunner(backup.run, StateFile(tmp_path / "state.json"), threading.Event())
-    return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00")
+    state = StateFile(tmp_path / "state.json")
+    runner = BackupRunner(backup.run, state, threading.Event())
+    outbox = Outbox(config, state, Clock(), structlog.get_logger())
+    return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox)
 
 
 def _config_file(tmp_path: Path) -> str:
