@@ -118,6 +118,7 @@ class Backup:
                 self.state.record_result(result.to_dict())
                 return result
             result = self._after_dump(bot, made, base, began, bound)
+            self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
         finally:
             if bot is not None:
                 bot.close()
@@ -131,11 +132,14 @@ class Backup:
         if bot is None:
             return
         try:
-            self.outbox.drain(bot, self._directory.path, self.cancel)
+            outcomes = self.outbox.drain(bot, self._directory.path, self.cancel)
         except Cancelled:
             log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
+            return
         finally:
             bot.close()
+        if any(outcome.delivery == "sent" for outcome in outcomes.values()):
+            self._prune(log)  # what was kept only because it was undelivered may go now
 
     def clean_up_after_crash(self) -> None:
         """Remove what an interrupted run left behind, unless another process is backing up right now."""
@@ -165,8 +169,8 @@ class Backup:
         return scrub(str(error), self._config.secrets())
 
     def _make(self, started: datetime, bound: Any) -> _Made:
-        """Dump, compress and put the file in place, hashed in parts as it is written; prune old backups.
-        Raise on any failure, having removed what it wrote."""
+        """Dump, compress and put the file in place, hashed in parts as it is written. Raise on any
+        failure, having removed what it wrote."""
         self._directory.ensure()
         with self._directory.lock():
             for stale in self._directory.remove_partials():
@@ -191,7 +195,6 @@ class Backup:
                 sha256=made.manifest.sha256,
                 parts=len(made.manifest.parts),
             )
-            self._prune(bound)
         return made
 
     def _dump_into(self, name: str, started: datetime) -> _Made:

@@ -183,10 +183,16 @@ def _minutes(iso_time: str) -> str:
 
 
 def describe_last(last: dict[str, Any] | None) -> str:
-    if not last:
+    """The last backup in a few words; tolerant of records written by other versions."""
+    if not last or not last.get("started_at"):
         return "none yet"
     if last.get("error"):
         return f"FAILED at {_minutes(last['started_at'])}: {last['error']}"[:300]
+    if not last.get("file"):
+        return f"attempted at {_minutes(last['started_at'])}"
     size = messages.human_size(last["size_bytes"]) if last.get("size_bytes") is not None else "?"
-    where = "sent to Telegram" if last.get("delivery") == "sent" else "kept locally"
-    return f"{last['file']} ({size}) {where}"
+    where = {"sent": "sent to Telegram", "pending": "waiting for Telegram"}.get(
+        last.get("delivery"), "kept locally"
+    )
+    warning = " (WARNING: see status)" if last.get("warning") else ""
+    return f"{last['file']} ({size}) {where}{warning}"

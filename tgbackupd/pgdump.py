@@ -71,6 +71,11 @@ class DumpProcess:
         self._stderr_reader.join()
         if returncode != 0:
             detail = "\n".join(self._stderr_tail) or "it printed nothing"
+            if "server version mismatch" in detail:
+                detail += (
+                    f"\n{self._program} is older than the server: install the client of the server's major "
+                    "version (postgresql-client-NN) and point database.pg_dump at its pg_dump"
+                )
             how = (
                 f"was killed by signal {-returncode}"
                 if returncode < 0

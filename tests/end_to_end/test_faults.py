@@ -1,0 +1,331 @@
+"""Fault injection against the real daemon: every fault ends with the backup delivered or a clear alarm
+(log, status, chat when it is reachable), never silence, and the token appears nowhere."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.botapi import FAKE_TOKEN, Fault
+from tests.conftest import base_environment, database_url, psql, telegram_environment
+
+FAST_RETRIES = {
+    "TGBACKUPD_TELEGRAM_RETRIES": "0",
+    "TGBACKUPD_TELEGRAM_REDELIVER_MIN_S": "1",
+    "TGBACKUPD_TELEGRAM_REDELIVER_MAX_S": "2",
+}
+
+
+def fake_pg_dump(directory: Path, script: str) -> str:
+    path = directory / "fake_pg_dump"
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def status(daemon) -> dict:
+    completed = daemon.ctl("status", "--json")
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)["data"]
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert FAKE_TOKEN not in text and FAKE_TOKEN.split(":")[1] not in text
+
+
+@pytest.fixture
+def daemon_for(tmp_path, bot_api, start_daemon):
+    def start(dbname: str, **overrides: str):
+        environment = base_environment(
+            tmp_path, dbname, **{**telegram_environment(bot_api), **FAST_RETRIES, **overrides}
+        )
+        daemon = start_daemon(environment)
+        daemon.notify.wait_for("READY=1")
+        return daemon
+
+    return start
+
+
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/shop"}, "connection to server at"),
+        (
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_db"},
+            'database "no_such_db" does not exist',
+        ),
+        ({"TGBACKUPD_DATABASE_PG_DUMP": "/opt/nowhere/pg_dump"}, "/opt/nowhere/pg_dump was not found"),
+        (
+            {
+                "PG_DUMP_SCRIPT": "echo 'pg_dump: error: connection to server at 127.0.0.1, port 5432 "
+                "failed: FATAL:  password authentication failed for user app' >&2; exit 1"
+            },
+            "password authentication failed",
+        ),
+        (
+            {
+                "PG_DUMP_SCRIPT": "echo 'pg_dump: error: aborting because of server version mismatch' >&2; "
+                "echo 'pg_dump: detail: server version: 17.2; pg_dump version: 15.20' >&2; exit 1"
+            },
+            "install the client of the server's major version",
+        ),
+    ],
+    ids=["postgres-down", "database-missing", "pg_dump-missing", "wrong-password", "pg_dump-too-old"],
+)
+def test_database_faults_are_logged_told_to_the_chat_and_leave_no_file(
+    tmp_path, make_database, bot_api, daemon_for, fault, expected
+):
+    source = make_database(rows=5)
+    overrides = dict(fault)
+    if "PG_DUMP_SCRIPT" in overrides:
+        overrides["TGBACKUPD_DATABASE_PG_DUMP"] = fake_pg_dump(tmp_path, overrides.pop("PG_DUMP_SCRIPT"))
+    daemon = daemon_for(source, **overrides)
+
+    triggered = daemon.ctl("trigger")
+
+    assert triggered.returncode == 1 and expected in triggered.stderr
+    (notice,) = bot_api.messages()
+    assert "failed" in notice.fields["text"] and expected in notice.fields["text"]
+    assert status(daemon)["last_backup"]["error"].find(expected) >= 0
+    assert not [p for p in (tmp_path / "backups").iterdir() if ".sql.gz" in p.name]
+    assert (
+        '"level": "error", "logger": "tgbackupd.backup", "event": "Backup routine failed"'
+        in daemon.log_text()
+    )
+    assert daemon.stop() == 0
+    assert_no_secret(daemon.log_text(), triggered.stdout, triggered.stderr, notice.fields["text"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small file system")
+def test_a_full_disk_is_reported_and_leaves_no_partial_file(tmp_path, make_database, bot_api, daemon_for):
+    source = make_database(rows=5000)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        daemon = daemon_for(
+            source, TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"), TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1"
+        )
+        triggered = daemon.ctl("trigger")
+        assert triggered.returncode == 1
+        assert "is full (No space left on device); the unfinished file was removed" in triggered.stderr
+        assert [p.name for p in (small / "backups").iterdir() if "sql.gz" in p.name] == []
+        assert "is full" in bot_api.messages()[0].fields["text"]
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        ([Fault(action="reset")], "ConnectionError"),
+        ([Fault(action="stall", stall_s=7)], "timed out"),
+        ([Fault(502, "Bad Gateway")], "502 Bad Gateway"),
+        ([Fault(429, "Too Many Requests: retry after 1", retry_after=1)], "429"),
+    ],
+    ids=["reset-mid-upload", "timeout", "5xx", "429"],
+)
+def test_telegram_failures_keep_the_backup_pending_and_it_is_delivered_when_telegram_recovers(
+    tmp_path, make_database, bot_api, daemon_for, fault, expected
+):
+    source = make_database(rows=50)
+    bot_api.fail_next(*fault)
+    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_TIMEOUT="5")
+
+    triggered = daemon.ctl("trigger")
+
+    assert (
+        triggered.returncode == 1
+        and expected in triggered.stderr
+        and "not sent to Telegram yet" in triggered.stderr
+    )
+    assert "Delivery: pending" in triggered.stderr
+    wait_until(lambda: len(bot_api.documents()) == 2)  # the backup, then its manifest
+    name = bot_api.documents()[0].file_name
+    wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+    assert daemon.ctl("list").stdout.count("sent (#") == 1 and name in daemon.ctl("list").stdout
+    assert "A backup that was waiting has been delivered" in daemon.log_text()
+    assert daemon.stop() == 0
+    assert_no_secret(daemon.log_text(), triggered.stderr)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"TELEGRAM_BOT_TOKEN": "987654321:another-fake-token-for-tests"}, "rejected the bot token (401"),
+        ({"TELEGRAM_CHAT_ID": "-100999"}, "chat -100999 was not found"),
+        ("kicked", "add the bot to the channel as an administrator"),
+    ],
+    ids=["401-revoked-token", "400-chat-not-found", "403-bot-removed"],
+)
+def test_refusals_say_what_to_fix_and_status_shows_the_backup_waiting(
+    tmp_path, make_database, bot_api, daemon_for, change, expected
+):
+    source = make_database(rows=10)
+    if change == "kicked":
+        bot_api.state.kicked_from.add("-100123456789")
+        change = {}
+    daemon = daemon_for(source, **change)
+
+    triggered = daemon.ctl("trigger")
+    pending = status(daemon)["pending"]
+    human = daemon.ctl("status").stdout
+
+    assert triggered.returncode == 1 and expected in triggered.stderr
+    assert len(pending) == 1 and expected in pending[0]["last_error"]
+    assert "1 backup(s) waiting for Telegram" in daemon.notify.wait_for("waiting for Telegram")
+    assert "Last backup:" in human
+    assert Path(status(daemon)["last_backup"]["path"]).exists()
+    if not change:  # the bot is added back: the waiting backup goes out on its own
+        bot_api.state.kicked_from.clear()
+        wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+        assert len(bot_api.documents()) == 2
+    assert daemon.stop() == 0
+    assert_no_secret(daemon.log_text(), triggered.stderr, human, "987654321:another-fake-token-for-tests")
+    assert "another-fake-token" not in daemon.log_text() + triggered.stderr
+
+
+def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    bot_api.state.kicked_from.add("-100123456789")
+    daemon = daemon_for(
+        source,
+        TGBACKUPD_BACKUP_KEEP="1",
+        TGBACKUPD_TELEGRAM_REDELIVER_MIN_S="3600",
+        TGBACKUPD_TELEGRAM_REDELIVER_MAX_S="3600",
+    )
+    names = []
+    for _ in range(3):
+        assert daemon.ctl("trigger").returncode == 1
+        names.append(status(daemon)["last_backup"]["file"])
+        time.sleep(1)
+
+    assert len(list((tmp_path / "backups").glob("*.sql.gz"))) == 3  # keep=1, but none is delivered yet
+    assert "more than backup.keep (1)" in daemon.log_text()
+    bot_api.state.kicked_from.clear()
+    assert daemon.ctl("trigger").returncode == 0  # a new backup drains the outbox first
+    names.append(status(daemon)["last_backup"]["file"])
+
+    manifests = [json.loads(d.content) for d in bot_api.documents() if d.file_name.endswith(".manifest.json")]
+    assert [m["name"] for m in manifests] == names
+    assert [m["previous"] and m["previous"]["name"] for m in manifests] == [None, *names[:-1]]
+    assert bot_api.state.pinned["-100123456789"]["document"]["file_name"].startswith(
+        names[-1].removesuffix(".sql.gz")
+    )
+    assert len(list((tmp_path / "backups").glob("*.sql.gz"))) == 1  # delivered now: retention applies again
+    assert daemon.stop() == 0
+
+
+def test_sigkill_mid_dump_leaves_nothing_that_looks_like_a_backup(tmp_path, make_database, daemon_for):
+    source = make_database(empty=True)
+    daemon = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=fake_pg_dump(tmp_path, "exec yes 'SELECT 1;'"))
+    subprocess.Popen(
+        ["python3", "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: any(p.stat().st_size > 0 for p in (tmp_path / "backups").glob(".*.partial")))
+
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.wait()
+    subprocess.run(["pkill", "-f", str(tmp_path / "fake_pg_dump")], check=False)
+    assert list((tmp_path / "backups").glob("*.sql.gz")) == []  # only the hidden partial is left
+
+    again = daemon_for(source)
+    assert list((tmp_path / "backups").glob("*.partial")) == []
+    assert "Removed an unfinished backup file left by an interrupted run" in again.log_text()
+    assert again.stop() == 0
+
+
+def test_sigkill_mid_upload_resumes_the_delivery_after_a_restart(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    bot_api.fail_next(Fault(action="stall", stall_s=30))
+    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_TIMEOUT="60")
+    subprocess.Popen(
+        ["python3", "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: any(r.endswith("/sendDocument") for r in bot_api.state.requests))
+
+    daemon.process.send_signal(signal.SIGKILL)
+    daemon.wait()
+
+    again = daemon_for(source)
+    wait_until(lambda: len(bot_api.documents()) == 2)
+    assert status(again)["pending_deliveries"] == 0
+    assert len(list((tmp_path / "backups").glob("*.sql.gz"))) == 1
+    assert again.stop() == 0
+
+
+def test_a_missed_scheduled_backup_is_caught_up_after_start(tmp_path, make_database, bot_api, daemon_for):
+    source = make_database(rows=10)
+    two_days_ago = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 2 * 86400))
+    (tmp_path / "state.json").write_text(json.dumps({"last_backup": {"started_at": two_days_ago}}))
+
+    daemon = daemon_for(source, TGBACKUPD_BACKUP_CATCH_UP_DELAY_S="0")
+
+    wait_until(lambda: len(bot_api.documents()) == 2)
+    log_text = daemon.log_text()
+    assert "did not run (tgbackupd or the host was down); catching up in 0 s" in log_text
+    assert '"trigger": "catch-up"' in log_text
+    assert daemon.stop() == 0
+    quiet = daemon_for(source, TGBACKUPD_BACKUP_CATCH_UP_DELAY_S="0")  # the last attempt is recent now
+    time.sleep(2)
+    assert len(bot_api.documents()) == 2 and "catching up" not in quiet.log_text()
+    assert quiet.stop() == 0
+
+
+def test_an_empty_dump_and_a_dump_far_smaller_than_the_last_are_flagged_loudly(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=3000)
+    daemon = daemon_for(source)
+    assert daemon.ctl("trigger").returncode == 0
+    psql(source, "TRUNCATE orders, customers")
+
+    shrunk = daemon.ctl("trigger")
+
+    assert shrunk.returncode == 0
+    warning = status(daemon)["last_backup"]["warning"]
+    assert "smaller than the previous one" in warning
+    caption = bot_api.documents()[2].fields["caption"]
+    assert caption.splitlines()[1].startswith("⚠️ WARNING: this dump is")
+    assert "Backup looks wrong; it is kept and sent, but check it" in daemon.log_text()
+    assert daemon.stop() == 0
+
+    empty = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=fake_pg_dump(tmp_path, "exit 0"))
+    assert empty.ctl("trigger").returncode == 0
+    assert "pg_dump produced no SQL at all" in status(empty)["last_backup"]["warning"]
+    assert "pg_dump produced no SQL at all" in bot_api.documents()[-2].fields["caption"]
+    assert empty.stop() == 0
+
+
+def test_the_restore_target_url_never_leaks_its_password(tmp_path, make_database):
+    source = make_database(rows=5)
+    url = database_url(source).replace("postgres@", "postgres:pa55-word@")
+    completed = subprocess.run(
+        ["python3", "-m", "tgbackupd.ctl", "restore", "/nonexistent.sql.gz", "--dbname", url],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "TGBACKUPD_CONFIG": "/dev/null"},
+        check=False,
+    )
+    assert completed.returncode != 0 and "pa55-word" not in completed.stderr + completed.stdout
