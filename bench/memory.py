@@ -115,9 +115,7 @@ def main() -> None:
         text=True,
         check=True,
     )
-    print(
-        f"baseline: python with tgbackupd imported, idle: {int(baseline.stdout) / 1024:.1f} MB peak RSS"
-    )
+    print(f"baseline: python with tgbackupd imported, idle: {int(baseline.stdout) / 1024:.1f} MB peak RSS")
     print(f"{'database':>10} {'backup':>10} {'parts':>6} {'wall':>8} {'peak RSS':>10}")
     for size in sorted(args.sizes):
         dbname = make_database(size)
