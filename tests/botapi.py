@@ -126,7 +126,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(2)
             return
         if fault is not None and fault.action == "stall":
+            # Hang, then drop the request unprocessed: the client's timeout is what is being tested.
             time.sleep(fault.stall_s)
+            self.close_connection = True
+            return
         if length > state.upload_limit + 64 * 1024:
             # The real server refuses before reading it all; read it anyway so the client sees the reply.
             remaining = length
@@ -272,6 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     state: BotApiState
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (timed out, was killed) is part of the tests, not an error to print."""
 
 
 class BotApiStandIn:

@@ -138,7 +138,14 @@ def render_status(data: dict[str, Any]) -> str:
         f" (keeping the newest {data['keep']})",
         f"Last backup:       {describe_last(data['last_backup'])}",
     ]
+    for waiting in data.get("pending") or []:
+        lines.append(
+            f"Waiting for Telegram: {waiting['name']} (attempt {waiting['attempts']}, next try "
+            f"{(waiting['next_attempt_at'] or 'now')[:16].replace('T', ' ')}): {waiting['last_error']}"
+        )
     last = data["last_backup"]
+    if last and last.get("warning"):
+        lines.append(f"  WARNING: {last['warning']}")
     if last and last.get("file"):
         lines.append(
             f"  started {last['started_at']}, took {last['duration_s']:.1f} s, sha256 {last['sha256']}"

@@ -135,7 +135,10 @@ def test_second_trigger_is_told_a_backup_is_running_and_wait_runs_after_it(
     )
     daemon.notify.wait_for("STATUS=Backing up")
 
+    pings_before = sum("WATCHDOG=1" in m for m in daemon.notify.messages)
     busy = daemon.ctl("trigger")
+    time.sleep(1.5)  # the dump takes 3 s: the main loop keeps pinging the watchdog meanwhile
+    assert sum("WATCHDOG=1" in m for m in daemon.notify.messages) >= pings_before + 2
     waited = daemon.ctl("trigger", "--wait")
 
     assert busy.returncode == 75
@@ -208,6 +211,7 @@ def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(
     assert json.loads(silent.makefile("rb").readline())["error"]["code"] == "timeout"
     silent.close()
 
+    descriptors_before = len(os.listdir(f"/proc/{daemon.process.pid}/fd"))
     replies: list[dict] = []
     lock = threading.Lock()
 
@@ -233,6 +237,7 @@ def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(
     )
     assert threads < 10
     assert daemon.ctl("status").returncode == 0
+    assert len(os.listdir(f"/proc/{daemon.process.pid}/fd")) <= descriptors_before
     assert daemon.stop() == 0
 
 
