@@ -12,7 +12,6 @@ Loopback only; creates and drops databases named tgbackupd_bench_*.
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
+from tests.processes import child_environment
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 
@@ -55,8 +55,7 @@ def make_database(size_mb: int) -> str:
 
 def run_once(dbname: str, workdir: Path, api: BotApiStandIn, part_size_mb: int) -> dict[str, float]:
     (workdir / "config.toml").write_text("")
-    environment = {
-        "PATH": os.environ["PATH"],
+    environment = child_environment() | {
         "TGBACKUPD_CONFIG": str(workdir / "config.toml"),
         "DATABASE_URL": f"postgresql://postgres@127.0.0.1/{dbname}",
         "TGBACKUPD_BACKUP_DIRECTORY": str(workdir / "backups"),

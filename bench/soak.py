@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn, Fault
+from tests.processes import child_environment
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 FAULTS = ("none", "none", "5xx", "429", "reset", "stall", "kicked", "restart", "kill")
@@ -131,8 +132,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as directory, BotApiStandIn() as api:
             workdir = Path(directory)
             (workdir / "config.toml").write_text("")
-            environment = {
-                "PATH": os.environ["PATH"],
+            environment = child_environment() | {
                 "TGBACKUPD_CONFIG": str(workdir / "config.toml"),
                 "DATABASE_URL": f"postgresql://postgres@127.0.0.1/{dbname}",
                 "TGBACKUPD_BACKUP_DIRECTORY": str(workdir / "backups"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
+from tests.processes import child_environment
 
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("TEST_PG_PORT", "5432")
@@ -133,11 +134,11 @@ def base_environment(tmp_path: Path, dbname: str, **overrides: str) -> dict[str,
     config_file = tmp_path / "config.toml"
     if not config_file.exists():
         config_file.write_text("")
-    environment = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
-        "TGBACKUPD_CONFIG": str(config_file),
+    environment = child_environment(
+        HOME=str(tmp_path),
+        TGBACKUPD_CONFIG=str(config_file),
+    )
+    environment |= {
         "DATABASE_URL": database_url(dbname),
         "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "backups"),
         "TGBACKUPD_DAEMON_STATE_FILE": str(tmp_path / "state.json"),
@@ -215,7 +216,7 @@ class DaemonProcess:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={"PATH": os.environ["PATH"]},
+            env=child_environment(),
             **popen,  # type: ignore[arg-type]
         )
 

@@ -39,14 +39,18 @@ class Outbox:
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read what is pending (at start, and after this process changed it)."""
+        """Re-read what is pending (at start, and after this process changed it). Delivery is in order,
+        so only the oldest pending backup's next attempt decides when the outbox is due."""
         waiting = self._state.pending()
-        due = [entry.get("next_attempt_at") for entry in waiting]
+        head = waiting[0] if waiting else None
         with self._lock:
             self.pending_count = len(waiting)
-            self.last_error = waiting[0].get("last_error") if waiting else None
-            self._next_due = min((datetime.fromisoformat(value) for value in due if value), default=None)
-            if waiting and any(value is None for value in due):
+            self.last_error = head.get("last_error") if head else None
+            if head is None:
+                self._next_due = None
+            elif head.get("next_attempt_at"):
+                self._next_due = datetime.fromisoformat(head["next_attempt_at"])
+            else:
                 self._next_due = self._clock.now()
 
     def undelivered(self) -> set[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.botapi import FAKE_TOKEN, Fault
 from tests.conftest import base_environment, database_url, psql, telegram_environment
+from tests.processes import child_environment
 
 FAST_RETRIES = {
     "TGBACKUPD_TELEGRAM_RETRIES": "0",
@@ -325,7 +326,7 @@ def test_the_restore_target_url_never_leaks_its_password(tmp_path, make_database
         ["python3", "-m", "tgbackupd.ctl", "restore", "/nonexistent.sql.gz", "--dbname", url],
         capture_output=True,
         text=True,
-        env={"PATH": os.environ["PATH"], "TGBACKUPD_CONFIG": "/dev/null"},
+        env=child_environment(TGBACKUPD_CONFIG="/dev/null"),
         check=False,
     )
     assert completed.returncode != 0 and "pa55-word" not in completed.stderr + completed.stdout

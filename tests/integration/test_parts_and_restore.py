@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.conftest import base_environment, database_url, fingerprint, psql, telegram_environment
+from tests.processes import child_environment
 from tgbackupd.backup import Backup
 from tgbackupd.config import load_config
 
@@ -51,8 +51,7 @@ def new_machine(tmp_path: Path, bot_api) -> dict[str, str]:
     home = tmp_path / "new-machine"
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text("")
-    return {
-        "PATH": os.environ["PATH"],
+    return child_environment() | {
         "HOME": str(home),
         "TGBACKUPD_CONFIG": str(home / "config.toml"),
         "TGBACKUPD_BACKUP_DIRECTORY": str(home / "backups"),

@@ -53,7 +53,7 @@ def backup_file(tmp_path):
 
 @responses.activate
 def test_document_is_streamed_as_multipart_with_its_caption(bot, backup_file):
-    responses.post(SEND_DOCUMENT, json=ok(42))
+    responses.add(responses.POST, SEND_DOCUMENT, json=ok(42))
 
     sent = bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "✅ Backup caption")
 
@@ -71,7 +71,7 @@ def test_document_is_streamed_as_multipart_with_its_caption(bot, backup_file):
 
 @responses.activate
 def test_message_is_sent_as_a_form(bot):
-    responses.post(SEND_MESSAGE, json=ok(3))
+    responses.add(responses.POST, SEND_MESSAGE, json=ok(3))
     assert bot.send_message(CHAT, "hello").message_id == 3
     assert "text=hello" in responses.calls[0].request.body
 
@@ -103,7 +103,7 @@ def test_message_is_sent_as_a_form(bot):
 def test_client_errors_are_not_retried_and_say_what_to_fix(
     bot, backup_file, waits, status, description, expected
 ):
-    responses.post(SEND_DOCUMENT, json=failure(status, description), status=status)
+    responses.add(responses.POST, SEND_DOCUMENT, json=failure(status, description), status=status)
 
     with pytest.raises(TelegramRejected) as raised:
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
@@ -115,15 +115,17 @@ def test_client_errors_are_not_retried_and_say_what_to_fix(
 
 @responses.activate
 def test_413_is_its_own_error(bot, backup_file):
-    responses.post(SEND_DOCUMENT, json=failure(413, "Request Entity Too Large"), status=413)
+    responses.add(responses.POST, SEND_DOCUMENT, json=failure(413, "Request Entity Too Large"), status=413)
     with pytest.raises(TelegramTooLarge, match=r"telegram\.part_size_mb"):
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
 
 @responses.activate
 def test_429_waits_exactly_retry_after_then_succeeds(bot, backup_file, waits):
-    responses.post(SEND_DOCUMENT, json=failure(429, "Too Many Requests: retry after 17", 17), status=429)
-    responses.post(SEND_DOCUMENT, json=ok())
+    responses.add(
+        responses.POST, SEND_DOCUMENT, json=failure(429, "Too Many Requests: retry after 17", 17), status=429
+    )
+    responses.add(responses.POST, SEND_DOCUMENT, json=ok())
 
     assert bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption").message_id == 7
     assert waits == [17.0]
@@ -132,7 +134,12 @@ def test_429_waits_exactly_retry_after_then_succeeds(bot, backup_file, waits):
 
 @responses.activate
 def test_a_retry_after_longer_than_ten_minutes_gives_up_with_a_reason(bot, backup_file):
-    responses.post(SEND_DOCUMENT, json=failure(429, "Too Many Requests: retry after 3600", 3600), status=429)
+    responses.add(
+        responses.POST,
+        SEND_DOCUMENT,
+        json=failure(429, "Too Many Requests: retry after 3600", 3600),
+        status=429,
+    )
     with pytest.raises(TelegramError, match="asked to wait 3600 s"):
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
@@ -140,7 +147,7 @@ def test_a_retry_after_longer_than_ten_minutes_gives_up_with_a_reason(bot, backu
 @responses.activate
 def test_server_errors_are_retried_with_growing_delays_then_reported(bot, backup_file, waits):
     for _ in range(4):
-        responses.post(SEND_DOCUMENT, body="<html>Bad Gateway</html>", status=502)
+        responses.add(responses.POST, SEND_DOCUMENT, body="<html>Bad Gateway</html>", status=502)
 
     with pytest.raises(TelegramError) as raised:
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
@@ -155,8 +162,8 @@ def test_network_errors_are_retried_and_their_text_never_carries_the_token(bot, 
         f"HTTPSConnectionPool: Max retries exceeded with url: /bot{TOKEN}/sendDocument"
     )
     for _ in range(3):
-        responses.post(SEND_DOCUMENT, body=url_error)
-    responses.post(SEND_DOCUMENT, json=ok(9))
+        responses.add(responses.POST, SEND_DOCUMENT, body=url_error)
+    responses.add(responses.POST, SEND_DOCUMENT, json=ok(9))
 
     assert bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption").message_id == 9
     assert waits == [1.0, 2.0, 4.0]
@@ -166,7 +173,9 @@ def test_network_errors_are_retried_and_their_text_never_carries_the_token(bot, 
 def test_an_unreachable_api_ends_in_one_error_without_the_token(backup_file):
     bot = BotApi(API, TOKEN, timeout_s=30, retries=1, wait=lambda delay: False)
     for _ in range(2):
-        responses.post(SEND_DOCUMENT, body=requests.ConnectTimeout(f"timed out: {SEND_DOCUMENT}"))
+        responses.add(
+            responses.POST, SEND_DOCUMENT, body=requests.ConnectTimeout(f"timed out: {SEND_DOCUMENT}")
+        )
 
     with pytest.raises(TelegramError) as raised:
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
@@ -184,7 +193,7 @@ def test_stopping_interrupts_the_wait_between_retries(backup_file):
         return True
 
     bot = BotApi(API, TOKEN, timeout_s=30, retries=5, cancel=cancel, wait=wait)
-    responses.post(SEND_DOCUMENT, status=500, json=failure(500, "Internal Server Error"))
+    responses.add(responses.POST, SEND_DOCUMENT, status=500, json=failure(500, "Internal Server Error"))
     with pytest.raises(Cancelled):
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
     assert len(responses.calls) == 1
