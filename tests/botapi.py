@@ -164,7 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
         if method == "getFile":
             return self._get_file(fields.get("file_id", ""))
-        if method not in ("sendDocument", "sendMessage", "getChat", "pinChatMessage"):
+        if method not in ("sendDocument", "sendMessage", "getChat", "pinChatMessage", "getChatMember"):
             return _error(404, "Not Found: method not found")
         chat_id = fields.get("chat_id", "")
         if not chat_id:
@@ -177,6 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"ok": True, "result": self._chat(chat_id)}
         if method == "pinChatMessage":
             return self._pin(chat_id, fields.get("message_id", ""))
+        if method == "getChatMember":
+            if chat_id in state.kicked_from:
+                return 200, {"ok": True, "result": {"status": "kicked"}}
+            rights = {"can_post_messages": True, "can_edit_messages": state.can_pin}
+            return 200, {"ok": True, "result": {"status": "administrator", **rights}}
         if method == "sendMessage":
             text = fields.get("text", "")
             if not text:

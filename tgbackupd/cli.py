@@ -11,6 +11,8 @@ import tomli_w
 
 from . import __version__, messages
 from .backup import Backup
+from .checks import render as render_checks
+from .checks import run_checks
 from .config import Config, effective_config, load_config
 from .daemon import Daemon
 from .errors import ConfigError
@@ -18,8 +20,8 @@ from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
 
 EPILOG = """\
 exit status:
-  0   success (with --once: the backup was made, and sent when Telegram is configured)
-  1   the backup failed (--once); the reason is logged and sent to the chat
+  0   success (--once: the backup was made, and sent when Telegram is configured; --check: all passed)
+  1   the backup failed (--once; the reason is logged and sent to the chat), or a check failed (--check)
   69  the daemon could not start (control socket in use, ...)
   73  the backup directory cannot be created or written
   78  the configuration is invalid (every problem is listed on standard error)
@@ -45,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         "--check-config",
         action="store_true",
         help="validate the configuration, print it with secrets redacted, and exit",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="check the live setup end to end (database, pg_dump, directory, token, chat, rights) and exit",
     )
     mode.add_argument(
         "--once",
@@ -115,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         sys.stdout.write(_render_config(config))
         return 0
+    if args.check:
+        checks = run_checks(config)
+        print(render_checks(checks))
+        return 0 if all(check.ok for check in checks) else 1
     configure_logging(config.daemon.log_level, config.secrets())
     if args.once:
         return _run_once(config)

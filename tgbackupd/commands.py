@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from . import __version__, messages
+from .checks import run_checks
 from .config import Config
 from .control import Peer, error_reply
 from .errors import Cancelled
@@ -16,7 +17,7 @@ from .runner import BackupBusy, BackupRunner
 from .state import StateFile
 from .storage import BackupDirectory
 
-COMMANDS = ("status", "trigger", "list")
+COMMANDS = ("status", "trigger", "list", "check")
 
 
 def _group_name(gid: int) -> str:
@@ -71,6 +72,11 @@ class Commands:
             return {"data": self.status()}
         if command == "trigger":
             return self.trigger(peer, wait=request.get("wait") is True)
+        if command == "check":
+            checks = run_checks(self._config)
+            return {
+                "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
+            }
         if command == "list":
             return {"data": {"backups": self._state.listing(self._config.backup.directory)}}
         return error_reply(

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, messages, restore
+from .checks import Check
+from .checks import render as render_checks
 from .commands import describe_last
 from .config import ClientConfig, DatabaseConfig, database_from_url, load_client_config
 from .control import DaemonNotRunning, request
@@ -30,7 +32,7 @@ EXIT_REFUSED = {"permission_denied": os.EX_NOPERM, "busy": os.EX_TEMPFAIL, "stop
 EPILOG = f"""\
 exit status:
   0   success
-  1   the backup failed (the reason is printed; it was also logged and sent to the chat)
+  1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
   64  wrong usage
   65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
@@ -84,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         help="if a backup is already running, wait for it to finish, then make this one",
     )
     trigger.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    check = commands.add_parser(
+        "check", help="have the daemon check its setup end to end: database, pg_dump, directory, Telegram"
+    )
+    check.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
     listing = commands.add_parser("list", help="list local and delivered backups (--remote: from Telegram)")
     listing.add_argument("--remote", action="store_true", help="walk the chain of manifests in the chat")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -220,6 +226,20 @@ def _ask_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    try:
+        reply = request(args.socket, {"command": "check"}, timeout=120.0)
+    except DaemonNotRunning as error:
+        raise DaemonNotRunning(f"{error}. Without the daemon, run `tgbackupd --check` as its user") from None
+    if args.json:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    elif "data" in reply:
+        print(render_checks([Check(**check) for check in reply["data"]["checks"]]))
+    else:
+        print(f"tgbackupctl: {reply['error']['message']}", file=sys.stderr)
+    return 0 if reply.get("data", {}).get("ok") else 1
+
+
 def _client_config(args: argparse.Namespace) -> ClientConfig:
     return load_client_config(args.config, os.environ)
 
@@ -354,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "status": _ask_daemon,
         "trigger": _ask_daemon,
+        "check": _check,
         "list": _list,
         "restore": _restore,
         "verify": _verify,

@@ -3,6 +3,7 @@
 import collections
 import contextlib
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,20 @@ def build_command(database: DatabaseConfig) -> tuple[str, ...]:
         "--no-password",
         f"--dbname={conninfo(database)}",
     )
+
+
+def pg_dump_major(program: str) -> tuple[int, str]:
+    """Return pg_dump's major version and its own words (`pg_dump (PostgreSQL) 15.20`)."""
+    try:
+        completed = subprocess.run(
+            [program, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as error:
+        raise DumpError(f"{program} cannot be run: {error.strerror or error}") from None
+    match = re.search(r"([0-9]+)(?:\.[0-9]+)?", completed.stdout)
+    if completed.returncode != 0 or match is None:
+        raise DumpError(f"{program} --version did not say its version: {completed.stderr.strip()}")
+    return int(match[1]), completed.stdout.strip()
 
 
 class DumpProcess:

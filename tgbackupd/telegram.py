@@ -167,6 +167,15 @@ class BotApi:
         result = self._call("getChat", chat_id, lambda: {"data": {"chat_id": chat_id}}, self._attempts)
         return result if isinstance(result, dict) else {}
 
+    def get_me(self) -> dict[str, Any]:
+        result = self._call("getMe", "", lambda: {}, self._attempts)
+        return result if isinstance(result, dict) else {}
+
+    def get_chat_member(self, chat_id: str, user_id: int) -> dict[str, Any]:
+        fields = {"chat_id": chat_id, "user_id": str(user_id)}
+        result = self._call("getChatMember", chat_id, lambda: {"data": fields}, self._attempts)
+        return result if isinstance(result, dict) else {}
+
     def get_file(self, file_id: str) -> dict[str, Any]:
         """Return the File object (file_path, file_size); the public Bot API serves files up to 20 MB."""
         result = self._call("getFile", "", lambda: {"data": {"file_id": file_id}}, self._attempts)

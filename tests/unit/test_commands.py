@@ -144,7 +144,8 @@ def test_a_trigger_during_a_backup_is_told_so_and_status_shows_it_running(tmp_pa
 def test_unknown_commands_are_named(tmp_path, request_):
     reply = commands(tmp_path, StandInBackup()).handle(request_, ROOT)
     assert (
-        reply["error"]["code"] == "unknown_command" and "status, trigger, list" in reply["error"]["message"]
+        reply["error"]["code"] == "unknown_command"
+        and "status, trigger, list, check" in reply["error"]["message"]
     )
 
 

@@ -1,0 +1,62 @@
+"""`tgbackupctl check` and `tgbackupd --check`: one line per check, ✓ or ✗ with the fix."""
+
+from tests.conftest import base_environment, run_tgbackupd, telegram_environment
+
+
+def test_a_working_setup_passes_every_check_through_the_daemon(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    source = make_database(empty=True)
+    daemon = start_daemon(base_environment(tmp_path, source, **telegram_environment(bot_api)))
+    daemon.notify.wait_for("READY=1")
+
+    checked = daemon.ctl("check")
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = checked.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "✓ configuration",
+        "✓ pg_dump",
+        "✓ database",
+        "✓ pg_dump version",
+        "✓ backup directory",
+        "✓ bot token",
+        "✓ chat",
+        "✓ bot rights",
+    ]
+    assert "bot @backup_test_bot" in checked.stdout and "PostgreSQL 15" in checked.stdout
+    assert daemon.stop() == 0
+
+
+def test_each_problem_is_a_cross_with_its_fix(tmp_path, bot_api):
+    bot_api.state.can_pin = False
+    environment = base_environment(tmp_path, "no_such_database_here", **telegram_environment(bot_api))
+
+    checked = run_tgbackupd(environment, "--check")
+
+    assert checked.returncode == 1
+    assert "✗ database: cannot connect to no_such_database_here on 127.0.0.1:5432" in checked.stdout
+    assert "✗ pinning: the bot may not pin the newest manifest" in checked.stdout
+    assert "    fix: give it the right to edit messages" in checked.stdout
+    assert "✓ bot token" in checked.stdout
+
+
+def test_a_removed_bot_and_a_wrong_token_are_named(tmp_path, make_database, bot_api):
+    source = make_database(empty=True)
+    bot_api.state.kicked_from.add("-100123456789")
+    kicked = run_tgbackupd(base_environment(tmp_path, source, **telegram_environment(bot_api)), "--check")
+    wrong = run_tgbackupd(
+        base_environment(
+            tmp_path,
+            source,
+            **{
+                **telegram_environment(bot_api),
+                "TELEGRAM_BOT_TOKEN": "987654321:another-fake-token-for-tests",
+            },
+        ),
+        "--check",
+    )
+
+    assert kicked.returncode == 1 and "✗ chat:" in kicked.stdout and "administrator" in kicked.stdout
+    assert wrong.returncode == 1 and "✗ bot token: Telegram rejected the bot token (401" in wrong.stdout
+    assert "another-fake-token" not in wrong.stdout

@@ -1,0 +1,196 @@
+"""`tgbackupd --check` and `tgbackupctl check`: the live setup checked end to end, one line per check,
+each failure with what to do."""
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import psql
+from .config import Config
+from .errors import TgbackupdError
+from .pgdump import pg_dump_major
+from .redaction import scrub
+from .storage import BackupDirectory
+from .telegram import BotApi, TelegramError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def render(checks: list[Check]) -> str:
+    lines = []
+    for check in checks:
+        lines.append(f"{'✓' if check.ok else '✗'} {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"    fix: {check.fix}")
+    return "\n".join(lines)
+
+
+def run_checks(config: Config) -> list[Check]:
+    secrets = config.secrets()
+    source = str(config.config_file or "environment only")
+    checks = [Check("configuration", True, f"valid ({source})")]
+    checks += _postgres(config)
+    checks.append(_directory(config))
+    checks += _telegram(config)
+    return [Check(c.name, c.ok, scrub(c.detail, secrets), scrub(c.fix, secrets)) for c in checks]
+
+
+def _postgres(config: Config) -> list[Check]:
+    database = config.database
+    try:
+        client_major, client_text = pg_dump_major(database.pg_dump)
+    except TgbackupdError as error:
+        return [
+            Check("pg_dump", False, str(error), "apt-get install postgresql-client, or set database.pg_dump")
+        ]
+    found = Check("pg_dump", True, client_text)
+    try:
+        number = int(psql.query(database, "SHOW server_version_num")[0][0])
+    except (TgbackupdError, IndexError, ValueError) as error:
+        return [
+            found,
+            Check(
+                "database",
+                False,
+                f"cannot connect to {database.describe()}: {error}",
+                "check DATABASE_URL (host, port, user, password, database name) and that "
+                "PostgreSQL accepts this connection (pg_hba.conf)",
+            ),
+        ]
+    server_major = number // 10000
+    reached = Check("database", True, f"{database.describe()} reached, PostgreSQL {server_major}")
+    if client_major < server_major:
+        return [
+            found,
+            reached,
+            Check(
+                "pg_dump version",
+                False,
+                f"pg_dump {client_major} cannot dump a PostgreSQL {server_major} server",
+                f"install postgresql-client-{server_major} and set database.pg_dump to its pg_dump",
+            ),
+        ]
+    return [found, reached, Check("pg_dump version", True, f"{client_major} can dump server {server_major}")]
+
+
+def _directory(config: Config) -> Check:
+    directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+    try:
+        directory.ensure()
+        with tempfile.NamedTemporaryFile(dir=directory.path, prefix=".tgbackupd-check-"):
+            pass
+    except (TgbackupdError, OSError) as error:
+        text = str(error) if isinstance(error, TgbackupdError) else (error.strerror or str(error))
+        return Check(
+            "backup directory",
+            False,
+            f"{directory.path}: {text}",
+            "give the tgbackupd user a directory it can write (backup.directory)",
+        )
+    free = os.statvfs(directory.path)
+    return Check(
+        "backup directory",
+        True,
+        f"{directory.path} is writable, {free.f_bavail * free.f_frsize / 2**30:.1f} GB free",
+    )
+
+
+def _telegram(config: Config) -> list[Check]:
+    telegram = config.telegram
+    if not telegram.configured:
+        missing = [
+            name
+            for name, value in (
+                ("TELEGRAM_BOT_TOKEN", telegram.bot_token),
+                ("TELEGRAM_CHAT_ID", telegram.chat_id),
+            )
+            if not value
+        ]
+        return [
+            Check(
+                "telegram",
+                False,
+                f"not configured ({', '.join(missing)} missing): backups stay local",
+                "set TELEGRAM_BOT_TOKEN (or the telegram-bot-token credential) and TELEGRAM_CHAT_ID",
+            )
+        ]
+    assert telegram.bot_token is not None and telegram.chat_id is not None
+    bot = BotApi(telegram.api_url, telegram.bot_token, timeout_s=min(telegram.timeout, 30), retries=1)
+    try:
+        try:
+            me = bot.get_me()
+        except TelegramError as error:
+            return [Check("bot token", False, str(error), "a token from @BotFather in TELEGRAM_BOT_TOKEN")]
+        checks = [Check("bot token", True, f"valid, bot @{me.get('username')}")]
+        try:
+            chat = bot.get_chat(telegram.chat_id)
+        except TelegramError as error:
+            return [
+                *checks,
+                Check("chat", False, str(error), "check TELEGRAM_CHAT_ID, and add the bot to the chat"),
+            ]
+        title = chat.get("title") or chat.get("username") or telegram.chat_id
+        checks.append(Check("chat", True, f"{chat.get('type')} {title!r} reached"))
+        if chat.get("type") == "private":
+            return checks
+        try:
+            member = bot.get_chat_member(telegram.chat_id, int(me["id"]))
+        except (TelegramError, KeyError, ValueError) as error:
+            return [
+                *checks,
+                Check(
+                    "bot rights",
+                    False,
+                    f"cannot read the bot's rights: {error}",
+                    "make the bot an administrator of the chat",
+                ),
+            ]
+        return [*checks, *_rights(chat.get("type"), member)]
+    finally:
+        bot.close()
+
+
+def _rights(chat_type: str | None, member: dict[str, Any]) -> list[Check]:
+    status = member.get("status")
+    if status in ("left", "kicked"):
+        return [
+            Check(
+                "bot rights",
+                False,
+                f"the bot is {status} from the chat",
+                "add the bot to the channel as an administrator allowed to post messages",
+            )
+        ]
+    if chat_type == "channel" and not (status == "creator" or member.get("can_post_messages")):
+        return [
+            Check(
+                "bot rights",
+                False,
+                "the bot may not post in the channel",
+                "make it an administrator with the right to post messages",
+            )
+        ]
+    pin = "can_edit_messages" if chat_type == "channel" else "can_pin_messages"
+    if status != "creator" and not member.get(pin) and status == "administrator":
+        return [
+            Check("bot rights", True, "may post"),
+            Check(
+                "pinning",
+                False,
+                "the bot may not pin the newest manifest",
+                "give it the right to "
+                + ("edit messages" if chat_type == "channel" else "pin messages")
+                + " so that a new machine finds the newest backup",
+            ),
+        ]
+    return [Check("bot rights", True, f"{status}, may post and pin")]
