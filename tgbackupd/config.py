@@ -495,7 +495,8 @@ def _resolve_token(
         )
     elif environ.get("CREDENTIALS_DIRECTORY"):
         credential = Path(environ["CREDENTIALS_DIRECTORY"]) / TOKEN_CREDENTIAL
-        if credential.exists():
+        # An empty credential is the unit's default when the token file is absent: no token yet.
+        if credential.exists() and credential.stat().st_size > 0:
             candidates.append((credential, f"systemd credential {TOKEN_CREDENTIAL}"))
     for token_path, source in candidates:
         try:
