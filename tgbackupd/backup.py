@@ -156,9 +156,9 @@ class Backup:
         if bot is None:
             return
         try:
-            self._send_notice(
-                bot, messages.problem_notice(server=self._server, problem=self._text(problem)), log
-            )
+            # One attempt: this runs before the daemon reports ready, and Telegram may be down too.
+            notice = messages.problem_notice(server=self._server, problem=self._text(problem))
+            self._send_notice(bot, notice, log, retry=False)
         finally:
             bot.close()
 

@@ -108,19 +108,11 @@ def _directory(config: Config) -> Check:
 def _telegram(config: Config) -> list[Check]:
     telegram = config.telegram
     if not telegram.configured:
-        missing = [
-            name
-            for name, value in (
-                ("TELEGRAM_BOT_TOKEN", telegram.bot_token),
-                ("TELEGRAM_CHAT_ID", telegram.chat_id),
-            )
-            if not value
-        ]
         return [
             Check(
                 "telegram",
                 False,
-                f"not configured ({', '.join(missing)} missing): backups stay local",
+                f"not configured ({', '.join(telegram.missing)} missing): backups stay local",
                 "set TELEGRAM_BOT_TOKEN (or the telegram-bot-token credential) and TELEGRAM_CHAT_ID",
             )
         ]

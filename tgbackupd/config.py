@@ -218,6 +218,15 @@ class TelegramConfig:
         return bool(self.bot_token and self.chat_id)
 
     @property
+    def missing(self) -> list[str]:
+        """What is missing for Telegram to be configured, by the names users set."""
+        return [
+            name
+            for name, value in (("TELEGRAM_BOT_TOKEN", self.bot_token), ("TELEGRAM_CHAT_ID", self.chat_id))
+            if not value
+        ]
+
+    @property
     def part_size_bytes(self) -> int:
         return self.part_size_mb * 1024 * 1024
 

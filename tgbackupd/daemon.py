@@ -133,7 +133,12 @@ class Daemon:
         if not (backup.enabled and backup.catch_up):
             return
         last = self._runner.last_backup
-        last_attempt = datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
+        try:
+            last_attempt = (
+                datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
+            )
+        except (TypeError, ValueError):
+            last_attempt = None  # a state file from elsewhere: nothing to compare with
         missed = missed_run(self._clock.now(), backup.hour, backup.minute, last_attempt)
         if missed is not None:
             log.warning(
@@ -148,15 +153,10 @@ class Daemon:
         status = self._commands.status()
         config = self._config
         if not config.telegram.configured:
-            missing = [
-                name
-                for name, value in (
-                    ("TELEGRAM_BOT_TOKEN", config.telegram.bot_token),
-                    ("TELEGRAM_CHAT_ID", config.telegram.chat_id),
-                )
-                if not value
-            ]
-            log.warning("Telegram is not configured: backups will be kept locally only", missing=missing)
+            log.warning(
+                "Telegram is not configured: backups will be kept locally only",
+                missing=config.telegram.missing,
+            )
         log.info(
             "tgbackupd started",
             version=__version__,

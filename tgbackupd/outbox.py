@@ -13,7 +13,6 @@ from . import messages
 from .clock import Clock
 from .config import Config
 from .delivery import Delivered, Delivery, pinned_manifest_ref
-from .errors import Cancelled
 from .manifest import Manifest, ManifestError, ManifestRef
 from .redaction import scrub
 from .state import StateFile
@@ -84,7 +83,7 @@ class Outbox:
 
     def drain(self, bot: BotApi, directory: Path, cancel: threading.Event) -> dict[str, Outcome]:
         """Deliver what is pending, oldest first; stop at the first failure, so none overtakes another.
-        Raise Cancelled if told to stop (what was not sent stays pending)."""
+        Raise Cancelled if told to stop: what was not sent stays pending, due at once after a restart."""
         chat_id = self._config.telegram.chat_id
         assert chat_id is not None
         outcomes: dict[str, Outcome] = {}
@@ -121,7 +120,7 @@ class Outbox:
                 lambda: self._state.latest_manifest_ref() or self._pinned(bot, chat_id, bound),
                 lambda progress: self._state.update_entry(name, manifest=json.loads(progress.to_json())),
             )
-        except (TelegramError, Cancelled) as error:
+        except TelegramError as error:
             return self._postpone(name, attempts, error, bound)
         self._state.update_entry(
             name,
