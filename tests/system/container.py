@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CACHE = Path(os.environ.get("TGBACKUPD_CI_CACHE", "/var/cache/tgbackupd-ci"))
+CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
 ROOT_TARBALL = CACHE / "bookworm-root-v1.tar.zst"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,python3,python3-requests,python3-structlog,python3-schedule,"
@@ -112,8 +112,14 @@ class Container:
         """Run a command inside the container (as `user`, through runuser, when given)."""
         if user is not None:
             command = ("runuser", "-u", user, "--", *command)
+        clean = (
+            "env",
+            "-i",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG=C.UTF-8",
+        )
         completed = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", *command],
+            ["nsenter", "-t", str(self.leader), "-a", *clean, *command],
             capture_output=True,
             text=True,
             timeout=timeout,
