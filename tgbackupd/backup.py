@@ -15,12 +15,12 @@ import structlog
 
 from . import messages, restore
 from .clock import Clock
-from .config import Config
+from .config import BackupConfig, Config
 from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, plan_parts
 from .outbox import Outbox
 from .pgdump import run_pg_dump
-from .pipeline import Digest, FileWriter, GzipCompressor, PartDigests
+from .pipeline import Digest, FileWriter, GzipCompressor, ParallelGzipCompressor, PartDigests, Sink
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile, write_atomically
@@ -201,7 +201,7 @@ class Backup:
         with self._directory.new_file(name) as stream:
             parts = PartDigests(self._config.telegram.part_size_bytes, FileWriter(stream))
             digest = Digest(parts)
-            sql = Digest(GzipCompressor(self._config.backup.compression_level, digest))
+            sql = Digest(compressor(self._config.backup, digest))
             with run_pg_dump(self._config.database) as dump:
                 for chunk in dump.chunks(CHUNK_BYTES):
                     if self.cancel.is_set():
@@ -394,6 +394,13 @@ class Backup:
             bound.warning("Backup routine cancelled", **fields)
         else:
             bound.error("Backup routine failed", **fields)
+
+
+def compressor(backup: BackupConfig, downstream: Sink) -> Sink:
+    """gzip on one thread, or on several (still one file that gunzip reads) when configured so."""
+    if backup.compression_threads > 1:
+        return ParallelGzipCompressor(backup.compression_level, backup.compression_threads, downstream)
+    return GzipCompressor(backup.compression_level, downstream)
 
 
 def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:

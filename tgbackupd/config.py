@@ -188,6 +188,7 @@ KEYS = (
     _Key("backup", "prefix", _prefix),
     _Key("backup", "keep", _integer(1, 10000, "a number of backups"), 7),
     _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
+    _Key("backup", "compression_threads", _integer(1, 64, "a number of threads"), 1),
     _Key("backup", "verify_after", _boolean, False),
     _Key("backup", "catch_up", _boolean, True),
     _Key("backup", "catch_up_delay_s", _integer(0, 86400, "a number of seconds"), 60),
@@ -258,6 +259,7 @@ class BackupConfig:
     prefix: str
     keep: int
     compression_level: int
+    compression_threads: int
     verify_after: bool
     catch_up: bool
     catch_up_delay_s: int
@@ -306,6 +308,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
             keep=values["backup.keep"],
             compression_level=values["backup.compression_level"],
+            compression_threads=values["backup.compression_threads"],
             verify_after=values["backup.verify_after"],
             catch_up=values["backup.catch_up"],
             catch_up_delay_s=values["backup.catch_up_delay_s"],
@@ -623,6 +626,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
             "compression_level": config.backup.compression_level,
+            "compression_threads": config.backup.compression_threads,
             "verify_after": config.backup.verify_after,
             "catch_up": config.backup.catch_up,
             "catch_up_delay_s": config.backup.catch_up_delay_s,

@@ -1,6 +1,8 @@
 """Stages a dump's bytes flow through on their way to disk. Each stage writes to the next, so another
 (encrypt, split) slots in by wrapping one more; none holds more than one chunk at a time."""
 
+import collections
+import concurrent.futures
 import hashlib
 import os
 import zlib
@@ -27,6 +29,50 @@ class GzipCompressor:
 
     def close(self) -> None:
         self._downstream.write(self._compressor.flush())
+        self._downstream.close()
+
+
+def _gzip_member(block: bytes, level: int) -> bytes:
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(block) + compressor.flush()
+
+
+class ParallelGzipCompressor:
+    """Deflate blocks on several threads (zlib lets go of the GIL while it works), each block its own
+    gzip member. Members concatenated are one valid gzip file (RFC 1952) that `gunzip` reads whole, as
+    with pigz. At most two blocks per thread are in flight, so memory stays flat."""
+
+    BLOCK_BYTES = 1024 * 1024
+
+    def __init__(self, level: int, threads: int, downstream: Sink) -> None:
+        self._level = level
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="deflate")
+        self._in_flight: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._limit = 2 * threads
+        self._buffer = bytearray()
+        self._submitted = False
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self.BLOCK_BYTES:
+            self._submit(bytes(self._buffer[: self.BLOCK_BYTES]))
+            del self._buffer[: self.BLOCK_BYTES]
+
+    def _submit(self, block: bytes) -> None:
+        self._in_flight.append(self._pool.submit(_gzip_member, block, self._level))
+        self._submitted = True
+        while len(self._in_flight) > self._limit:
+            self._downstream.write(self._in_flight.popleft().result())
+
+    def close(self) -> None:
+        try:
+            if self._buffer or not self._submitted:
+                self._submit(bytes(self._buffer))
+            while self._in_flight:
+                self._downstream.write(self._in_flight.popleft().result())
+        finally:
+            self._pool.shutdown(cancel_futures=True)
         self._downstream.close()
 
 

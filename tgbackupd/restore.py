@@ -97,27 +97,35 @@ def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Pr
 
 
 def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Iterator[bytes]:
-    """The backup's SQL, decompressed as it is read. Raise RestoreError if the gzip stream is cut short."""
+    """The backup's SQL, decompressed as it is read. A file compressed on several threads is several
+    gzip members in a row (as gunzip reads them). Raise RestoreError if the stream is cut short."""
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    in_member = False  # part of a member was read, and its end was not
     done = 0
     for piece in backup.pieces:
         for block in _read_piece(piece):
-            try:
-                sql = decompressor.decompress(block)
-            except zlib.error as error:
-                raise RestoreError(f"{piece.label} is not valid gzip data ({error})") from None
             done += len(block)
+            data = block
+            while data:
+                try:
+                    sql = decompressor.decompress(data)
+                except zlib.error as error:
+                    raise RestoreError(f"{piece.label} is not valid gzip data ({error})") from None
+                if sql:
+                    yield sql
+                if decompressor.eof:
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    in_member = False
+                else:
+                    data = b""
+                    in_member = True
             if progress is not None:
                 progress.update(done)
-            if sql:
-                yield sql
-    if not decompressor.eof:
+    if in_member or done == 0:
         raise RestoreError(
             f"{backup.name} ends in the middle of its gzip stream: the last part is missing or cut"
         )
-    tail = decompressor.flush()
-    if tail:
-        yield tail
 
 
 # Sources

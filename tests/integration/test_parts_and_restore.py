@@ -315,3 +315,20 @@ def test_without_the_right_to_pin_the_backup_is_still_delivered_and_the_reason_g
         new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--output", str(tmp_path / "x")
     )
     assert machine.returncode == 65 and "no tgbackupd manifest is pinned" in machine.stderr
+
+
+def test_a_backup_compressed_on_several_threads_restores_both_ways(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api, TGBACKUPD_BACKUP_COMPRESSION_THREADS="2")
+    assert result.succeeded and result.parts >= 3, result.error
+
+    by_gunzip = subprocess.run(["gzip", "-dc", result.path], capture_output=True, check=True).stdout
+    target = make_database(empty=True)
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(target)
+    )
+
+    assert by_gunzip.startswith(b"--\n-- PostgreSQL database dump") and b"COPY public.noise" in by_gunzip
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(big_source)

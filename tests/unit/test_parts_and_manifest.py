@@ -89,3 +89,32 @@ def test_a_damaged_manifest_says_what_is_wrong(change, expected):
     change(document)
     with pytest.raises(ManifestError, match=expected):
         Manifest.from_json(json.dumps(document).encode())
+
+
+def test_parallel_gzip_writes_members_that_gunzip_reads_as_one_file(tmp_path):
+    import gzip
+    import os
+    import subprocess
+
+    from tgbackupd.pipeline import ParallelGzipCompressor
+
+    payload = os.urandom(300_000) + b"SELECT 1;\n" * 400_000 + os.urandom(10)
+    sink = Collect()
+    stage = ParallelGzipCompressor(6, 3, sink)
+    for offset in range(0, len(payload), 100_000):
+        stage.write(payload[offset : offset + 100_000])
+    stage.close()
+    assert sink.closed and gzip.decompress(bytes(sink.data)) == payload
+    assert bytes(sink.data).count(b"\x1f\x8b\x08") >= len(payload) // ParallelGzipCompressor.BLOCK_BYTES
+    (tmp_path / "x.sql.gz").write_bytes(bytes(sink.data))
+    assert subprocess.run(["gunzip", "-c", str(tmp_path / "x.sql.gz")], capture_output=True).stdout == payload
+
+
+def test_parallel_gzip_of_nothing_is_still_a_gzip_file():
+    import gzip
+
+    from tgbackupd.pipeline import ParallelGzipCompressor
+
+    sink = Collect()
+    ParallelGzipCompressor(1, 2, sink).close()
+    assert gzip.decompress(bytes(sink.data)) == b""
