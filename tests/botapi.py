@@ -58,6 +58,7 @@ class BotApiState:
     pinned: dict[str, dict[str, Any]] = field(default_factory=dict)  # chat id → pinned Message
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_message_id: int = 1
+    uplink_bytes_per_s: float | None = None  # read uploads no faster than this, like a slow uplink
 
 
 def _error(status: int, description: str, retry_after: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -137,11 +138,27 @@ class _Handler(BaseHTTPRequestHandler):
                 remaining -= len(self.rfile.read(min(remaining, 1024 * 1024)))
             self._reply(*_error(413, "Request Entity Too Large"))
             return
-        body = self.rfile.read(length)
+        body = self._read_body(length)
         if fault is not None and fault.action == "reply":
             self._reply(*_error(fault.status, fault.description, fault.retry_after))
             return
         self._reply(*self._answer(path, body))
+
+    def _read_body(self, length: int) -> bytes:
+        rate = self.server.state.uplink_bytes_per_s
+        if not rate:
+            return self.rfile.read(length)
+        chunks = []
+        began = time.monotonic()
+        received = 0
+        while received < length:
+            chunk = self.rfile.read(min(64 * 1024, length - received))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            time.sleep(max(0.0, began + received / rate - time.monotonic()))
+        return b"".join(chunks)
 
     def _answer(self, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         state = self.server.state

@@ -1,0 +1,227 @@
+"""Side-by-side speed of a backup: the classic baselines, the peer an administrator would pick instead,
+and tgbackupd's own modes through its real code path, alternating in one run so that machine noise
+hits all of them alike.
+
+    python3 bench/speed.py                       # builds a ~1 GB database, 2 rounds
+    python3 bench/speed.py --size-mb 100 --rounds 1
+    python3 bench/speed.py --uplink-mbps 20      # the Bot API stand-in reads uploads at 20 MB/s
+
+Baselines: `pg_dump > /dev/null`, `pg_dump | gzip -6 > file`, `pg_dump > x.sql; gzip -6 x.sql`, and
+borgmatic with borg (zstd,3, local repository) when both are installed. tgbackupd runs as
+`tgbackupd --once`, uploading to a Bot API stand-in on 127.0.0.1. Loopback only; creates a database
+named tgbackupd_speed_* and drops it afterwards (unless --keep-database).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
+from tests.processes import child_environment
+
+PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
+MB = 1024 * 1024
+
+
+def psql(dbname: str, sql: str) -> str:
+    return subprocess.run([*PSQL, "-d", dbname, "-c", sql], check=True, capture_output=True, text=True).stdout
+
+
+def make_database(size_mb: int) -> str:
+    """A realistic mix: orders (numbers, dates, short text), notes (prose-like text), events (jsonb),
+    and attachments (random bytes, a fifth of the whole, which no compressor shrinks)."""
+    name = f"tgbackupd_speed_{uuid.uuid4().hex[:8]}"
+    psql("postgres", f"CREATE DATABASE {name}")
+    rows = max(1000, size_mb * 2500)
+    psql(
+        name,
+        f"""
+        CREATE TABLE orders AS SELECT i AS id, (i % 5000) AS customer_id,
+            (random() * 1000)::numeric(10, 2) AS amount,
+            timestamp '2024-01-01' + i * interval '37 seconds' AS placed, 'status-' || (i % 7) AS status
+            FROM generate_series(1, {rows}) AS i;
+        CREATE TABLE notes AS SELECT i AS id, 'Customer ' || (i % 977) || ' asked about order '
+            || (i * 7 % 100003) || '; shipped via ' || (ARRAY['post', 'courier', 'pickup'])[1 + i % 3]
+            || '. ' || md5(i::text) AS body
+            FROM generate_series(1, {rows}) AS i;
+        CREATE TABLE events AS SELECT i AS id, jsonb_build_object('kind', 'click', 'page', '/p/' || (i % 300),
+            'user', i % 10000, 'at', i) AS data FROM generate_series(1, {rows}) AS i;
+        CREATE TABLE attachments AS SELECT i AS id,
+            decode(string_agg(md5(i::text || random()::text), ''), 'hex') AS b
+            FROM generate_series(1, {max(1, size_mb * 6 // 10)}) AS i, generate_series(1, 8192) GROUP BY i;
+    """,
+    )
+    return name
+
+
+def measure(
+    command: list[str], environment: dict[str, str], sample_pid_rss: bool = False
+) -> dict[str, float]:
+    """Run a command to its end; wall time, CPU time of it and all it waited for, and peak RSS."""
+    began = time.monotonic()
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_kib = 0
+    # Peek at whether it ended without reaping it (WNOWAIT), so that wait4 below still gets its usage.
+    while sample_pid_rss and os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kib = max(peak_kib, int(line.split()[1]))
+        except OSError:
+            break
+        time.sleep(0.05)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - began
+    errors = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": (peak_kib if sample_pid_rss else usage.ru_maxrss) / 1024,
+    }
+
+
+def baselines(dbname: str, workdir: Path) -> dict[str, tuple[list[str], Path | None]]:
+    dump = f"pg_dump -h 127.0.0.1 -U postgres {dbname}"
+    modes: dict[str, tuple[list[str], Path | None]] = {
+        "pg_dump > /dev/null": (["bash", "-c", f"{dump} > /dev/null"], None),
+        "pg_dump | gzip -6": (
+            ["bash", "-c", f"set -o pipefail; {dump} | gzip -6 > {workdir}/pipe.sql.gz"],
+            workdir / "pipe.sql.gz",
+        ),
+        "pg_dump > x.sql; gzip -6": (
+            ["bash", "-c", f"rm -f {workdir}/x.sql.gz; {dump} > {workdir}/x.sql && gzip -6 {workdir}/x.sql"],
+            workdir / "x.sql.gz",
+        ),
+    }
+    if shutil.which("borgmatic") and shutil.which("borg"):
+        config = workdir / "borgmatic.yaml"
+        config.write_text(
+            f"source_directories: []\nrepositories:\n  - path: {workdir}/borg\n    label: local\n"
+            "encryption_passphrase: ''\ncompression: zstd,3\n"
+            f"postgresql_databases:\n  - name: {dbname}\n    hostname: 127.0.0.1\n    username: postgres\n"
+        )
+        modes["borgmatic (borg zstd,3)"] = (
+            [
+                "bash",
+                "-c",
+                f"rm -rf {workdir}/borg && borg init --encryption=none {workdir}/borg >/dev/null && "
+                f"borgmatic --config {config} create",
+            ],
+            workdir / "borg",
+        )
+    return modes
+
+
+def tgbackupd_modes() -> dict[str, dict[str, str]]:
+    return {
+        "tgbackupd gzip-6": {"TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "6"},
+        "tgbackupd gzip-1": {"TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1"},
+        "tgbackupd gzip-1, 2 threads": {
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1",
+            "TGBACKUPD_BACKUP_COMPRESSION_THREADS": "2",
+        },
+        "tgbackupd gzip-6, 2 threads": {
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "6",
+            "TGBACKUPD_BACKUP_COMPRESSION_THREADS": "2",
+        },
+    }
+
+
+def size_of(path: Path | None) -> int:
+    if path is None or not path.exists():
+        return 0
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=1024, help="approximate size of the database")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--uplink-mbps", type=float, default=None, help="throttle the stand-in's uploads")
+    parser.add_argument("--database", help="use this existing database instead of building one")
+    parser.add_argument("--keep-database", action="store_true")
+    args = parser.parse_args()
+    dbname = args.database or make_database(args.size_mb)
+    results: dict[str, list[dict[str, float]]] = {}
+    try:
+        database_mb = int(psql(dbname, "SELECT pg_database_size(current_database())")) / MB
+        sql_bytes = int(
+            subprocess.run(
+                ["bash", "-c", f"pg_dump -h 127.0.0.1 -U postgres {dbname} | wc -c"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        with tempfile.TemporaryDirectory() as directory, BotApiStandIn(upload_limit=2000 * MB) as api:
+            workdir = Path(directory)
+            if args.uplink_mbps:
+                api.state.uplink_bytes_per_s = args.uplink_mbps * MB
+            (workdir / "config.toml").write_text("")
+            for _ in range(args.rounds):
+                for name, (command, output) in baselines(dbname, workdir).items():
+                    figures = measure(command, child_environment())
+                    figures["size"] = size_of(output)
+                    results.setdefault(name, []).append(figures)
+                for name, settings in tgbackupd_modes().items():
+                    backups = workdir / "backups"
+                    shutil.rmtree(backups, ignore_errors=True)
+                    environment = child_environment(
+                        TGBACKUPD_CONFIG=str(workdir / "config.toml"),
+                        DATABASE_URL=f"postgresql://postgres@127.0.0.1/{dbname}",
+                        TGBACKUPD_BACKUP_DIRECTORY=str(backups),
+                        TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
+                        TELEGRAM_CHAT_ID=CHAT_ID,
+                        TGBACKUPD_TELEGRAM_API_URL=api.url,
+                        **settings,
+                    )
+                    figures = measure(
+                        [sys.executable, "-m", "tgbackupd", "--once"], environment, sample_pid_rss=True
+                    )
+                    figures["size"] = size_of(next(backups.glob("*.sql.gz"), None))
+                    results.setdefault(name, []).append(figures)
+                    api.state.files.clear()
+                    api.state.received.clear()
+    finally:
+        if not args.keep_database and not args.database:
+            psql("postgres", f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+    best = {name: min(runs, key=lambda run: run["wall"]) for name, runs in results.items()}
+    gzip6 = best["pg_dump | gzip -6"]["wall"]
+    raw = best["pg_dump > /dev/null"]["wall"]
+    print(
+        f"database {database_mb:.0f} MB on disk, {sql_bytes / MB:.0f} MB of SQL; best of {args.rounds} "
+        f"round(s); uplink {'unthrottled' if not args.uplink_mbps else f'{args.uplink_mbps} MB/s'}"
+    )
+    print(
+        f"{'mode':<30} {'wall s':>7} {'CPU s':>7} {'output MB':>10} {'SQL MB/s':>9} {'peak RSS MB':>12} "
+        f"{'× gzip -6':>10} {'× raw dump':>11}"
+    )
+    for name, run in best.items():
+        print(
+            f"{name:<30} {run['wall']:>7.1f} {run['cpu']:>7.1f} {run['size'] / MB:>10.1f} "
+            f"{sql_bytes / MB / run['wall']:>9.0f} {run['rss_mb']:>12.1f} {gzip6 / run['wall']:>10.2f} "
+            f"{raw / run['wall']:>11.2f}"
+        )
+    print(
+        "× columns: how many times faster than that baseline (above 1.0 is faster). tgbackupd's peak RSS is "
+        "its own process (VmHWM); the others', the largest process of the pipeline."
+    )
+
+
+if __name__ == "__main__":
+    main()
