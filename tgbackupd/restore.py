@@ -4,6 +4,7 @@ the SQL through gunzip into psql in one transaction, or into a scratch database 
 
 import hashlib
 import io
+import itertools
 import re
 import secrets
 import zlib
@@ -353,14 +354,9 @@ def restore_into(database: DatabaseConfig, backup: CheckedBackup, clean: bool, p
         )
     prologue = [psql.CLEAN_SQL.encode()] if clean else []
     progress.start(f"Restoring {backup.name} into {database.name}", backup.size_bytes)
-    written = psql.restore(database, _chain(prologue, sql_chunks(backup, progress)))
+    written = psql.restore(database, itertools.chain(prologue, sql_chunks(backup, progress)))
     progress.finish(f"Restored {backup.name} into {database.name}: {written} bytes of SQL")
     return written
-
-
-def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from first
-    yield from rest
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
