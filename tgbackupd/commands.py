@@ -198,7 +198,7 @@ def describe_last(last: dict[str, Any] | None) -> str:
         return f"attempted at {_minutes(last['started_at'])}"
     size = messages.human_size(last["size_bytes"]) if last.get("size_bytes") is not None else "?"
     where = {"sent": "sent to Telegram", "pending": "waiting for Telegram"}.get(
-        last.get("delivery"), "kept locally"
+        str(last.get("delivery")), "kept locally"
     )
     warning = " (WARNING: see status)" if last.get("warning") else ""
     return f"{last['file']} ({size}) {where}{warning}"

@@ -540,8 +540,8 @@ def _parse_database_url(url: str) -> dict[str, Any]:
     except ValueError:
         raise _Problem("the port in the URL is not a number from 1 to 65535") from None
     options = dict(urllib.parse.parse_qsl(parsed.query))
-    host = urllib.parse.unquote(parsed.hostname or "") or options.pop("host", None)
-    options.pop("host", None)
+    socket_directory = options.pop("host", None)  # postgresql:///db?host=/var/run/postgresql
+    host = urllib.parse.unquote(parsed.hostname or "") or socket_directory
     return {
         "host": host or None,
         "port": port,

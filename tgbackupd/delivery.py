@@ -22,7 +22,9 @@ class Delivered:
 def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
     """Return the manifest pinned in the chat, if the pinned message is one of ours."""
     pinned = bot.get_chat(chat_id).get("pinned_message")
-    document = pinned.get("document") if isinstance(pinned, dict) else None
+    if not isinstance(pinned, dict):
+        return None
+    document = pinned.get("document")
     if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
         return None
     name = str(document["file_name"]).removesuffix(SUFFIX) + ".sql.gz"

@@ -42,6 +42,11 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(directory)
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """A JSON object from the state file, or an empty one where something else stands."""
+    return value if isinstance(value, dict) else {}
+
+
 def _stamp(name: str) -> str:
     """The `YYYYMMDD_HHMMSS` of a backup's name, which orders backups by age."""
     match = _BACKUP_NAME.match(name)
@@ -141,8 +146,8 @@ class StateFile:
             name = str(entry.get("name"))
             if name in rows:
                 continue
-            manifest = entry.get("manifest") if isinstance(entry.get("manifest"), dict) else {}
-            reference = entry.get("manifest_ref") if isinstance(entry.get("manifest_ref"), dict) else {}
+            manifest = _mapping(entry.get("manifest"))
+            reference = _mapping(entry.get("manifest_ref"))
             rows[name] = {
                 "name": name,
                 "created_at": manifest.get("created_at"),

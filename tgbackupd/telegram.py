@@ -213,7 +213,9 @@ class BotApi:
     def _sent(result: Any) -> SentMessage:
         if not isinstance(result, dict):
             return SentMessage(message_id=0)
-        document = result.get("document") if isinstance(result.get("document"), dict) else {}
+        document = result.get("document")
+        if not isinstance(document, dict):
+            document = {}
         return SentMessage(message_id=int(result.get("message_id", 0)), file_id=document.get("file_id"))
 
     def _call(
