@@ -44,14 +44,17 @@ def psql(dbname: str, sql: str) -> str:
     return completed.stdout.strip()
 
 
-def run_tgbackupd(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `tgbackupd ARGS` to completion, as a user would from a shell or cron."""
+def run_tgbackupd(
+    environment: dict[str, str], *args: str, module: str = "tgbackupd"
+) -> subprocess.CompletedProcess[str]:
+    """Run `tgbackupd ARGS` (or `tgbackupctl`, with module="tgbackupd.ctl") to completion, as a user
+    would from a shell or cron."""
     return subprocess.run(
-        [sys.executable, "-m", "tgbackupd", *args],
+        [sys.executable, "-m", module, *args],
         env=environment,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
 

@@ -4,14 +4,20 @@ import gzip
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
-from tests.conftest import base_environment, database_url, fingerprint, psql, telegram_environment
+from tests.conftest import (
+    base_environment,
+    database_url,
+    fingerprint,
+    psql,
+    run_tgbackupd,
+    telegram_environment,
+)
 from tests.processes import child_environment
 from tgbackupd.backup import Backup
 from tgbackupd.config import load_config
@@ -62,14 +68,7 @@ def new_machine(tmp_path: Path, bot_api) -> dict[str, str]:
 
 
 def ctl(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tgbackupd.ctl", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_tgbackupd(environment, *args, module="tgbackupd.ctl")
 
 
 def test_a_large_backup_goes_out_in_parts_and_comes_back_from_telegram_alone(
