@@ -148,6 +148,10 @@ def tgbackupd_modes() -> dict[str, dict[str, str]]:
             "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "6",
             "TGBACKUPD_BACKUP_COMPRESSION_THREADS": "2",
         },
+        "tgbackupd gzip-6, upload after": {
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "6",
+            "TGBACKUPD_TELEGRAM_UPLOAD_WHILE_DUMPING": "false",
+        },
     }
 
 

@@ -26,6 +26,7 @@ class Received:
     fields: dict[str, str]
     file_name: str | None = None
     content: bytes | None = None
+    message_id: int = 0
 
 
 @dataclass
@@ -180,7 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
             }
         if method == "getFile":
             return self._get_file(fields.get("file_id", ""))
-        if method not in ("sendDocument", "sendMessage", "getChat", "pinChatMessage", "getChatMember"):
+        if method not in (
+            "sendDocument",
+            "sendMessage",
+            "getChat",
+            "pinChatMessage",
+            "getChatMember",
+            "editMessageCaption",
+        ):
             return _error(404, "Not Found: method not found")
         chat_id = fields.get("chat_id", "")
         if not chat_id:
@@ -193,6 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"ok": True, "result": self._chat(chat_id)}
         if method == "pinChatMessage":
             return self._pin(chat_id, fields.get("message_id", ""))
+        if method == "editMessageCaption":
+            return self._edit_caption(fields.get("message_id", ""), fields.get("caption", ""))
         if method == "getChatMember":
             if chat_id in state.kicked_from:
                 return 200, {"ok": True, "result": {"status": "kicked"}}
@@ -214,9 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
             if len(fields.get("caption", "")) > CAPTION_LIMIT:
                 return _error(400, "Bad Request: message caption is too long")
         with state.lock:
-            state.received.append(Received(method, fields, file_name, content))
             message_id = state.next_message_id
             state.next_message_id += 1
+            state.received.append(Received(method, fields, file_name, content, message_id))
         result: dict[str, Any] = {
             "message_id": message_id,
             "date": int(time.time()),
@@ -256,6 +266,22 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(400, "Bad Request: message to pin not found")
         state.pinned[chat_id] = message
         return 200, {"ok": True, "result": True}
+
+    def _edit_caption(self, message_id: str, caption: str) -> tuple[int, dict[str, Any]]:
+        state = self.server.state
+        message = state.messages.get(int(message_id)) if message_id.isdigit() else None
+        if message is None:
+            return _error(400, "Bad Request: message to edit not found")
+        if len(caption) > CAPTION_LIMIT:
+            return _error(400, "Bad Request: message caption is too long")
+        if message.get("caption") == caption:
+            return _error(400, "Bad Request: message is not modified")
+        with state.lock:
+            message["caption"] = caption
+            for received in state.received:
+                if received.message_id == int(message_id):
+                    received.fields["caption"] = caption
+        return 200, {"ok": True, "result": message}
 
     def _get_file(self, file_id: str) -> tuple[int, dict[str, Any]]:
         state = self.server.state

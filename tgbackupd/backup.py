@@ -16,6 +16,7 @@ import structlog
 from . import messages, restore
 from .clock import Clock
 from .config import BackupConfig, Config
+from .delivery import EarlyUploader
 from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, plan_parts
 from .outbox import Outbox
@@ -75,6 +76,7 @@ class BackupResult:
 class _Made:
     manifest: Manifest
     sql_bytes: int
+    sent_early: frozenset[int]  # parts that reached the chat while the dump ran
 
 
 class Backup:
@@ -110,7 +112,7 @@ class Backup:
         bot = self._bot_factory(self._config, self.cancel)
         try:
             try:
-                made = self._make(started, bound)
+                made = self._make(started, bound, bot)
             except TgbackupdError as error:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
                 self._summarize(result, bound)
@@ -168,7 +170,7 @@ class Backup:
     def _text(self, error: BaseException | str) -> str:
         return scrub(str(error), self._config.secrets())
 
-    def _make(self, started: datetime, bound: Any) -> _Made:
+    def _make(self, started: datetime, bound: Any, bot: BotApi | None) -> _Made:
         """Dump, compress and put the file in place, hashed in parts as it is written. Raise on any
         failure, having removed what it wrote."""
         self._directory.ensure()
@@ -183,7 +185,7 @@ class Backup:
                 compression_level=self._config.backup.compression_level,
             )
             try:
-                made = self._dump_into(name, started)
+                made = self._dump_into(name, started, self._early_uploader(bot, name, bound))
             except OSError as error:
                 raise self._write_failed(error) from None
             bound.info(
@@ -197,18 +199,45 @@ class Backup:
             )
         return made
 
-    def _dump_into(self, name: str, started: datetime) -> _Made:
+    def _early_uploader(self, bot: BotApi | None, name: str, bound: Any) -> EarlyUploader | None:
+        """Upload parts during the dump only when nothing older waits (the chat gets backups in order)
+        and no verification must come first."""
+        telegram = self._config.telegram
+        if bot is None or telegram.chat_id is None or not telegram.upload_while_dumping:
+            return None
+        if self._config.backup.verify_after or self.outbox.pending_count:
+            return None
+        path = self._directory.partial_path(name)
+        return EarlyUploader(bot, telegram.chat_id, path, name, self._config.database.describe(), bound)
+
+    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:
+        part_size = self._config.telegram.part_size_bytes
         with self._directory.new_file(name) as stream:
-            parts = PartDigests(self._config.telegram.part_size_bytes, FileWriter(stream))
+            held: list[tuple[int, int, int, str]] = []
+
+            def full_part(index: int, size: int, sha256: str) -> None:
+                # Hand over the previous part now that this one has begun: its name and count are
+                # settled (a backup of exactly one part keeps its plain name), and the file is flushed.
+                stream.flush()
+                if early is not None and held:
+                    early.part_ready(*held.pop())
+                held.append((index, (index - 1) * part_size, size, sha256))
+
+            parts = PartDigests(part_size, FileWriter(stream), full_part if early else None)
             digest = Digest(parts)
             sql = Digest(compressor(self._config.backup, digest))
-            with run_pg_dump(self._config.database) as dump:
-                for chunk in dump.chunks(CHUNK_BYTES):
-                    if self.cancel.is_set():
-                        raise Cancelled("the backup was stopped because tgbackupd is stopping")
-                    sql.write(chunk)
-                dump.wait()
-            sql.close()
+            try:
+                with run_pg_dump(self._config.database) as dump:
+                    for chunk in dump.chunks(CHUNK_BYTES):
+                        if self.cancel.is_set():
+                            raise Cancelled("the backup was stopped because tgbackupd is stopping")
+                        sql.write(chunk)
+                    dump.wait()
+                sql.close()
+            finally:
+                # Before the file is renamed (or removed): the uploads read it under its partial name.
+                sent = early.finish() if early is not None else {}
+            planned = plan_parts(name, parts.parts)
             manifest = Manifest(
                 name=name,
                 database=self._config.database.name,
@@ -217,11 +246,18 @@ class Backup:
                 created_at=started.isoformat(timespec="seconds"),
                 size_bytes=digest.size,
                 sha256=digest.sha256,
-                parts=plan_parts(name, parts.parts),
+                parts=tuple(
+                    dataclasses.replace(
+                        part, message_id=sent[part.index].message_id, file_id=sent[part.index].file_id
+                    )
+                    if part.index in sent
+                    else part
+                    for part in planned
+                ),
                 previous=None,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
-        return _Made(manifest, sql.size)
+        return _Made(manifest, sql.size, frozenset(sent))
 
     def _write_failed(self, error: OSError) -> StorageError:
         where = self._directory.path
@@ -273,7 +309,9 @@ class Backup:
             verification=verification,
             warning=warning,
         )
-        self.outbox.add(dataclasses.replace(manifest, verified=verified), facts, made.sql_bytes, warning)
+        self.outbox.add(
+            dataclasses.replace(manifest, verified=verified), facts, made.sql_bytes, warning, made.sent_early
+        )
         delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
         return BackupResult(
             **base,

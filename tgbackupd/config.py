@@ -170,6 +170,7 @@ KEYS = (
     _Key("telegram", "api_url", _api_url, DEFAULT_API_URL),
     _Key("telegram", "max_upload_mb", _integer(1, 2000, "a size in MB"), 50),
     _Key("telegram", "part_size_mb", _integer(1, 2000, "a size in MB"), 19),
+    _Key("telegram", "upload_while_dumping", _boolean, True),
     _Key("telegram", "timeout", _integer(5, 3600, "a number of seconds"), 120),
     _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
     _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
@@ -209,6 +210,7 @@ class TelegramConfig:
     api_url: str
     max_upload_mb: int
     part_size_mb: int
+    upload_while_dumping: bool
     timeout: int
     retries: int
     redeliver_min_s: int
@@ -408,6 +410,7 @@ def _telegram(
         api_url=values["telegram.api_url"],
         max_upload_mb=values["telegram.max_upload_mb"],
         part_size_mb=values["telegram.part_size_mb"],
+        upload_while_dumping=values["telegram.upload_while_dumping"],
         timeout=values["telegram.timeout"],
         retries=values["telegram.retries"],
         redeliver_min_s=values["telegram.redeliver_min_s"],
@@ -605,6 +608,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "api_url": config.telegram.api_url,
             "max_upload_mb": config.telegram.max_upload_mb,
             "part_size_mb": config.telegram.part_size_mb,
+            "upload_while_dumping": config.telegram.upload_while_dumping,
             "timeout": config.telegram.timeout,
             "retries": config.telegram.retries,
             "redeliver_min_s": config.telegram.redeliver_min_s,

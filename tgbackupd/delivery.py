@@ -1,15 +1,18 @@
 """Delivery of one backup to the chat: its parts in order, then its manifest, then the manifest pinned,
 so that a new machine with only the token and the chat id finds the newest backup (getChat)."""
 
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import messages
-from .manifest import SUFFIX, Manifest, ManifestRef
+from .errors import Cancelled
+from .manifest import SUFFIX, Manifest, ManifestRef, Part, part_name
 from .state import write_atomically
-from .telegram import BotApi, FileSlice, TelegramError, TelegramRejected
+from .telegram import BotApi, FileSlice, SentMessage, TelegramError, TelegramRejected
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class Delivery:
         manifest_file: Path,
         find_previous: Callable[[], ManifestRef | None],
         on_part_sent: Callable[[Manifest], None],
+        captions_to_complete: frozenset[int] = frozenset(),
     ) -> Delivered:
         """Send the parts not sent yet (a part with a message id already reached the chat on an earlier
         attempt), then the manifest, linked to the previous one and written to `manifest_file` first.
@@ -69,6 +73,7 @@ class Delivery:
             )
             parts[position] = replace(part, message_id=sent.message_id, file_id=sent.file_id)
             on_part_sent(replace(manifest, parts=tuple(parts)))
+        self._complete_captions(parts, facts, captions_to_complete)
         complete = replace(manifest, parts=tuple(parts), previous=find_previous())
         write_atomically(manifest_file, complete.to_json())
         sent = self._bot.send_document(
@@ -81,6 +86,23 @@ class Delivery:
         reference = ManifestRef(name=complete.name, message_id=sent.message_id, file_id=sent.file_id)
         return Delivered(complete, reference, self._pin(sent.message_id))
 
+    def _complete_captions(
+        self, parts: list[Part], facts: messages.BackupFacts, indexes: frozenset[int]
+    ) -> None:
+        """Parts sent while the dump ran did not know the count and the whole SHA-256 yet: add them."""
+        for part in parts:
+            if part.index not in indexes or part.message_id is None:
+                continue
+            caption = messages.part_caption(
+                facts, index=part.index, count=len(parts), part_size=part.size_bytes, part_sha256=part.sha256
+            )
+            try:
+                self._bot.edit_message_caption(self._chat_id, part.message_id, caption)
+            except TelegramError as error:
+                self._log.warning(
+                    "Could not complete the caption of a part", part=part.index, error=str(error)
+                )
+
     def _pin(self, message_id: int) -> str | None:
         try:
             self._bot.pin_chat_message(self._chat_id, message_id)
@@ -92,3 +114,55 @@ class Delivery:
         except TelegramError as error:
             return f"pinning the manifest failed: {error}"
         return None
+
+
+class EarlyUploader:
+    """Sends the parts of a backup that pg_dump is still writing, each once the part after it has begun
+    (so its name and count are settled), so that the upload overlaps the dump. It stops at the first
+    failure and leaves the rest to the outbox; its parts' captions are completed with the manifest."""
+
+    def __init__(self, bot: BotApi, chat_id: str, path: Path, name: str, database: str, log: Any) -> None:
+        self._bot = bot
+        self._chat_id = chat_id
+        self._path = path
+        self._name = name
+        self._database = database
+        self._log = log
+        self._queue: queue.Queue[tuple[int, int, int, str] | None] = queue.Queue()
+        self.sent: dict[int, SentMessage] = {}
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="early-upload", daemon=True)
+        self._thread.start()
+
+    def part_ready(self, index: int, offset: int, size: int, sha256: str) -> None:
+        self._queue.put((index, offset, size, sha256))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue  # after a failure the outbox sends what is left, in order
+            index, offset, size, sha256 = item
+            caption = messages.early_part_caption(
+                file=self._name, database=self._database, index=index, part_size=size, part_sha256=sha256
+            )
+            try:
+                sent = self._bot.send_document(
+                    self._chat_id,
+                    FileSlice(self._path, offset, size),
+                    part_name(self._name, index, 2),
+                    caption,
+                )
+            except (TelegramError, Cancelled) as error:
+                self.error = str(error)
+                self._log.warning(
+                    "Sending parts during the dump stopped; the outbox sends them after it", error=self.error
+                )
+                continue
+            self.sent[index] = sent
+            self._log.info(f"Sent part {index} while the dump goes on", file=part_name(self._name, index, 2))
+
+    def finish(self) -> dict[int, SentMessage]:
+        """Wait for the parts handed over so far; return what reached the chat, by part number."""
+        self._queue.put(None)
+        self._thread.join()
+        return self.sent

@@ -71,6 +71,16 @@ def part_caption(facts: BackupFacts, *, index: int, count: int, part_size: int, 
     )
 
 
+def early_part_caption(*, file: str, database: str, index: int, part_size: int, part_sha256: str) -> str:
+    """A part sent while the dump goes on; its caption is completed once the whole is known."""
+    return _clip(
+        f"📦 Backup {file}, part {index} (the dump is still running)\n"
+        f"Database: {database}\n"
+        f"This part: {human_size(part_size)}, SHA-256 {part_sha256}",
+        CAPTION_LIMIT,
+    )
+
+
 def manifest_caption(facts: BackupFacts, *, parts: int) -> str:
     return _clip(
         f"🗂 Manifest of backup {facts.file}: {parts} part(s), {human_size(facts.size_bytes)}, "

@@ -61,7 +61,12 @@ class Outbox:
             return self._next_due is not None and self._next_due <= self._clock.now()
 
     def add(
-        self, manifest: Manifest, facts: messages.BackupFacts, sql_bytes: int, warning: str | None
+        self,
+        manifest: Manifest,
+        facts: messages.BackupFacts,
+        sql_bytes: int,
+        warning: str | None,
+        captions_to_complete: frozenset[int] = frozenset(),
     ) -> None:
         """Put a new backup in the catalogue: pending when Telegram is configured, else kept locally."""
         self._state.add_entry(
@@ -77,6 +82,7 @@ class Outbox:
                 "attempts": 0,
                 "next_attempt_at": None,
                 "last_error": None,
+                "captions_to_complete": sorted(captions_to_complete),
             }
         )
         self.refresh()
@@ -119,6 +125,7 @@ class Outbox:
                 directory / manifest.file_name,
                 lambda: self._state.latest_manifest_ref() or self._pinned(bot, chat_id, bound),
                 lambda progress: self._state.update_entry(name, manifest=json.loads(progress.to_json())),
+                frozenset(entry.get("captions_to_complete") or ()),
             )
         except TelegramError as error:
             return self._postpone(name, attempts, error, bound)

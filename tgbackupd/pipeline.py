@@ -6,6 +6,7 @@ import concurrent.futures
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
 
@@ -115,9 +116,12 @@ class PartDigests:
     """Hash the stream in parts of `part_size` bytes as it passes, so the parts a backup is sent in are
     known (offset, size, SHA-256) the moment the file is complete, without reading it again."""
 
-    def __init__(self, part_size: int, downstream: Sink) -> None:
+    def __init__(
+        self, part_size: int, downstream: Sink, on_full_part: Callable[[int, int, str], None] | None = None
+    ) -> None:
         self._part_size = part_size
         self._downstream = downstream
+        self._on_full_part = on_full_part  # (index, size, sha256) of each full part, as soon as it is
         self._current = hashlib.sha256()
         self._current_size = 0
         self.parts: list[tuple[int, str]] = []  # (size, sha256) of each finished part
@@ -132,6 +136,8 @@ class PartDigests:
             view = view[take:]
             if self._current_size == self._part_size:
                 self._finish_part()
+                if self._on_full_part is not None:
+                    self._on_full_part(len(self.parts), *self.parts[-1])
 
     def _finish_part(self) -> None:
         self.parts.append((self._current_size, self._current.hexdigest()))

@@ -82,6 +82,10 @@ class BackupDirectory:
                 return name
             when += timedelta(seconds=1)
 
+    def partial_path(self, name: str) -> Path:
+        """Where the backup called `name` is written until it is complete."""
+        return self.path / self._partial_name(name)
+
     @staticmethod
     def _partial_name(name: str) -> str:
         """Hidden, and not matching the backup pattern, so nothing mistakes it for a backup."""

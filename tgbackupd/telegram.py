@@ -159,6 +159,10 @@ class BotApi:
 
         return self._sent(self._call("sendDocument", chat_id, request, self._attempts))
 
+    def edit_message_caption(self, chat_id: str, message_id: int, caption: str) -> None:
+        fields = {"chat_id": chat_id, "message_id": str(message_id), "caption": caption}
+        self._call("editMessageCaption", chat_id, lambda: {"data": fields}, self._attempts)
+
     def pin_chat_message(self, chat_id: str, message_id: int) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "disable_notification": "true"}
         self._call("pinChatMessage", chat_id, lambda: {"data": fields}, self._attempts)

@@ -331,3 +331,53 @@ def test_a_backup_compressed_on_several_threads_restores_both_ways(
     assert by_gunzip.startswith(b"--\n-- PostgreSQL database dump") and b"COPY public.noise" in by_gunzip
     assert restored.returncode == 0, restored.stderr
     assert fingerprint(target) == fingerprint(big_source)
+
+
+def test_parts_go_out_while_the_dump_still_runs_and_their_captions_are_completed(
+    tmp_path, big_source, bot_api
+):
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        result = backup_in_parts(tmp_path, big_source, bot_api)
+
+    events = [entry["event"] for entry in logs]
+    created = events.index(next(e for e in events if e.startswith("Backup created successfully")))
+    early = [
+        i for i, event in enumerate(events) if event.startswith("Sent part ") and "while the dump" in event
+    ]
+    assert result.succeeded and result.parts >= 3, result.error
+    assert early and all(i < created for i in early)  # sent before the dump had finished
+    documents = bot_api.documents()
+    assert [d.file_name for d in documents[:-1]] == [
+        f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)
+    ]
+    for index, document in enumerate(documents[:-1], start=1):
+        assert f"part {index} of {result.parts}" in document.fields["caption"]  # completed after the dump
+        assert result.sha256 in document.fields["caption"]
+
+
+def test_no_part_goes_out_early_while_an_older_backup_waits(tmp_path, make_database, big_source, bot_api):
+    import structlog
+
+    environment = base_environment(
+        tmp_path,
+        big_source,
+        **{
+            **telegram_environment(bot_api),
+            "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1",
+            "TGBACKUPD_TELEGRAM_RETRIES": "0",
+        },
+    )
+    bot_api.state.kicked_from.add(CHAT_ID)
+    first = Backup(load_config(None, environment)).run("scheduled")
+    bot_api.state.kicked_from.clear()
+    time.sleep(1)
+
+    with structlog.testing.capture_logs() as logs:
+        second = Backup(load_config(None, environment)).run("scheduled")
+
+    assert first.delivery == "pending" and second.delivery == "sent", second.error
+    assert not any("while the dump" in entry["event"] for entry in logs)
+    manifests = [json.loads(d.content)["name"] for d in bot_api.documents() if d.file_name.endswith(".json")]
+    assert manifests == [first.file, second.file]
