@@ -127,6 +127,12 @@ def main() -> None:
     dbname = f"tgbackupd_soak_{uuid.uuid4().hex[:8]}"
     psql("postgres", f"CREATE DATABASE {dbname}")
     psql(dbname, "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 20000) AS i")
+    # About 3 MB of random bytes: 3 to 4 parts of 1 MB, so faults also hit parts sent during the dump.
+    psql(
+        dbname,
+        "CREATE TABLE noise AS SELECT i, decode(string_agg(md5(i::text || random()::text), ''), 'hex') "
+        "AS b FROM generate_series(1, 24) AS i, generate_series(1, 8192) GROUP BY i",
+    )
     began = time.monotonic()
     try:
         with tempfile.TemporaryDirectory() as directory, BotApiStandIn() as api:
@@ -146,6 +152,7 @@ def main() -> None:
                 "TGBACKUPD_TELEGRAM_TIMEOUT": "5",
                 "TGBACKUPD_TELEGRAM_REDELIVER_MIN_S": "1",
                 "TGBACKUPD_TELEGRAM_REDELIVER_MAX_S": "4",
+                "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1",
             }
             daemon = Daemon(environment, workdir)
             daemon.start()
