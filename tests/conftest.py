@@ -213,14 +213,22 @@ class DaemonProcess:
     def log_text(self) -> str:
         return self.log_path.read_text()
 
-    def ctl(self, *args: str, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess[str]:
+    def _ctl_command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(self.socket_path), *args]
+
+    def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(self.socket_path), *args],
-            capture_output=True,
+            self._ctl_command(*args), capture_output=True, text=True, timeout=timeout, env=child_environment()
+        )
+
+    def trigger_in_background(self) -> subprocess.Popen[str]:
+        """`tgbackupctl trigger`, left running while the test does something to the daemon."""
+        return subprocess.Popen(
+            self._ctl_command("trigger"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
             env=child_environment(),
-            **popen,  # type: ignore[arg-type]
         )
 
     def stop(self) -> int:

@@ -347,8 +347,7 @@ class Backup:
                 return (
                     f"this dump is {messages.human_size(made.sql_bytes)} of SQL, {shrink}% smaller than the "
                     f"previous one ({messages.human_size(previous)}, {entry['name']}). Check that the "
-                    "database "
-                    "has not lost data before relying on it"
+                    "database has not lost data before relying on it"
                 )
             return None
         return None

@@ -127,12 +127,7 @@ def test_second_trigger_is_told_a_backup_is_running_and_wait_runs_after_it(
     )
     daemon = start_daemon(environment)
     daemon.notify.wait_for("READY=1")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = daemon.trigger_in_background()
     daemon.notify.wait_for("STATUS=Backing up")
 
     pings_before = sum("WATCHDOG=1" in m for m in daemon.notify.messages)
@@ -158,12 +153,7 @@ def test_sigterm_during_a_dump_ends_pg_dump_and_removes_the_partial_file(
     )
     daemon = start_daemon(environment)
     daemon.notify.wait_for("READY=1")
-    trigger = subprocess.Popen(
-        [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    trigger = daemon.trigger_in_background()
     deadline = time.monotonic() + 10
     while not list((tmp_path / "backups").glob(".*.partial")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -235,11 +235,7 @@ def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(
 def test_sigkill_mid_dump_leaves_nothing_that_looks_like_a_backup(tmp_path, make_database, daemon_for):
     source = make_database(empty=True)
     daemon = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=fake_pg_dump(tmp_path, "exec yes 'SELECT 1;'"))
-    subprocess.Popen(
-        ["python3", "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon.trigger_in_background()
     wait_until(lambda: any(p.stat().st_size > 0 for p in (tmp_path / "backups").glob(".*.partial")))
 
     daemon.process.send_signal(signal.SIGKILL)
@@ -259,11 +255,7 @@ def test_sigkill_mid_upload_resumes_the_delivery_after_a_restart(
     source = make_database(rows=10)
     bot_api.fail_next(Fault(action="stall", stall_s=30))
     daemon = daemon_for(source, TGBACKUPD_TELEGRAM_TIMEOUT="60")
-    subprocess.Popen(
-        ["python3", "-m", "tgbackupd.ctl", "--socket", str(daemon.socket_path), "trigger"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon.trigger_in_background()
     wait_until(lambda: any(r.endswith("/sendDocument") for r in bot_api.state.requests))
 
     daemon.process.send_signal(signal.SIGKILL)
