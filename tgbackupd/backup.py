@@ -21,7 +21,7 @@ from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, plan_parts
 from .outbox import Outbox
 from .pgdump import run_pg_dump
-from .pipeline import Digest, FileWriter, GzipCompressor, ParallelGzipCompressor, PartDigests, Sink
+from .pipeline import Digest, GzipCompressor, ParallelGzipCompressor, PartDigests, Sink
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile, write_atomically
@@ -134,7 +134,7 @@ class Backup:
         if bot is None:
             return
         try:
-            outcomes = self.outbox.drain(bot, self._directory.path, self.cancel)
+            outcomes = self.outbox.drain(bot, self._directory, self.cancel)
         except Cancelled:
             log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
             return
@@ -147,7 +147,7 @@ class Backup:
         """Remove what an interrupted run left behind, unless another process is backing up right now."""
         try:
             with self._directory.lock():
-                for stale in self._directory.remove_partials():
+                for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                     log.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
         except TgbackupdError as error:
             log.info("Not cleaning the backup directory now", reason=self._text(error))
@@ -175,7 +175,7 @@ class Backup:
         failure, having removed what it wrote."""
         self._directory.ensure()
         with self._directory.lock():
-            for stale in self._directory.remove_partials():
+            for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
             name = self._directory.unused_name(started)
             bound.info(f"Creating database backup: {name.removesuffix('.gz')}", file=name.removesuffix(".gz"))
@@ -191,7 +191,7 @@ class Backup:
             bound.info(
                 f"Backup created successfully: ({messages.human_size(made.manifest.size_bytes)})",
                 file=name,
-                path=str(self._directory.path / name),
+                path=str(self._directory.path / name) if self._config.backup.keep_local else None,
                 size_bytes=made.manifest.size_bytes,
                 sql_bytes=made.sql_bytes,
                 sha256=made.manifest.sha256,
@@ -201,29 +201,36 @@ class Backup:
 
     def _early_uploader(self, bot: BotApi | None, name: str, bound: Any) -> EarlyUploader | None:
         """Upload parts during the dump only when nothing older waits (the chat gets backups in order)
-        and no verification must come first."""
+        and no verification must come first. When the backup is not kept here, each part leaves the
+        spool once sent, and the dump waits while backup.spool_parts of them are queued."""
         telegram = self._config.telegram
         if bot is None or telegram.chat_id is None or not telegram.upload_while_dumping:
             return None
         if self._config.backup.verify_after or self.outbox.pending_count:
             return None
-        path = self._directory.partial_path(name)
-        return EarlyUploader(bot, telegram.chat_id, path, name, self._config.database.describe(), bound)
+        database = self._config.database.describe()
+        if self._config.backup.keep_local:
+            return EarlyUploader(bot, telegram.chat_id, name, database, bound)
+        return EarlyUploader(
+            bot,
+            telegram.chat_id,
+            name,
+            database,
+            bound,
+            max_waiting=self._config.backup.spool_parts,
+            after_sent=lambda index: self._directory.remove_spooled(name, index),
+        )
 
     def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:
         part_size = self._config.telegram.part_size_bytes
-        with self._directory.new_file(name) as stream:
-            held: list[tuple[int, int, int, str]] = []
+        kept = self._config.backup.keep_local
+        with self._directory.new_file(name) if kept else self._directory.new_spool(name) as writer:
 
-            def full_part(index: int, size: int, sha256: str) -> None:
-                # Hand over the previous part now that this one has begun: its name and count are
-                # settled (a backup of exactly one part keeps its plain name), and the file is flushed.
-                stream.flush()
-                if early is not None and held:
-                    early.part_ready(*held.pop())
-                held.append((index, (index - 1) * part_size, size, sha256))
+            def part_done(index: int, size: int, sha256: str) -> None:
+                assert early is not None
+                early.part_ready(index, sha256, writer.part(index, (index - 1) * part_size, size))
 
-            parts = PartDigests(part_size, FileWriter(stream), full_part if early else None)
+            parts = PartDigests(part_size, writer, part_done if early else None)
             digest = Digest(parts)
             sql = Digest(compressor(self._config.backup, digest))
             try:
@@ -309,15 +316,21 @@ class Backup:
             verification=verification,
             warning=warning,
         )
+        kept = self._config.backup.keep_local
         self.outbox.add(
-            dataclasses.replace(manifest, verified=verified), facts, made.sql_bytes, warning, made.sent_early
+            dataclasses.replace(manifest, verified=verified),
+            facts,
+            made.sql_bytes,
+            warning,
+            made.sent_early,
+            spooled=not kept,
         )
         delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
         return BackupResult(
             **base,
             duration_s=self._since(began),
             file=manifest.name,
-            path=str(self._directory.path / manifest.name),
+            path=str(self._directory.path / manifest.name) if kept else None,
             size_bytes=manifest.size_bytes,
             sql_bytes=made.sql_bytes,
             sha256=manifest.sha256,
@@ -356,7 +369,14 @@ class Backup:
         bound.info(f"Verifying backup: {manifest.name}", file=manifest.name)
         quiet = Progress(io.StringIO())  # inside the daemon, the log reports instead
         try:
-            checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
+            if self._config.backup.keep_local:
+                checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
+            else:
+                spooled = {
+                    part.index: self._directory.spool_path(manifest.name, part.index)
+                    for part in manifest.parts
+                }
+                checked = restore.from_parts(manifest, spooled, quiet)
             report = restore.verify(self._config.database, checked, quiet)
         except TgbackupdError as error:
             reason = self._text(error)
@@ -379,7 +399,7 @@ class Backup:
             return "local_only", None, None
         bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=name)
         try:
-            outcomes = self.outbox.drain(bot, self._directory.path, self.cancel)
+            outcomes = self.outbox.drain(bot, self._directory, self.cancel)
         except Cancelled:
             errors.append("tgbackupd is stopping; the backup stays in the outbox and is sent after a restart")
             return "pending", None, None

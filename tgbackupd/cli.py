@@ -105,8 +105,10 @@ def _run_once(config: Config) -> int:
             if result.delivery == "sent"
             else "kept locally (Telegram is not configured)"
         )
+        if result.path is None:
+            where += "; not kept on this machine (backup.keep = 0)"
         size = messages.human_size(result.size_bytes or 0)
-        print(f"Backup created: {result.path} ({size}), {where}")
+        print(f"Backup created: {result.path or result.file} ({size}), {where}")
         return 0
     print(f"Backup failed: {result.error}", file=sys.stderr)
     return 1

@@ -101,6 +101,7 @@ class Commands:
             "backup_directory": str(config.backup.directory),
             "keep": config.backup.keep,
             "backups_stored": len(self._directory.backups()) if count_backups else None,
+            "spool": self._spool() if count_backups else None,
             "pending_deliveries": self._outbox.pending_count,
             "pending": self._pending() if count_backups else None,
             "last_backup": self._runner.last_backup,
@@ -108,6 +109,11 @@ class Commands:
             "pid": os.getpid(),
             "started_at": self._started_at,
         }
+
+    def _spool(self) -> dict[str, int]:
+        """Parts of backups not kept here (backup.keep = 0) that wait on this disk for Telegram."""
+        waiting = self._directory.spooled()
+        return {"parts": len(waiting), "size_bytes": sum(part.size_bytes for part in waiting)}
 
     def _pending(self) -> list[dict[str, Any]]:
         return [

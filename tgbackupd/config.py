@@ -187,7 +187,8 @@ KEYS = (
     _Key("backup", "minute", _integer(0, 59, "a minute"), 0),
     _Key("backup", "directory", _path),
     _Key("backup", "prefix", _prefix),
-    _Key("backup", "keep", _integer(1, 10000, "a number of backups"), 7),
+    _Key("backup", "keep", _integer(0, 10000, "a number of backups (0: none kept here)"), 7),
+    _Key("backup", "spool_parts", _integer(1, 10000, "a number of parts"), 4),
     _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
     _Key("backup", "compression_threads", _integer(1, 64, "a number of threads"), 1),
     _Key("backup", "verify_after", _boolean, False),
@@ -260,11 +261,18 @@ class BackupConfig:
     directory: Path
     prefix: str
     keep: int
+    spool_parts: int
     compression_level: int
     compression_threads: int
     verify_after: bool
     catch_up: bool
     catch_up_delay_s: int
+
+    @property
+    def keep_local(self) -> bool:
+        """False with keep = 0: backups live in Telegram only, and the directory is a spool of the parts
+        not sent yet."""
+        return self.keep > 0
 
 
 @dataclass(frozen=True)
@@ -295,6 +303,12 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     values, sources, problems, config_file = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
     database = _resolve_database(values, problems, required=True)
+    if values["backup.keep"] == 0 and not telegram.configured:
+        problems.append(
+            "backup.keep = 0 keeps no backup on this machine, so they must go to Telegram, which is not "
+            f"configured (set {' and '.join(telegram.missing)}): configure Telegram, or keep at least 1 "
+            "backup here"
+        )
     if problems:
         raise ConfigError(problems)
     assert database is not None
@@ -309,6 +323,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             directory=directory,
             prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
             keep=values["backup.keep"],
+            spool_parts=values["backup.spool_parts"],
             compression_level=values["backup.compression_level"],
             compression_threads=values["backup.compression_threads"],
             verify_after=values["backup.verify_after"],
@@ -629,6 +644,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "directory": str(config.backup.directory),
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
+            "spool_parts": config.backup.spool_parts,
             "compression_level": config.backup.compression_level,
             "compression_threads": config.backup.compression_threads,
             "verify_after": config.backup.verify_after,

@@ -23,6 +23,7 @@ from .errors import ConfigError, RestoreError, TgbackupdError
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile
+from .storage import spool_path
 from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
@@ -140,8 +141,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"Database:          {data['database']}",
         f"Scheduled backups: {schedule}",
         f"Telegram:          {telegram}",
-        f"Local backups:     {data['backups_stored']} in {data['backup_directory']}"
-        f" (keeping the newest {data['keep']})",
+        f"Local backups:     {_local_backups(data)}",
         f"Last backup:       {describe_last(data['last_backup'])}",
     ]
     for waiting in data.get("pending") or []:
@@ -163,6 +163,18 @@ def render_status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _local_backups(data: dict[str, Any]) -> str:
+    stored = f"{data['backups_stored']} in {data['backup_directory']}"
+    if data["keep"]:
+        return f"{stored} (keeping the newest {data['keep']})"
+    spool = data.get("spool") or {}
+    waiting = ""
+    if spool.get("parts"):
+        size = messages.human_size(spool["size_bytes"])
+        waiting = f"; {spool['parts']} part(s), {size}, wait in the spool for Telegram"
+    return f"{stored} (backup.keep = 0: backups are kept in Telegram only{waiting})"
+
+
 def render_backup(backup: dict[str, Any]) -> str:
     if not backup.get("file"):
         return ""
@@ -173,7 +185,7 @@ def render_backup(backup: dict[str, Any]) -> str:
         "failed": "kept locally, NOT sent to Telegram",
     }.get(backup["delivery"], backup["delivery"])
     lines = [
-        f"File:     {backup['path']}",
+        f"File:     {backup['path'] or backup['file'] + ' (not kept on this machine: backup.keep = 0)'}",
         f"Size:     {size}",
         f"SHA-256:  {backup['sha256']}",
         f"Took:     {backup['duration_s']:.1f} s",
@@ -196,7 +208,7 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
         if row.get("manifest_message_id"):
             telegram = f"{telegram} (#{row['manifest_message_id']})"
         verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
-        local = {True: "yes", False: "no", None: "-"}[row.get("local")]
+        local = {True: "yes", False: "no", None: "-"}.get(row.get("local"), str(row.get("local")))
         parts = row.get("parts") or "?"
         lines.append(f"{row['name']:<48} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} {verified}")
     return "\n".join(lines)
@@ -324,9 +336,23 @@ def _fetch(
     local = config.backup_directory / manifest.name
     if local.is_file():
         return restore.from_local_file(local, manifest, progress)
+    # Not kept here (backup.keep = 0): parts still waiting in the spool are read from it.
+    spooled = {
+        part.index: path
+        for part in manifest.parts
+        if (path := spool_path(config.backup_directory, manifest.name, part.index)).is_file()
+    }
+    if len(spooled) == len(manifest.parts):
+        return restore.from_parts(manifest, spooled, progress)
     bot, chat_id = _bot(config)
-    progress.note(f"{manifest.name} is not on this machine any more: downloading it from Telegram")
-    return restore.TelegramSource(bot, chat_id, progress).fetch(manifest, workdir)
+    if spooled:
+        progress.note(
+            f"{len(spooled)} of the {len(manifest.parts)} parts of {manifest.name} are still in the spool "
+            "here: downloading the others from Telegram"
+        )
+    else:
+        progress.note(f"{manifest.name} is not on this machine any more: downloading it from Telegram")
+    return restore.TelegramSource(bot, chat_id, progress).fetch(manifest, workdir, spooled)
 
 
 @contextmanager

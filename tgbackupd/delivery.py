@@ -42,18 +42,19 @@ class Delivery:
 
     def send(
         self,
-        path: Path,
+        locate: Callable[[Part], FileSlice],
         manifest: Manifest,
         facts: messages.BackupFacts,
         manifest_file: Path,
         find_previous: Callable[[], ManifestRef | None],
-        on_part_sent: Callable[[Manifest], None],
+        on_part_sent: Callable[[Manifest, int], None],
         captions_to_complete: frozenset[int] = frozenset(),
     ) -> Delivered:
         """Send the parts not sent yet (a part with a message id already reached the chat on an earlier
-        attempt), then the manifest, linked to the previous one and written to `manifest_file` first.
-        `on_part_sent` gets the manifest after each part, so that progress survives a crash. Raise
-        TelegramError if a part or the manifest could not be sent; a refused pin is only reported."""
+        attempt), each read from where `locate` says, then the manifest, linked to the previous one and
+        written to `manifest_file` first. `on_part_sent` gets the manifest and the part's number after
+        each part, so that progress survives a crash. Raise TelegramError if a part or the manifest could
+        not be sent; a refused pin is only reported."""
         count = len(manifest.parts)
         parts = list(manifest.parts)
         for position, part in enumerate(parts):
@@ -68,11 +69,9 @@ class Delivery:
                 self._log.info(
                     f"Sending part {part.index} of {count}", file=part.file_name, size_bytes=part.size_bytes
                 )
-            sent = self._bot.send_document(
-                self._chat_id, FileSlice(path, part.offset, part.size_bytes), part.file_name, caption
-            )
+            sent = self._bot.send_document(self._chat_id, locate(part), part.file_name, caption)
             parts[position] = replace(part, message_id=sent.message_id, file_id=sent.file_id)
-            on_part_sent(replace(manifest, parts=tuple(parts)))
+            on_part_sent(replace(manifest, parts=tuple(parts)), part.index)
         self._complete_captions(parts, facts, captions_to_complete)
         complete = replace(manifest, parts=tuple(parts), previous=find_previous())
         write_atomically(manifest_file, complete.to_json())
@@ -119,39 +118,49 @@ class Delivery:
 class EarlyUploader:
     """Sends the parts of a backup that pg_dump is still writing, each once the part after it has begun
     (so its name and count are settled), so that the upload overlaps the dump. It stops at the first
-    failure and leaves the rest to the outbox; its parts' captions are completed with the manifest."""
+    failure and leaves the rest to the outbox; its parts' captions are completed with the manifest.
+    With `max_waiting`, handing over a part waits while that many are queued (the spool stays small);
+    `after_sent` hears of each part that reached the chat."""
 
-    def __init__(self, bot: BotApi, chat_id: str, path: Path, name: str, database: str, log: Any) -> None:
+    def __init__(
+        self,
+        bot: BotApi,
+        chat_id: str,
+        name: str,
+        database: str,
+        log: Any,
+        max_waiting: int = 0,
+        after_sent: Callable[[int], None] | None = None,
+    ) -> None:
         self._bot = bot
         self._chat_id = chat_id
-        self._path = path
         self._name = name
         self._database = database
         self._log = log
-        self._queue: queue.Queue[tuple[int, int, int, str] | None] = queue.Queue()
+        self._after_sent = after_sent
+        self._queue: queue.Queue[tuple[int, str, FileSlice] | None] = queue.Queue(max_waiting)
         self.sent: dict[int, SentMessage] = {}
         self.error: str | None = None
         self._thread = threading.Thread(target=self._run, name="early-upload", daemon=True)
         self._thread.start()
 
-    def part_ready(self, index: int, offset: int, size: int, sha256: str) -> None:
-        self._queue.put((index, offset, size, sha256))
+    def part_ready(self, index: int, sha256: str, piece: FileSlice) -> None:
+        self._queue.put((index, sha256, piece))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             if self.error is not None:
                 continue  # after a failure the outbox sends what is left, in order
-            index, offset, size, sha256 = item
+            index, sha256, piece = item
             caption = messages.early_part_caption(
-                file=self._name, database=self._database, index=index, part_size=size, part_sha256=sha256
+                file=self._name,
+                database=self._database,
+                index=index,
+                part_size=piece.length,
+                part_sha256=sha256,
             )
             try:
-                sent = self._bot.send_document(
-                    self._chat_id,
-                    FileSlice(self._path, offset, size),
-                    part_name(self._name, index, 2),
-                    caption,
-                )
+                sent = self._bot.send_document(self._chat_id, piece, part_name(self._name, index, 2), caption)
             except (TelegramError, Cancelled) as error:
                 self.error = str(error)
                 self._log.warning(
@@ -159,6 +168,8 @@ class EarlyUploader:
                 )
                 continue
             self.sent[index] = sent
+            if self._after_sent is not None:
+                self._after_sent(index)
             self._log.info(f"Sent part {index} while the dump goes on", file=part_name(self._name, index, 2))
 
     def finish(self) -> dict[int, SentMessage]:

@@ -6,7 +6,6 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from . import messages
@@ -16,6 +15,7 @@ from .delivery import Delivered, Delivery, pinned_manifest_ref
 from .manifest import Manifest, ManifestError, ManifestRef
 from .redaction import scrub
 from .state import StateFile
+from .storage import BackupDirectory
 from .telegram import BotApi, TelegramError
 
 
@@ -67,8 +67,10 @@ class Outbox:
         sql_bytes: int,
         warning: str | None,
         captions_to_complete: frozenset[int] = frozenset(),
+        spooled: bool = False,
     ) -> None:
-        """Put a new backup in the catalogue: pending when Telegram is configured, else kept locally."""
+        """Put a new backup in the catalogue: pending when Telegram is configured, else kept locally.
+        A `spooled` backup is not kept here: its parts wait in the spool, each removed once sent."""
         self._state.add_entry(
             {
                 "name": manifest.name,
@@ -83,11 +85,12 @@ class Outbox:
                 "next_attempt_at": None,
                 "last_error": None,
                 "captions_to_complete": sorted(captions_to_complete),
+                "spooled": spooled,
             }
         )
         self.refresh()
 
-    def drain(self, bot: BotApi, directory: Path, cancel: threading.Event) -> dict[str, Outcome]:
+    def drain(self, bot: BotApi, directory: BackupDirectory, cancel: threading.Event) -> dict[str, Outcome]:
         """Deliver what is pending, oldest first; stop at the first failure, so none overtakes another.
         Raise Cancelled if told to stop: what was not sent stays pending, due at once after a restart."""
         chat_id = self._config.telegram.chat_id
@@ -103,28 +106,39 @@ class Outbox:
             self.refresh()
         return outcomes
 
-    def _deliver_one(self, bot: BotApi, chat_id: str, directory: Path, entry: dict[str, Any]) -> Outcome:
+    def _deliver_one(
+        self, bot: BotApi, chat_id: str, directory: BackupDirectory, entry: dict[str, Any]
+    ) -> Outcome:
         name = entry["name"]
-        path = directory / name
+        spooled = bool(entry.get("spooled"))
         bound = self._log.bind(file=name)
         try:
             manifest = Manifest.from_json(json.dumps(entry["manifest"]).encode())
             facts = messages.BackupFacts(**entry["facts"])
         except (KeyError, TypeError, ManifestError) as error:
             return self._lose(name, f"its catalogue entry is damaged ({error})", bound)
-        if not path.is_file():
-            return self._lose(name, f"{path} was removed before it could be sent", bound)
+        missing = directory.first_missing(manifest, spooled)
+        if missing is not None:
+            if spooled:
+                directory.remove_spooled(name)
+            return self._lose(name, f"{missing} was removed before it could be sent", bound)
         attempts = int(entry.get("attempts") or 0) + 1
         if attempts > 1:
             bound.info("Sending a backup that is waiting for delivery", attempt=attempts)
+
+        def part_sent(progress: Manifest, index: int) -> None:
+            self._state.update_entry(name, manifest=json.loads(progress.to_json()))
+            if spooled:  # recorded first: a crash in between leaves a file, never a part unaccounted for
+                directory.remove_spooled(name, index)
+
         try:
             delivered = Delivery(bot, chat_id, bound).send(
-                path,
+                lambda part: directory.part_slice(name, part, spooled),
                 manifest,
                 facts,
-                directory / manifest.file_name,
+                directory.path / manifest.file_name,
                 lambda: self._state.latest_manifest_ref() or self._pinned(bot, chat_id, bound),
-                lambda progress: self._state.update_entry(name, manifest=json.loads(progress.to_json())),
+                part_sent,
                 frozenset(entry.get("captions_to_complete") or ()),
             )
         except TelegramError as error:
@@ -139,6 +153,8 @@ class Outbox:
             next_attempt_at=None,
             last_error=None,
         )
+        if spooled:
+            directory.remove_spooled(name)
         if attempts > 1:
             bound.info("A backup that was waiting has been delivered", attempts=attempts)
         return Outcome("sent", delivered=delivered)

@@ -4,10 +4,9 @@
 import collections
 import concurrent.futures
 import hashlib
-import os
 import zlib
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 
 class Sink(Protocol):
@@ -98,46 +97,39 @@ class Digest:
         return self._hash.hexdigest()
 
 
-class FileWriter:
-    """The end of the line: write to an open file, and make it durable (fsync) on close."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-
-    def write(self, data: bytes) -> None:
-        self._stream.write(data)
-
-    def close(self) -> None:
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
+class PartSink(Sink, Protocol):
+    def end_part(self) -> None:
+        """The bytes written so far end a part: make them readable as one (flush, or seal a file)."""
 
 
 class PartDigests:
     """Hash the stream in parts of `part_size` bytes as it passes, so the parts a backup is sent in are
-    known (offset, size, SHA-256) the moment the file is complete, without reading it again."""
+    known (offset, size, SHA-256) the moment the file is complete, without reading it again. A part is
+    finished when the first byte after it arrives: only then is it known not to be the only one (a
+    backup of one part keeps its plain name), so `on_part` hears of every part but the last."""
 
     def __init__(
-        self, part_size: int, downstream: Sink, on_full_part: Callable[[int, int, str], None] | None = None
+        self, part_size: int, downstream: PartSink, on_part: Callable[[int, int, str], None] | None = None
     ) -> None:
         self._part_size = part_size
         self._downstream = downstream
-        self._on_full_part = on_full_part  # (index, size, sha256) of each full part, as soon as it is
+        self._on_part = on_part  # (index, size, sha256) of each finished part that is not the last
         self._current = hashlib.sha256()
         self._current_size = 0
         self.parts: list[tuple[int, str]] = []  # (size, sha256) of each finished part
 
     def write(self, data: bytes) -> None:
-        self._downstream.write(data)
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self._part_size - self._current_size)
-            self._current.update(view[:take])
-            self._current_size += take
-            view = view[take:]
+        while data:
             if self._current_size == self._part_size:
                 self._finish_part()
-                if self._on_full_part is not None:
-                    self._on_full_part(len(self.parts), *self.parts[-1])
+                self._downstream.end_part()
+                if self._on_part is not None:
+                    self._on_part(len(self.parts), *self.parts[-1])
+            take = self._part_size - self._current_size
+            piece, data = data[:take], data[take:]  # no copy unless a part ends inside this chunk
+            self._current.update(piece)
+            self._downstream.write(piece)
+            self._current_size += len(piece)
 
     def _finish_part(self) -> None:
         self.parts.append((self._current_size, self._current.hexdigest()))

@@ -172,6 +172,11 @@ def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -
     return check(manifest.name, _manifest_pieces(manifest, {}, whole_file=path), manifest.sha256, progress)
 
 
+def from_parts(manifest: Manifest, located: dict[int, Path], progress: Progress) -> CheckedBackup:
+    """A backup's parts, each a file of its own (a download, or the spool of a backup not kept here)."""
+    return check(manifest.name, _manifest_pieces(manifest, located), manifest.sha256, progress)
+
+
 def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
     """A folder of downloaded parts (`name.sql.gz.001`, …), with or without the manifest beside them."""
     manifests = sorted(folder.glob(f"*{SUFFIX}"))
@@ -183,11 +188,10 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
     wholes = sorted(folder.glob("*.sql.gz"))
     if len(manifests) == 1:
         manifest = _load_manifest_file(manifests[0])
-        if len(manifest.parts) == 1:
-            return from_local_file(folder / manifest.parts[0].file_name, manifest, progress)
-        return check(
-            manifest.name, _manifest_pieces(manifest, parts.get(manifest.name, {})), manifest.sha256, progress
-        )
+        whole = folder / manifest.parts[0].file_name
+        if len(manifest.parts) == 1 and whole.is_file():
+            return from_local_file(whole, manifest, progress)
+        return from_parts(manifest, parts.get(manifest.name, {}), progress)
     if len(manifests) > 1:
         raise RestoreError(
             f"{folder} holds {len(manifests)} manifests: keep the one backup to restore, or name a file"
@@ -279,14 +283,14 @@ class TelegramSource:
             f"no backup called {which} in chat {self._chat_id} (see `tgbackupctl list --remote`)"
         )
 
-    def fetch(self, manifest: Manifest, workdir: Path) -> CheckedBackup:
-        """Download every part into `workdir`, each checked as it arrives (and downloaded again when it
-        came truncated or damaged), then check the whole."""
-        located: dict[int, Path] = {}
+    def fetch(self, manifest: Manifest, workdir: Path, local: dict[int, Path] | None = None) -> CheckedBackup:
+        """Download every part not found `local`ly into `workdir`, each checked as it arrives (and
+        downloaded again when it came truncated or damaged), then check the whole."""
+        located = dict(local or {})
         for part in manifest.parts:
-            located[part.index] = self._download_part(manifest, part, workdir)
-        pieces = _manifest_pieces(manifest, located)
-        return check(manifest.name, pieces, manifest.sha256, self._progress)
+            if part.index not in located:
+                located[part.index] = self._download_part(manifest, part, workdir)
+        return from_parts(manifest, located, self._progress)
 
     def _download_part(self, manifest: Manifest, part: Part, workdir: Path) -> Path:
         count = len(manifest.parts)

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from .manifest import Manifest, ManifestError, ManifestRef
+from .storage import spool_path
 
 CATALOGUE_LIMIT = 500
 _BACKUP_NAME = re.compile(r"^.+_backup_(?P<stamp>[0-9]{8}_[0-9]{6})\.sql\.gz$")
@@ -45,6 +46,16 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
 def _mapping(value: Any) -> dict[str, Any]:
     """A JSON object from the state file, or an empty one where something else stands."""
     return value if isinstance(value, dict) else {}
+
+
+def _where_kept(directory: Path, name: str, manifest: dict[str, Any]) -> bool | str:
+    """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent."""
+    if (directory / name).is_file():
+        return True
+    count = len(manifest.get("parts") or [])
+    if any(spool_path(directory, name, index).is_file() for index in range(1, count + 1)):
+        return "spool"
+    return False
 
 
 def _stamp(name: str) -> str:
@@ -157,7 +168,7 @@ class StateFile:
                 "verified": manifest.get("verified"),
                 "delivery": entry.get("delivery"),
                 "manifest_message_id": reference.get("message_id"),
-                "local": (directory / name).is_file(),
+                "local": _where_kept(directory, name, manifest),
                 "warning": entry.get("warning"),
                 "last_error": entry.get("last_error") if entry.get("delivery") == "pending" else None,
             }

@@ -1,7 +1,9 @@
-"""The backup directory: names, files written under a temporary name and renamed into place, retention."""
+"""The backup directory: names, files written under a temporary name and renamed into place, retention,
+and the spool of parts waiting for Telegram when backups are not kept here (backup.keep = 0)."""
 
 import contextlib
 import fcntl
+import glob
 import os
 import re
 from collections.abc import Iterator
@@ -11,12 +13,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StorageError
-from .manifest import manifest_name
+from .manifest import Manifest, Part, manifest_name
+from .telegram import FileSlice
 
 SUFFIX = ".sql.gz"
 _PARTIAL_SUFFIX = ".partial"
 _FILE_MODE = 0o600  # a backup holds the whole database
 _DIRECTORY_MODE = 0o700
+_SPOOL_PART = re.compile(r"^(?P<name>.+\.sql\.gz)\.[0-9]{3,}$")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,21 @@ class StoredBackup:
 
 def _describe(error: OSError) -> str:
     return error.strerror or str(error)
+
+
+def spool_path(directory: Path, name: str, index: int) -> Path:
+    """Where part `index` of a backup that is not kept here waits until it is sent. Named as in the
+    chat, so that a folder of them restores (`tgbackupctl restore DIR`) or joins with `cat`."""
+    return directory / f"{name}.{index:03d}"
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file only its owner may read (a backup holds the whole database)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    except OSError as error:
+        raise StorageError(f"cannot create a file in {path.parent}: {_describe(error)}") from None
+    return os.fdopen(descriptor, "wb")
 
 
 class BackupDirectory:
@@ -78,13 +97,10 @@ class BackupDirectory:
         """Return the file name for a backup made at `when`; the next free second if that one is taken."""
         while True:
             name = f"{self.prefix}_backup_{when:%Y%m%d_%H%M%S}{SUFFIX}"
-            if not (self.path / name).exists() and not (self.path / self._partial_name(name)).exists():
+            taken = (self.path / name, self.path / self._partial_name(name), self.spool_path(name, 1))
+            if not any(path.exists() for path in taken):
                 return name
             when += timedelta(seconds=1)
-
-    def partial_path(self, name: str) -> Path:
-        """Where the backup called `name` is written until it is complete."""
-        return self.path / self._partial_name(name)
 
     @staticmethod
     def _partial_name(name: str) -> str:
@@ -92,17 +108,13 @@ class BackupDirectory:
         return f".{name}{_PARTIAL_SUFFIX}"
 
     @contextlib.contextmanager
-    def new_file(self, name: str) -> Iterator[BinaryIO]:
-        """Yield a file to write the backup into. On a clean exit it is fsynced and renamed to `name`;
-        on an exception it is removed, so a failed backup leaves nothing that looks like one."""
+    def new_file(self, name: str) -> Iterator["WholeFileWriter"]:
+        """Yield a writer for the backup, kept here as one file. On a clean exit it is fsynced and renamed
+        to `name`; on an exception it is removed, so a failed backup leaves nothing that looks like one."""
         partial = self.path / self._partial_name(name)
+        stream = _create(partial)
         try:
-            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        except OSError as error:
-            raise StorageError(f"cannot create a file in {self.path}: {_describe(error)}") from None
-        stream = os.fdopen(descriptor, "wb")
-        try:
-            yield stream
+            yield WholeFileWriter(stream, partial)
             stream.close()
             os.rename(partial, self.path / name)
             self._sync_directory()
@@ -110,6 +122,61 @@ class BackupDirectory:
             stream.close()
             partial.unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def new_spool(self, name: str) -> Iterator["SpoolWriter"]:
+        """Yield a writer for a backup that is not kept here: one file per part, each removed once Telegram
+        has it. On an exception every part file of it is removed."""
+        writer = SpoolWriter(self, name)
+        try:
+            yield writer
+            self._sync_directory()
+        except BaseException:
+            writer.abandon()
+            self.remove_spooled(name)
+            raise
+
+    def spool_path(self, name: str, index: int) -> Path:
+        return spool_path(self.path, name, index)
+
+    def part_slice(self, name: str, part: Part, spooled: bool) -> FileSlice:
+        """The bytes of one part: its own file in the spool, or a byte range of the backup file."""
+        if spooled:
+            return FileSlice(self.spool_path(name, part.index), 0, part.size_bytes)
+        return FileSlice(self.path / name, part.offset, part.size_bytes)
+
+    def first_missing(self, manifest: Manifest, spooled: bool) -> Path | None:
+        """A file that a backup's parts not yet sent are read from, and that is gone, if any."""
+        if not spooled:
+            whole = self.path / manifest.name
+            return None if whole.is_file() else whole
+        for part in manifest.parts:
+            path = self.spool_path(manifest.name, part.index)
+            if part.message_id is None and not path.is_file():
+                return path
+        return None
+
+    def remove_spooled(self, name: str, index: int | None = None) -> None:
+        """Remove one part of a backup that is not kept here, once sent, or all of them and the manifest."""
+        if index is not None:
+            self.spool_path(name, index).unlink(missing_ok=True)
+            return
+        for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*"):
+            if _SPOOL_PART.match(path.name):
+                path.unlink(missing_ok=True)
+        (self.path / manifest_name(name)).unlink(missing_ok=True)
+
+    def spooled(self) -> list[StoredBackup]:
+        """The part files waiting in the spool for Telegram."""
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError:
+            return []
+        return [
+            StoredBackup(entry.name, Path(entry.path), entry.stat().st_size)
+            for entry in entries
+            if (match := _SPOOL_PART.match(entry.name)) and self._pattern.match(match["name"])
+        ]
 
     def _sync_directory(self) -> None:
         descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -150,13 +217,81 @@ class BackupDirectory:
             removed.append(backup.name)
         return removed
 
-    def remove_partials(self) -> list[str]:
-        """Remove files left by a backup that was interrupted by a crash or power loss."""
-        pattern = re.compile(rf"^\.{re.escape(self.prefix)}_backup_.*{re.escape(SUFFIX + _PARTIAL_SUFFIX)}$")
+    def remove_leftovers(self, waiting: set[str] | frozenset[str]) -> list[str]:
+        """Remove what a backup interrupted by a crash or power loss left: files still being written, and
+        spooled parts of a backup that never finished (those `waiting` to be sent are kept)."""
+        partial = re.compile(
+            rf"^\.{re.escape(self.prefix)}_backup_.*{re.escape(SUFFIX)}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
+        )
         removed = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.path):
-                if pattern.match(entry.name):
+                spooled = _SPOOL_PART.match(entry.name)
+                if partial.match(entry.name) or (
+                    spooled and self._pattern.match(spooled["name"]) and spooled["name"] not in waiting
+                ):
                     Path(entry.path).unlink(missing_ok=True)
                     removed.append(entry.name)
-        return removed
+        return sorted(removed)
+
+
+class WholeFileWriter:
+    """Writes a backup into one file, the copy kept locally; its parts are byte ranges of it."""
+
+    def __init__(self, stream: BinaryIO, path: Path) -> None:
+        self._stream = stream
+        self._path = path  # its name while it is written
+
+    def write(self, data: bytes) -> None:
+        self._stream.write(data)
+
+    def end_part(self) -> None:
+        self._stream.flush()  # so that the part can be read (and uploaded) from the file already
+
+    def close(self) -> None:
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+
+    def part(self, index: int, offset: int, size: int) -> FileSlice:
+        return FileSlice(self._path, offset, size)
+
+
+class SpoolWriter:
+    """Writes a backup as one file per part, each under a hidden name until it is complete and durable."""
+
+    def __init__(self, directory: BackupDirectory, name: str) -> None:
+        self._directory = directory
+        self._name = name
+        self._index = 1
+        self._stream: BinaryIO | None = None
+
+    def _partial(self) -> Path:
+        final = self._directory.spool_path(self._name, self._index)
+        return final.with_name(f".{final.name}{_PARTIAL_SUFFIX}")
+
+    def write(self, data: bytes) -> None:
+        if self._stream is None:
+            self._stream = _create(self._partial())
+        self._stream.write(data)
+
+    def end_part(self) -> None:
+        if self._stream is None:  # an empty backup is one empty part
+            self._stream = _create(self._partial())
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+        self._stream.close()
+        self._stream = None
+        os.rename(self._partial(), self._directory.spool_path(self._name, self._index))
+        self._index += 1
+
+    def close(self) -> None:
+        self.end_part()
+
+    def part(self, index: int, offset: int, size: int) -> FileSlice:
+        return FileSlice(self._directory.spool_path(self._name, index), 0, size)
+
+    def abandon(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._partial().unlink(missing_ok=True)

@@ -232,9 +232,14 @@ def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(
     assert daemon.stop() == 0
 
 
-def test_sigkill_mid_dump_leaves_nothing_that_looks_like_a_backup(tmp_path, make_database, daemon_for):
+@pytest.mark.parametrize("keep", ["7", "0"], ids=["kept-locally", "spooled"])
+def test_sigkill_mid_dump_leaves_nothing_that_looks_like_a_backup(tmp_path, make_database, daemon_for, keep):
     source = make_database(empty=True)
-    daemon = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=fake_pg_dump(tmp_path, "exec yes 'SELECT 1;'"))
+    daemon = daemon_for(
+        source,
+        TGBACKUPD_DATABASE_PG_DUMP=fake_pg_dump(tmp_path, "exec yes 'SELECT 1;'"),
+        TGBACKUPD_BACKUP_KEEP=keep,
+    )
     daemon.trigger_in_background()
     wait_until(lambda: any(p.stat().st_size > 0 for p in (tmp_path / "backups").glob(".*.partial")))
 
@@ -243,28 +248,38 @@ def test_sigkill_mid_dump_leaves_nothing_that_looks_like_a_backup(tmp_path, make
     subprocess.run(["pkill", "-f", str(tmp_path / "fake_pg_dump")], check=False)
     assert list((tmp_path / "backups").glob("*.sql.gz")) == []  # only the hidden partial is left
 
-    again = daemon_for(source)
+    again = daemon_for(source, TGBACKUPD_BACKUP_KEEP=keep)
     assert list((tmp_path / "backups").glob("*.partial")) == []
+    assert list((tmp_path / "backups").glob("*.sql.gz*")) == []
     assert "Removed an unfinished backup file left by an interrupted run" in again.log_text()
     assert again.stop() == 0
 
 
+@pytest.mark.parametrize("keep", ["7", "0"], ids=["kept-locally", "spooled"])
 def test_sigkill_mid_upload_resumes_the_delivery_after_a_restart(
-    tmp_path, make_database, bot_api, daemon_for
+    tmp_path, make_database, bot_api, daemon_for, keep
 ):
     source = make_database(rows=10)
     bot_api.fail_next(Fault(action="stall", stall_s=30))
-    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_TIMEOUT="60")
+    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_TIMEOUT="60", TGBACKUPD_BACKUP_KEEP=keep)
     daemon.trigger_in_background()
     wait_until(lambda: any(r.endswith("/sendDocument") for r in bot_api.state.requests))
 
     daemon.process.send_signal(signal.SIGKILL)
     daemon.wait()
+    backups = tmp_path / "backups"
+    if keep == "0":  # the one part waits in the spool, under the name it has in the chat plus .001
+        assert [p.name for p in backups.glob("*.sql.gz.*")] == [
+            f"{json.loads((tmp_path / 'state.json').read_text())['catalogue'][0]['name']}.001"
+        ]
 
-    again = daemon_for(source)
+    again = daemon_for(source, TGBACKUPD_BACKUP_KEEP=keep)
     wait_until(lambda: len(bot_api.documents()) == 2)
-    assert status(again)["pending_deliveries"] == 0
-    assert len(list((tmp_path / "backups").glob("*.sql.gz"))) == 1
+    wait_until(lambda: status(again)["pending_deliveries"] == 0)
+    assert len(list(backups.glob("*.sql.gz"))) == (1 if keep == "7" else 0)
+    if keep == "0":  # delivered: nothing of it is left here, and status says where backups are
+        assert list(backups.glob("*.sql.gz*")) == [] and list(backups.glob("*.json")) == []
+        assert "backups are kept in Telegram only" in again.ctl("status").stdout
     assert again.stop() == 0
 
 

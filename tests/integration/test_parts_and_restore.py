@@ -1,9 +1,11 @@
 """Any size reaches the chat in parts, and the database comes back from the chat alone."""
 
 import gzip
+import hashlib
 import json
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -381,3 +383,111 @@ def test_no_part_goes_out_early_while_an_older_backup_waits(tmp_path, make_datab
     assert not any("while the dump" in entry["event"] for entry in logs)
     manifests = [json.loads(d.content)["name"] for d in bot_api.documents() if d.file_name.endswith(".json")]
     assert manifests == [first.file, second.file]
+
+
+class SpoolWatcher:
+    """Looks at the backup directory every few milliseconds while a backup runs, and remembers the most
+    part files (finished or being written) it ever held at once."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.most = 0
+        self.most_finished = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            names = [p.name for p in self._directory.glob("*.sql.gz.*")] if self._directory.is_dir() else []
+            finished = [name for name in names if not name.startswith(".")]
+            self.most = max(self.most, len(names))
+            self.most_finished = max(self.most_finished, len(finished))
+            time.sleep(0.005)
+
+    def __enter__(self) -> "SpoolWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.parametrize("spool_parts", [1, 2])
+def test_with_keep_0_the_spool_holds_only_the_parts_not_sent_yet_and_empties(
+    tmp_path, big_source, make_database, bot_api, spool_parts
+):
+    bot_api.state.uplink_bytes_per_s = 2 * MB  # slower than the dump, so that parts would pile up
+    with SpoolWatcher(tmp_path / "backups") as watcher:
+        result = backup_in_parts(
+            tmp_path,
+            big_source,
+            bot_api,
+            TGBACKUPD_BACKUP_KEEP="0",
+            TGBACKUPD_BACKUP_SPOOL_PARTS=str(spool_parts),
+        )
+
+    assert result.succeeded and result.delivery == "sent", result.error
+    assert result.parts >= 4 and result.path is None
+    # Queued (spool_parts) + being uploaded + just finished while the dump waits: never the whole backup.
+    assert 2 <= watcher.most <= spool_parts + 2 < result.parts
+    left = [p.name for p in (tmp_path / "backups").iterdir()]
+    assert left == [".tgbackupd.lock"]  # no backup file, no part, no manifest
+    documents = bot_api.documents()
+    assert [d.file_name for d in documents[:-1]] == [
+        f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)
+    ]
+    assert hashlib.sha256(b"".join(d.content for d in documents[:-1])).hexdigest() == result.sha256
+
+    target = make_database(empty=True)
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(target)
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(big_source)
+
+
+def test_with_keep_0_and_telegram_down_the_parts_wait_in_the_spool_restore_from_it_and_are_sent_later(
+    tmp_path, big_source, make_database, bot_api
+):
+    environment = base_environment(
+        tmp_path,
+        big_source,
+        **{
+            **telegram_environment(bot_api),
+            "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1",
+            "TGBACKUPD_TELEGRAM_RETRIES": "0",
+            "TGBACKUPD_BACKUP_KEEP": "0",
+            "TGBACKUPD_BACKUP_VERIFY_AFTER": "true",
+        },
+    )
+    bot_api.state.kicked_from.add(CHAT_ID)
+    backup = Backup(load_config(None, environment))
+    result = backup.run("scheduled")
+
+    assert result.delivery == "pending" and result.verified is True  # verified from the spooled parts
+    spooled = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz.*"))
+    assert spooled == [f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)]
+    listed = ctl(environment, "list")
+    assert f"{result.file}" in listed.stdout and "spool" in listed.stdout, listed.stdout
+
+    target = make_database(empty=True)  # the server is lost before Telegram is back: the spool restores
+    restored = ctl(environment, "restore", result.file, "--dbname", database_url(target))
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(big_source)
+
+    bot_api.state.kicked_from.clear()
+    backup.redeliver()
+    assert backup.outbox.pending_count == 0
+    assert list((tmp_path / "backups").glob("*.sql.gz*")) == []
+    manifest = json.loads(bot_api.documents()[-1].content)
+    assert manifest["name"] == result.file and manifest["verified"] is True
+
+
+def test_keep_0_without_telegram_is_refused_with_what_to_do(tmp_path, make_database):
+    completed = run_tgbackupd(
+        base_environment(tmp_path, make_database(rows=1), TGBACKUPD_BACKUP_KEEP="0"), "--check-config"
+    )
+    assert completed.returncode == 78
+    assert "backup.keep = 0 keeps no backup on this machine" in completed.stderr
+    assert "TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID" in completed.stderr

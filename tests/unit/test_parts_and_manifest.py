@@ -11,9 +11,13 @@ class Collect:
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.part_ends: list[int] = []
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+    def end_part(self) -> None:
+        self.part_ends.append(len(self.data))
 
     def close(self) -> None:
         self.closed = True
@@ -27,6 +31,7 @@ def test_parts_are_cut_at_the_part_size_however_the_stream_arrives(chunks):
         parts.write(chunk)
     parts.close()
     assert bytes(sink.data) == b"x" * 25 and sink.closed
+    assert sink.part_ends == [10, 20]  # the writer learnt where each part ends before the next began
     assert parts.parts == [
         (10, hashlib.sha256(b"x" * 10).hexdigest()),
         (10, hashlib.sha256(b"x" * 10).hexdigest()),
@@ -118,3 +123,22 @@ def test_parallel_gzip_of_nothing_is_still_a_gzip_file():
     sink = Collect()
     ParallelGzipCompressor(1, 2, sink).close()
     assert gzip.decompress(bytes(sink.data)) == b""
+
+
+@pytest.mark.parametrize(("length", "heard"), [(25, [1, 2]), (20, [1]), (10, []), (11, [1])])
+def test_a_part_is_handed_on_once_the_next_one_begins_so_never_the_last(length, heard):
+    sink = Collect()
+    calls = []
+
+    def on_part(index: int, size: int, sha256: str) -> None:
+        # Handed on with its bytes written and its end marked, and the next part already begun.
+        calls.append(index)
+        assert sink.part_ends[-1] == index * 10 and size == 10
+        assert sha256 == hashlib.sha256(b"z" * 10).hexdigest()
+
+    parts = PartDigests(10, sink, on_part)
+    for _ in range(length):
+        parts.write(b"z")
+    assert calls == heard  # before close: a part is heard of as soon as one byte of the next arrives
+    parts.close()
+    assert calls == heard and len(parts.parts) == -(-length // 10)

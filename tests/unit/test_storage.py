@@ -17,8 +17,8 @@ def test_names_follow_the_original_pattern_and_skip_a_taken_second(tmp_path):
 
 def test_a_file_appears_under_its_name_only_when_complete(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
-    with directory.new_file("db_backup_20251203_030000.sql.gz") as stream:
-        stream.write(b"data")
+    with directory.new_file("db_backup_20251203_030000.sql.gz") as writer:
+        writer.write(b"data")
         assert directory.backups() == []
         assert [p.name for p in tmp_path.iterdir()] == [".db_backup_20251203_030000.sql.gz.partial"]
     assert [b.name for b in directory.backups()] == ["db_backup_20251203_030000.sql.gz"]
@@ -26,8 +26,8 @@ def test_a_file_appears_under_its_name_only_when_complete(tmp_path):
 
 def test_an_error_while_writing_leaves_nothing_behind(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
-    with pytest.raises(RuntimeError), directory.new_file("db_backup_20251203_030000.sql.gz") as stream:
-        stream.write(b"half")
+    with pytest.raises(RuntimeError), directory.new_file("db_backup_20251203_030000.sql.gz") as writer:
+        writer.write(b"half")
         raise RuntimeError("disk on fire")
     assert list(tmp_path.iterdir()) == []
 
@@ -53,10 +53,55 @@ def test_prune_keeps_the_newest_of_ours_and_nothing_else_is_touched(tmp_path):
 
 def test_leftovers_of_an_interrupted_run_are_removed_and_only_those(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
-    (tmp_path / ".db_backup_20251201_030000.sql.gz.partial").write_bytes(b"x")
-    (tmp_path / ".other_backup_20251201_030000.sql.gz.partial").write_bytes(b"x")
-    assert directory.remove_partials() == [".db_backup_20251201_030000.sql.gz.partial"]
-    assert [p.name for p in tmp_path.iterdir()] == [".other_backup_20251201_030000.sql.gz.partial"]
+    leftovers = [
+        ".db_backup_20251201_030000.sql.gz.partial",
+        ".db_backup_20251202_030000.sql.gz.003.partial",  # a spooled part being written
+        "db_backup_20251202_030000.sql.gz.001",  # spooled parts of a dump that never finished
+        "db_backup_20251202_030000.sql.gz.002",
+    ]
+    kept = [
+        ".other_backup_20251201_030000.sql.gz.partial",
+        "other_backup_20251202_030000.sql.gz.001",
+        "db_backup_20251203_030000.sql.gz.001",  # waiting for Telegram
+        "db_backup_20251203_030000.sql.gz",
+        "notes.txt.001",
+    ]
+    for name in leftovers + kept:
+        (tmp_path / name).write_bytes(b"x")
+    assert directory.remove_leftovers({"db_backup_20251203_030000.sql.gz"}) == sorted(leftovers)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    name = "db_backup_20251203_030000.sql.gz"
+    with directory.new_spool(name) as writer:
+        writer.write(b"first")
+        assert [p.name for p in tmp_path.iterdir()] == [f".{name}.001.partial"]
+        writer.end_part()
+        writer.write(b"second")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".{name}.002.partial", f"{name}.001"]
+        assert writer.part(1, 0, 5).path.read_bytes() == b"first"
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.001", f"{name}.002"]
+    assert directory.backups() == []  # not a backup kept here: retention never sees it
+    assert sorted(part.name for part in directory.spooled()) == [f"{name}.001", f"{name}.002"]
+    assert directory.unused_name(WHEN) == "db_backup_20251203_030001.sql.gz"
+    directory.remove_spooled(name, 1)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.002"]
+    directory.remove_spooled(name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_spooled_backup_leaves_none_of_its_parts(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    (tmp_path / "db_backup_20251202_030000.sql.gz.001").write_bytes(b"an older backup, still waiting")
+    with pytest.raises(RuntimeError), directory.new_spool("db_backup_20251203_030000.sql.gz") as writer:
+        writer.write(b"one")
+        writer.end_part()
+        writer.write(b"tw")
+        raise RuntimeError("pg_dump failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["db_backup_20251202_030000.sql.gz.001"]
 
 
 def test_two_processes_never_back_up_into_one_directory_at_once(tmp_path):
