@@ -15,13 +15,14 @@ import structlog
 
 from . import messages, restore
 from .clock import Clock
-from .config import BackupConfig, Config
+from .config import Config
 from .delivery import EarlyUploader
 from .errors import Cancelled, StorageError, TgbackupdError
+from .formats import stem
 from .manifest import Manifest, plan_parts
 from .outbox import Outbox
 from .pgdump import run_pg_dump
-from .pipeline import Digest, GzipCompressor, ParallelGzipCompressor, PartDigests, Sink
+from .pipeline import Count, Digest, PartDigests
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile, write_atomically
@@ -94,7 +95,9 @@ class Backup:
         self._clock = clock or Clock()
         self.cancel = cancel or threading.Event()
         self._bot_factory = bot_factory or make_bot
-        self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+        self._directory = BackupDirectory(
+            config.backup.directory, config.backup.prefix, config.backup.compression.suffix
+        )
         self.state = StateFile(config.daemon.state_file)
         self.outbox = Outbox(config, self.state, self._clock, log)
         self._server = socket.gethostname()
@@ -178,10 +181,12 @@ class Backup:
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
             name = self._directory.unused_name(started)
-            bound.info(f"Creating database backup: {name.removesuffix('.gz')}", file=name.removesuffix(".gz"))
+            plain = stem(name) + ".sql"
+            bound.info(f"Creating database backup: {plain}", file=plain)
             bound.info(
                 f"Compressing backup: {name}",
                 file=name,
+                compression=self._config.backup.compression.name,
                 compression_level=self._config.backup.compression_level,
             )
             try:
@@ -232,7 +237,10 @@ class Backup:
 
             parts = PartDigests(part_size, writer, part_done if early else None)
             digest = Digest(parts)
-            sql = Digest(compressor(self._config.backup, digest))
+            backup = self._config.backup
+            sql = Count(
+                backup.compression.compressor(backup.compression_level, backup.compression_threads, digest)
+            )
             try:
                 with run_pg_dump(self._config.database) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
@@ -262,6 +270,7 @@ class Backup:
                     for part in planned
                 ),
                 previous=None,
+                compression=self._config.backup.compression.name,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
         return _Made(manifest, sql.size, frozenset(sent))
@@ -451,13 +460,6 @@ class Backup:
             bound.warning("Backup routine cancelled", **fields)
         else:
             bound.error("Backup routine failed", **fields)
-
-
-def compressor(backup: BackupConfig, downstream: Sink) -> Sink:
-    """gzip on one thread, or on several (still one file that gunzip reads) when configured so."""
-    if backup.compression_threads > 1:
-        return ParallelGzipCompressor(backup.compression_level, backup.compression_threads, downstream)
-    return GzipCompressor(backup.compression_level, downstream)
 
 
 def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .formats import FORMATS, GZIP, ZSTD, Format
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -144,6 +145,13 @@ def _log_level(value: Any, from_env: bool) -> str:
     return text
 
 
+def _compression(value: Any, from_env: bool) -> Format:
+    text = (_text(value, from_env) or GZIP.name).lower()
+    if text not in FORMATS:
+        raise _Problem(f"expected one of {', '.join(FORMATS)}, got {text!r}")
+    return FORMATS[text]
+
+
 def _group(value: Any, from_env: bool) -> int | None:
     name = _text(value, from_env)
     if name is None:
@@ -189,7 +197,8 @@ KEYS = (
     _Key("backup", "prefix", _prefix),
     _Key("backup", "keep", _integer(0, 10000, "a number of backups (0: none kept here)"), 7),
     _Key("backup", "spool_parts", _integer(1, 10000, "a number of parts"), 4),
-    _Key("backup", "compression_level", _integer(1, 9, "a gzip level"), 6),
+    _Key("backup", "compression", _compression, GZIP),
+    _Key("backup", "compression_level", _integer(ZSTD.lowest, ZSTD.highest, "a compression level")),
     _Key("backup", "compression_threads", _integer(1, 64, "a number of threads"), 1),
     _Key("backup", "verify_after", _boolean, False),
     _Key("backup", "catch_up", _boolean, True),
@@ -262,6 +271,7 @@ class BackupConfig:
     prefix: str
     keep: int
     spool_parts: int
+    compression: Format
     compression_level: int
     compression_threads: int
     verify_after: bool
@@ -303,6 +313,12 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     values, sources, problems, config_file = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
     database = _resolve_database(values, problems, required=True)
+    compression, level = values["backup.compression"], values["backup.compression_level"]
+    if level is not None and not compression.lowest <= level <= compression.highest:
+        problems.append(
+            f"backup.compression_level = {level} is not a {compression.name} level: {compression.name} "
+            f"goes from {compression.lowest} (fastest) to {compression.highest} (smallest)"
+        )
     if values["backup.keep"] == 0 and not telegram.configured:
         problems.append(
             "backup.keep = 0 keeps no backup on this machine, so they must go to Telegram, which is not "
@@ -324,7 +340,9 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
             keep=values["backup.keep"],
             spool_parts=values["backup.spool_parts"],
-            compression_level=values["backup.compression_level"],
+            compression=values["backup.compression"],
+            compression_level=values["backup.compression_level"]
+            or values["backup.compression"].default_level,
             compression_threads=values["backup.compression_threads"],
             verify_after=values["backup.verify_after"],
             catch_up=values["backup.catch_up"],
@@ -645,6 +663,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
             "spool_parts": config.backup.spool_parts,
+            "compression": config.backup.compression.name,
             "compression_level": config.backup.compression_level,
             "compression_threads": config.backup.compression_threads,
             "verify_after": config.backup.verify_after,

@@ -30,7 +30,7 @@ def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
     document = pinned.get("document")
     if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
         return None
-    name = str(document["file_name"]).removesuffix(SUFFIX) + ".sql.gz"
+    name = str(document["file_name"]).removesuffix(SUFFIX)  # the backup's name but for its format
     return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
 
 

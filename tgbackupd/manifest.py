@@ -4,6 +4,8 @@ previous backup's manifest is, so that the whole history can be found from the c
 import json
 from dataclasses import asdict, dataclass
 
+from .formats import stem
+
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
 SUFFIX = ".manifest.json"
@@ -100,7 +102,7 @@ class Manifest:
 
 def manifest_name(backup_name: str) -> str:
     """`shop_backup_20251203_030000.sql.gz` → `shop_backup_20251203_030000.manifest.json`."""
-    return backup_name.removesuffix(".sql.gz") + SUFFIX
+    return stem(backup_name) + SUFFIX
 
 
 def part_name(backup_name: str, index: int, count: int) -> str:

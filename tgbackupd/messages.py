@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from .formats import by_name
+
 CAPTION_LIMIT = 1024
 MESSAGE_LIMIT = 4096
 
@@ -52,7 +54,7 @@ def backup_caption(facts: BackupFacts) -> str:
         f"Size: {human_size(facts.size_bytes)} ({facts.size_bytes} bytes)\n"
         f"SHA-256: {facts.sha256}\n"
         f"Took: {facts.duration_s:.1f} s\n"
-        f"Restore: gunzip {facts.file} && psql -d DATABASE < {facts.file.removesuffix('.gz')}",
+        f"Restore: {by_name(facts.file).restore_hint(facts.file)}",
         CAPTION_LIMIT,
     )
 

@@ -8,6 +8,8 @@ import zlib
 from collections.abc import Callable
 from typing import Protocol
 
+import zstandard
+
 
 class Sink(Protocol):
     def write(self, data: bytes) -> None: ...
@@ -73,6 +75,42 @@ class ParallelGzipCompressor:
                 self._downstream.write(self._in_flight.popleft().result())
         finally:
             self._pool.shutdown(cancel_futures=True)
+        self._downstream.close()
+
+
+class ZstdCompressor:
+    """Compress into one zstd frame (`zstd -d` reads it). libzstd lets go of the GIL while it works; with
+    `threads` above 1 it compresses on that many threads of its own."""
+
+    def __init__(self, level: int, threads: int, downstream: Sink) -> None:
+        self._compressor = zstandard.ZstdCompressor(
+            level=level, threads=threads if threads > 1 else 0
+        ).compressobj()
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        compressed = self._compressor.compress(data)
+        if compressed:
+            self._downstream.write(compressed)
+
+    def close(self) -> None:
+        self._downstream.write(self._compressor.flush())
+        self._downstream.close()
+
+
+class Count:
+    """Count the bytes that pass (the SQL's size, which the shrink warning compares; not hashed, which
+    would cost as much CPU as a fast compressor)."""
+
+    def __init__(self, downstream: Sink) -> None:
+        self.size = 0
+        self._downstream = downstream
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        self._downstream.write(data)
+
+    def close(self) -> None:
         self._downstream.close()
 
 

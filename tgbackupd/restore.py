@@ -12,10 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+
 from . import psql
 from .config import DatabaseConfig
 from .delivery import pinned_manifest_ref
 from .errors import RestoreError
+from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
 from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
 from .progress import Progress
 from .telegram import BotApi, TelegramError, TelegramRejected
@@ -24,7 +27,8 @@ READ_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
 HISTORY_LIMIT = 10000
-_PART_FILE = re.compile(r"^(?P<name>.+\.sql\.gz)\.(?P<index>[0-9]{3,})$")
+_PART_FILE = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.(?P<index>[0-9]{{3,}})$")
+_WHOLE_FILE = re.compile(rf"^.+{SUFFIX_PATTERN}$")
 
 
 @dataclass(frozen=True)
@@ -98,34 +102,44 @@ def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Pr
 
 
 def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Iterator[bytes]:
-    """The backup's SQL, decompressed as it is read. A file compressed on several threads is several
-    gzip members in a row (as gunzip reads them). Raise RestoreError if the stream is cut short."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    in_member = False  # part of a member was read, and its end was not
+    """The backup's SQL, decompressed as it is read, in the format its first bytes say (gzip or zstd).
+    A file compressed on several threads is several gzip members in a row (as gunzip reads them).
+    Raise RestoreError if the stream is cut short."""
+    compression: Format | None = None
+    decompressor: Decompressor | None = None
+    in_stream = False  # part of a member or frame was read, and its end was not
     done = 0
     for piece in backup.pieces:
         for block in _read_piece(piece):
             done += len(block)
             data = block
             while data:
+                if compression is None:
+                    compression = by_magic(data)
+                    if compression is None:
+                        raise RestoreError(
+                            f"{piece.label} is neither gzip nor zstd data: is it a tgbackupd backup?"
+                        )
+                if decompressor is None:
+                    decompressor = compression.decompressor()
                 try:
                     sql = decompressor.decompress(data)
-                except zlib.error as error:
-                    raise RestoreError(f"{piece.label} is not valid gzip data ({error})") from None
+                except (zlib.error, zstandard.ZstdError) as error:
+                    raise RestoreError(
+                        f"{piece.label} is not valid {compression.name} data ({error})"
+                    ) from None
                 if sql:
                     yield sql
                 if decompressor.eof:
-                    data = decompressor.unused_data
-                    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    in_member = False
+                    data, decompressor, in_stream = decompressor.unused_data, None, False
                 else:
-                    data = b""
-                    in_member = True
+                    data, in_stream = b"", True
             if progress is not None:
                 progress.update(done)
-    if in_member or done == 0:
+    if in_stream or done == 0:
+        name = compression.name if compression else "compressed"
         raise RestoreError(
-            f"{backup.name} ends in the middle of its gzip stream: the last part is missing or cut"
+            f"{backup.name} ends in the middle of its {name} stream: the last part is missing or cut"
         )
 
 
@@ -155,7 +169,7 @@ def _manifest_pieces(
 
 
 def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -> CheckedBackup:
-    """A whole `.sql.gz` file, checked against its manifest when there is one."""
+    """A whole `.sql.gz` (or `.sql.zst`) file, checked against its manifest when there is one."""
     if not path.is_file():
         raise RestoreError(f"{path} does not exist or is not a file")
     if manifest is None:
@@ -185,7 +199,7 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
         match = _PART_FILE.match(path.name)
         if match:
             parts.setdefault(match["name"], {})[int(match["index"])] = path
-    wholes = sorted(folder.glob("*.sql.gz"))
+    wholes = sorted(path for path in folder.iterdir() if _WHOLE_FILE.match(path.name))
     if len(manifests) == 1:
         manifest = _load_manifest_file(manifests[0])
         whole = folder / manifest.parts[0].file_name
@@ -218,7 +232,7 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
     if len(wholes) == 1 and not parts:
         return from_local_file(wholes[0], None, progress)
     raise RestoreError(
-        f"{folder} does not hold exactly one backup (found {len(wholes)} .sql.gz file(s) and parts of "
+        f"{folder} does not hold exactly one backup (found {len(wholes)} backup file(s) and parts of "
         f"{len(parts)} backup(s)): point at one file instead"
     )
 
@@ -277,7 +291,7 @@ class TelegramSource:
     def find(self, which: str) -> Manifest:
         """The manifest of the backup called `which`, or of the newest for `latest`."""
         for manifest, _ in self.history():
-            if which in ("latest", manifest.name, manifest.name.removesuffix(".sql.gz")):
+            if which in ("latest", manifest.name, stem(manifest.name)):
                 return manifest
         raise RestoreError(
             f"no backup called {which} in chat {self._chat_id} (see `tgbackupctl list --remote`)"

@@ -13,11 +13,12 @@ from typing import Any
 
 import structlog
 
+from .formats import SUFFIX_PATTERN
 from .manifest import Manifest, ManifestError, ManifestRef
 from .storage import spool_path
 
 CATALOGUE_LIMIT = 500
-_BACKUP_NAME = re.compile(r"^.+_backup_(?P<stamp>[0-9]{8}_[0-9]{6})\.sql\.gz$")
+_BACKUP_NAME = re.compile(rf"^.+_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
 
 log = structlog.stdlib.get_logger("tgbackupd.state")
 
@@ -172,7 +173,7 @@ class StateFile:
                 "warning": entry.get("warning"),
                 "last_error": entry.get("last_error") if entry.get("delivery") == "pending" else None,
             }
-        found = directory.glob("*_backup_*.sql.gz") if directory.is_dir() else iter(())
+        found = directory.glob("*_backup_*.sql.*") if directory.is_dir() else iter(())
         for path in found:
             if _BACKUP_NAME.match(path.name) and path.name not in rows:
                 rows[path.name] = {

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StorageError
+from .formats import GZIP, SUFFIX_PATTERN
 from .manifest import Manifest, Part, manifest_name
 from .telegram import FileSlice
 
-SUFFIX = ".sql.gz"
 _PARTIAL_SUFFIX = ".partial"
 _FILE_MODE = 0o600  # a backup holds the whole database
 _DIRECTORY_MODE = 0o700
-_SPOOL_PART = re.compile(r"^(?P<name>.+\.sql\.gz)\.[0-9]{3,}$")
+_SPOOL_PART = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.[0-9]{{3,}}$")
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,14 @@ def _create(path: Path) -> BinaryIO:
 
 
 class BackupDirectory:
-    """The backups of one database in one directory, named `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz`."""
+    """The backups of one database in one directory, named `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or
+    `.sql.zst`: new ones end in `suffix`, and retention counts both as one series)."""
 
-    def __init__(self, path: Path, prefix: str) -> None:
+    def __init__(self, path: Path, prefix: str, suffix: str = GZIP.suffix) -> None:
         self.path = path
         self.prefix = prefix
-        self._pattern = re.compile(rf"^{re.escape(prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}{re.escape(SUFFIX)}$")
+        self._suffix = suffix
+        self._pattern = re.compile(rf"^{re.escape(prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}{SUFFIX_PATTERN}$")
 
     def ensure(self) -> None:
         try:
@@ -96,8 +98,13 @@ class BackupDirectory:
     def unused_name(self, when: datetime) -> str:
         """Return the file name for a backup made at `when`; the next free second if that one is taken."""
         while True:
-            name = f"{self.prefix}_backup_{when:%Y%m%d_%H%M%S}{SUFFIX}"
-            taken = (self.path / name, self.path / self._partial_name(name), self.spool_path(name, 1))
+            name = f"{self.prefix}_backup_{when:%Y%m%d_%H%M%S}{self._suffix}"
+            taken = (
+                self.path / name,
+                self.path / self._partial_name(name),
+                self.spool_path(name, 1),
+                self.path / manifest_name(name),  # shared by the formats
+            )
             if not any(path.exists() for path in taken):
                 return name
             when += timedelta(seconds=1)
@@ -221,7 +228,7 @@ class BackupDirectory:
         """Remove what a backup interrupted by a crash or power loss left: files still being written, and
         spooled parts of a backup that never finished (those `waiting` to be sent are kept)."""
         partial = re.compile(
-            rf"^\.{re.escape(self.prefix)}_backup_.*{re.escape(SUFFIX)}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
+            rf"^\.{re.escape(self.prefix)}_backup_.*{SUFFIX_PATTERN}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
         )
         removed = []
         with contextlib.suppress(FileNotFoundError):

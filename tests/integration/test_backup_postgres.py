@@ -249,3 +249,46 @@ def test_a_delivery_that_keeps_failing_is_reported_to_the_chat_once_it_answers(
     (notice,) = bot_api.messages()
     assert "not sent to Telegram" in notice.fields["text"]
     assert bot_api.documents() == []
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
+def test_a_zstd_backup_restores_with_zstd_and_psql_as_its_caption_says(tmp_path, make_database, bot_api):
+    source = make_database(rows=5000)
+    environment = base_environment(
+        tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION="zstd", **telegram_environment(bot_api)
+    )
+
+    result = Backup(load_config(None, environment)).run("manual")
+
+    assert result.succeeded and result.delivery == "sent", result.error
+    path = Path(result.path)
+    plain = path.name.removesuffix(".sql.zst") + ".sql"
+    assert path.name.endswith(".sql.zst") and path.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    document, manifest = bot_api.documents()
+    assert f"Restore: zstd -d {path.name} && psql -d DATABASE < {plain}" in document.fields["caption"]
+    assert manifest.file_name == path.name.removesuffix(".sql.zst") + ".manifest.json"
+    assert json.loads(manifest.content)["compression"] == "zstd"
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    subprocess.run(["zstd", "-q", "-d", str(copy)], check=True, cwd=tmp_path)
+    target = make_database(empty=True)
+    with (tmp_path / plain).open("rb") as stream:
+        subprocess.run(psql_command(target), stdin=stream, check=True, capture_output=True)
+    assert fingerprint(target) == fingerprint(source)
+
+
+def test_changing_the_format_keeps_one_series_for_retention(tmp_path, make_database):
+    source = make_database(rows=10)
+    made = []
+    for compression in ("gzip", "gzip", "zstd", "zstd"):
+        environment = base_environment(
+            tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION=compression, TGBACKUPD_BACKUP_KEEP="3"
+        )
+        result = Backup(load_config(None, environment)).run("manual")
+        assert result.succeeded, result.error
+        made.append(result.file)
+        time.sleep(1.1)  # one backup per second: the name carries the time
+
+    left = sorted(p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith("."))
+    stems = [name.rsplit(".sql.", 1)[0] for name in made[1:]]
+    assert left == sorted(made[1:] + [stem + ".manifest.json" for stem in stems])

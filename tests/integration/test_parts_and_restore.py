@@ -491,3 +491,46 @@ def test_keep_0_without_telegram_is_refused_with_what_to_do(tmp_path, make_datab
     assert completed.returncode == 78
     assert "backup.keep = 0 keeps no backup on this machine" in completed.stderr
     assert "TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID" in completed.stderr
+
+
+def test_a_zstd_backup_on_two_threads_in_parts_comes_back_from_telegram_and_from_the_file(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(
+        tmp_path,
+        big_source,
+        bot_api,
+        TGBACKUPD_BACKUP_COMPRESSION="zstd",
+        TGBACKUPD_BACKUP_COMPRESSION_THREADS="2",
+    )
+    assert result.succeeded and result.parts >= 3 and result.file.endswith(".sql.zst"), result.error
+
+    from_telegram = make_database(empty=True)
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(from_telegram)
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(from_telegram) == fingerprint(big_source)
+
+    from_file = make_database(empty=True)
+    environment = base_environment(tmp_path, big_source)
+    restored = ctl(environment, "restore", result.path, "--dbname", database_url(from_file))
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(from_file) == fingerprint(big_source)
+
+
+def test_a_cut_zstd_backup_is_refused_before_any_sql_runs(tmp_path, make_database):
+    source = make_database(rows=2000)
+    environment = base_environment(tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION="zstd")
+    result = Backup(load_config(None, environment)).run("manual")
+    assert result.succeeded, result.error
+    cut = tmp_path / "cut" / result.file
+    cut.parent.mkdir()
+    cut.write_bytes(Path(result.path).read_bytes()[:-100])
+    target = make_database(empty=True)
+
+    restored = ctl(environment, "restore", str(cut), "--dbname", database_url(target))
+
+    assert restored.returncode == 65, restored.stderr
+    assert "ends in the middle of its zstd stream" in restored.stderr
+    assert psql(target, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == "0"

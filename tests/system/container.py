@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
-ROOT_TARBALL = CACHE / "bookworm-root-v1.tar.zst"
+# The name changes with PACKAGES, so that a root cached for an older list is not used.
+ROOT_TARBALL = CACHE / "bookworm-root-v2.tar.zst"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,python3,python3-requests,python3-structlog,python3-schedule,"
-    "python3-sdnotify,python3-tomli-w,postgresql-client"
+    "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client"
 )
 BOOT_TIMEOUT_S = 60
 

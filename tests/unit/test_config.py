@@ -254,3 +254,32 @@ def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path):
     for key in KEYS:
         assert f"\n{key.name} =" in uncommented, f"config.example.toml does not document {key.dotted}"
     assert config.backup.hour == 3 and config.backup.keep == 7
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, ("gzip", 6)),
+        ({"TGBACKUPD_BACKUP_COMPRESSION": "zstd"}, ("zstd", 3)),
+        ({"TGBACKUPD_BACKUP_COMPRESSION": "ZSTD", "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "19"}, ("zstd", 19)),
+        ({"TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1"}, ("gzip", 1)),
+    ],
+)
+def test_each_format_has_its_own_default_level(tmp_path, environment, expected):
+    config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://h/db", **environment})
+    assert (config.backup.compression.name, config.backup.compression_level) == expected
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        (
+            {"TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "10"},
+            "is not a gzip level: gzip goes from 1 (fastest) to 9",
+        ),
+        ({"TGBACKUPD_BACKUP_COMPRESSION": "lz4"}, "expected one of gzip, zstd, got 'lz4'"),
+    ],
+)
+def test_a_level_or_format_that_does_not_exist_is_refused(tmp_path, environment, expected):
+    found = problems(tmp_path, DATABASE_URL="postgresql://h/db", **environment)
+    assert any(expected in problem for problem in found), found
