@@ -8,12 +8,15 @@ exactly once or is still pending with a reason. Bounded in time and in count.
 
     python3 bench/soak.py                         # 40 backups or 10 minutes, whichever comes first
     python3 bench/soak.py --backups 8 --seed 1    # a short run
+    python3 bench/soak.py --keep 0                # no backup kept here: the spool must end empty
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn, Fault
 from tests.processes import child_environment
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
+SPOOLED_PART = re.compile(r"\.sql\.(gz|zst)\.[0-9]{3}$")
 FAULTS = ("none", "none", "5xx", "429", "reset", "stall", "kicked", "restart", "kill")
 
 
@@ -121,6 +125,9 @@ def main() -> None:
     parser.add_argument("--backups", type=int, default=40, help="stop after this many triggered backups")
     parser.add_argument("--minutes", type=float, default=10, help="stop after this long")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--keep", type=int, default=3, help="backup.keep; 0 keeps no backup here, only a spool of parts"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
@@ -143,7 +150,7 @@ def main() -> None:
                 "DATABASE_URL": f"postgresql://postgres@127.0.0.1/{dbname}",
                 "TGBACKUPD_BACKUP_DIRECTORY": str(workdir / "backups"),
                 "TGBACKUPD_DAEMON_SOCKET": str(workdir / "control.sock"),
-                "TGBACKUPD_BACKUP_KEEP": "3",
+                "TGBACKUPD_BACKUP_KEEP": str(args.keep),
                 "TGBACKUPD_BACKUP_CATCH_UP": "false",
                 "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
                 "TELEGRAM_CHAT_ID": CHAT_ID,
@@ -184,11 +191,19 @@ def main() -> None:
             threads_at_end = proc_status(daemon.process.pid, "Threads")
             daemon.stop()
             catalogue = json.loads((workdir / "backups" / ".tgbackupd-state.json").read_text())["catalogue"]
-            manifests = Counter(
-                json.loads(d.content)["name"]
-                for d in api.documents()
-                if d.file_name.endswith(".manifest.json")
+            documents = [
+                json.loads(d.content) for d in api.documents() if d.file_name.endswith(".manifest.json")
+            ]
+            manifests = Counter(document["name"] for document in documents)
+            # Every manifest in the chat names parts that are there and make up the backup it describes.
+            intact = sum(
+                hashlib.sha256(
+                    b"".join(api.state.files.get(part["file_id"], b"") for part in document["parts"])
+                ).hexdigest()
+                == document["sha256"]
+                for document in documents
             )
+            spooled = [p.name for p in (workdir / "backups").iterdir() if SPOOLED_PART.search(p.name)]
             log_text = (workdir / "daemon.log").read_text()
     finally:
         psql("postgres", f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
@@ -218,9 +233,15 @@ def main() -> None:
         f"start, {fds_at_end} after draining (first instance: {first_fds}); threads at the end "
         f"{threads_at_end}"
     )
+    print(
+        f"manifests in the chat whose parts rebuild the backup byte for byte: {intact} of {len(documents)}; "
+        f"parts left in the spool after draining: {len(spooled)} (backup.keep = {args.keep})"
+    )
     print(f"token in the daemon's log: {'YES' if FAKE_TOKEN in log_text else 'no'}")
-    if lost or FAKE_TOKEN in log_text or fds_at_end > fds_at_start:
-        raise SystemExit(f"FAILED: lost {lost}")
+    if lost or FAKE_TOKEN in log_text or fds_at_end > fds_at_start or intact < len(documents) or spooled:
+        raise SystemExit(
+            f"FAILED: lost {lost}, damaged {len(documents) - intact}, left in the spool {spooled}"
+        )
 
 
 if __name__ == "__main__":

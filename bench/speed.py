@@ -8,8 +8,11 @@ hits all of them alike.
     python3 bench/speed.py --only "gzip -6,gzip-6"  # the modes whose names contain one of these
 
 Baselines: `pg_dump > /dev/null`, `pg_dump | gzip -6 > file`, `pg_dump > x.sql; gzip -6 x.sql`, and
-borgmatic with borg (zstd,3, local repository) when both are installed. tgbackupd runs as
-`tgbackupd --once`, uploading to a Bot API stand-in on 127.0.0.1; for them the table also gives the
+borgmatic with borg (zstd,3, local repository) when both are installed. tgbackupd runs as the real
+daemon, started once per mode (its start-up is not timed: it happens once, not every night), and each
+round times one `trigger --wait` over its control socket: the dump, compression, hashing, the upload of
+every part to a Bot API stand-in on 127.0.0.1 and the manifest, up to the reply. CPU time is the
+daemon's and pg_dump's; peak RSS is the daemon's high-water mark. For tgbackupd the table also gives the
 most disk the backup directory held at once (sampled), which with `keep 0` is the spool of parts not
 sent yet. Loopback only; creates a database named tgbackupd_speed_* and drops it afterwards (unless
 --keep-database).
@@ -18,9 +21,11 @@ sent yet. Loopback only; creates a database named tgbackupd_speed_* and drops it
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.processes import child_environment
+from tgbackupd.control import request
+from tgbackupd.errors import TgbackupdError
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 MB = 1024 * 1024
@@ -97,34 +104,83 @@ def _disk_bytes(directory: Path) -> int:
     return total
 
 
-def measure(
-    command: list[str], environment: dict[str, str], own_only: bool = False, disk: Path | None = None
-) -> dict[str, float]:
-    """Run a command to its end: wall time, CPU time of it and all it waited for (wait4), the peak RSS
-    of its largest process, or of itself alone (VmHWM, sampled; it restarts at exec, unlike ru_maxrss,
-    which a forked child inherits from this big benchmark process), and the most bytes `disk` held."""
+def measure(command: list[str], environment: dict[str, str]) -> dict[str, float]:
+    """Run a baseline to its end: wall time, CPU time of it and all it waited for (wait4), and the peak
+    RSS of its largest process (VmHWM, sampled; it restarts at exec, unlike ru_maxrss, which a forked
+    child inherits from this big benchmark process)."""
     began = time.monotonic()
     process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak_kib = 0
-    peak_disk = 0
     # Peek at whether it ended without reaping it (WNOWAIT), so that wait4 below still gets its usage.
     while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        watched = [process.pid] if own_only else _tree(process.pid)
-        peak_kib = max([peak_kib, *(_high_water_kib(pid) for pid in watched)])
-        if disk is not None:
-            peak_disk = max(peak_disk, _disk_bytes(disk))
+        peak_kib = max([peak_kib, *(_high_water_kib(pid) for pid in _tree(process.pid))])
         time.sleep(0.05)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.monotonic() - began
     errors = process.stderr.read().decode() if process.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
-    return {
-        "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "rss_mb": peak_kib / 1024,
-        "disk": peak_disk,
-    }
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": peak_kib / 1024}
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU time of a process and of the children it has waited for (pg_dump, for the daemon)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class DaemonUnderTest:
+    """The real tgbackupd daemon, started with one mode's settings and left running between rounds."""
+
+    def __init__(self, environment: dict[str, str], workdir: Path) -> None:
+        self.socket = Path(environment["TGBACKUPD_DAEMON_SOCKET"])
+        self._log = (workdir / "daemon.log").open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tgbackupd"], env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request(self.socket, {"command": "status"}, timeout=5)
+                break
+            except TgbackupdError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise SystemExit(f"the daemon did not come up; see {workdir / 'daemon.log'}") from None
+                time.sleep(0.1)
+
+    def backup(self, disk: Path) -> dict[str, float]:
+        """One backup, triggered and waited for, with what it cost."""
+        cpu_before = _cpu_s(self.process.pid)
+        done = threading.Event()
+        peak_disk = 0
+        peak_kib = 0
+
+        def watch() -> None:
+            nonlocal peak_disk, peak_kib
+            while not done.wait(0.05):
+                peak_disk = max(peak_disk, _disk_bytes(disk))
+                peak_kib = max(peak_kib, _high_water_kib(self.process.pid))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        began = time.monotonic()
+        reply = request(self.socket, {"command": "trigger", "wait": True}, timeout=None)
+        wall = time.monotonic() - began
+        done.set()
+        watcher.join()
+        if "error" in reply:
+            raise SystemExit(f"the backup failed: {reply['error']}")
+        return {
+            "wall": wall,
+            "cpu": _cpu_s(self.process.pid) - cpu_before,
+            "rss_mb": max(peak_kib, _high_water_kib(self.process.pid)) / 1024,
+            "disk": peak_disk,
+        }
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self._log.close()
 
 
 def baselines(dbname: str, workdir: Path) -> dict[str, tuple[list[str], Path | None]]:
@@ -184,9 +240,9 @@ def tgbackupd_modes() -> dict[str, dict[str, str]]:
             "TGBACKUPD_BACKUP_COMPRESSION": "zstd",
             "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "3",
         },
-        "tgbackupd zstd-3, 2 threads": {
+        "tgbackupd zstd-1, 2 threads": {
             "TGBACKUPD_BACKUP_COMPRESSION": "zstd",
-            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "3",
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1",
             "TGBACKUPD_BACKUP_COMPRESSION_THREADS": "2",
         },
     }
@@ -250,24 +306,24 @@ def main() -> None:
                     results.setdefault(name, []).append(figures)
                 modes = tgbackupd_modes()
                 for name in selected(list(modes), args.only):
-                    settings = modes[name]
                     backups = workdir / "backups"
                     shutil.rmtree(backups, ignore_errors=True)
                     environment = child_environment(
                         TGBACKUPD_CONFIG=str(workdir / "config.toml"),
                         DATABASE_URL=f"postgresql://postgres@127.0.0.1/{dbname}",
                         TGBACKUPD_BACKUP_DIRECTORY=str(backups),
+                        TGBACKUPD_BACKUP_ENABLED="false",
+                        TGBACKUPD_DAEMON_SOCKET=str(workdir / "control.sock"),
                         TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
                         TELEGRAM_CHAT_ID=CHAT_ID,
                         TGBACKUPD_TELEGRAM_API_URL=api.url,
-                        **settings,
+                        **modes[name],
                     )
-                    figures = measure(
-                        [sys.executable, "-m", "tgbackupd", "--once"],
-                        environment,
-                        own_only=True,
-                        disk=backups,
-                    )
+                    daemon = DaemonUnderTest(environment, workdir)
+                    try:
+                        figures = daemon.backup(backups)
+                    finally:
+                        daemon.stop()
                     # What reached the chat: the same whether or not a copy is kept here.
                     figures["size"] = sum(
                         len(document.content or b"")
@@ -301,7 +357,7 @@ def main() -> None:
         )
     print(
         "× columns: how many times faster than that baseline (above 1.0 is faster). Peak RSS (VmHWM): "
-        "tgbackupd's own process; for the others, the largest process of the pipeline. disk MB: the most "
+        "the daemon; for the others, the largest process of the pipeline. disk MB: the most "
         "the backup directory held at once (sampled every 50 ms)."
     )
 

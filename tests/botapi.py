@@ -5,6 +5,7 @@ download cut short). Tests read what it received and may damage what it stores."
 
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -74,6 +75,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes: without this, Nagle's algorithm holds the body until the
+        # client's delayed ACK, 40 ms on every reply, which no real Bot API server adds.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
         if self.path.startswith("/file/"):
@@ -308,20 +315,27 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], str | None, bytes | None]:
-    """Split a multipart/form-data body (RFC 7578) into its fields and its one file; by byte search,
-    which keeps up with uploads of tens of MB where the email package would not."""
+    """Split a multipart/form-data body (RFC 7578) into its fields and its one file, by finding the
+    delimiters and copying each payload once: a stand-in that spends less CPU than the client it
+    measures (the email package took seconds per part, splitting and trimming copies several times)."""
     boundary = re.search(r'boundary="?([^";]+)"?', content_type)
     if boundary is None:
         return {}, None, None
-    delimiter = b"--" + boundary[1].encode()
+    delimiter = b"\r\n--" + boundary[1].encode()
     fields: dict[str, str] = {}
     file_name = content = None
-    for part in body.split(delimiter)[1:]:
-        if part.startswith(b"--"):
+    position = body.find(delimiter[2:])
+    if position < 0:
+        return {}, None, None
+    position += len(delimiter) - 2
+    while not body.startswith(b"--", position):
+        head_end = body.find(b"\r\n\r\n", position)
+        end = body.find(delimiter, head_end)
+        if head_end < 0 or end < 0:
             break
-        head, _, payload = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        payload = payload.removesuffix(b"\r\n")
-        disposition = head.decode("utf-8", "replace")
+        disposition = body[position:head_end].decode("utf-8", "replace")
+        payload = body[head_end + 4 : end]
+        position = end + len(delimiter)
         name = re.search(r'\bname="([^"]*)"', disposition)
         filename = re.search(r'\bfilename="([^"]*)"', disposition)
         if filename is not None:

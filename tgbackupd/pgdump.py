@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -13,6 +14,8 @@ from .errors import DumpError
 from .libpq import build_environment, conninfo
 
 STDERR_TAIL_LINES = 20
+PIPE_BYTES = 1024 * 1024
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; named in the fcntl module from Python 3.10
 _TERMINATE_GRACE_S = 5.0
 
 
@@ -66,6 +69,11 @@ class DumpProcess:
             ) from None
         except PermissionError:
             raise DumpError(f"{self._program} is not executable: check database.pg_dump") from None
+        assert self._process.stdout is not None
+        with contextlib.suppress(OSError):  # best effort: the user may be over its pipe quota
+            # A pipe of 1 MiB instead of 64 KiB: pg_dump goes on writing while a chunk is compressed,
+            # instead of waiting for it each time (measured: the dump then runs at its own speed).
+            fcntl.fcntl(self._process.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_reader = threading.Thread(target=self._read_stderr, name="pg_dump-stderr", daemon=True)
         self._stderr_reader.start()
@@ -77,7 +85,8 @@ class DumpProcess:
 
     def chunks(self, size: int) -> Iterator[bytes]:
         assert self._process.stdout is not None
-        while chunk := self._process.stdout.read(size):
+        descriptor = self._process.stdout.fileno()
+        while chunk := os.read(descriptor, size):  # what the pipe holds, without waiting for more
             yield chunk
 
     def wait(self) -> None:

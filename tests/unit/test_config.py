@@ -260,7 +260,7 @@ def test_the_example_configuration_is_valid_and_documents_every_key(tmp_path):
     ("environment", "expected"),
     [
         ({}, ("gzip", 6)),
-        ({"TGBACKUPD_BACKUP_COMPRESSION": "zstd"}, ("zstd", 3)),
+        ({"TGBACKUPD_BACKUP_COMPRESSION": "zstd"}, ("zstd", 1)),
         ({"TGBACKUPD_BACKUP_COMPRESSION": "ZSTD", "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "19"}, ("zstd", 19)),
         ({"TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1"}, ("gzip", 1)),
     ],
