@@ -179,11 +179,13 @@ class BackupDirectory:
             entries = list(os.scandir(self.path))
         except OSError:
             return []
-        return [
-            StoredBackup(entry.name, Path(entry.path), entry.stat().st_size)
-            for entry in entries
-            if (match := _SPOOL_PART.match(entry.name)) and self._pattern.match(match["name"])
-        ]
+        waiting = []
+        for entry in entries:
+            match = _SPOOL_PART.match(entry.name)
+            if match and self._pattern.match(match["name"]):
+                with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
+                    waiting.append(StoredBackup(entry.name, Path(entry.path), entry.stat().st_size))
+        return waiting
 
     def _sync_directory(self) -> None:
         descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
