@@ -18,7 +18,9 @@ CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"
 ROOT_TARBALL = CACHE / "bookworm-root-v2.tar.zst"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,python3,python3-requests,python3-structlog,python3-schedule,"
-    "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client"
+    "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,"
+    # python3-zstandard needs the virtual python3-cffi-backend-api-*, which debootstrap cannot resolve.
+    "python3-cffi-backend"
 )
 BOOT_TIMEOUT_S = 60
 
