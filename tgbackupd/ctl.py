@@ -175,6 +175,12 @@ def _local_backups(data: dict[str, Any]) -> str:
     return f"{stored} (backup.keep = 0: backups are kept in Telegram only{waiting})"
 
 
+def _spooled_file(backup: dict[str, Any]) -> str:
+    if backup["delivery"] == "pending":
+        return f"{backup['file']} (its parts wait in the spool until Telegram has them; backup.keep = 0)"
+    return f"{backup['file']} (not kept on this machine: backup.keep = 0)"
+
+
 def render_backup(backup: dict[str, Any]) -> str:
     if not backup.get("file"):
         return ""
@@ -185,7 +191,7 @@ def render_backup(backup: dict[str, Any]) -> str:
         "failed": "kept locally, NOT sent to Telegram",
     }.get(backup["delivery"], backup["delivery"])
     lines = [
-        f"File:     {backup['path'] or backup['file'] + ' (not kept on this machine: backup.keep = 0)'}",
+        f"File:     {backup['path'] or _spooled_file(backup)}",
         f"Size:     {size}",
         f"SHA-256:  {backup['sha256']}",
         f"Took:     {backup['duration_s']:.1f} s",

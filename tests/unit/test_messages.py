@@ -1,7 +1,7 @@
 from dataclasses import replace
 
 from tgbackupd import messages
-from tgbackupd.ctl import render_status
+from tgbackupd.ctl import render_backup, render_status
 
 
 def test_sizes_read_like_the_original_log_lines():
@@ -69,3 +69,45 @@ def test_status_rendering_says_when_scheduled_backups_are_off_and_telegram_missi
     assert "Scheduled backups: off (BACKUP_ENABLED=false)" in text
     assert "not configured: backups are kept locally only" in text
     assert "Last backup:       none yet" in text
+
+
+def test_with_keep_0_status_and_a_backup_say_where_the_backup_is():
+    text = render_status(
+        {
+            "version": "0.1.0",
+            "pid": 10,
+            "started_at": "2025-12-02T10:00:00+00:00",
+            "running": None,
+            "backup_enabled": True,
+            "backup_hour": 3,
+            "backup_minute": 0,
+            "next_run": "2025-12-03T03:00:00+00:00",
+            "telegram_configured": True,
+            "telegram_chat_id": "-100123",
+            "database": "shop on h",
+            "backups_stored": 0,
+            "backup_directory": "/b",
+            "keep": 0,
+            "spool": {"parts": 3, "size_bytes": 3 * 1024 * 1024},
+            "last_backup": None,
+        }
+    )
+    assert (
+        "Local backups:     0 in /b (backup.keep = 0: backups are kept in Telegram only; 3 part(s), "
+        "3.00 MB, wait in the spool for Telegram)"
+    ) in text
+    backup = {
+        "file": "shop_backup_20251203_030000.sql.zst",
+        "path": None,
+        "size_bytes": 10,
+        "sha256": "ab",
+        "duration_s": 1.0,
+        "parts": 1,
+        "message_id": None,
+    }
+    waiting = render_backup({**backup, "delivery": "pending"})
+    sent = render_backup({**backup, "delivery": "sent", "message_id": 7})
+    assert (
+        "shop_backup_20251203_030000.sql.zst (its parts wait in the spool until Telegram has them" in waiting
+    )
+    assert "shop_backup_20251203_030000.sql.zst (not kept on this machine: backup.keep = 0)" in sent
