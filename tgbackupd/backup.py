@@ -180,7 +180,7 @@ class Backup:
         with self._directory.lock():
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
-            name = self._directory.unused_name(started)
+            name = self._directory.unused_name(started, (str(e.get("name")) for e in self.state.catalogue()))
             plain = stem(name) + ".sql"
             bound.info(f"Creating database backup: {plain}", file=plain)
             bound.info(

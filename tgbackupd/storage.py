@@ -6,14 +6,14 @@ import fcntl
 import glob
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StorageError
-from .formats import GZIP, SUFFIX_PATTERN
+from .formats import GZIP, SUFFIX_PATTERN, stem
 from .manifest import Manifest, Part, manifest_name
 from .telegram import FileSlice
 
@@ -95,17 +95,19 @@ class BackupDirectory:
         finally:
             os.close(descriptor)
 
-    def unused_name(self, when: datetime) -> str:
-        """Return the file name for a backup made at `when`; the next free second if that one is taken."""
+    def unused_name(self, when: datetime, used: Iterable[str] = ()) -> str:
+        """Return the file name for a backup made at `when`; the next free second if that one is taken
+        here or by a name in `used` (the catalogue: a backup not kept here leaves no file behind)."""
+        used_stems = {stem(name) for name in used}
         while True:
             name = f"{self.prefix}_backup_{when:%Y%m%d_%H%M%S}{self._suffix}"
-            taken = (
+            files = (
                 self.path / name,
                 self.path / self._partial_name(name),
                 self.spool_path(name, 1),
                 self.path / manifest_name(name),  # shared by the formats
             )
-            if not any(path.exists() for path in taken):
+            if stem(name) not in used_stems and not any(path.exists() for path in files):
                 return name
             when += timedelta(seconds=1)
 

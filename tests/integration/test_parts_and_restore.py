@@ -534,3 +534,25 @@ def test_a_cut_zstd_backup_is_refused_before_any_sql_runs(tmp_path, make_databas
     assert restored.returncode == 65, restored.stderr
     assert "ends in the middle of its zstd stream" in restored.stderr
     assert psql(target, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == "0"
+
+
+def test_with_keep_0_two_backups_in_the_same_second_keep_their_own_names(tmp_path, make_database, bot_api):
+    from datetime import UTC, datetime
+
+    from tgbackupd.clock import Clock
+
+    class Frozen(Clock):
+        def now(self) -> datetime:
+            return datetime(2025, 12, 3, 3, 0, 0, tzinfo=UTC)
+
+    environment = base_environment(
+        tmp_path, make_database(rows=10), TGBACKUPD_BACKUP_KEEP="0", **telegram_environment(bot_api)
+    )
+    first = Backup(load_config(None, environment), clock=Frozen()).run("manual")
+    second = Backup(load_config(None, environment), clock=Frozen()).run("manual")
+
+    assert first.delivery == second.delivery == "sent", (first.error, second.error)
+    # The first left no file behind, but the catalogue and the chat know its name.
+    assert first.file.endswith("_030000.sql.gz") and second.file.endswith("_030001.sql.gz")
+    listed = ctl(environment, "list").stdout
+    assert first.file in listed and second.file in listed

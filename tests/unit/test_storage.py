@@ -13,6 +13,9 @@ def test_names_follow_the_original_pattern_and_skip_a_taken_second(tmp_path):
     assert directory.unused_name(WHEN) == "bunyodkor_backup_20251203_030000.sql.gz"
     (tmp_path / "bunyodkor_backup_20251203_030000.sql.gz").write_bytes(b"x")
     assert directory.unused_name(WHEN) == "bunyodkor_backup_20251203_030001.sql.gz"
+    # A backup that left no file here (sent and removed, with backup.keep = 0) still owns its name.
+    catalogue = ["bunyodkor_backup_20251203_030001.sql.zst"]
+    assert directory.unused_name(WHEN, catalogue) == "bunyodkor_backup_20251203_030002.sql.gz"
 
 
 def test_a_file_appears_under_its_name_only_when_complete(tmp_path):
