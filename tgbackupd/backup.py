@@ -278,9 +278,11 @@ class Backup:
     def _write_failed(self, error: OSError) -> StorageError:
         where = self._directory.path
         if error.errno == errno.ENOSPC:
+            # With keep = 0 the parts already wait for the upload: what is left to lower is how many.
+            lower = "backup.keep" if self._config.backup.keep_local else "backup.spool_parts"
             return StorageError(
                 f"the backup directory {where} is full (No space left on device); the unfinished file was "
-                "removed. Free space there, lower backup.keep, or set backup.directory to a larger disk"
+                f"removed. Free space there, lower {lower}, or set backup.directory to a larger disk"
             )
         return StorageError(f"writing the backup into {where} failed: {error.strerror or error}")
 

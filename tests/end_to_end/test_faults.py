@@ -110,18 +110,25 @@ def test_database_faults_are_logged_told_to_the_chat_and_leave_no_file(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small file system")
-def test_a_full_disk_is_reported_and_leaves_no_partial_file(tmp_path, make_database, bot_api, daemon_for):
+@pytest.mark.parametrize(("keep", "advice"), [("7", "lower backup.keep"), ("0", "lower backup.spool_parts")])
+def test_a_full_disk_is_reported_and_leaves_no_partial_file(
+    tmp_path, make_database, bot_api, daemon_for, keep, advice
+):
     source = make_database(rows=5000)
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
     try:
         daemon = daemon_for(
-            source, TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"), TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1"
+            source,
+            TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"),
+            TGBACKUPD_BACKUP_COMPRESSION_LEVEL="1",
+            TGBACKUPD_BACKUP_KEEP=keep,
         )
         triggered = daemon.ctl("trigger")
         assert triggered.returncode == 1
         assert "is full (No space left on device); the unfinished file was removed" in triggered.stderr
+        assert advice in triggered.stderr
         assert [p.name for p in (small / "backups").iterdir() if "sql.gz" in p.name] == []
         assert "is full" in bot_api.messages()[0].fields["text"]
         assert daemon.stop() == 0
