@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import messages
-from .errors import Cancelled
+from .errors import TgbackupdError
 from .manifest import SUFFIX, Manifest, ManifestRef, Part, part_name
 from .state import write_atomically
 from .telegram import BotApi, FileSlice, SentMessage, TelegramError, TelegramRejected
@@ -161,7 +161,9 @@ class EarlyUploader:
             )
             try:
                 sent = self._bot.send_document(self._chat_id, piece, part_name(self._name, index, 2), caption)
-            except (TelegramError, Cancelled) as error:
+            except (TgbackupdError, OSError) as error:  # TelegramError and Cancelled among them
+                # Whatever it is, the queue must go on draining (the dump may be waiting to hand over a
+                # part), and the outbox sends this part and the rest later, in order.
                 self.error = str(error)
                 self._log.warning(
                     "Sending parts during the dump stopped; the outbox sends them after it", error=self.error

@@ -142,3 +142,29 @@ def test_a_part_is_handed_on_once_the_next_one_begins_so_never_the_last(length, 
     assert calls == heard  # before close: a part is heard of as soon as one byte of the next arrives
     parts.close()
     assert calls == heard and len(parts.parts) == -(-length // 10)
+
+
+def test_an_upload_that_fails_locally_never_leaves_the_dump_waiting(tmp_path):
+    import threading
+
+    import structlog
+
+    from tgbackupd.delivery import EarlyUploader
+    from tgbackupd.telegram import FileSlice
+
+    class BotThatCannotRead:
+        def send_document(self, *args, **kwargs):
+            raise FileNotFoundError(2, "No such file or directory")
+
+    uploader = EarlyUploader(
+        BotThatCannotRead(), "-100123", "db.sql.gz", "db", structlog.get_logger(), max_waiting=1
+    )
+    handed = threading.Thread(
+        target=lambda: [
+            uploader.part_ready(i, "00", FileSlice(tmp_path / "gone", 0, 1)) for i in (1, 2, 3, 4)
+        ]
+    )
+    handed.start()
+    handed.join(5)
+    assert not handed.is_alive()  # with a bounded queue and a dead uploader, this would hang
+    assert uploader.finish() == {} and "No such file or directory" in (uploader.error or "")
