@@ -161,17 +161,17 @@ class EarlyUploader:
             )
             try:
                 sent = self._bot.send_document(self._chat_id, piece, part_name(self._name, index, 2), caption)
+                self.sent[index] = sent
+                if self._after_sent is not None:
+                    self._after_sent(index)
             except (TgbackupdError, OSError) as error:  # TelegramError and Cancelled among them
                 # Whatever it is, the queue must go on draining (the dump may be waiting to hand over a
-                # part), and the outbox sends this part and the rest later, in order.
+                # part), and the outbox sends the parts not sent and the rest later, in order.
                 self.error = str(error)
                 self._log.warning(
                     "Sending parts during the dump stopped; the outbox sends them after it", error=self.error
                 )
                 continue
-            self.sent[index] = sent
-            if self._after_sent is not None:
-                self._after_sent(index)
             self._log.info(f"Sent part {index} while the dump goes on", file=part_name(self._name, index, 2))
 
     def finish(self) -> dict[int, SentMessage]:
