@@ -26,7 +26,7 @@ from .pipeline import Count, Digest, PartDigests
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile, write_atomically
-from .storage import BackupDirectory
+from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi, TelegramError
 
 CHUNK_BYTES = 1024 * 1024
@@ -383,10 +383,7 @@ class Backup:
             if self._config.backup.keep_local:
                 checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
             else:
-                spooled = {
-                    part.index: self._directory.spool_path(manifest.name, part.index)
-                    for part in manifest.parts
-                }
+                spooled = spooled_parts(self._directory.path, manifest)
                 checked = restore.from_parts(manifest, spooled, quiet)
             report = restore.verify(self._config.database, checked, quiet)
         except TgbackupdError as error:

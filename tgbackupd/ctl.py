@@ -23,7 +23,7 @@ from .errors import ConfigError, RestoreError, TgbackupdError
 from .progress import Progress
 from .redaction import scrub
 from .state import StateFile
-from .storage import spool_path
+from .storage import spooled_parts
 from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
@@ -343,11 +343,7 @@ def _fetch(
     if local.is_file():
         return restore.from_local_file(local, manifest, progress)
     # Not kept here (backup.keep = 0): parts still waiting in the spool are read from it.
-    spooled = {
-        part.index: path
-        for part in manifest.parts
-        if (path := spool_path(config.backup_directory, manifest.name, part.index)).is_file()
-    }
+    spooled = spooled_parts(config.backup_directory, manifest)
     if len(spooled) == len(manifest.parts):
         return restore.from_parts(manifest, spooled, progress)
     bot, chat_id = _bot(config)

@@ -40,6 +40,12 @@ def spool_path(directory: Path, name: str, index: int) -> Path:
     return directory / f"{name}.{index:03d}"
 
 
+def spooled_parts(directory: Path, manifest: Manifest) -> dict[int, Path]:
+    """The parts of a backup not kept here that still wait in the spool, by part number."""
+    located = {part.index: spool_path(directory, manifest.name, part.index) for part in manifest.parts}
+    return {index: path for index, path in located.items() if path.is_file()}
+
+
 def _create(path: Path) -> BinaryIO:
     """A new file only its owner may read (a backup holds the whole database)."""
     try:
