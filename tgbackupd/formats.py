@@ -9,7 +9,7 @@ from typing import Protocol
 
 import zstandard
 
-from .pipeline import GzipCompressor, ParallelGzipCompressor, Sink, ZstdCompressor
+from .pipeline import ParallelGzipCompressor, Sink, gzip_compressor, zstd_compressor
 
 
 class Decompressor(Protocol):
@@ -35,10 +35,10 @@ class Format:
 
     def compressor(self, level: int, threads: int, downstream: Sink) -> Sink:
         if self.name == "zstd":
-            return ZstdCompressor(level, threads, downstream)
+            return zstd_compressor(level, threads, downstream)
         if threads > 1:
             return ParallelGzipCompressor(level, threads, downstream)
-        return GzipCompressor(level, downstream)
+        return gzip_compressor(level, downstream)
 
     def decompressor(self) -> Decompressor:
         if self.name == "zstd":

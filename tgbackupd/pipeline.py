@@ -17,11 +17,18 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class GzipCompressor:
-    """Compress into the gzip format, so that `gunzip` and `zcat` read the result."""
+class _CompressObject(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
 
-    def __init__(self, level: int, downstream: Sink) -> None:
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    def flush(self) -> bytes: ...
+
+
+class Compressor:
+    """Compress on the caller's thread through a compress object (zlib's, zstandard's), which lets go
+    of the GIL while it works."""
+
+    def __init__(self, compressor: _CompressObject, downstream: Sink) -> None:
+        self._compressor = compressor
         self._downstream = downstream
 
     def write(self, data: bytes) -> None:
@@ -32,6 +39,17 @@ class GzipCompressor:
     def close(self) -> None:
         self._downstream.write(self._compressor.flush())
         self._downstream.close()
+
+
+def gzip_compressor(level: int, downstream: Sink) -> Compressor:
+    """The gzip format, so that `gunzip` and `zcat` read the result."""
+    return Compressor(zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS), downstream)
+
+
+def zstd_compressor(level: int, threads: int, downstream: Sink) -> Compressor:
+    """One zstd frame (`zstd -d` reads it); with `threads` above 1, on that many threads of libzstd's."""
+    options = zstandard.ZstdCompressor(level=level, threads=threads if threads > 1 else 0)
+    return Compressor(options.compressobj(), downstream)
 
 
 def _gzip_member(block: bytes, level: int) -> bytes:
@@ -75,26 +93,6 @@ class ParallelGzipCompressor:
                 self._downstream.write(self._in_flight.popleft().result())
         finally:
             self._pool.shutdown(cancel_futures=True)
-        self._downstream.close()
-
-
-class ZstdCompressor:
-    """Compress into one zstd frame (`zstd -d` reads it). libzstd lets go of the GIL while it works; with
-    `threads` above 1 it compresses on that many threads of its own."""
-
-    def __init__(self, level: int, threads: int, downstream: Sink) -> None:
-        self._compressor = zstandard.ZstdCompressor(
-            level=level, threads=threads if threads > 1 else 0
-        ).compressobj()
-        self._downstream = downstream
-
-    def write(self, data: bytes) -> None:
-        compressed = self._compressor.compress(data)
-        if compressed:
-            self._downstream.write(compressed)
-
-    def close(self) -> None:
-        self._downstream.write(self._compressor.flush())
         self._downstream.close()
 
 
