@@ -213,17 +213,15 @@ class Backup:
             return None
         if self._config.backup.verify_after or self.outbox.pending_count:
             return None
-        database = self._config.database.describe()
-        if self._config.backup.keep_local:
-            return EarlyUploader(bot, telegram.chat_id, name, database, bound)
+        spooled = not self._config.backup.keep_local
         return EarlyUploader(
             bot,
             telegram.chat_id,
             name,
-            database,
+            self._config.database.describe(),
             bound,
-            max_waiting=self._config.backup.spool_parts,
-            after_sent=lambda index: self._directory.remove_spooled(name, index),
+            max_waiting=self._config.backup.spool_parts if spooled else 0,
+            after_sent=(lambda index: self._directory.remove_spooled(name, index)) if spooled else None,
         )
 
     def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:

@@ -2,9 +2,10 @@
 previous backup's manifest is, so that the whole history can be found from the chat alone."""
 
 import json
+import re
 from dataclasses import asdict, dataclass
 
-from .formats import stem
+from .formats import SUFFIX_PATTERN, stem
 
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
@@ -103,6 +104,10 @@ class Manifest:
 def manifest_name(backup_name: str) -> str:
     """`shop_backup_20251203_030000.sql.gz` → `shop_backup_20251203_030000.manifest.json`."""
     return stem(backup_name) + SUFFIX
+
+
+# A part's file name, as part_name makes it for a backup of several parts (and the spool for any).
+PART_FILE = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.(?P<index>[0-9]{{3,}})$")
 
 
 def part_name(backup_name: str, index: int, count: int) -> str:

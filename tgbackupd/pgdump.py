@@ -15,7 +15,6 @@ from .libpq import build_environment, conninfo
 
 STDERR_TAIL_LINES = 20
 PIPE_BYTES = 1024 * 1024
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # Linux; named in the fcntl module from Python 3.10
 _TERMINATE_GRACE_S = 5.0
 
 
@@ -73,7 +72,7 @@ class DumpProcess:
         with contextlib.suppress(OSError):  # best effort: the user may be over its pipe quota
             # A pipe of 1 MiB instead of 64 KiB: pg_dump goes on writing while a chunk is compressed,
             # instead of waiting for it each time (measured: the dump then runs at its own speed).
-            fcntl.fcntl(self._process.stdout.fileno(), F_SETPIPE_SZ, PIPE_BYTES)
+            fcntl.fcntl(self._process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_reader = threading.Thread(target=self._read_stderr, name="pg_dump-stderr", daemon=True)
         self._stderr_reader.start()

@@ -19,7 +19,7 @@ from .config import DatabaseConfig
 from .delivery import pinned_manifest_ref
 from .errors import RestoreError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
-from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
+from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
 from .progress import Progress
 from .telegram import BotApi, TelegramError, TelegramRejected
 
@@ -27,7 +27,6 @@ READ_BYTES = 1024 * 1024
 MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
 HISTORY_LIMIT = 10000
-_PART_FILE = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.(?P<index>[0-9]{{3,}})$")
 _WHOLE_FILE = re.compile(rf"^.+{SUFFIX_PATTERN}$")
 
 
@@ -196,7 +195,7 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
     manifests = sorted(folder.glob(f"*{SUFFIX}"))
     parts: dict[str, dict[int, Path]] = {}
     for path in folder.iterdir():
-        match = _PART_FILE.match(path.name)
+        match = PART_FILE.match(path.name)
         if match:
             parts.setdefault(match["name"], {})[int(match["index"])] = path
     wholes = sorted(path for path in folder.iterdir() if _WHOLE_FILE.match(path.name))

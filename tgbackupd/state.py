@@ -49,14 +49,16 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _where_kept(directory: Path, name: str, manifest: dict[str, Any]) -> bool | str:
-    """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent."""
-    if (directory / name).is_file():
-        return True
+def _where_kept(directory: Path, entry: dict[str, Any], manifest: dict[str, Any]) -> bool | str:
+    """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent (only
+    those not delivered are looked for: a delivered one left none)."""
+    name = str(entry.get("name"))
+    if not entry.get("spooled"):
+        return (directory / name).is_file()
+    if entry.get("delivery") == "sent":
+        return False
     count = len(manifest.get("parts") or [])
-    if any(spool_path(directory, name, index).is_file() for index in range(1, count + 1)):
-        return "spool"
-    return False
+    return "spool" if any(spool_path(directory, name, i).is_file() for i in range(1, count + 1)) else False
 
 
 def _stamp(name: str) -> str:
@@ -169,7 +171,7 @@ class StateFile:
                 "verified": manifest.get("verified"),
                 "delivery": entry.get("delivery"),
                 "manifest_message_id": reference.get("message_id"),
-                "local": _where_kept(directory, name, manifest),
+                "local": _where_kept(directory, entry, manifest),
                 "warning": entry.get("warning"),
                 "last_error": entry.get("last_error") if entry.get("delivery") == "pending" else None,
             }

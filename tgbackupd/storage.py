@@ -14,13 +14,12 @@ from typing import BinaryIO
 
 from .errors import StorageError
 from .formats import GZIP, SUFFIX_PATTERN, stem
-from .manifest import Manifest, Part, manifest_name
+from .manifest import PART_FILE, Manifest, Part, manifest_name
 from .telegram import FileSlice
 
 _PARTIAL_SUFFIX = ".partial"
 _FILE_MODE = 0o600  # a backup holds the whole database
 _DIRECTORY_MODE = 0o700
-_SPOOL_PART = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.[0-9]{{3,}}$")
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ class BackupDirectory:
             self.spool_path(name, index).unlink(missing_ok=True)
             return
         for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*"):
-            if _SPOOL_PART.match(path.name):
+            if PART_FILE.match(path.name):
                 path.unlink(missing_ok=True)
         (self.path / manifest_name(name)).unlink(missing_ok=True)
 
@@ -189,7 +188,7 @@ class BackupDirectory:
             return []
         waiting = []
         for entry in entries:
-            match = _SPOOL_PART.match(entry.name)
+            match = PART_FILE.match(entry.name)
             if match and self._pattern.match(match["name"]):
                 with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
                     waiting.append(StoredBackup(entry.name, Path(entry.path), entry.stat().st_size))
@@ -243,7 +242,7 @@ class BackupDirectory:
         removed = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.path):
-                spooled = _SPOOL_PART.match(entry.name)
+                spooled = PART_FILE.match(entry.name)
                 if partial.match(entry.name) or (
                     spooled and self._pattern.match(spooled["name"]) and spooled["name"] not in waiting
                 ):
