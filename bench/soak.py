@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn, Fault
 from tests.processes import child_environment
+from tgbackupd.statefile import open_reader
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 SPOOLED_PART = re.compile(r"\.sql\.(gz|zst)\.[0-9]{3}$")
@@ -190,7 +191,7 @@ def main() -> None:
             fds_at_end = open_fds(daemon.process.pid)
             threads_at_end = proc_status(daemon.process.pid, "Threads")
             daemon.stop()
-            catalogue = json.loads((workdir / "backups" / ".tgbackupd-state.json").read_text())["catalogue"]
+            catalogue = open_reader(workdir / "backups" / ".tgbackupd-state.db").listing()
             documents = [
                 json.loads(d.content) for d in api.documents() if d.file_name.endswith(".manifest.json")
             ]

@@ -9,9 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.processes import child_environment
+from tgbackupd.backup import Backup
+from tgbackupd.config import Config
+from tgbackupd.recovery import prepare_state
+from tgbackupd.storage import BackupDirectory
 
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("TEST_PG_PORT", "5432")
@@ -57,6 +62,15 @@ def run_tgbackupd(
         timeout=300,
         check=False,
     )
+
+
+def backup_for(config: Config, **options) -> Backup:
+    """A Backup built as tgbackupd builds it at start: the backup directory, and the state store opened
+    (migrated, rebuilt) from the configuration."""
+    backup = config.backup
+    directory = BackupDirectory(backup.directory, backup.prefix, backup.compression.suffix)
+    prepared = prepare_state(config, directory, structlog.get_logger())
+    return Backup(config, prepared.store, directory, **options)
 
 
 def database_url(dbname: str) -> str:
@@ -144,7 +158,7 @@ def base_environment(tmp_path: Path, dbname: str, **overrides: str) -> dict[str,
     environment |= {
         "DATABASE_URL": database_url(dbname),
         "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "backups"),
-        "TGBACKUPD_DAEMON_STATE_FILE": str(tmp_path / "state.json"),
+        "TGBACKUPD_DAEMON_STATE_FILE": str(tmp_path / "state.db"),
         "TGBACKUPD_DAEMON_SOCKET": str(tmp_path / "control.sock"),
     }
     environment.update(overrides)

@@ -18,14 +18,16 @@ from .clock import Clock
 from .config import Config
 from .delivery import EarlyUploader
 from .errors import Cancelled, StorageError, TgbackupdError
+from .files import write_atomically
 from .formats import stem
 from .manifest import Manifest, plan_parts
-from .outbox import Outbox
+from .outbox import Outbox, delivery_text
 from .pgdump import run_pg_dump
 from .pipeline import Count, Digest, PartDigests
 from .progress import Progress
 from .redaction import scrub
-from .state import StateFile, write_atomically
+from .state import StateError, StateStore
+from .states import DeliveryState, Trigger
 from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi, TelegramError
 
@@ -33,10 +35,13 @@ CHUNK_BYTES = 1024 * 1024
 # A dump this much smaller than the previous one of the same database is flagged: tools that reported
 # an empty dump as success have let retention delete the last good backup.
 SHRINK_WARNING_RATIO = 0.5
+# How long a backup waits for another process (the daemon, or `tgbackupd --once`) to finish delivering
+# before it leaves its own backup in the outbox for that process to send.
+DELIVERY_WAIT_S = 300.0
 _START_EVENTS = {
-    "scheduled": "Starting automated database backup...",
-    "catch-up": "Starting automated database backup...",
-    "manual": "Starting manual database backup...",
+    Trigger.SCHEDULED: "Starting automated database backup...",
+    Trigger.CATCH_UP: "Starting automated database backup...",
+    Trigger.MANUAL: "Starting manual database backup...",
 }
 
 log = structlog.stdlib.get_logger("tgbackupd.backup")
@@ -59,7 +64,7 @@ class BackupResult:
     sha256: str | None = None
     parts: int | None = None
     verified: bool | None = None
-    delivery: str = "not_attempted"
+    delivery: str = DeliveryState.NOT_ATTEMPTED
     message_id: int | None = None
     pin_error: str | None = None
     warning: str | None = None
@@ -86,6 +91,8 @@ class Backup:
     def __init__(
         self,
         config: Config,
+        store: StateStore,
+        directory: BackupDirectory,
         *,
         clock: Clock | None = None,
         cancel: threading.Event | None = None,
@@ -95,14 +102,12 @@ class Backup:
         self._clock = clock or Clock()
         self.cancel = cancel or threading.Event()
         self._bot_factory = bot_factory or make_bot
-        self._directory = BackupDirectory(
-            config.backup.directory, config.backup.prefix, config.backup.compression.suffix
-        )
-        self.state = StateFile(config.daemon.state_file)
-        self.outbox = Outbox(config, self.state, self._clock, log)
+        self._directory = directory
+        self.store = store
+        self.outbox = Outbox(config, store, directory, self._clock, log)
         self._server = socket.gethostname()
 
-    def run(self, trigger: str) -> BackupResult:
+    def run(self, trigger: Trigger) -> BackupResult:
         started = self._clock.now()
         began = self._clock.monotonic()
         bound = log.bind(trigger=trigger, database=self._config.database.name)
@@ -118,17 +123,25 @@ class Backup:
                 made = self._make(started, bound, bot)
             except TgbackupdError as error:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
-                self._summarize(result, bound)
                 self._report_failure(bot, result.error or "", bound)
-                self.state.record_result(result.to_dict())
-                return result
-            result = self._after_dump(bot, made, base, began, bound)
-            self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
+            else:
+                result = self._after_dump(bot, made, base, began, bound)
+                self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
+            result = self._record(result, bot, bound)
         finally:
             if bot is not None:
                 bot.close()
         self._summarize(result, bound)
-        self.state.record_result(result.to_dict())
+        return result
+
+    def _record(self, result: BackupResult, bot: BotApi | None, bound: Any) -> BackupResult:
+        """Save the result for status and catch-up; a result that cannot be saved makes the backup fail."""
+        try:
+            self.store.record_result(result.to_dict())
+        except StateError as error:
+            reason = self._text(error)
+            self._report_failure(bot, reason, bound)
+            return dataclasses.replace(result, error="; ".join(filter(None, (result.error, reason))))
         return result
 
     def redeliver(self) -> None:
@@ -137,13 +150,20 @@ class Backup:
         if bot is None:
             return
         try:
-            outcomes = self.outbox.drain(bot, self._directory, self.cancel)
+            drained = self.outbox.drain(bot, self.cancel)
         except Cancelled:
             log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
             return
+        except StateError as error:
+            log.error("Redelivery failed; it is tried again later", error=self._text(error))
+            return
         finally:
             bot.close()
-        if any(outcome.delivery == "sent" for outcome in outcomes.values()):
+        if drained.busy:
+            log.info(
+                "Another tgbackupd process is delivering backups; trying again shortly", holder=drained.busy
+            )
+        elif drained.sent:
             self._prune(log)  # what was kept only because it was undelivered may go now
 
     def clean_up_after_crash(self) -> None:
@@ -152,6 +172,10 @@ class Backup:
             with self._directory.lock():
                 for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                     log.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
+        except StateError as error:
+            log.error(
+                "Not cleaning the backup directory: the catalogue cannot be read", error=self._text(error)
+            )
         except TgbackupdError as error:
             log.info("Not cleaning the backup directory now", reason=self._text(error))
 
@@ -180,7 +204,7 @@ class Backup:
         with self._directory.lock():
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
-            name = self._directory.unused_name(started, (str(e.get("name")) for e in self.state.catalogue()))
+            name = self._directory.unused_name(started, self.store.stem_taken)
             plain = stem(name) + ".sql"
             bound.info(f"Creating database backup: {plain}", file=plain)
             bound.info(
@@ -221,7 +245,15 @@ class Backup:
             self._config.database.describe(),
             bound,
             max_waiting=self._config.backup.spool_parts if spooled else 0,
-            after_sent=(lambda index: self._directory.remove_spooled(name, index)) if spooled else None,
+            after_sent=(
+                (
+                    lambda index, sent: self._directory.spooled_part_sent(
+                        name, index, sent.message_id, sent.file_id
+                    )
+                )
+                if spooled
+                else None
+            ),
         )
 
     def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:
@@ -286,8 +318,8 @@ class Backup:
 
     def _prune(self, bound: Any) -> None:
         keep = self._config.backup.keep
-        undelivered = self.outbox.undelivered()
         try:
+            undelivered = self.outbox.undelivered()  # unread, nothing is removed
             removed = self._directory.prune(keep, protect=undelivered)
         except TgbackupdError as error:
             bound.error("Could not remove old backups", error=self._text(error))
@@ -312,29 +344,42 @@ class Backup:
             verified, verification = self._verify(manifest, bound)
             if not verified:
                 errors.append(f"verification failed: {verification}")
-        warning = self._shrink_warning(made)
-        if warning:
-            bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
-        facts = messages.BackupFacts(
-            file=manifest.name,
-            database=self._config.database.describe(),
-            server=self._server,
-            size_bytes=manifest.size_bytes,
-            sha256=manifest.sha256,
-            duration_s=self._since(began),
-            verification=verification,
-            warning=warning,
-        )
         kept = self._config.backup.keep_local
-        self.outbox.add(
-            dataclasses.replace(manifest, verified=verified),
-            facts,
-            made.sql_bytes,
-            warning,
-            made.sent_early,
-            spooled=not kept,
-        )
-        delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
+        warning = None
+        try:
+            warning = self._shrink_warning(made)
+            if warning:
+                bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
+            facts = messages.BackupFacts(
+                file=manifest.name,
+                database=self._config.database.describe(),
+                server=self._server,
+                size_bytes=manifest.size_bytes,
+                sha256=manifest.sha256,
+                duration_s=self._since(began),
+                verification=verification,
+                warning=warning,
+            )
+            self.outbox.add(
+                dataclasses.replace(manifest, verified=verified),
+                facts,
+                made.sql_bytes,
+                warning,
+                made.sent_early,
+                spooled=not kept,
+            )
+        except StateError as error:
+            # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
+            # The files stay, and the next start reads them back into the catalogue.
+            errors.append(
+                "the backup was made but could not be recorded, so it is not sent to Telegram: "
+                f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
+                "and sends it at its next start once the state file can be written"
+            )
+            self._report_failure(bot, errors[-1], bound)
+            delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
+        else:
+            delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
         return BackupResult(
             **base,
             duration_s=self._since(began),
@@ -356,22 +401,17 @@ class Backup:
         """Say so when the dump is empty, or far smaller than the previous one of the same database."""
         if made.sql_bytes == 0:
             return "pg_dump produced no SQL at all: this backup is empty"
-        for entry in self.state.catalogue():
-            previous = entry.get("sql_bytes")
-            if (
-                entry.get("database") != made.manifest.database
-                or not isinstance(previous, int)
-                or not previous
-            ):
-                continue
-            if made.sql_bytes < previous * SHRINK_WARNING_RATIO:
-                shrink = 100 - made.sql_bytes * 100 // previous
-                return (
-                    f"this dump is {messages.human_size(made.sql_bytes)} of SQL, {shrink}% smaller than the "
-                    f"previous one ({messages.human_size(previous)}, {entry['name']}). Check that the "
-                    "database has not lost data before relying on it"
-                )
+        previous = self.store.previous_sql_bytes(made.manifest.database)
+        if previous is None:
             return None
+        name, previous_bytes = previous
+        if made.sql_bytes < previous_bytes * SHRINK_WARNING_RATIO:
+            shrink = 100 - made.sql_bytes * 100 // previous_bytes
+            return (
+                f"this dump is {messages.human_size(made.sql_bytes)} of SQL, {shrink}% smaller than the "
+                f"previous one ({messages.human_size(previous_bytes)}, {name}). Check that the "
+                "database has not lost data before relying on it"
+            )
         return None
 
     def _verify(self, manifest: Manifest, bound: Any) -> tuple[bool, str]:
@@ -393,44 +433,47 @@ class Backup:
 
     def _deliver(
         self, bot: BotApi | None, name: str, errors: list[str], bound: Any
-    ) -> tuple[str, int | None, str | None]:
+    ) -> tuple[DeliveryState, int | None, str | None]:
         """Drain the outbox (older pending backups first); return this backup's delivery, message id and
-        pin error, adding to `errors` when it did not reach the chat."""
+        pin error, adding to `errors`, with the real reason, when it did not reach the chat."""
         chat_id = self._config.telegram.chat_id
         if bot is None or chat_id is None:
             bound.warning(
                 "Telegram is not configured: the backup is kept locally only",
                 path=str(self._directory.path / name),
             )
-            return "local_only", None, None
+            return DeliveryState.LOCAL_ONLY, None, None
         bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=name)
         try:
-            outcomes = self.outbox.drain(bot, self._directory, self.cancel)
+            drained = self.outbox.drain(bot, self.cancel, wait_s=DELIVERY_WAIT_S)
+            delivery, entry, why = delivery_text(self.store, name)
         except Cancelled:
             errors.append("tgbackupd is stopping; the backup stays in the outbox and is sent after a restart")
-            return "pending", None, None
-        outcome = outcomes.get(name)
-        if outcome is None:
-            blocked = next((o.error for o in outcomes.values() if o.error), "an older backup is waiting")
-            errors.append(f"waiting behind an older backup that is not delivered yet: {blocked}")
-            return "pending", None, None
-        if outcome.delivered is None:
-            errors.append(outcome.error or "not delivered")
-            if not self.cancel.is_set():
-                self._report_failure(bot, errors[-1], bound, retry=False)
-            return outcome.delivery, None, None
-        delivered = outcome.delivered
-        bound.info(
-            "Backup sent to Telegram successfully",
-            chat_id=chat_id,
-            message_id=delivered.manifest_ref.message_id,
-            parts=len(delivered.manifest.parts),
-        )
-        if delivered.pin_error:
-            bound.warning(
-                "Could not pin the backup's manifest in the chat", error=self._text(delivered.pin_error)
+            return DeliveryState.PENDING, None, None
+        except StateError as error:
+            errors.append(f"the backup's delivery could not be recorded: {self._text(error)}")
+            self._report_failure(bot, errors[-1], bound, retry=False)
+            return DeliveryState.PENDING, None, None
+        if delivery == DeliveryState.SENT and entry is not None and entry.manifest_ref is not None:
+            bound.info(
+                "Backup sent to Telegram successfully",
+                chat_id=chat_id,
+                message_id=entry.manifest_ref.message_id,
+                parts=len(entry.manifest.parts),
             )
-        return "sent", delivered.manifest_ref.message_id, delivered.pin_error
+            if entry.pin_error:
+                bound.warning(
+                    "Could not pin the backup's manifest in the chat", error=self._text(entry.pin_error)
+                )
+            return delivery, entry.manifest_ref.message_id, entry.pin_error
+        if drained.busy and why is None:
+            # The other process sends it after its own: not a failure to tell the chat about.
+            errors.append(f"the backup waits in the outbox: {drained.busy}, and sends it after them")
+            return delivery, None, None
+        errors.append(self._text(why or "the backup was not delivered"))
+        if not self.cancel.is_set():
+            self._report_failure(bot, errors[-1], bound, retry=False)
+        return delivery, None, None
 
     def _report_failure(self, bot: BotApi | None, reason: str, bound: Any, retry: bool = True) -> None:
         if bot is None or self.cancel.is_set():

@@ -11,6 +11,8 @@ from .config import Config
 from .errors import TgbackupdError
 from .pgdump import pg_dump_major
 from .redaction import scrub
+from .state import StateError, StateStore, check_location
+from .statefile import open_reader
 from .storage import BackupDirectory
 from .telegram import BotApi, TelegramError
 
@@ -35,12 +37,15 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def run_checks(config: Config) -> list[Check]:
+def run_checks(config: Config, store: StateStore | None = None) -> list[Check]:
+    """Check the setup; `store` is the daemon's own, written to once as a backup would (without it, the
+    state file is only read)."""
     secrets = config.secrets()
     source = str(config.config_file or "environment only")
     checks = [Check("configuration", True, f"valid ({source})")]
     checks += _postgres(config)
     checks.append(_directory(config))
+    checks.append(_state_file(config, store))
     checks += _telegram(config)
     return [Check(c.name, c.ok, scrub(c.detail, secrets), scrub(c.fix, secrets)) for c in checks]
 
@@ -102,6 +107,27 @@ def _directory(config: Config) -> Check:
         "backup directory",
         True,
         f"{directory.path} is writable, {free.f_bavail * free.f_frsize / 2**30:.1f} GB free",
+    )
+
+
+def _state_file(config: Config, store: StateStore | None) -> Check:
+    path = config.daemon.state_file
+    fix = "see the message; daemon.state_file must be a file the tgbackupd user can write"
+    try:
+        check_location(path, create=False)
+        if store is not None:
+            store.probe()
+            backups, waiting = len(store.known()), len(store.waiting())
+        else:
+            reader = open_reader(path)
+            try:
+                backups, waiting = len(reader.known()), len(reader.waiting())
+            finally:
+                reader.close()
+    except StateError as error:
+        return Check("state file", False, str(error), fix)
+    return Check(
+        "state file", True, f"{path}: {backups} backup(s) in the catalogue, {waiting} waiting for Telegram"
     )
 
 

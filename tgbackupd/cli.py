@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+import structlog
 import tomli_w
 
 from . import __version__, messages
@@ -15,15 +16,21 @@ from .checks import render as render_checks
 from .checks import run_checks
 from .config import Config, effective_config, load_config
 from .daemon import Daemon
-from .errors import ConfigError
+from .errors import TgbackupdError
 from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
+from .recovery import prepare_state
+from .state import StateError, StateStore, check_location
+from .states import Trigger
+from .storage import BackupDirectory
+
+log = structlog.stdlib.get_logger("tgbackupd.daemon")
 
 EPILOG = """\
 exit status:
   0   success (--once: the backup was made, and sent when Telegram is configured; --check: all passed)
   1   the backup failed (--once; the reason is logged and sent to the chat), or a check failed (--check)
   69  the daemon could not start (control socket in use, ...)
-  73  the backup directory cannot be created or written
+  73  the state file (daemon.state_file) or the backup directory cannot be created or written
   78  the configuration is invalid (every problem is listed on standard error)
 
 configuration: /etc/tgbackupd/config.toml, --config, or TGBACKUPD_CONFIG; environment variables
@@ -62,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_config_error(error: ConfigError) -> None:
+def _print_error(error: TgbackupdError) -> None:
     """Plain text for people; under journald each line carries the error priority, so `-p err` shows it."""
     prefix = f"<{SYSLOG_PRIORITIES['ERROR']}>" if under_journald(os.environ) else ""
     for line in f"tgbackupd: {error}".splitlines():
@@ -90,15 +97,17 @@ def _render_config(config: Config) -> str:
     return "\n".join(header) + "\n" + tomli_w.dumps(effective_config(config))
 
 
-def _run_once(config: Config) -> int:
-    backup = Backup(config)
+def _run_once(config: Config, store: StateStore, directory: BackupDirectory, problem: str | None) -> int:
+    backup = Backup(config, store, directory)
+    if problem is not None:
+        backup.tell_chat(problem)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         backup.cancel.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    result = backup.run("manual")
+    result = backup.run(Trigger.MANUAL)
     if result.succeeded:
         where = (
             ("sent to Telegram chat " + str(config.telegram.chat_id))
@@ -118,20 +127,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config, os.environ)
-    except ConfigError as error:
-        _print_config_error(error)
+        if args.check_config:
+            sys.stdout.write(_render_config(config))
+            check_location(config.daemon.state_file, create=False)
+            return 0
+    except TgbackupdError as error:
+        _print_error(error)
         return error.exit_code
-    if args.check_config:
-        sys.stdout.write(_render_config(config))
-        return 0
     if args.check:
         checks = run_checks(config)
         print(render_checks(checks))
         return 0 if all(check.ok for check in checks) else 1
     configure_logging(config.daemon.log_level, config.secrets())
-    if args.once:
-        return _run_once(config)
-    return Daemon(config).run()
+    directory = BackupDirectory(
+        config.backup.directory, config.backup.prefix, config.backup.compression.suffix
+    )
+    try:
+        prepared = prepare_state(config, directory, log)
+    except StateError as error:
+        log.error("tgbackupd cannot start", error=str(error))
+        _print_error(error)
+        return error.exit_code
+    try:
+        if args.once:
+            return _run_once(config, prepared.store, directory, prepared.problem)
+        return Daemon(config, prepared.store, directory, prepared.problem).run()
+    finally:
+        prepared.store.close()
 
 
 if __name__ == "__main__":

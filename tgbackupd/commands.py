@@ -14,7 +14,8 @@ from .control import Peer, error_reply
 from .errors import Cancelled
 from .outbox import Outbox
 from .runner import BackupBusy, BackupRunner
-from .state import StateFile
+from .state import StateError, StateStore, backup_stamp
+from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
 
 COMMANDS = ("status", "trigger", "list", "check")
@@ -57,14 +58,16 @@ class Commands:
         next_run: Callable[[], datetime | None],
         started_at: str,
         outbox: Outbox,
+        store: StateStore,
+        directory: BackupDirectory,
     ) -> None:
         self._config = config
         self._runner = runner
         self._next_run = next_run
         self._started_at = started_at
         self._outbox = outbox
-        self._directory = BackupDirectory(config.backup.directory, config.backup.prefix)
-        self._state = StateFile(config.daemon.state_file)
+        self._store = store
+        self._directory = directory
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         command = request.get("command")
@@ -73,12 +76,15 @@ class Commands:
         if command == "trigger":
             return self.trigger(peer, wait=request.get("wait") is True)
         if command == "check":
-            checks = run_checks(self._config)
+            checks = run_checks(self._config, self._store)
             return {
                 "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
             }
         if command == "list":
-            return {"data": {"backups": self._state.listing(self._config.backup.directory)}}
+            try:
+                return {"data": {"backups": listing(self._store, self._directory)}}
+            except StateError as error:
+                return error_reply("state_unreadable", str(error))
         return error_reply(
             "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
         )
@@ -88,6 +94,12 @@ class Commands:
         config = self._config
         running = self._runner.current
         next_run = self._next_run()
+        pending, state_problem = None, None
+        if count_backups:
+            try:
+                pending = self._pending()
+            except StateError as error:
+                state_problem = str(error)
         return {
             "backup_enabled": config.backup.enabled,
             "backup_hour": config.backup.hour,
@@ -103,7 +115,9 @@ class Commands:
             "backups_stored": len(self._directory.backups()) if count_backups else None,
             "spool": self._spool() if count_backups else None,
             "pending_deliveries": self._outbox.pending_count,
-            "pending": self._pending() if count_backups else None,
+            "pending": pending,
+            "state_file": str(config.daemon.state_file),
+            "state_problem": state_problem,
             "last_backup": self._runner.last_backup,
             "version": __version__,
             "pid": os.getpid(),
@@ -118,19 +132,21 @@ class Commands:
     def _pending(self) -> list[dict[str, Any]]:
         return [
             {
-                "name": entry["name"],
-                "attempts": entry.get("attempts"),
-                "next_attempt_at": entry.get("next_attempt_at"),
-                "last_error": entry.get("last_error"),
+                "name": waiting.name,
+                "attempts": waiting.attempts,
+                "next_attempt_at": waiting.next_attempt_at.isoformat() if waiting.next_attempt_at else None,
+                "last_error": waiting.last_error,
             }
-            for entry in self._state.pending()
+            for waiting in self._store.waiting()
         ]
 
     def trigger(self, peer: Peer, wait: bool) -> dict[str, Any]:
         if not peer_may_trigger(peer, self._config.daemon.control_group):
             return error_reply("permission_denied", self._refusal(peer))
         try:
-            running = self._runner.start_when_free("manual") if wait else self._runner.start("manual")
+            running = (
+                self._runner.start_when_free(Trigger.MANUAL) if wait else self._runner.start(Trigger.MANUAL)
+            )
         except BackupBusy as error:
             return error_reply("busy", str(error))
         except Cancelled as error:
@@ -169,12 +185,41 @@ class Commands:
         )
 
 
+def listing(store: StateStore, directory: BackupDirectory | None) -> list[dict[str, Any]]:
+    """Every backup known here, newest first: those in the catalogue, with whether they are on this
+    machine, and any other backup file in the directory (made before the catalogue existed, or by the
+    system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
+    rows = {row["name"]: row for row in store.listing()}
+    if directory is None:
+        return list(rows.values())
+    for row in rows.values():
+        row["local"] = directory.where_kept(
+            row["name"], row["spooled"], row["delivery"] == DeliveryState.SENT, row["parts"]
+        )
+    for backup in directory.backups():
+        if backup.name not in rows:
+            rows[backup.name] = {
+                "name": backup.name,
+                "created_at": None,
+                "size_bytes": backup.size_bytes,
+                "sha256": None,
+                "parts": None,
+                "verified": None,
+                "delivery": None,
+                "manifest_message_id": None,
+                "local": True,
+                "warning": None,
+                "last_error": None,
+            }
+    return sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
+
+
 def status_line(status: dict[str, Any]) -> str:
     """One line for `systemctl status`: what it is doing, when it runs next, how the last backup went,
     and what still waits for Telegram."""
     if status["running"]:
         running = status["running"]
-        if running["trigger"] == "redelivery":
+        if running["trigger"] == Trigger.REDELIVERY:
             line = f"Sending backups that were waiting for Telegram (started {running['started_at']})"
         else:
             line = f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"

@@ -23,7 +23,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
 TOKEN_CREDENTIAL = "telegram-bot-token"
 REDACTED = "<redacted>"
-STATE_FILE_NAME = ".tgbackupd-state.json"
+STATE_FILE_NAME = ".tgbackupd-state.db"
 
 _TOKEN_PATTERN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]+$")
 _CHAT_ID_PATTERN = re.compile(r"^(-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{3,31})$")
@@ -337,7 +337,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             hour=values["backup.hour"],
             minute=values["backup.minute"],
             directory=directory,
-            prefix=values["backup.prefix"] or re.sub(r"[^A-Za-z0-9_.-]", "_", database.name),
+            prefix=_backup_prefix(values, database) or database.name,
             keep=values["backup.keep"],
             spool_parts=values["backup.spool_parts"],
             compression=values["backup.compression"],
@@ -367,6 +367,7 @@ class ClientConfig:
     telegram: TelegramConfig
     database: DatabaseConfig | None
     backup_directory: Path
+    backup_prefix: str | None  # None when no database is configured (a new machine)
     state_file: Path
     socket: Path
 
@@ -386,6 +387,7 @@ def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str
         telegram=telegram,
         database=database,
         backup_directory=directory,
+        backup_prefix=_backup_prefix(values, database),
         state_file=values["daemon.state_file"] or directory / STATE_FILE_NAME,
         socket=_socket(values, environ),
     )
@@ -449,6 +451,13 @@ def _telegram(
         redeliver_min_s=values["telegram.redeliver_min_s"],
         redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
     )
+
+
+def _backup_prefix(values: dict[str, Any], database: DatabaseConfig | None) -> str | None:
+    """The start of backup file names: backup.prefix, else the database name made safe for a file name."""
+    if values["backup.prefix"]:
+        return str(values["backup.prefix"])
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", database.name) if database is not None else None
 
 
 def _backup_directory(values: dict[str, Any], environ: Mapping[str, str]) -> Path:

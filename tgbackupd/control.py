@@ -78,7 +78,7 @@ class ControlServer:
                         socket=str(self.path),
                         gid=self._group,
                     )
-            listener.listen(MAX_CLIENTS)
+            listener.listen(socket.SOMAXCONN)  # a crowd waits to be accepted (or told to come back)
             listener.settimeout(_ACCEPT_POLL_S)
         except OSError as error:
             listener.close()

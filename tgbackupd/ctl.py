@@ -16,14 +16,14 @@ from typing import Any
 from . import __version__, messages, restore
 from .checks import Check
 from .checks import render as render_checks
-from .commands import describe_last
+from .commands import describe_last, listing
 from .config import ClientConfig, DatabaseConfig, database_from_url, load_client_config
 from .control import DaemonNotRunning, request
 from .errors import ConfigError, RestoreError, TgbackupdError
 from .progress import Progress
 from .redaction import scrub
-from .state import StateFile
-from .storage import spooled_parts
+from .statefile import open_reader
+from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
@@ -295,7 +295,16 @@ def _list(args: argparse.Namespace) -> int:
             rows = reply["data"]["backups"]
         except DaemonNotRunning:
             config = _client_config(args)
-            rows = StateFile(config.state_file).listing(config.backup_directory)
+            store = open_reader(config.state_file)
+            try:
+                directory = (
+                    BackupDirectory(config.backup_directory, config.backup_prefix)
+                    if config.backup_prefix
+                    else None
+                )
+                rows = listing(store, directory)
+            finally:
+                store.close()
     print(json.dumps(rows, indent=2) if args.json else render_listing(rows))
     return 0
 
@@ -332,13 +341,17 @@ def _fetch(
         return restore.from_folder(path, progress)
     if path.is_file():
         return restore.from_local_file(path, None, progress)
-    found = StateFile(config.state_file).find(args.source)
+    store = open_reader(config.state_file)
+    try:
+        found = store.find(args.source)
+    finally:
+        store.close()
     if found is None:
         raise RestoreError(
             f"{args.source} is not a file, a folder, nor a backup in the catalogue {config.state_file} "
             "(see `tgbackupctl list`; on a new machine use --from-telegram)"
         )
-    manifest, _ = found
+    manifest = found.manifest
     local = config.backup_directory / manifest.name
     if local.is_file():
         return restore.from_local_file(local, manifest, progress)

@@ -19,8 +19,10 @@ from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
-from .runner import REDELIVERY, BackupBusy, BackupRunner
+from .runner import BackupBusy, BackupRunner
 from .scheduling import DailySchedule, missed_run
+from .state import StateStore
+from .states import Trigger
 from .storage import BackupDirectory
 from .systemd import Notifier, watchdog_interval
 
@@ -32,26 +34,34 @@ log = structlog.stdlib.get_logger("tgbackupd.daemon")
 
 class Daemon:
     def __init__(
-        self, config: Config, environ: Mapping[str, str] = os.environ, clock: Clock | None = None
+        self,
+        config: Config,
+        store: StateStore,
+        directory: BackupDirectory,
+        state_problem: str | None = None,
+        environ: Mapping[str, str] = os.environ,
+        clock: Clock | None = None,
     ) -> None:
         self._config = config
+        self._directory = directory
+        self._state_problem = state_problem  # told to the chat once started
         self._clock = clock or Clock()
         self._notifier = Notifier(environ)
         self._watchdog_every = watchdog_interval(environ)
         self._cancel = threading.Event()
         self.should_exit = False
         self.force_exit = False
-        self._backup = Backup(config, clock=self._clock, cancel=self._cancel)
+        self._backup = Backup(config, store, directory, clock=self._clock, cancel=self._cancel)
         self._outbox = self._backup.outbox
         self._runner = BackupRunner(
-            self._backup.run, self._backup.state, self._cancel, self._clock, redeliver=self._backup.redeliver
+            self._backup.run, store.last_result(), self._cancel, self._clock, redeliver=self._backup.redeliver
         )
         self._schedule = (
             DailySchedule(config.backup.hour, config.backup.minute, self._run_scheduled)
             if config.backup.enabled
             else None
         )
-        self._deferred: str | None = None  # a scheduled backup waiting for a redelivery to finish
+        self._deferred: Trigger | None = None  # a scheduled backup waiting for a redelivery to finish
         self._catch_up_at: float | None = None
         self._commands = Commands(
             config,
@@ -59,6 +69,8 @@ class Daemon:
             self._next_run,
             self._clock.now().isoformat(timespec="seconds"),
             self._outbox,
+            store,
+            directory,
         )
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
@@ -81,15 +93,15 @@ class Daemon:
         return self._schedule.next_run if self._schedule else None
 
     def _run_scheduled(self) -> None:
-        self._start("scheduled")
+        self._start(Trigger.SCHEDULED)
 
-    def _start(self, trigger: str) -> None:
+    def _start(self, trigger: Trigger) -> None:
         """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
         try:
             self._runner.start(trigger)
         except BackupBusy as error:
             current = self._runner.current
-            if current is not None and current.trigger == REDELIVERY:
+            if current is not None and current.trigger == Trigger.REDELIVERY:
                 self._deferred = trigger
             else:
                 log.warning("Scheduled backup skipped: a backup is already running", error=str(error))
@@ -107,6 +119,8 @@ class Daemon:
             log.error("tgbackupd cannot start", error=str(error))
             return error.exit_code
         try:
+            if self._state_problem is not None:
+                self._backup.tell_chat(self._state_problem)
             self._check_directory()
             self._backup.clean_up_after_crash()
             self._plan_catch_up()
@@ -119,9 +133,8 @@ class Daemon:
     def _check_directory(self) -> None:
         """An unusable backup directory is reported at once (log and chat), but the daemon stays up:
         it may be a mount that is not there yet, and someone must hear about every failed night."""
-        directory = BackupDirectory(self._config.backup.directory, self._config.backup.prefix)
         try:
-            directory.ensure()
+            self._directory.ensure()
         except TgbackupdError as error:
             log.error(
                 "The backup directory is not usable; backups will fail until it is fixed", error=str(error)
@@ -195,13 +208,13 @@ class Daemon:
             self._start(trigger)
         elif self._catch_up_at is not None and time.monotonic() >= self._catch_up_at:
             self._catch_up_at = None
-            self._start("catch-up")
+            self._start(Trigger.CATCH_UP)
         elif self._outbox.is_due():
             self._start_redelivery()
 
     def _start_redelivery(self) -> None:
         with contextlib.suppress(TgbackupdError):  # a backup started in between: it drains the outbox
-            self._runner.start(REDELIVERY)
+            self._runner.start(Trigger.REDELIVERY)
 
     def _publish_status(self) -> None:
         text = status_line(self._commands.status(count_backups=False))

@@ -10,9 +10,9 @@ from typing import Any
 
 from . import messages
 from .errors import TgbackupdError
-from .manifest import SUFFIX, Manifest, ManifestRef, Part, part_name
-from .state import write_atomically
-from .telegram import BotApi, FileSlice, SentMessage, TelegramError, TelegramRejected
+from .files import FileSlice, write_atomically
+from .manifest import Manifest, ManifestRef, Part, part_name
+from .telegram import BotApi, SentMessage, TelegramError, TelegramRejected
 
 
 @dataclass(frozen=True)
@@ -20,18 +20,6 @@ class Delivered:
     manifest: Manifest  # with each part's message and file id
     manifest_ref: ManifestRef
     pin_error: str | None
-
-
-def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
-    """Return the manifest pinned in the chat, if the pinned message is one of ours."""
-    pinned = bot.get_chat(chat_id).get("pinned_message")
-    if not isinstance(pinned, dict):
-        return None
-    document = pinned.get("document")
-    if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
-        return None
-    name = str(document["file_name"]).removesuffix(SUFFIX)  # the backup's name but for its format
-    return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
 
 
 class Delivery:
@@ -47,14 +35,16 @@ class Delivery:
         facts: messages.BackupFacts,
         manifest_file: Path,
         find_previous: Callable[[], ManifestRef | None],
-        on_part_sent: Callable[[Manifest, int], None],
+        on_part_sent: Callable[[Part], None],
         captions_to_complete: frozenset[int] = frozenset(),
+        pin: bool = True,
     ) -> Delivered:
         """Send the parts not sent yet (a part with a message id already reached the chat on an earlier
         attempt), each read from where `locate` says, then the manifest, linked to the previous one and
-        written to `manifest_file` first. `on_part_sent` gets the manifest and the part's number after
-        each part, so that progress survives a crash. Raise TelegramError if a part or the manifest could
-        not be sent; a refused pin is only reported."""
+        written to `manifest_file` first. `on_part_sent` hears of each part as it reaches the chat, so
+        that progress survives a crash. The manifest is pinned unless `pin` is false (a newer backup is in
+        the chat already). Raise TelegramError if a part or the manifest could not be sent; a refused pin
+        is only reported."""
         count = len(manifest.parts)
         parts = list(manifest.parts)
         for position, part in enumerate(parts):
@@ -71,7 +61,7 @@ class Delivery:
                 )
             sent = self._bot.send_document(self._chat_id, locate(part), part.file_name, caption)
             parts[position] = replace(part, message_id=sent.message_id, file_id=sent.file_id)
-            on_part_sent(replace(manifest, parts=tuple(parts)), part.index)
+            on_part_sent(parts[position])
         self._complete_captions(parts, facts, captions_to_complete)
         complete = replace(manifest, parts=tuple(parts), previous=find_previous())
         write_atomically(manifest_file, complete.to_json())
@@ -83,7 +73,7 @@ class Delivery:
             content_type="application/json",
         )
         reference = ManifestRef(name=complete.name, message_id=sent.message_id, file_id=sent.file_id)
-        return Delivered(complete, reference, self._pin(sent.message_id))
+        return Delivered(complete, reference, self._pin(sent.message_id) if pin else None)
 
     def _complete_captions(
         self, parts: list[Part], facts: messages.BackupFacts, indexes: frozenset[int]
@@ -130,7 +120,7 @@ class EarlyUploader:
         database: str,
         log: Any,
         max_waiting: int = 0,
-        after_sent: Callable[[int], None] | None = None,
+        after_sent: Callable[[int, SentMessage], None] | None = None,
     ) -> None:
         self._bot = bot
         self._chat_id = chat_id
@@ -163,7 +153,7 @@ class EarlyUploader:
                 sent = self._bot.send_document(self._chat_id, piece, part_name(self._name, index, 2), caption)
                 self.sent[index] = sent
                 if self._after_sent is not None:
-                    self._after_sent(index)
+                    self._after_sent(index, sent)
             except (TgbackupdError, OSError) as error:  # TelegramError and Cancelled among them
                 # Whatever it is, the queue must go on draining (the dump may be waiting to hand over a
                 # part), and the outbox sends the parts not sent and the rest later, in order.

@@ -1,8 +1,10 @@
 """What the chat reads: captions and notices, as plain text (no parse mode, so nothing needs escaping)."""
 
 from dataclasses import dataclass
+from typing import Any
 
 from .formats import by_name
+from .manifest import Manifest
 
 CAPTION_LIMIT = 1024
 MESSAGE_LIMIT = 4096
@@ -30,9 +32,26 @@ class BackupFacts:
     server: str
     size_bytes: int
     sha256: str
-    duration_s: float
+    duration_s: float | None  # None when not known (a backup read back from its manifest after a rebuild)
     verification: str | None = None  # "verified: …" or "NOT VERIFIED: …", when verification ran
     warning: str | None = None  # something a person must look at, such as a dump far smaller than the last
+
+
+def facts_of(manifest: Manifest, recorded: dict[str, Any] | None) -> BackupFacts:
+    """The facts recorded with a backup, or what its manifest alone tells (a backup found on disk)."""
+    if recorded is not None:
+        try:
+            return BackupFacts(**recorded)
+        except TypeError:
+            pass
+    return BackupFacts(
+        file=manifest.name,
+        database=manifest.host,
+        server=manifest.server,
+        size_bytes=manifest.size_bytes,
+        sha256=manifest.sha256,
+        duration_s=None,
+    )
 
 
 def _notes(facts: BackupFacts) -> str:
@@ -46,6 +65,7 @@ def _notes(facts: BackupFacts) -> str:
 
 def backup_caption(facts: BackupFacts) -> str:
     """The caption of a backup sent as one document."""
+    took = f"Took: {facts.duration_s:.1f} s\n" if facts.duration_s is not None else ""
     return _clip(
         f"✅ Backup {facts.file}\n"
         f"{_notes(facts)}"
@@ -53,7 +73,7 @@ def backup_caption(facts: BackupFacts) -> str:
         f"Server: {facts.server}\n"
         f"Size: {human_size(facts.size_bytes)} ({facts.size_bytes} bytes)\n"
         f"SHA-256: {facts.sha256}\n"
-        f"Took: {facts.duration_s:.1f} s\n"
+        f"{took}"
         f"Restore: {by_name(facts.file).restore_hint(facts.file)}",
         CAPTION_LIMIT,
     )

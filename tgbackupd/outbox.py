@@ -1,60 +1,89 @@
-"""The outbox: backups waiting to reach the chat. Kept in the state file, so a backup whose upload
-failed (or was cut by a crash) is sent again after a restart; delivered oldest first, so the chain of
-manifests and the pinned one stay in the order the backups were made."""
+"""The outbox: backups waiting to reach the chat. Kept in the state store, so a backup whose upload failed
+(or was cut by a crash) is sent again after a restart; delivered oldest first, so the chain of manifests
+and the pinned one stay in the order the backups were made; and delivered by one process at a time, so
+that the daemon and a `tgbackupd --once` never send the same backup twice."""
 
-import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import messages
+from . import chain, messages
 from .clock import Clock
 from .config import Config
-from .delivery import Delivered, Delivery, pinned_manifest_ref
-from .manifest import Manifest, ManifestError, ManifestRef
+from .delivery import Delivery
+from .errors import Cancelled, TgbackupdError
+from .manifest import Manifest, ManifestRef, Part
 from .redaction import scrub
-from .state import StateFile
+from .state import Entry, StateError, StateStore, Waiting, backup_stamp
+from .states import DeliveryState
 from .storage import BackupDirectory
 from .telegram import BotApi, TelegramError
 
+# After a rebuild: "history" walks the whole chain in the chat back into the catalogue; "confirm" only
+# looks for backups found on disk, to learn whether they reached the chat before the state was lost.
+CHAIN_KEY = "chain_check"
+CHAIN_HISTORY = "history"
+CHAIN_CONFIRM = "confirm"
+BUSY_RETRY_S = 10
+
 
 @dataclass(frozen=True)
-class Outcome:
-    """What became of one backup in a drain: `sent`, `pending` (with why and when next), or `lost`."""
-
-    delivery: str
-    error: str | None = None
-    delivered: Delivered | None = None
+class Drained:
+    sent: int  # backups this drain delivered
+    busy: str | None = None  # nothing was tried: another process is delivering (who)
 
 
 class Outbox:
-    def __init__(self, config: Config, state: StateFile, clock: Clock, log: Any) -> None:
+    def __init__(
+        self, config: Config, store: StateStore, directory: BackupDirectory, clock: Clock, log: Any
+    ) -> None:
         self._config = config
-        self._state = state
+        self._store = store
+        self._directory = directory
         self._clock = clock
         self._log = log
         self._lock = threading.Lock()
+        self.pending_count = 0
+        self.last_error: str | None = None
+        self._next_due: datetime | None = None
+        self._failures = 0  # in a row, of the store or of a lock held elsewhere: they back off too
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read what is pending (at start, and after this process changed it). Delivery is in order,
-        so only the oldest pending backup's next attempt decides when the outbox is due."""
-        waiting = self._state.pending()
+        """Re-read what is pending (at start, and after a drain). Delivery is in order, so only the oldest
+        pending backup's next attempt decides when the outbox is due."""
+        try:
+            waiting = self._store.waiting()
+            chain_check = self._store.meta(CHAIN_KEY) if self._config.telegram.configured else None
+        except StateError as error:
+            self._back_off(str(error))
+            return
         head = waiting[0] if waiting else None
         with self._lock:
             self.pending_count = len(waiting)
-            self.last_error = head.get("last_error") if head else None
+            self.last_error = head.last_error if head else None
             if head is None:
-                self._next_due = None
-            elif head.get("next_attempt_at"):
-                self._next_due = datetime.fromisoformat(head["next_attempt_at"])
+                self._next_due = self._clock.now() if chain_check else None
             else:
-                self._next_due = self._clock.now()
+                self._next_due = head.next_attempt_at or self._clock.now()
+
+    def _back_off(self, reason: str, delay_s: float | None = None) -> None:
+        """Try again later, after a failure that is not the head backup's own (the store, a lock)."""
+        telegram = self._config.telegram
+        self._failures += 1
+        if delay_s is None:
+            delay_s = min(
+                telegram.redeliver_max_s, telegram.redeliver_min_s * 2 ** min(self._failures - 1, 30)
+            )
+        with self._lock:
+            self.last_error = reason
+            self._next_due = self._clock.now() + timedelta(seconds=delay_s)
 
     def undelivered(self) -> set[str]:
-        """Backups retention must not remove: those not delivered yet."""
-        return {str(entry["name"]) for entry in self._state.pending()}
+        """Backups retention and clean-up must not remove. Raise StateError if the store cannot say:
+        nothing is removed on the strength of a catalogue that could not be read."""
+        return self._store.undelivered()
 
     def is_due(self) -> bool:
         with self._lock:
@@ -70,128 +99,233 @@ class Outbox:
         spooled: bool = False,
     ) -> None:
         """Put a new backup in the catalogue: pending when Telegram is configured, else kept locally.
-        A `spooled` backup is not kept here: its parts wait in the spool, each removed once sent."""
-        self._state.add_entry(
-            {
-                "name": manifest.name,
-                "database": manifest.database,
-                "manifest": json.loads(manifest.to_json()),
-                "manifest_ref": None,
-                "facts": facts.__dict__,
-                "sql_bytes": sql_bytes,
-                "warning": warning,
-                "delivery": "pending" if self._config.telegram.configured else "local_only",
-                "attempts": 0,
-                "next_attempt_at": None,
-                "last_error": None,
-                "captions_to_complete": sorted(captions_to_complete),
-                "spooled": spooled,
-            }
+        A `spooled` backup is not kept here: its parts wait in the spool, each removed once sent.
+        Raise StateError if it could not be recorded."""
+        configured = self._config.telegram.configured
+        self._store.add(
+            Entry(
+                manifest=manifest,
+                delivery=DeliveryState.PENDING if configured else DeliveryState.LOCAL_ONLY,
+                facts=facts.__dict__,
+                sql_bytes=sql_bytes,
+                warning=warning,
+                spooled=spooled,
+                captions_to_complete=captions_to_complete,
+            )
         )
         self.refresh()
 
-    def drain(self, bot: BotApi, directory: BackupDirectory, cancel: threading.Event) -> dict[str, Outcome]:
-        """Deliver what is pending, oldest first; stop at the first failure, so none overtakes another.
-        Raise Cancelled if told to stop: what was not sent stays pending, due at once after a restart."""
+    def drain(self, bot: BotApi, cancel: threading.Event, wait_s: float = 0.0) -> Drained:
+        """Deliver what is pending, oldest first, stopping at the first failure so that none overtakes
+        another; unless another process is delivering (waited for up to `wait_s` seconds), which then
+        sends them. Raise Cancelled if told to stop (what was not sent stays pending, due at once after a
+        restart) and StateError if the store fails."""
         chat_id = self._config.telegram.chat_id
         assert chat_id is not None
-        outcomes: dict[str, Outcome] = {}
         try:
-            for entry in self._state.pending():
-                outcome = self._deliver_one(bot, chat_id, directory, entry)
-                outcomes[entry["name"]] = outcome
-                if outcome.delivery == "pending" or cancel.is_set():
-                    break
-        finally:
-            self.refresh()
-        return outcomes
+            with self._store.delivery_lock(wait_s, cancel) as held_elsewhere:
+                if held_elsewhere:
+                    if cancel.is_set():
+                        raise Cancelled("tgbackupd is stopping")
+                    self._back_off(held_elsewhere, BUSY_RETRY_S)
+                    return Drained(0, held_elsewhere)
+                sent = self._drain_held(bot, chat_id, cancel)
+        except StateError as error:
+            self._back_off(str(error))
+            raise
+        self._failures = 0
+        self.refresh()
+        return Drained(sent)
 
-    def _deliver_one(
-        self, bot: BotApi, chat_id: str, directory: BackupDirectory, entry: dict[str, Any]
-    ) -> Outcome:
-        name = entry["name"]
-        spooled = bool(entry.get("spooled"))
+    def _drain_held(self, bot: BotApi, chat_id: str, cancel: threading.Event) -> int:
+        if not self._look_in_chat(bot, chat_id, cancel):
+            return 0
+        tried: set[str] = set()
+        sent = 0
+        while not cancel.is_set():
+            waiting = self._store.waiting()  # again each time: another process may have added or sent one
+            if not waiting or waiting[0].name in tried:
+                break
+            tried.add(waiting[0].name)
+            outcome = self._deliver_one(bot, chat_id, waiting[0])
+            if outcome == DeliveryState.PENDING:
+                break
+            sent += outcome == DeliveryState.SENT
+        return sent
+
+    def _deliver_one(self, bot: BotApi, chat_id: str, waiting: Waiting) -> DeliveryState:
+        name = waiting.name
         bound = self._log.bind(file=name)
-        try:
-            manifest = Manifest.from_json(json.dumps(entry["manifest"]).encode())
-            facts = messages.BackupFacts(**entry["facts"])
-        except (KeyError, TypeError, ManifestError) as error:
-            return self._lose(name, f"its catalogue entry is damaged ({error})", bound)
-        missing = directory.first_missing(manifest, spooled)
+        entry = self._store.entry(name)
+        if entry is None or entry.delivery != DeliveryState.PENDING:
+            return DeliveryState.NOT_ATTEMPTED  # delivered or given up meanwhile, by another process
+        manifest = entry.manifest
+        facts = messages.facts_of(manifest, entry.facts)
+        missing = self._directory.first_missing(manifest, entry.spooled)
         if missing is not None:
-            if spooled:
-                directory.remove_spooled(name)
+            if not self._directory.looks_mounted():
+                return self._postpone(
+                    entry,
+                    f"{missing} cannot be read: is the file system of {self._directory.path} mounted?",
+                    bound,
+                )
+            if entry.spooled:
+                self._directory.remove_spooled(name)
             return self._lose(name, f"{missing} was removed before it could be sent", bound)
-        attempts = int(entry.get("attempts") or 0) + 1
+        attempts = entry.attempts + 1
         if attempts > 1:
             bound.info("Sending a backup that is waiting for delivery", attempt=attempts)
 
-        def part_sent(progress: Manifest, index: int) -> None:
-            self._state.update_entry(name, manifest=json.loads(progress.to_json()))
-            if spooled:  # recorded first: a crash in between leaves a file, never a part unaccounted for
-                directory.remove_spooled(name, index)
+        def part_sent(part: Part) -> None:
+            assert part.message_id is not None
+            self._store.record_part_sent(name, part.index, part.message_id, part.file_id)
+            if (
+                entry.spooled
+            ):  # recorded first: a crash in between leaves a file, never a part unaccounted for
+                self._directory.spooled_part_sent(name, part.index, part.message_id, part.file_id)
 
         try:
             delivered = Delivery(bot, chat_id, bound).send(
-                lambda part: directory.part_slice(name, part, spooled),
+                lambda part: self._directory.part_slice(name, part, entry.spooled),
                 manifest,
                 facts,
-                directory.path / manifest.file_name,
-                lambda: self._state.latest_manifest_ref() or self._pinned(bot, chat_id, bound),
+                self._directory.path / manifest.file_name,
+                lambda: self._store.latest_manifest_ref(before=name) or self._pinned(bot, chat_id, bound),
                 part_sent,
-                frozenset(entry.get("captions_to_complete") or ()),
+                entry.captions_to_complete,
+                pin=not self._store.newer_delivered(name),
             )
-        except TelegramError as error:
-            return self._postpone(name, attempts, error, bound)
-        self._state.update_entry(
-            name,
-            delivery="sent",
-            manifest=json.loads(delivered.manifest.to_json()),
-            manifest_ref=delivered.manifest_ref.__dict__,
-            pin_error=delivered.pin_error,
-            attempts=attempts,
-            next_attempt_at=None,
-            last_error=None,
-        )
-        if spooled:
-            directory.remove_spooled(name)
+        except (TelegramError, OSError) as error:
+            return self._postpone(entry, error, bound)
+        except StateError:
+            raise
+        except TgbackupdError as error:
+            if isinstance(error, Cancelled):
+                raise
+            return self._postpone(entry, error, bound)
+        self._store.record_delivered(delivered.manifest, delivered.manifest_ref, delivered.pin_error)
+        if entry.spooled:
+            self._directory.remove_spooled(name)
         if attempts > 1:
             bound.info("A backup that was waiting has been delivered", attempts=attempts)
-        return Outcome("sent", delivered=delivered)
+        return DeliveryState.SENT
 
-    def _postpone(self, name: str, attempts: int, error: BaseException, bound: Any) -> Outcome:
-        reason = scrub(str(error), self._config.secrets())
+    def _postpone(self, entry: Entry, error: BaseException | str, bound: Any) -> DeliveryState:
+        name = entry.manifest.name
+        attempts = entry.attempts + 1
+        reason = scrub(
+            str(error) if not isinstance(error, OSError) else _os_error(error), self._config.secrets()
+        )
         telegram = self._config.telegram
         delay = min(telegram.redeliver_max_s, telegram.redeliver_min_s * 2 ** min(attempts - 1, 30))
         next_attempt = self._clock.now() + timedelta(seconds=delay)
-        self._state.update_entry(
-            name,
-            attempts=attempts,
-            next_attempt_at=next_attempt.isoformat(timespec="seconds"),
-            last_error=reason,
-        )
+        self._store.record_postponed(name, attempts, next_attempt.isoformat(timespec="seconds"), reason)
         bound.error(
             "Failed to send backup to Telegram; it is kept and will be sent again",
             error=reason,
             attempts=attempts,
             next_attempt_at=next_attempt.isoformat(timespec="seconds"),
         )
-        when = next_attempt.strftime("%Y-%m-%d %H:%M")
-        return Outcome(
-            "pending", f"the backup was made but not sent to Telegram yet: {reason}; next try at {when}"
-        )
+        return DeliveryState.PENDING
 
-    def _lose(self, name: str, why: str, bound: Any) -> Outcome:
-        self._state.update_entry(name, delivery="lost", last_error=why, next_attempt_at=None)
+    def _lose(self, name: str, why: str, bound: Any) -> DeliveryState:
+        self._store.record_lost(name, why)
         bound.error("A backup waiting for delivery can no longer be sent", error=why)
-        return Outcome("lost", f"the backup can no longer be sent: {why}")
+        return DeliveryState.LOST
 
     def _pinned(self, bot: BotApi, chat_id: str, bound: Any) -> ManifestRef | None:
         """On a machine with no delivered backup yet, continue the chain from the pinned manifest."""
         try:
-            return pinned_manifest_ref(bot, chat_id)
+            return chain.pinned_manifest_ref(bot, chat_id)
         except TelegramError as error:
             bound.warning(
                 "Could not read the chat's pinned manifest", error=scrub(str(error), self._config.secrets())
             )
             return None
+
+    def _look_in_chat(self, bot: BotApi, chat_id: str, cancel: threading.Event) -> bool:
+        """After a rebuild, walk the chain of manifests in the chat before sending anything: backups found on
+        disk may have reached the chat before the state was lost (they are marked sent, not sent twice),
+        and the history of delivered backups comes back into the catalogue. Return False (having postponed
+        the oldest pending backup) if the chat could not be read."""
+        mode = self._store.meta(CHAIN_KEY)
+        if mode is None:
+            return True
+        waiting = self._store.waiting()
+        unconfirmed = {item.name: self._store.entry(item.name) for item in waiting if item.unconfirmed}
+        oldest = min((backup_stamp(name) for name in unconfirmed), default=None)
+        known = self._store.known()
+        found: list[Entry] = []
+        try:
+            for manifest, reference in chain.walk(bot, chain.pinned_manifest_ref(bot, chat_id)):
+                if cancel.is_set():
+                    raise Cancelled("tgbackupd is stopping")
+                mine = unconfirmed.get(manifest.name)
+                if mine is not None and (mine.manifest.sha256, mine.manifest.size_bytes) == (
+                    manifest.sha256,
+                    manifest.size_bytes,
+                ):
+                    self._store.record_delivered(manifest, reference, None)
+                    unconfirmed.pop(manifest.name)
+                elif mode == CHAIN_HISTORY and manifest.name not in known:
+                    found.append(Entry(manifest, DeliveryState.SENT, manifest_ref=reference))
+                if mode == CHAIN_CONFIRM and (
+                    not unconfirmed or backup_stamp(manifest.name) < (oldest or "")
+                ):
+                    break
+        except (TelegramError, chain.ChainError) as error:
+            reason = (
+                "the chat's manifests could not be read, so it is not known yet which backups found on disk "
+                "after the state file was rebuilt reached the chat: "
+                + scrub(str(error), self._config.secrets())
+            )
+            head = self._store.entry(waiting[0].name) if waiting else None
+            if head is not None:
+                self._postpone(head, reason, self._log.bind(file=head.manifest.name))
+            else:
+                self._back_off(reason)
+            return False
+        self._store.add_many(found)
+        for name in unconfirmed:
+            self._store.record_confirmed(name)
+        self._store.set_meta(CHAIN_KEY, None)
+        if found or mode == CHAIN_HISTORY:
+            self._log.info(
+                "Read the chain of manifests in the chat back into the catalogue", found=len(found)
+            )
+        return True
+
+
+def _os_error(error: OSError) -> str:
+    where = f" ({error.filename})" if error.filename else ""
+    return f"a local error while sending: {error.strerror or error}{where}"
+
+
+def delivery_text(store: StateStore, name: str) -> tuple[DeliveryState, Entry | None, str | None]:
+    """What became of backup `name` after a drain: its delivery state, its entry, and, when it did not
+    reach the chat, the real reason in a sentence."""
+    entry = store.entry(name)
+    if entry is None:
+        return DeliveryState.NOT_ATTEMPTED, None, "it is not in the catalogue"
+    if entry.delivery == DeliveryState.LOST:
+        return entry.delivery, entry, f"the backup can no longer be sent: {entry.lost_reason}"
+    if entry.delivery != DeliveryState.PENDING:
+        return entry.delivery, entry, None
+    if entry.last_error:
+        when = (
+            f"; next try at {entry.next_attempt_at[:16].replace('T', ' ')}" if entry.next_attempt_at else ""
+        )
+        return (
+            entry.delivery,
+            entry,
+            f"the backup was made but not sent to Telegram yet: {entry.last_error}{when}",
+        )
+    older = next((item for item in store.waiting() if item.name != name and item.last_error), None)
+    if older is not None:
+        return (
+            entry.delivery,
+            entry,
+            f"the backup waits behind the older backup {older.name}, which could not be sent yet: "
+            f"{older.last_error}",
+        )
+    return entry.delivery, entry, None

@@ -3,7 +3,6 @@ alone), check every part's and the whole's SHA-256 before anything touches a dat
 the SQL through gunzip into psql in one transaction, or into a scratch database to verify it."""
 
 import hashlib
-import io
 import itertools
 import re
 import secrets
@@ -14,9 +13,8 @@ from pathlib import Path
 
 import zstandard
 
-from . import psql
+from . import chain, psql
 from .config import DatabaseConfig
-from .delivery import pinned_manifest_ref
 from .errors import RestoreError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
@@ -24,9 +22,7 @@ from .progress import Progress
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
-MAX_MANIFEST_BYTES = 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
-HISTORY_LIMIT = 10000
 _WHOLE_FILE = re.compile(rf"^.+{SUFFIX_PATTERN}$")
 
 
@@ -251,10 +247,10 @@ class TelegramSource:
         self._chat_id = chat_id
         self._progress = progress
 
-    def history(self, limit: int = HISTORY_LIMIT) -> Iterator[tuple[Manifest, ManifestRef]]:
+    def history(self, limit: int = chain.HISTORY_LIMIT) -> Iterator[tuple[Manifest, ManifestRef]]:
         """The manifests, newest first, by walking back from the pinned one."""
         try:
-            reference = pinned_manifest_ref(self._bot, self._chat_id)
+            reference = chain.pinned_manifest_ref(self._bot, self._chat_id)
         except TelegramError as error:
             raise RestoreError(f"cannot read chat {self._chat_id}: {error}") from None
         if reference is None:
@@ -263,29 +259,7 @@ class TelegramSource:
                 "delivered there "
                 "yet, or the bot may not pin messages (then restore from a folder of downloaded parts)"
             )
-        seen: set[str] = set()
-        while reference is not None and reference.file_id and len(seen) < limit:
-            if reference.file_id in seen:
-                break
-            seen.add(reference.file_id)
-            manifest = self._manifest(reference)
-            yield manifest, reference
-            reference = manifest.previous
-
-    def _manifest(self, reference: ManifestRef) -> Manifest:
-        assert reference.file_id is not None
-        buffer = io.BytesIO()
-        try:
-            file = self._bot.get_file(reference.file_id)
-            if int(file.get("file_size") or 0) > MAX_MANIFEST_BYTES:
-                raise RestoreError(f"the manifest of {reference.name} is implausibly large; is it ours?")
-            self._bot.download(file["file_path"], buffer)
-        except TelegramError as error:
-            raise RestoreError(f"cannot download the manifest of {reference.name}: {error}") from None
-        try:
-            return Manifest.from_json(buffer.getvalue())
-        except ManifestError as error:
-            raise RestoreError(f"the manifest of {reference.name} in the chat: {error}") from None
+        yield from chain.walk(self._bot, reference, limit)
 
     def find(self, which: str) -> Manifest:
         """The manifest of the backup called `which`, or of the newest for `latest`."""

@@ -10,12 +10,9 @@ import structlog
 from .backup import BackupResult
 from .clock import Clock
 from .errors import Cancelled, TgbackupdError
-from .state import StateFile
+from .states import Trigger
 
 log = structlog.stdlib.get_logger("tgbackupd.runner")
-
-
-REDELIVERY = "redelivery"  # the job that sends backups waiting in the outbox
 
 
 class BackupBusy(TgbackupdError):
@@ -23,7 +20,7 @@ class BackupBusy(TgbackupdError):
 
 
 class RunningBackup:
-    def __init__(self, trigger: str, started_at: str) -> None:
+    def __init__(self, trigger: Trigger, started_at: str) -> None:
         self.trigger = trigger
         self.started_at = started_at
         self.done = threading.Event()
@@ -36,8 +33,8 @@ class RunningBackup:
 class BackupRunner:
     def __init__(
         self,
-        run_backup: Callable[[str], BackupResult],
-        state: StateFile,
+        run_backup: Callable[[Trigger], BackupResult],
+        last_backup: dict[str, Any] | None,
         cancel: threading.Event,
         clock: Clock | None = None,
         redeliver: Callable[[], None] | None = None,
@@ -49,13 +46,13 @@ class BackupRunner:
         self._lock = threading.Lock()
         self._current: RunningBackup | None = None
         self._thread: threading.Thread | None = None
-        self.last_backup: dict[str, Any] | None = state.last_backup()
+        self.last_backup = last_backup
 
     @property
     def current(self) -> RunningBackup | None:
         return self._current
 
-    def start(self, trigger: str) -> RunningBackup:
+    def start(self, trigger: Trigger) -> RunningBackup:
         """Start a backup now. Raise BackupBusy if one is running, Cancelled if the daemon is stopping."""
         with self._lock:
             if self._cancel.is_set():
@@ -64,7 +61,7 @@ class BackupRunner:
                 current = self._current
                 doing = (
                     "tgbackupd is sending backups that were waiting for Telegram"
-                    if current.trigger == REDELIVERY
+                    if current.trigger == Trigger.REDELIVERY
                     else f"a {current.trigger} backup is already running"
                 )
                 raise BackupBusy(
@@ -77,7 +74,7 @@ class BackupRunner:
             self._thread.start()
             return running
 
-    def start_when_free(self, trigger: str) -> RunningBackup:
+    def start_when_free(self, trigger: Trigger) -> RunningBackup:
         """Wait for the running backup (if any) to finish, then start this one."""
         while True:
             try:
@@ -88,7 +85,7 @@ class BackupRunner:
                     current.done.wait()
 
     def _work(self, running: RunningBackup) -> None:
-        if running.trigger == REDELIVERY:
+        if running.trigger == Trigger.REDELIVERY:
             self._finish_redelivery(running)
             return
         try:

@@ -4,20 +4,23 @@ and the spool of parts waiting for Telegram when backups are not kept here (back
 import contextlib
 import fcntl
 import glob
+import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StorageError
+from .files import FileSlice, sync_directory
 from .formats import GZIP, SUFFIX_PATTERN, stem
-from .manifest import PART_FILE, Manifest, Part, manifest_name
-from .telegram import FileSlice
+from .manifest import PART_FILE, SUFFIX, Manifest, Part, manifest_name
 
 _PARTIAL_SUFFIX = ".partial"
+_RECEIPTS_SUFFIX = ".sent"
+_LOCK_NAME = ".tgbackupd.lock"
 _FILE_MODE = 0o600  # a backup holds the whole database
 _DIRECTORY_MODE = 0o700
 
@@ -63,6 +66,7 @@ class BackupDirectory:
         self.prefix = prefix
         self._suffix = suffix
         self._pattern = re.compile(rf"^{re.escape(prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}{SUFFIX_PATTERN}$")
+        self._stem_pattern = re.compile(rf"^{re.escape(prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}$")
 
     def ensure(self) -> None:
         try:
@@ -83,9 +87,7 @@ class BackupDirectory:
         """Hold the directory's lock for one backup, so that a `tgbackupd --once` from cron and the
         daemon never write into the same directory at once, and leftovers found under it are stale."""
         try:
-            descriptor = os.open(
-                self.path / ".tgbackupd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
-            )
+            descriptor = os.open(self.path / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         except OSError as error:
             raise StorageError(f"cannot create the lock file in {self.path}: {_describe(error)}") from None
         try:
@@ -100,10 +102,9 @@ class BackupDirectory:
         finally:
             os.close(descriptor)
 
-    def unused_name(self, when: datetime, used: Iterable[str] = ()) -> str:
+    def unused_name(self, when: datetime, taken: Callable[[str], bool] = lambda name: False) -> str:
         """Return the file name for a backup made at `when`; the next free second if that one is taken
-        here or by a name in `used` (the catalogue: a backup not kept here leaves no file behind)."""
-        used_stems = {stem(name) for name in used}
+        here or `taken` says so (the catalogue: a backup not kept here leaves no file behind)."""
         while True:
             name = f"{self.prefix}_backup_{when:%Y%m%d_%H%M%S}{self._suffix}"
             files = (
@@ -112,7 +113,7 @@ class BackupDirectory:
                 self.spool_path(name, 1),
                 self.path / manifest_name(name),  # shared by the formats
             )
-            if stem(name) not in used_stems and not any(path.exists() for path in files):
+            if not any(path.exists() for path in files) and not taken(name):
                 return name
             when += timedelta(seconds=1)
 
@@ -131,7 +132,7 @@ class BackupDirectory:
             yield WholeFileWriter(stream, partial)
             stream.close()
             os.rename(partial, self.path / name)
-            self._sync_directory()
+            sync_directory(self.path)
         except BaseException:
             stream.close()
             partial.unlink(missing_ok=True)
@@ -144,7 +145,7 @@ class BackupDirectory:
         writer = SpoolWriter(self, name)
         try:
             yield writer
-            self._sync_directory()
+            sync_directory(self.path)
         except BaseException:
             writer.abandon()
             self.remove_spooled(name)
@@ -170,15 +171,90 @@ class BackupDirectory:
                 return path
         return None
 
-    def remove_spooled(self, name: str, index: int | None = None) -> None:
-        """Remove one part of a backup that is not kept here, once sent, or all of them and the manifest."""
-        if index is not None:
-            self.spool_path(name, index).unlink(missing_ok=True)
-            return
+    def _receipts(self, name: str) -> Path:
+        """Where the chat's message of each part of a spooled backup is noted as it is sent: the part's
+        file is removed then, so after a lost state file this is what says the part is in the chat."""
+        return self.path / f".{stem(name)}{_RECEIPTS_SUFFIX}"
+
+    def spooled_part_sent(self, name: str, index: int, message_id: int, file_id: str | None) -> None:
+        """Part `index` of a backup not kept here reached the chat: note where, then remove its file."""
+        receipt = json.dumps({"index": index, "message_id": message_id, "file_id": file_id}) + "\n"
+        descriptor = os.open(
+            self._receipts(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
+        )
+        try:
+            os.write(descriptor, receipt.encode())
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        self.spool_path(name, index).unlink(missing_ok=True)
+
+    def receipts(self, name: str) -> dict[int, tuple[int, str | None]]:
+        """The parts of a spooled backup noted as sent: (message id, file id) by part number. Lines that do
+        not parse (a write cut by a crash) are skipped: that part is then sent again."""
+        noted: dict[int, tuple[int, str | None]] = {}
+        try:
+            text = self._receipts(name).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return noted
+        for line in text.splitlines():
+            try:
+                receipt = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(receipt, dict):
+                continue
+            index, message_id, file_id = (
+                receipt.get("index"),
+                receipt.get("message_id"),
+                receipt.get("file_id"),
+            )
+            if (
+                isinstance(index, int)
+                and isinstance(message_id, int)
+                and not isinstance(message_id, bool)
+                and (file_id is None or isinstance(file_id, str))
+            ):
+                noted[index] = (message_id, file_id)
+        return noted
+
+    def remove_spooled(self, name: str) -> None:
+        """Remove what is left of a backup that is not kept here: its parts, receipts and manifest."""
         for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*"):
             if PART_FILE.match(path.name):
                 path.unlink(missing_ok=True)
+        self._receipts(name).unlink(missing_ok=True)
         (self.path / manifest_name(name)).unlink(missing_ok=True)
+
+    def manifests(self) -> list[Path]:
+        """The manifest files of this database's backups in the directory."""
+        try:
+            entries = list(os.scandir(self.path))
+        except OSError:
+            return []
+        return sorted(
+            Path(entry.path)
+            for entry in entries
+            if entry.name.endswith(SUFFIX) and self._stem_pattern.match(entry.name.removesuffix(SUFFIX))
+        )
+
+    def where_kept(self, name: str, spooled: bool, delivered: bool, part_count: int) -> bool | str:
+        """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent (only
+        those not delivered are looked for: a delivered one left none)."""
+        if not spooled:
+            return (self.path / name).is_file()
+        if delivered:
+            return False
+        waiting = any(self.spool_path(name, index).is_file() for index in range(1, part_count + 1))
+        return "spool" if waiting else False
+
+    def has_whole_file(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def looks_mounted(self) -> bool:
+        """Whether the directory is the one backups were written to: it exists and holds the lock file that
+        every backup made in it leaves. An empty mount point (its file system not mounted yet) does not."""
+        return (self.path / _LOCK_NAME).exists()
 
     def spooled(self) -> list[StoredBackup]:
         """The part files waiting in the spool for Telegram."""
@@ -193,13 +269,6 @@ class BackupDirectory:
                 with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
                     waiting.append(StoredBackup(entry.name, Path(entry.path), entry.stat().st_size))
         return waiting
-
-    def _sync_directory(self) -> None:
-        descriptor = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
     def backups(self) -> list[StoredBackup]:
         """Return this database's backups, newest first (the timestamp in the name orders them)."""
@@ -235,16 +304,31 @@ class BackupDirectory:
 
     def remove_leftovers(self, waiting: set[str] | frozenset[str]) -> list[str]:
         """Remove what a backup interrupted by a crash or power loss left: files still being written, and
-        spooled parts of a backup that never finished (those `waiting` to be sent are kept)."""
+        the spooled parts (and their receipts) of a dump that never finished, which has no manifest. Parts
+        of a finished dump stay even when the catalogue does not know it (its recording failed), and so
+        do those of backups `waiting` to be sent: they may be the only copy."""
         partial = re.compile(
             rf"^\.{re.escape(self.prefix)}_backup_.*{SUFFIX_PATTERN}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
         )
+        receipts = re.compile(rf"^\.(?P<stem>.+){re.escape(_RECEIPTS_SUFFIX)}$")
+        waiting_stems = {stem(name) for name in waiting}
+
+        def unfinished(backup_stem: str) -> bool:
+            return (
+                self._stem_pattern.match(backup_stem) is not None
+                and backup_stem not in waiting_stems
+                and not (self.path / (backup_stem + SUFFIX)).exists()
+            )
+
         removed = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.path):
                 spooled = PART_FILE.match(entry.name)
-                if partial.match(entry.name) or (
-                    spooled and self._pattern.match(spooled["name"]) and spooled["name"] not in waiting
+                receipt = receipts.match(entry.name)
+                if (
+                    partial.match(entry.name)
+                    or (spooled and unfinished(stem(spooled["name"])))
+                    or (receipt and unfinished(receipt["stem"]))
                 ):
                     Path(entry.path).unlink(missing_ok=True)
                     removed.append(entry.name)

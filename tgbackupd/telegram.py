@@ -10,13 +10,13 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
 
 from . import __version__
 from .errors import Cancelled, TgbackupdError
+from .files import FileSlice
 from .redaction import scrub
 
 CONNECT_TIMEOUT_S = 10.0
@@ -43,19 +43,6 @@ class TelegramTooLarge(TelegramRejected):
 class SentMessage:
     message_id: int
     file_id: str | None = None
-
-
-@dataclass(frozen=True)
-class FileSlice:
-    """Bytes [offset, offset + length) of a file on disk: one part of a backup, or all of it."""
-
-    path: Path
-    offset: int
-    length: int
-
-    @classmethod
-    def whole(cls, path: Path) -> "FileSlice":
-        return cls(path, 0, path.stat().st_size)
 
 
 class MultipartBody:

@@ -20,6 +20,7 @@ def test_a_working_setup_passes_every_check_through_the_daemon(
         "✓ database",
         "✓ pg_dump version",
         "✓ backup directory",
+        "✓ state file",
         "✓ bot token",
         "✓ chat",
         "✓ bot rights",

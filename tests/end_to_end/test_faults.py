@@ -13,6 +13,7 @@ import pytest
 from tests.botapi import FAKE_TOKEN, Fault
 from tests.conftest import base_environment, database_url, psql, telegram_environment
 from tests.processes import child_environment
+from tgbackupd.statefile import open_reader
 
 FAST_RETRIES = {
     "TGBACKUPD_TELEGRAM_RETRIES": "0",
@@ -277,7 +278,7 @@ def test_sigkill_mid_upload_resumes_the_delivery_after_a_restart(
     backups = tmp_path / "backups"
     if keep == "0":  # the one part waits in the spool, under the name it has in the chat plus .001
         assert [p.name for p in backups.glob("*.sql.gz.*")] == [
-            f"{json.loads((tmp_path / 'state.json').read_text())['catalogue'][0]['name']}.001"
+            f"{open_reader(tmp_path / 'state.db').listing()[0]['name']}.001"
         ]
 
     again = daemon_for(source, TGBACKUPD_BACKUP_KEEP=keep)
@@ -293,7 +294,8 @@ def test_sigkill_mid_upload_resumes_the_delivery_after_a_restart(
 def test_a_missed_scheduled_backup_is_caught_up_after_start(tmp_path, make_database, bot_api, daemon_for):
     source = make_database(rows=10)
     two_days_ago = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 2 * 86400))
-    (tmp_path / "state.json").write_text(json.dumps({"last_backup": {"started_at": two_days_ago}}))
+    # As tgbackupd 0.1 wrote it (its JSON state file at daemon.state_file), imported at start.
+    (tmp_path / "state.db").write_text(json.dumps({"last_backup": {"started_at": two_days_ago}}))
 
     daemon = daemon_for(source, TGBACKUPD_BACKUP_CATCH_UP_DELAY_S="0")
 

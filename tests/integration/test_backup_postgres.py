@@ -16,12 +16,12 @@ from tests.botapi import CHAT_ID, Fault
 from tests.conftest import (
     PG_HOST,
     PG_PORT,
+    backup_for,
     base_environment,
     fingerprint,
     psql_command,
     telegram_environment,
 )
-from tgbackupd.backup import Backup
 from tgbackupd.config import load_config
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -41,7 +41,7 @@ def test_backup_restores_into_a_fresh_database_with_identical_contents(tmp_path,
     source = make_database(rows=5000)
     config = load_config(None, base_environment(tmp_path, source))
 
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     assert result.succeeded, result.error
     assert result.delivery == "local_only"
@@ -65,7 +65,7 @@ def test_backup_is_sent_to_the_chat_with_a_caption_a_person_can_use(tmp_path, ma
     source = make_database(rows=500)
     config = load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
 
-    result = Backup(config).run("scheduled")
+    result = backup_for(config).run("scheduled")
 
     assert result.succeeded and result.delivery == "sent", result.error
     document, manifest = bot_api.documents()
@@ -85,7 +85,7 @@ def test_failed_dump_leaves_no_file_and_reports_pg_dumps_own_error_to_the_chat(t
     environment = base_environment(tmp_path, "no_such_database_here", **telegram_environment(bot_api))
     config = load_config(None, environment)
 
-    result = Backup(config).run("scheduled")
+    result = backup_for(config).run("scheduled")
 
     assert not result.succeeded
     assert 'database "no_such_database_here" does not exist' in result.error
@@ -102,7 +102,7 @@ def test_missing_pg_dump_is_a_clear_error(tmp_path, make_database):
         None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP="/nonexistent/pg_dump")
     )
 
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     assert "/nonexistent/pg_dump was not found: install the PostgreSQL client tools" in result.error
 
@@ -114,7 +114,7 @@ def test_a_413_from_the_server_keeps_the_backup_and_tells_the_chat_to_lower_the_
     config = load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
     bot_api.state.upload_limit = 100  # a server stricter than telegram.part_size_mb
 
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     assert result.delivery == "pending" and Path(result.path).exists()
     assert "413" in result.error and "telegram.part_size_mb" in result.error
@@ -135,7 +135,7 @@ def test_upload_retries_a_server_error_and_waits_out_a_429(tmp_path, make_databa
     )
 
     began = time.monotonic()
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     assert result.delivery == "sent", result.error
     assert time.monotonic() - began >= 1.0 + 1.0  # backoff of 1 s after the 502, then retry_after 1 s
@@ -149,7 +149,7 @@ def test_rejected_upload_is_not_retried_and_says_what_to_fix(tmp_path, make_data
     )
     config = load_config(None, environment)
 
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     assert result.delivery == "pending"
     assert "chat -100999 was not found" in result.error and "TELEGRAM_CHAT_ID" in result.error
@@ -173,7 +173,7 @@ def test_retention_keeps_the_newest_and_never_touches_other_files(tmp_path, make
         path.write_bytes(b"keep me")
     config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_BACKUP_KEEP="3"))
 
-    result = Backup(config).run("manual")
+    result = backup_for(config).run("manual")
 
     remaining = sorted(
         p.name for p in directory.iterdir() if p.name.startswith(f"{source}_backup_2") and p.suffix == ".gz"
@@ -189,7 +189,7 @@ def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path
     slow_dump.write_text("#!/bin/sh\necho $$ > \"$0.pid\"\nexec yes 'INSERT INTO t VALUES (1);'\n")
     slow_dump.chmod(0o755)
     config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(slow_dump)))
-    backup = Backup(config)
+    backup = backup_for(config)
     outcome = []
     worker = threading.Thread(target=lambda: outcome.append(backup.run("manual")))
     worker.start()
@@ -226,7 +226,7 @@ def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, m
         DATABASE_URL=f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}",
     )
 
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
 
     assert result.succeeded, result.error
     assert "s3cret-pw" not in (tmp_path / "argv").read_text()
@@ -242,7 +242,7 @@ def test_a_delivery_that_keeps_failing_is_reported_to_the_chat_once_it_answers(
     )
     bot_api.fail_next(Fault(500, "Internal Server Error"), Fault(503, "Service Unavailable"))
 
-    result = Backup(load_config(None, environment)).run("scheduled")
+    result = backup_for(load_config(None, environment)).run("scheduled")
 
     assert result.delivery == "pending" and Path(result.path).exists()
     assert "failed 2 time(s), last with: 503 Service Unavailable" in result.error
@@ -258,7 +258,7 @@ def test_a_zstd_backup_restores_with_zstd_and_psql_as_its_caption_says(tmp_path,
         tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION="zstd", **telegram_environment(bot_api)
     )
 
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
 
     assert result.succeeded and result.delivery == "sent", result.error
     path = Path(result.path)
@@ -284,7 +284,7 @@ def test_changing_the_format_keeps_one_series_for_retention(tmp_path, make_datab
         environment = base_environment(
             tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION=compression, TGBACKUPD_BACKUP_KEEP="3"
         )
-        result = Backup(load_config(None, environment)).run("manual")
+        result = backup_for(load_config(None, environment)).run("manual")
         assert result.succeeded, result.error
         made.append(result.file)
         time.sleep(1.1)  # one backup per second: the name carries the time

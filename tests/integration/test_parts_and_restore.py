@@ -13,6 +13,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.conftest import (
+    backup_for,
     base_environment,
     database_url,
     fingerprint,
@@ -21,7 +22,6 @@ from tests.conftest import (
     telegram_environment,
 )
 from tests.processes import child_environment
-from tgbackupd.backup import Backup
 from tgbackupd.config import load_config
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -51,7 +51,7 @@ def backup_in_parts(tmp_path: Path, source: str, bot_api, **overrides: str):
         source,
         **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1", **overrides},
     )
-    return Backup(load_config(None, environment)).run("scheduled")
+    return backup_for(load_config(None, environment)).run("scheduled")
 
 
 def new_machine(tmp_path: Path, bot_api) -> dict[str, str]:
@@ -208,10 +208,10 @@ def test_a_folder_of_parts_without_a_manifest_restores_as_cat_would(tmp_path, bi
 def test_the_history_is_walked_from_the_pinned_manifest(tmp_path, make_database, bot_api):
     source = make_database(rows=50)
     environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
-    first = Backup(load_config(None, environment)).run("scheduled")
+    first = backup_for(load_config(None, environment)).run("scheduled")
     psql(source, "DELETE FROM orders")
     time.sleep(1)  # a new second, so a new name
-    second = Backup(load_config(None, environment)).run("scheduled")
+    second = backup_for(load_config(None, environment)).run("scheduled")
     machine = new_machine(tmp_path, bot_api)
 
     listing = ctl(machine, "list", "--remote", "--json")
@@ -227,7 +227,7 @@ def test_the_history_is_walked_from_the_pinned_manifest(tmp_path, make_database,
 def test_restore_refuses_a_database_that_is_not_empty_unless_clean(tmp_path, make_database):
     source = make_database(rows=30)
     environment = base_environment(tmp_path, source)
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
     before = fingerprint(source)
     psql(source, "DELETE FROM orders; CREATE TABLE extra (x int)")
 
@@ -243,7 +243,7 @@ def test_restore_refuses_a_database_that_is_not_empty_unless_clean(tmp_path, mak
 def test_a_failing_restore_is_rolled_back_whole_clean_included(tmp_path, make_database):
     source = make_database(rows=30)
     environment = base_environment(tmp_path, source)
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
     failing = tmp_path / "failing_backup_20251203_030000.sql.gz"
     failing.write_bytes(gzip.compress(gzip.decompress(Path(result.path).read_bytes()) + b"\nSELECT 1/0;\n"))
     target = make_database(empty=True)
@@ -262,7 +262,7 @@ def test_restore_by_name_from_the_catalogue_downloads_what_is_no_longer_local(
 ):
     source = make_database(rows=30)
     environment = base_environment(tmp_path, source, **telegram_environment(bot_api))
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
     Path(result.path).unlink()
     target = make_database(empty=True)
 
@@ -276,7 +276,7 @@ def test_restore_by_name_from_the_catalogue_downloads_what_is_no_longer_local(
 def test_verify_restores_into_a_scratch_database_and_drops_it(tmp_path, make_database):
     source = make_database(rows=40)
     environment = base_environment(tmp_path, source)
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
 
     verified = ctl(environment, "verify", "latest")
 
@@ -292,7 +292,7 @@ def test_verify_after_makes_every_backup_say_verified(tmp_path, make_database, b
         tmp_path, source, **telegram_environment(bot_api), TGBACKUPD_BACKUP_VERIFY_AFTER="true"
     )
 
-    result = Backup(load_config(None, environment)).run("scheduled")
+    result = backup_for(load_config(None, environment)).run("scheduled")
 
     assert result.succeeded and result.verified is True, result.error
     document, manifest = bot_api.documents()
@@ -306,7 +306,7 @@ def test_without_the_right_to_pin_the_backup_is_still_delivered_and_the_reason_g
     source = make_database(rows=10)
     bot_api.state.can_pin = False
 
-    result = Backup(
+    result = backup_for(
         load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
     ).run("scheduled")
 
@@ -372,12 +372,12 @@ def test_no_part_goes_out_early_while_an_older_backup_waits(tmp_path, make_datab
         },
     )
     bot_api.state.kicked_from.add(CHAT_ID)
-    first = Backup(load_config(None, environment)).run("scheduled")
+    first = backup_for(load_config(None, environment)).run("scheduled")
     bot_api.state.kicked_from.clear()
     time.sleep(1)
 
     with structlog.testing.capture_logs() as logs:
-        second = Backup(load_config(None, environment)).run("scheduled")
+        second = backup_for(load_config(None, environment)).run("scheduled")
 
     assert first.delivery == "pending" and second.delivery == "sent", second.error
     assert not any("while the dump" in entry["event"] for entry in logs)
@@ -462,7 +462,7 @@ def test_with_keep_0_and_telegram_down_the_parts_wait_in_the_spool_restore_from_
         },
     )
     bot_api.state.kicked_from.add(CHAT_ID)
-    backup = Backup(load_config(None, environment))
+    backup = backup_for(load_config(None, environment))
     result = backup.run("scheduled")
 
     assert result.delivery == "pending" and result.verified is True  # verified from the spooled parts
@@ -522,7 +522,7 @@ def test_a_zstd_backup_on_two_threads_in_parts_comes_back_from_telegram_and_from
 def test_a_cut_zstd_backup_is_refused_before_any_sql_runs(tmp_path, make_database):
     source = make_database(rows=2000)
     environment = base_environment(tmp_path, source, TGBACKUPD_BACKUP_COMPRESSION="zstd")
-    result = Backup(load_config(None, environment)).run("manual")
+    result = backup_for(load_config(None, environment)).run("manual")
     assert result.succeeded, result.error
     cut = tmp_path / "cut" / result.file
     cut.parent.mkdir()
@@ -548,8 +548,8 @@ def test_with_keep_0_two_backups_in_the_same_second_keep_their_own_names(tmp_pat
     environment = base_environment(
         tmp_path, make_database(rows=10), TGBACKUPD_BACKUP_KEEP="0", **telegram_environment(bot_api)
     )
-    first = Backup(load_config(None, environment), clock=Frozen()).run("manual")
-    second = Backup(load_config(None, environment), clock=Frozen()).run("manual")
+    first = backup_for(load_config(None, environment), clock=Frozen()).run("manual")
+    second = backup_for(load_config(None, environment), clock=Frozen()).run("manual")
 
     assert first.delivery == second.delivery == "sent", (first.error, second.error)
     # The first left no file behind, but the catalogue and the chat know its name.

@@ -14,7 +14,8 @@ from tgbackupd.config import load_config
 from tgbackupd.control import Peer
 from tgbackupd.outbox import Outbox
 from tgbackupd.runner import BackupRunner
-from tgbackupd.state import StateFile
+from tgbackupd.statefile import open_store
+from tgbackupd.storage import BackupDirectory
 
 ROOT = Peer(pid=1, uid=0, gid=0)
 NOBODY = Peer(pid=2, uid=65534, gid=65534)
@@ -61,10 +62,11 @@ def commands(tmp_path: Path, backup: StandInBackup, **environ: str) -> Commands:
             **environ,
         },
     )
-    state = StateFile(tmp_path / "state.json")
-    runner = BackupRunner(backup.run, state, threading.Event())
-    outbox = Outbox(config, state, Clock(), structlog.get_logger())
-    return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox)
+    store = open_store(tmp_path / "state.db").store
+    directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+    runner = BackupRunner(backup.run, store.last_result(), threading.Event())
+    outbox = Outbox(config, store, directory, Clock(), structlog.get_logger())
+    return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox, store, directory)
 
 
 def _config_file(tmp_path: Path) -> str:

@@ -225,7 +225,7 @@ def test_systemd_directories_set_the_defaults(tmp_path):
         },
     )
     assert config.daemon.socket == Path("/run/custom/control.sock")
-    assert config.daemon.state_file == Path("/var/lib/tgbackupd/backups/.tgbackupd-state.json")
+    assert config.daemon.state_file == Path("/var/lib/tgbackupd/backups/.tgbackupd-state.db")
 
 
 def test_a_control_group_that_does_not_exist_is_reported(tmp_path):

@@ -150,7 +150,7 @@ def test_an_upload_that_fails_locally_never_leaves_the_dump_waiting(tmp_path):
     import structlog
 
     from tgbackupd.delivery import EarlyUploader
-    from tgbackupd.telegram import FileSlice
+    from tgbackupd.files import FileSlice
 
     class BotThatCannotRead:
         def send_document(self, *args, **kwargs):

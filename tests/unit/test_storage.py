@@ -3,6 +3,7 @@ from datetime import datetime
 import pytest
 
 from tgbackupd.errors import StorageError
+from tgbackupd.formats import stem
 from tgbackupd.storage import BackupDirectory
 
 WHEN = datetime(2025, 12, 3, 3, 0, 0)
@@ -14,8 +15,10 @@ def test_names_follow_the_original_pattern_and_skip_a_taken_second(tmp_path):
     (tmp_path / "bunyodkor_backup_20251203_030000.sql.gz").write_bytes(b"x")
     assert directory.unused_name(WHEN) == "bunyodkor_backup_20251203_030001.sql.gz"
     # A backup that left no file here (sent and removed, with backup.keep = 0) still owns its name.
-    catalogue = ["bunyodkor_backup_20251203_030001.sql.zst"]
-    assert directory.unused_name(WHEN, catalogue) == "bunyodkor_backup_20251203_030002.sql.gz"
+    catalogued = {"bunyodkor_backup_20251203_030001"}
+    assert directory.unused_name(WHEN, lambda name: stem(name) in catalogued) == (
+        "bunyodkor_backup_20251203_030002.sql.gz"
+    )
 
 
 def test_a_file_appears_under_its_name_only_when_complete(tmp_path):
@@ -61,12 +64,18 @@ def test_leftovers_of_an_interrupted_run_are_removed_and_only_those(tmp_path):
         ".db_backup_20251202_030000.sql.gz.003.partial",  # a spooled part being written
         "db_backup_20251202_030000.sql.gz.001",  # spooled parts of a dump that never finished
         "db_backup_20251202_030000.sql.gz.002",
+        ".db_backup_20251202_030000.sent",  # and where its first parts went, sent during the dump
     ]
     kept = [
         ".other_backup_20251201_030000.sql.gz.partial",
         "other_backup_20251202_030000.sql.gz.001",
         "db_backup_20251203_030000.sql.gz.001",  # waiting for Telegram
+        ".db_backup_20251203_030000.sent",
         "db_backup_20251203_030000.sql.gz",
+        # A finished dump the catalogue does not know (its recording failed): it may be the only copy.
+        "db_backup_20251204_030000.sql.gz.002",
+        ".db_backup_20251204_030000.sent",
+        "db_backup_20251204_030000.manifest.json",
         "notes.txt.001",
     ]
     for name in leftovers + kept:
@@ -90,8 +99,13 @@ def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path)
     assert directory.backups() == []  # not a backup kept here: retention never sees it
     assert sorted(part.name for part in directory.spooled()) == [f"{name}.001", f"{name}.002"]
     assert directory.unused_name(WHEN) == "db_backup_20251203_030001.sql.gz"
-    directory.remove_spooled(name, 1)
-    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.002"]
+    directory.spooled_part_sent(name, 1, 41, "file-41")
+    receipts = ".db_backup_20251203_030000.sent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [receipts, f"{name}.002"]
+    assert directory.receipts(name) == {1: (41, "file-41")}
+    with (tmp_path / receipts).open("a") as cut:  # a receipt cut short by a crash is not believed
+        cut.write('{"index": 2, "message_id": 4')
+    assert directory.receipts(name) == {1: (41, "file-41")}
     directory.remove_spooled(name)
     assert list(tmp_path.iterdir()) == []
 

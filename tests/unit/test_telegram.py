@@ -7,9 +7,9 @@ import requests
 import responses
 
 from tgbackupd.errors import Cancelled
+from tgbackupd.files import FileSlice
 from tgbackupd.telegram import (
     BotApi,
-    FileSlice,
     MultipartBody,
     TelegramError,
     TelegramRejected,

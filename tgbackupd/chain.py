@@ -1,0 +1,63 @@
+"""The chain of manifests in the chat: the pinned manifest is the newest backup's, and each manifest names
+the one before it. Restore and `list --remote` walk it to find backups from the chat alone; the state
+store's recovery walks it to learn which backups reached the chat."""
+
+import io
+from collections.abc import Iterator
+
+from .errors import RestoreError
+from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef
+from .telegram import BotApi, TelegramError
+
+MAX_MANIFEST_BYTES = 1024 * 1024
+HISTORY_LIMIT = 10000
+
+
+class ChainError(RestoreError):
+    """The chain could not be read: a manifest could not be downloaded, or is not one."""
+
+
+def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
+    """Return the manifest pinned in the chat, if the pinned message is one of ours. Raise TelegramError
+    if the chat cannot be read."""
+    pinned = bot.get_chat(chat_id).get("pinned_message")
+    if not isinstance(pinned, dict):
+        return None
+    document = pinned.get("document")
+    if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
+        return None
+    name = str(document["file_name"]).removesuffix(SUFFIX)  # the backup's name but for its format
+    return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
+
+
+def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
+    """Fetch and parse one manifest document. Raise ChainError saying why it cannot be used."""
+    assert reference.file_id is not None
+    buffer = io.BytesIO()
+    try:
+        file = bot.get_file(reference.file_id)
+        if int(file.get("file_size") or 0) > MAX_MANIFEST_BYTES:
+            raise ChainError(f"the manifest of {reference.name} is implausibly large; is it ours?")
+        bot.download(file["file_path"], buffer)
+    except TelegramError as error:
+        raise ChainError(f"cannot download the manifest of {reference.name}: {error}") from None
+    try:
+        return Manifest.from_json(buffer.getvalue())
+    except ManifestError as error:
+        raise ChainError(f"the manifest of {reference.name} in the chat: {error}") from None
+
+
+def walk(
+    bot: BotApi, newest: ManifestRef | None, limit: int = HISTORY_LIMIT
+) -> Iterator[tuple[Manifest, ManifestRef]]:
+    """The manifests from `newest` back, each with where it is in the chat; at most `limit` of them, and
+    a loop (a manifest naming a later one as its previous) ends the walk."""
+    reference = newest
+    seen: set[str] = set()
+    while reference is not None and reference.file_id and len(seen) < limit:
+        if reference.file_id in seen:
+            return
+        seen.add(reference.file_id)
+        manifest = download_manifest(bot, reference)
+        yield manifest, reference
+        reference = manifest.previous
