@@ -118,6 +118,16 @@ SELECT (SELECT count(*) FROM customers) || ' ' ||
 """
 
 
+def add_noise(dbname: str, megabytes: int) -> None:
+    """Random bytes, which gzip cannot shrink below about half of their hex dump."""
+    psql(dbname, "CREATE TABLE noise (id int PRIMARY KEY, b bytea)")
+    psql(
+        dbname,
+        f"INSERT INTO noise SELECT i, decode(string_agg(md5(i::text || random()::text), ''), 'hex') "
+        f"FROM generate_series(1, {megabytes * 8}) AS i, generate_series(1, 8192) GROUP BY i",
+    )
+
+
 def fingerprint(dbname: str) -> str:
     """A digest of every row, the view and the sequence: equal fingerprints mean equal contents."""
     return psql(dbname, FINGERPRINT_SQL)

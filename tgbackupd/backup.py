@@ -140,7 +140,8 @@ class Backup:
             self.store.record_result(result.to_dict())
         except StateError as error:
             reason = self._text(error)
-            self._report_failure(bot, reason, bound)
+            if result.succeeded:  # else the chat heard of this backup's failure already
+                self._report_failure(bot, reason, bound)
             return dataclasses.replace(result, error="; ".join(filter(None, (result.error, reason))))
         return result
 

@@ -205,13 +205,14 @@ def check_location(path: Path, create: bool = True) -> None:
         )
     parent = path.parent
     if not parent.is_dir():
-        if not create:
-            existing = next((p for p in parent.parents if p.exists()), Path("/"))
+        if not create:  # only say whether it could be made
+            existing = next(p for p in (parent, *parent.parents) if p.exists() or p == Path("/"))
             if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
                 return
             raise StateLocationError(
-                f"{where}: its directory {parent} does not exist, and {me} cannot create it in {existing}: "
-                f"create it, writable by {me}, or set daemon.state_file elsewhere"
+                f"{where}: its directory {parent} does not exist and cannot be created ({existing} is not "
+                f"a directory {me} may write in): create it, writable by {me}, or set daemon.state_file "
+                "elsewhere"
             )
         try:
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)

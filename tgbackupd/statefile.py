@@ -43,8 +43,9 @@ def open_store(path: Path, now: datetime | None = None) -> Opened:
     check_location(path)
     moment = now or datetime.now().astimezone()
     with _opening(path):
-        legacy = _legacy_source(path)
+        legacy = None
         try:
+            legacy = _legacy_source(path)
             if legacy is not None:
                 return _import_legacy(path, legacy)
             store = _open_writable(path)

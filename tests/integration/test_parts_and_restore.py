@@ -13,6 +13,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.conftest import (
+    add_noise,
     backup_for,
     base_environment,
     database_url,
@@ -26,16 +27,6 @@ from tgbackupd.config import load_config
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 MB = 1024 * 1024
-
-
-def add_noise(dbname: str, megabytes: int) -> None:
-    """Random bytes, which gzip cannot shrink below about half of their hex dump."""
-    psql(dbname, "CREATE TABLE noise (id int PRIMARY KEY, b bytea)")
-    psql(
-        dbname,
-        f"INSERT INTO noise SELECT i, decode(string_agg(md5(i::text || random()::text), ''), 'hex') "
-        f"FROM generate_series(1, {megabytes * 8}) AS i, generate_series(1, 8192) GROUP BY i",
-    )
 
 
 @pytest.fixture

@@ -1,0 +1,385 @@
+"""The state store on its own: rows in and out, one transaction per change, shared by two processes, a
+location it cannot use refused with what to do, damage moved aside, 0.1's JSON imported. No PostgreSQL."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tgbackupd.manifest import Manifest, ManifestRef, Part, plan_parts
+from tgbackupd.state import SCHEMA_VERSION, Entry, StateError, StateLocationError
+from tgbackupd.statefile import REBUILD_KEY, open_reader, open_store
+from tgbackupd.states import DeliveryState
+
+NOBODY = 65534
+
+
+def manifest(stamp: str, parts: int = 3, prefix: str = "shop") -> Manifest:
+    name = f"{prefix}_backup_{stamp}.sql.gz"
+    planned = plan_parts(name, [(10, f"{index:064x}") for index in range(1, parts + 1)])
+    return Manifest(
+        name=name,
+        database=prefix,
+        host=f"{prefix} on db:5432",
+        server="host",
+        created_at="2025-12-03T03:00:00+00:00",
+        size_bytes=10 * parts,
+        sha256="ab" * 32,
+        parts=planned,
+    )
+
+
+def pending(stamp: str, parts: int = 3) -> Entry:
+    return Entry(manifest(stamp, parts), DeliveryState.PENDING, sql_bytes=1000)
+
+
+def test_a_backup_goes_in_pending_its_parts_are_recorded_one_by_one_and_it_leaves_the_outbox_sent(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000"))
+    assert [waiting.name for waiting in store.waiting()] == ["shop_backup_20251203_030000.sql.gz"]
+
+    store.record_part_sent("shop_backup_20251203_030000.sql.gz", 2, 42, "file-42")
+    entry = store.entry("shop_backup_20251203_030000.sql.gz")
+    assert [part.message_id for part in entry.manifest.parts] == [None, 42, None]
+    assert entry.manifest.parts[1].file_id == "file-42"
+
+    sent = entry.manifest
+    sent = Manifest(
+        **{**sent.__dict__, "parts": tuple(Part(**{**p.__dict__, "message_id": p.index}) for p in sent.parts)}
+    )
+    store.record_delivered(sent, ManifestRef(sent.name, 7, "manifest-7"), pin_error=None)
+    assert store.waiting() == []
+    delivered = store.entry(sent.name)
+    assert delivered.delivery == DeliveryState.SENT and delivered.manifest_ref.message_id == 7
+    assert [part.message_id for part in delivered.manifest.parts] == [1, 2, 3]
+    assert store.latest_manifest_ref() == ManifestRef(sent.name, 7, "manifest-7")
+
+
+def test_the_outbox_is_oldest_first_and_a_postponed_backup_keeps_its_attempts_and_reason(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    for stamp in ("20251205_030000", "20251203_030000", "20251204_030000"):
+        store.add(pending(stamp))
+    store.record_postponed("shop_backup_20251203_030000.sql.gz", 3, "2025-12-05T04:00:00+00:00", "429")
+    waiting = store.waiting()
+    assert [item.name[12:27] for item in waiting] == ["20251203_030000", "20251204_030000", "20251205_030000"]
+    assert (waiting[0].attempts, waiting[0].last_error) == (3, "429")
+    assert waiting[0].next_attempt_at.isoformat() == "2025-12-05T04:00:00+00:00"
+    store.record_lost("shop_backup_20251203_030000.sql.gz", "its file was removed")
+    assert len(store.waiting()) == 2
+    assert store.entry("shop_backup_20251203_030000.sql.gz").lost_reason == "its file was removed"
+
+
+def test_the_previous_manifest_is_the_newest_delivered_one_older_than_the_backup(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    for stamp, message_id in (("20251201_030000", 1), ("20251203_030000", 3)):
+        store.add(
+            Entry(
+                manifest(stamp),
+                DeliveryState.SENT,
+                manifest_ref=ManifestRef(f"shop_backup_{stamp}.sql.gz", message_id, f"m{message_id}"),
+            )
+        )
+    store.add(pending("20251202_030000"))
+    assert store.latest_manifest_ref().message_id == 3
+    assert store.latest_manifest_ref(before="shop_backup_20251202_030000.sql.gz").message_id == 1
+    assert store.newer_delivered("shop_backup_20251202_030000.sql.gz")  # so it is not pinned
+    assert not store.newer_delivered("shop_backup_20251204_030000.sql.gz")
+
+
+def test_find_takes_a_name_its_stem_or_latest_and_a_name_is_taken_in_any_format(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000"))
+    store.add(pending("20251204_030000"))
+    assert store.find("latest").manifest.name == "shop_backup_20251204_030000.sql.gz"
+    assert store.find("shop_backup_20251203_030000").manifest.name == "shop_backup_20251203_030000.sql.gz"
+    assert store.find("shop_backup_20251209_030000.sql.gz") is None
+    assert store.stem_taken("shop_backup_20251203_030000.sql.zst")
+
+
+def test_results_and_listing_come_back_as_recorded(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    assert store.last_result() is None and store.listing() == []
+    store.record_result({"database": "shop", "started_at": "2025-12-03T03:00:00+00:00", "error": None})
+    store.record_result({"database": "shop", "started_at": "2025-12-04T03:00:00+00:00", "error": "x"})
+    assert store.last_result()["started_at"] == "2025-12-04T03:00:00+00:00"
+    store.add(pending("20251203_030000"))
+    store.record_postponed("shop_backup_20251203_030000.sql.gz", 1, "2025-12-03T04:00:00+00:00", "503")
+    (row,) = store.listing()
+    assert (row["delivery"], row["parts"], row["last_error"]) == ("pending", 3, "503")
+
+
+def test_two_processes_share_the_store_and_see_each_other_s_changes(tmp_path):
+    first = open_store(tmp_path / "state.db").store
+    second = open_store(tmp_path / "state.db").store  # as tgbackupd --once beside the daemon
+    first.add(pending("20251203_030000"))
+    second.record_part_sent("shop_backup_20251203_030000.sql.gz", 1, 5, "f5")
+    assert first.entry("shop_backup_20251203_030000.sql.gz").manifest.parts[0].message_id == 5
+    assert second.stem_taken("shop_backup_20251203_030000.sql.gz")
+
+
+def test_only_one_process_delivers_at_a_time_and_the_other_is_told_who(tmp_path):
+    first = open_store(tmp_path / "state.db").store
+    second = open_store(tmp_path / "state.db").store
+    cancel = threading.Event()
+    with first.delivery_lock(0, cancel) as held:
+        assert held is None
+        began = time.monotonic()
+        with second.delivery_lock(0.5, cancel) as other:
+            assert other == f"another tgbackupd process (pid {os.getpid()}) is delivering backups"
+        assert 0.4 < time.monotonic() - began < 3
+    with second.delivery_lock(0, cancel) as held:
+        assert held is None
+
+
+def test_a_change_that_cannot_be_written_is_an_error_naming_the_state_file(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000"))
+    with pytest.raises(StateError, match=r"cannot record the backup .*\(daemon\.state_file\): UNIQUE"):
+        store.add(pending("20251203_030000"))
+    assert len(store.waiting()) == 1  # the failed change left nothing half-done
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.mkdir(), "is a directory"),
+        (lambda path: path.parent.with_name("blocker").write_text(""), "cannot be created"),
+    ],
+    ids=["a-directory", "parent-cannot-be-created"],
+)
+def test_a_location_that_cannot_hold_the_state_is_refused_with_what_to_do(tmp_path, make, message):
+    path = (
+        tmp_path / "blocker" / "state.db" if "parent" in message or "created" in message else tmp_path / "s"
+    )
+    make(path)
+    with pytest.raises(StateLocationError, match=message) as refused:
+        open_store(path)
+    assert "daemon.state_file" in str(refused.value) and refused.value.exit_code == 73
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
+def test_a_state_file_of_another_user_is_refused(tmp_path):
+    path = tmp_path / "state.db"
+    open_store(path).store.close()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(
+        StateLocationError, match=r"belongs to nobody, not to root who runs this: run tgbackupd as nobody"
+    ):
+        open_store(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a file system")
+def test_a_read_only_file_system_is_refused(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], check=True)
+    try:
+        with pytest.raises(StateLocationError, match="is on a read-only file system"):
+            open_store(mount / "state.db")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
+def test_a_reader_running_as_root_leaves_the_journal_files_to_the_owner():
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by its owner, as /var/lib/tgbackupd is
+    path = tmp_path / "state.db"
+    store = open_store(path).store
+    store.add(pending("20251203_030000"))
+    store.close()
+    for file in tmp_path.iterdir():
+        os.chown(file, NOBODY, NOBODY)
+    os.chown(tmp_path, NOBODY, NOBODY)
+
+    reader = open_reader(path)
+    assert [row["name"] for row in reader.listing()] == ["shop_backup_20251203_030000.sql.gz"]
+    journal = [file for file in tmp_path.iterdir() if file.name.startswith("state.db-")]
+    assert journal and all(file.stat().st_uid == NOBODY for file in journal)
+    reader.close()
+    shutil.rmtree(tmp_path)
+
+
+def _damaged_sqlite(path: Path) -> None:
+    """A real store with a page in the middle overwritten: SQLite's integrity check fails on it."""
+    store = open_store(path).store
+    for day in range(1, 29):
+        store.add(pending(f"202512{day:02d}_030000", parts=40))
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 8 * page
+    data[5 * page : 6 * page] = os.urandom(page)
+    path.write_bytes(bytes(data))
+
+
+def _newer_schema(path: Path) -> None:
+    open_store(path).store.close()
+    connection = sqlite3.connect(path)
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda path: path.write_bytes(os.urandom(20000)), "neither an SQLite state file nor"),
+        (lambda path: path.write_bytes(b""), "the file is empty"),
+        (lambda path: (open_store(path).store.close(), path.write_bytes(path.read_bytes()[:5000])), "SQLite"),
+        (_damaged_sqlite, "SQLite"),
+        (_newer_schema, "written by a newer tgbackupd"),
+        (lambda path: path.write_text('{"catalogue": [{"name": '), "not valid JSON"),
+    ],
+    ids=["random-bytes", "empty", "truncated", "integrity-check", "unknown-schema", "broken-json"],
+)
+def test_a_damaged_file_is_moved_aside_and_a_new_store_is_flagged_for_rebuilding(tmp_path, damage, reason):
+    path = tmp_path / "state.db"
+    damage(path)
+    before = path.read_bytes()
+
+    opened = open_store(path)
+
+    assert reason in opened.damaged
+    assert opened.moved_to.name.startswith("state.db.corrupt-") and opened.moved_to.read_bytes() == before
+    assert opened.store.meta(REBUILD_KEY) == opened.damaged
+    assert opened.store.listing() == [] and opened.store.waiting() == []
+    opened.store.add(pending("20251203_030000"))  # and it works
+    again = open_store(path)  # the next start finds a good store
+    assert again.damaged is None and len(again.store.waiting()) == 1
+
+
+def _legacy_file(path: Path) -> None:
+    """What tgbackupd 0.1 wrote: the real format, with each kind of entry it could hold."""
+    entries = [
+        {
+            "name": "shop_backup_20251204_030000.sql.gz",
+            "database": "shop",
+            "manifest": json.loads(manifest("20251204_030000").to_json()),
+            "manifest_ref": None,
+            "facts": {
+                "file": "shop_backup_20251204_030000.sql.gz",
+                "database": "shop on db:5432",
+                "server": "h",
+                "size_bytes": 30,
+                "sha256": "ab" * 32,
+                "duration_s": 1.5,
+            },
+            "sql_bytes": 900,
+            "warning": None,
+            "delivery": "pending",
+            "attempts": 2,
+            "next_attempt_at": "2025-12-04T04:00:00+00:00",
+            "last_error": "Telegram chat -100 was not found",
+            "captions_to_complete": [1],
+            "spooled": True,
+        },
+        {"name": "broken", "manifest": {"format": "something else"}, "delivery": "sent"},
+        {
+            "name": "shop_backup_20251203_030000.sql.gz",
+            "database": "shop",
+            "manifest": json.loads(manifest("20251203_030000").to_json()),
+            "manifest_ref": {"name": "shop_backup_20251203_030000.sql.gz", "message_id": 9, "file_id": "m9"},
+            "facts": {},
+            "sql_bytes": 1000,
+            "warning": None,
+            "delivery": "sent",
+            "attempts": 1,
+            "next_attempt_at": None,
+            "last_error": None,
+            "captions_to_complete": [],
+            "spooled": False,
+            "pin_error": None,
+        },
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "last_backup": {"database": "shop", "started_at": "2025-12-04T03:00:00+00:00"},
+                "catalogue": entries,
+            },
+            indent=2,
+        )
+    )
+
+
+@pytest.mark.parametrize("where", ["beside", "in-place"])
+def test_the_json_file_of_0_1_is_imported_and_kept_as_migrated(tmp_path, where):
+    if where == "beside":
+        legacy, path = tmp_path / ".tgbackupd-state.json", tmp_path / ".tgbackupd-state.db"
+    else:
+        legacy = path = tmp_path / "state.json"
+    _legacy_file(legacy)
+    original = legacy.read_bytes()
+
+    opened = open_store(path)
+
+    store = opened.store
+    assert opened.migrated_from == legacy and opened.skipped and "entry 2" in opened.skipped[0]
+    assert legacy.with_name(legacy.name + ".migrated").read_bytes() == original
+    assert path.read_bytes().startswith(b"SQLite format 3")
+    (waiting,) = store.waiting()
+    assert (waiting.attempts, waiting.last_error) == (2, "Telegram chat -100 was not found")
+    assert waiting.next_attempt_at.isoformat() == "2025-12-04T04:00:00+00:00"
+    entry = store.entry(waiting.name)
+    assert entry.spooled and entry.captions_to_complete == frozenset({1}) and entry.facts["duration_s"] == 1.5
+    assert store.latest_manifest_ref() == ManifestRef("shop_backup_20251203_030000.sql.gz", 9, "m9")
+    assert store.last_result()["started_at"] == "2025-12-04T03:00:00+00:00"
+    assert open_store(path).migrated_from is None  # imported once
+
+
+def test_tgbackupctl_reads_a_json_file_of_0_1_that_was_not_migrated_yet(tmp_path):
+    _legacy_file(tmp_path / ".tgbackupd-state.json")
+    reader = open_reader(tmp_path / ".tgbackupd-state.db")
+    assert [row["delivery"] for row in reader.listing()] == ["pending", "sent"]
+    assert not (tmp_path / ".tgbackupd-state.db").exists()  # reading changes nothing
+
+
+def test_a_reader_is_told_plainly_when_the_store_is_damaged(tmp_path):
+    (tmp_path / "state.db").write_bytes(os.urandom(5000))
+    with pytest.raises(StateError, match=r"cannot be used: .* tgbackupd moves it aside and rebuilds it"):
+        open_reader(tmp_path / "state.db")
+
+
+_RECORDER = """
+import sys
+from pathlib import Path
+from tgbackupd.statefile import open_store
+store = open_store(Path(sys.argv[1])).store
+name = "shop_backup_20251203_030000.sql.gz"
+index = 0
+print("ready", flush=True)
+while True:
+    index = index % 3000 + 1
+    store.record_part_sent(name, index, index, "f" * 70)
+"""
+
+
+def test_sigkill_while_parts_are_recorded_never_leaves_a_damaged_or_half_written_store(tmp_path):
+    path = tmp_path / "state.db"
+    store = open_store(path).store
+    store.add(pending("20251203_030000", parts=3000))
+    store.close()
+    for round_ in range(15):
+        recorder = subprocess.Popen(
+            [sys.executable, "-c", _RECORDER, str(path)], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+        )
+        assert recorder.stdout.readline().strip() == "ready"
+        time.sleep(0.05 + (round_ % 5) * 0.03)
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait()
+        opened = open_store(path)
+        assert opened.damaged is None
+        parts = opened.store.entry("shop_backup_20251203_030000.sql.gz").manifest.parts
+        recorded = [part for part in parts if part.message_id is not None]
+        assert recorded and all(
+            part.message_id == part.index and part.file_id == "f" * 70 for part in recorded
+        )
+        opened.store.close()
