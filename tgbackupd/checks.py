@@ -37,14 +37,14 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def run_checks(config: Config, store: StateStore | None = None) -> list[Check]:
+def run_checks(config: Config, directory: BackupDirectory, store: StateStore | None = None) -> list[Check]:
     """Check the setup; `store` is the daemon's own, written to once as a backup would (without it, the
     state file is only read)."""
     secrets = config.secrets()
     source = str(config.config_file or "environment only")
     checks = [Check("configuration", True, f"valid ({source})")]
     checks += _postgres(config)
-    checks.append(_directory(config))
+    checks.append(_directory(directory))
     checks.append(_state_file(config, store))
     checks += _telegram(config)
     return [Check(c.name, c.ok, scrub(c.detail, secrets), scrub(c.fix, secrets)) for c in checks]
@@ -88,8 +88,7 @@ def _postgres(config: Config) -> list[Check]:
     return [found, reached, Check("pg_dump version", True, f"{client_major} can dump server {server_major}")]
 
 
-def _directory(config: Config) -> Check:
-    directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+def _directory(directory: BackupDirectory) -> Check:
     try:
         directory.ensure()
         with tempfile.NamedTemporaryFile(dir=directory.path, prefix=".tgbackupd-check-"):

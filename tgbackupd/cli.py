@@ -134,14 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TgbackupdError as error:
         _print_error(error)
         return error.exit_code
-    if args.check:
-        checks = run_checks(config)
-        print(render_checks(checks))
-        return 0 if all(check.ok for check in checks) else 1
-    configure_logging(config.daemon.log_level, config.secrets())
     directory = BackupDirectory(
         config.backup.directory, config.backup.prefix, config.backup.compression.suffix
     )
+    if args.check:
+        checks = run_checks(config, directory)
+        print(render_checks(checks))
+        return 0 if all(check.ok for check in checks) else 1
+    configure_logging(config.daemon.log_level, config.secrets())
     try:
         prepared = prepare_state(config, directory, log)
     except StateError as error:

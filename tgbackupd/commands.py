@@ -76,7 +76,7 @@ class Commands:
         if command == "trigger":
             return self.trigger(peer, wait=request.get("wait") is True)
         if command == "check":
-            checks = run_checks(self._config, self._store)
+            checks = run_checks(self._config, self._directory, self._store)
             return {
                 "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
             }

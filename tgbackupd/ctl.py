@@ -144,6 +144,8 @@ def render_status(data: dict[str, Any]) -> str:
         f"Local backups:     {_local_backups(data)}",
         f"Last backup:       {describe_last(data['last_backup'])}",
     ]
+    if data.get("state_problem"):
+        lines.append(f"State file:        PROBLEM: {data['state_problem']}")
     for waiting in data.get("pending") or []:
         lines.append(
             f"Waiting for Telegram: {waiting['name']} (attempt {waiting['attempts']}, next try "
