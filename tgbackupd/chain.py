@@ -7,14 +7,19 @@ from collections.abc import Iterator
 
 from .errors import RestoreError
 from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef
-from .telegram import BotApi, TelegramError
+from .telegram import BotApi, TelegramError, TelegramRejected
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 HISTORY_LIMIT = 10000
 
 
 class ChainError(RestoreError):
-    """The chain could not be read: a manifest could not be downloaded, or is not one."""
+    """The chain could not be read: a manifest could not be downloaded, or is not one. `broken` when
+    asking again cannot help (the message is gone, the document is not a manifest): the chain ends there."""
+
+    def __init__(self, message: str, broken: bool) -> None:
+        super().__init__(message)
+        self.broken = broken
 
 
 def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
@@ -37,14 +42,19 @@ def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
     try:
         file = bot.get_file(reference.file_id)
         if int(file.get("file_size") or 0) > MAX_MANIFEST_BYTES:
-            raise ChainError(f"the manifest of {reference.name} is implausibly large; is it ours?")
+            raise ChainError(
+                f"the manifest of {reference.name} is implausibly large; is it ours?", broken=True
+            )
         bot.download(file["file_path"], buffer)
     except TelegramError as error:
-        raise ChainError(f"cannot download the manifest of {reference.name}: {error}") from None
+        raise ChainError(
+            f"cannot download the manifest of {reference.name}: {error}",
+            broken=isinstance(error, TelegramRejected),
+        ) from None
     try:
         return Manifest.from_json(buffer.getvalue())
     except ManifestError as error:
-        raise ChainError(f"the manifest of {reference.name} in the chat: {error}") from None
+        raise ChainError(f"the manifest of {reference.name} in the chat: {error}", broken=True) from None
 
 
 def walk(

@@ -4,6 +4,7 @@ and the pinned one stay in the order the backups were made; and delivered by one
 that the daemon and a `tgbackupd --once` never send the same backup twice."""
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -179,9 +180,8 @@ class Outbox:
         def part_sent(part: Part) -> None:
             assert part.message_id is not None
             self._store.record_part_sent(name, part.index, part.message_id, part.file_id)
-            if (
-                entry.spooled
-            ):  # recorded first: a crash in between leaves a file, never a part unaccounted for
+            # Recorded first: a crash in between leaves a file, never a part unaccounted for.
+            if entry.spooled:
                 self._directory.spooled_part_sent(name, part.index, part.message_id, part.file_id)
 
         try:
@@ -257,7 +257,7 @@ class Outbox:
         known = self._store.known()
         found: list[Entry] = []
         try:
-            for manifest, reference in chain.walk(bot, chain.pinned_manifest_ref(bot, chat_id)):
+            for manifest, reference in self._walk(bot, chat_id):
                 if cancel.is_set():
                     raise Cancelled("tgbackupd is stopping")
                 mine = unconfirmed.get(manifest.name)
@@ -273,7 +273,7 @@ class Outbox:
                     not unconfirmed or backup_stamp(manifest.name) < (oldest or "")
                 ):
                     break
-        except (TelegramError, chain.ChainError) as error:
+        except (TelegramError, chain.ChainError) as error:  # transient: asking later can help
             reason = (
                 "the chat's manifests could not be read, so it is not known yet which backups found on disk "
                 "after the state file was rebuilt reached the chat: "
@@ -294,6 +294,19 @@ class Outbox:
                 "Read the chain of manifests in the chat back into the catalogue", found=len(found)
             )
         return True
+
+    def _walk(self, bot: BotApi, chat_id: str) -> Iterator[tuple[Manifest, ManifestRef]]:
+        """The chain from the pinned manifest back, ending where it is broken (a manifest deleted from
+        the chat, or not one of ours): what lies beyond cannot be found by anyone."""
+        try:
+            yield from chain.walk(bot, chain.pinned_manifest_ref(bot, chat_id))
+        except chain.ChainError as error:
+            if not error.broken:
+                raise
+            self._log.warning(
+                "The chain of manifests in the chat is broken; backups older than the break are not found",
+                error=scrub(str(error), self._config.secrets()),
+            )
 
 
 def _os_error(error: OSError) -> str:

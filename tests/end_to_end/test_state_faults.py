@@ -193,6 +193,32 @@ def test_a_damaged_state_file_is_rebuilt_from_the_directory_and_the_chat_sending
     assert again.stop() == 0
 
 
+def test_a_chain_broken_in_the_chat_ends_the_search_there_instead_of_holding_deliveries_forever(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    daemon = daemon_for(source)
+    for _ in range(2):
+        assert daemon.ctl("trigger").returncode == 0
+    bot_api.state.kicked_from.add(CHAT_ID)
+    assert daemon.ctl("trigger").returncode == 1
+    assert daemon.stop() == 0
+    made = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz"))
+    oldest = next(d for d in bot_api.documents() if d.file_name.endswith(".manifest.json"))
+    bot_api.state.files.pop(f"doc{oldest.message_id}")  # its message was deleted from the chat
+    _random_bytes(tmp_path / "state.db")
+    bot_api.state.kicked_from.clear()
+
+    again = daemon_for(source)
+    wait_until(lambda: status(again)["pending_deliveries"] == 0)
+
+    # The oldest could not be found past the break: sent again rather than held; the others once.
+    assert Counter(m["name"] for m in manifests_in_chat(bot_api)) == {made[0]: 2, made[1]: 1, made[2]: 1}
+    assert chain_from_pin(bot_api)[:2] == [made[2], made[1]]
+    assert "The chain of manifests in the chat is broken" in again.log_text()
+    assert again.stop() == 0
+
+
 def test_a_damaged_state_file_with_a_backup_half_sent_under_keep_0_loses_nothing(
     tmp_path, make_database, bot_api, daemon_for
 ):
