@@ -1,3 +1,3 @@
 """tgbackupd: nightly PostgreSQL backups delivered to a private Telegram chat."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

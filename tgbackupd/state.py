@@ -457,8 +457,9 @@ class StateStore:
         """The outbox, oldest backup first: the order they must reach the chat in."""
         with self._reading("read the outbox") as connection:
             rows = connection.execute(
-                "SELECT outbox.*, backups.stamp FROM outbox JOIN backups ON backups.name = outbox.backup "
-                "ORDER BY backups.stamp, backups.name"
+                # From the outbox (a few rows), not from the catalogue (every backup ever made).
+                "SELECT outbox.*, backups.stamp FROM outbox "
+                "CROSS JOIN backups ON backups.name = outbox.backup ORDER BY backups.stamp, backups.name"
             ).fetchall()
         return [
             Waiting(

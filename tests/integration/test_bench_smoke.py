@@ -35,3 +35,12 @@ def test_speed_benchmark_runs_every_mode_on_a_tiny_database():
     output = run_bench("speed.py", "--size-mb", "2", "--rounds", "1")
     rows = {line.split("  ")[0] for line in output.splitlines()}
     assert {"pg_dump | gzip -6", "tgbackupd gzip-6", "tgbackupd zstd-3", "tgbackupd gzip-6, keep 0"} <= rows
+
+
+def test_state_benchmark_compares_the_store_with_release_0_1_on_a_tiny_catalogue():
+    output = run_bench("state.py", "--quick")
+    lines = output.splitlines()
+    assert any(line.startswith("backups×parts") and "record a part ms" in line for line in lines)
+    rows = {line[14:31].strip() for line in lines if line.startswith("20x20 ")}
+    assert {"SQLite store", "0.1.0 JSON file", "× faster"} <= rows
+    assert any(line.startswith("target status ≤ 50 ms at 20×20: ") for line in lines)
