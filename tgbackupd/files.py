@@ -1,9 +1,14 @@
 """File helpers that the backup directory, the state store and the Telegram client all stand on: writing a
 file so that a crash leaves the old content or the new, and naming a byte range of a file."""
 
+import fcntl
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+_LOCK_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,3 +48,19 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         temporary.unlink(missing_ok=True)
         raise
     sync_directory(path.parent)
+
+
+def wait_for_lock(descriptor: int, wait_s: float, cancel: threading.Event | None = None) -> bool:
+    """Take an exclusive flock on `descriptor`, waiting up to `wait_s` seconds (less if `cancel` is set):
+    True once held, False if another process still holds it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            if cancel is not None and cancel.is_set():
+                return False
+            time.sleep(_LOCK_POLL_S)

@@ -9,14 +9,12 @@ rows; where files lie is the backup directory's business (storage.py).
 """
 
 import contextlib
-import fcntl
 import json
 import os
 import pwd
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TgbackupdError
+from .files import wait_for_lock
 from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part
 from .states import DeliveryState
@@ -31,7 +30,6 @@ from .states import DeliveryState
 SCHEMA_VERSION = 1
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
-_LOCK_POLL_S = 0.2
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
 
 # MIGRATIONS[n] brings a store at schema version n to n + 1; a new file starts at 0.
@@ -596,16 +594,10 @@ class StateStore:
                 f"cannot create the delivery lock {lock_path} beside daemon.state_file: {_describe(error)}"
             ) from None
         try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline or cancel.wait(_LOCK_POLL_S):
-                        holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip()
-                        yield f"another tgbackupd process ({holder or 'pid unknown'}) is delivering backups"
-                        return
+            if not wait_for_lock(descriptor, wait_s, cancel):
+                holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip()
+                yield f"another tgbackupd process ({holder or 'pid unknown'}) is delivering backups"
+                return
             os.ftruncate(descriptor, 0)
             os.pwrite(descriptor, f"pid {os.getpid()}".encode(), 0)
             yield None

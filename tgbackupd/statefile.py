@@ -4,17 +4,15 @@ tgbackupd 0.1 to import (and keep as `*.migrated`), or something damaged to move
 writing; tgbackupctl opens it only to read."""
 
 import contextlib
-import fcntl
 import os
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from .config import STATE_FILE_NAME
-from .files import sync_directory
+from .files import sync_directory, wait_for_lock
 from .legacy_state import LEGACY_STATE_FILE_NAME, LegacyState, looks_like_legacy, read_legacy
 from .state import (
     DAMAGE_CODES,
@@ -143,18 +141,11 @@ def _opening(path: Path) -> Iterator[None]:
             f"daemon.state_file = {path}: cannot create its lock file {lock} ({error.strerror or error})"
         ) from None
     try:
-        deadline = time.monotonic() + _OPEN_WAIT_S
-        while True:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StateLocationError(
-                        f"daemon.state_file = {path}: another process has held {lock} for over "
-                        f"{_OPEN_WAIT_S:g} s; is a tgbackupd stuck? (fuser {lock})"
-                    ) from None
-                time.sleep(0.1)
+        if not wait_for_lock(descriptor, _OPEN_WAIT_S):
+            raise StateLocationError(
+                f"daemon.state_file = {path}: another process has held {lock} for over "
+                f"{_OPEN_WAIT_S:g} s; is a tgbackupd stuck? (fuser {lock})"
+            )
         yield
     finally:
         os.close(descriptor)
@@ -201,10 +192,7 @@ def _create(path: Path, meta: dict[str, str], legacy: LegacyState | None = None)
             connection.execute("PRAGMA synchronous = FULL")
             migrate(connection)
             store = StateStore(connection, path)
-            if legacy is not None:
-                store.add_many(legacy.entries)
-                if legacy.last_result is not None:
-                    store.record_result(legacy.last_result)
+            _fill(store, legacy)
             for key, value in meta.items():
                 store.set_meta(key, value)
         finally:
@@ -274,11 +262,16 @@ def _in_memory(legacy: LegacyState | None, path: Path) -> StateStore:
     connection = connect(":memory:")
     migrate(connection)
     store = StateStore(connection, path)
+    _fill(store, legacy)
+    return store
+
+
+def _fill(store: StateStore, legacy: LegacyState | None) -> None:
+    """Put what 0.1's file held into a new store."""
     if legacy is not None:
         store.add_many(legacy.entries)
         if legacy.last_result is not None:
             store.record_result(legacy.last_result)
-    return store
 
 
 @contextlib.contextmanager
