@@ -20,6 +20,7 @@ class Delivered:
     manifest: Manifest  # with each part's message and file id
     manifest_ref: ManifestRef
     pin_error: str | None
+    newest: bool  # the newest backup in the chat: its manifest was pinned (or the bot may not pin)
 
 
 class Delivery:
@@ -73,7 +74,7 @@ class Delivery:
             content_type="application/json",
         )
         reference = ManifestRef(name=complete.name, message_id=sent.message_id, file_id=sent.file_id)
-        return Delivered(complete, reference, self._pin(sent.message_id) if pin else None)
+        return Delivered(complete, reference, self._pin(sent.message_id) if pin else None, pin)
 
     def _complete_captions(
         self, parts: list[Part], facts: messages.BackupFacts, indexes: frozenset[int]

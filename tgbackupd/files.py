@@ -1,12 +1,15 @@
 """File helpers that the backup directory, the state store and the Telegram client all stand on: writing a
 file so that a crash leaves the old content or the new, and naming a byte range of a file."""
 
+import errno
 import fcntl
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _LOCK_POLL_S = 0.1
 
@@ -50,13 +53,15 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     sync_directory(path.parent)
 
 
-def wait_for_lock(descriptor: int, wait_s: float, cancel: threading.Event | None = None) -> bool:
-    """Take an exclusive flock on `descriptor`, waiting up to `wait_s` seconds (less if `cancel` is set):
-    True once held, False if another process still holds it."""
+def wait_for_lock(
+    descriptor: int, wait_s: float, cancel: threading.Event | None = None, shared: bool = False
+) -> bool:
+    """Take a flock on `descriptor` (exclusive, or `shared`), waiting up to `wait_s` seconds (less if
+    `cancel` is set): True once held, False if another process still holds it."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -64,3 +69,23 @@ def wait_for_lock(descriptor: int, wait_s: float, cancel: threading.Event | None
             if cancel is not None and cancel.is_set():
                 return False
             time.sleep(_LOCK_POLL_S)
+
+
+def open_lock_file(path: Path) -> int:
+    """Open (or create, 0600) a lock or note file of ours; never through a symbolic link someone planted,
+    and never anything but a regular file. Raise OSError otherwise."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return descriptor
+
+
+def open_for_reading(path: Path) -> BinaryIO:
+    """A regular file of ours to read, never through a symbolic link nor a pipe someone left in its place.
+    Raise OSError otherwise."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(descriptor, "rb")

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .formats import BACKUP_NAME
 from .manifest import Manifest, ManifestError, ManifestRef
 from .messages import BackupFacts
-from .state import Damaged, Entry
+from .state import Damaged, Entry, Foreign
 from .states import DeliveryState
 
 LEGACY_STATE_FILE_NAME = ".tgbackupd-state.json"
@@ -33,8 +34,8 @@ def read_legacy(data: bytes) -> LegacyState:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
         raise Damaged(f"it is a state file of tgbackupd 0.1 that is not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise Damaged("it is JSON, but not the object a state file of tgbackupd 0.1 holds")
+    if not isinstance(document, dict) or not {"catalogue", "last_backup"} & document.keys():
+        raise Foreign("JSON without the catalogue or the last backup a state file of tgbackupd 0.1 holds")
     last = document.get("last_backup")
     catalogue = document.get("catalogue", [])
     if not isinstance(catalogue, list):
@@ -65,6 +66,8 @@ def _entry(item: Any) -> Entry:
         manifest = Manifest.from_json(json.dumps(item.get("manifest")).encode())
     except ManifestError as error:
         raise _Unusable(f"its manifest: {error}") from None
+    if not BACKUP_NAME.match(manifest.name):
+        raise _Unusable(f"{manifest.name!r} is not the name of a tgbackupd backup")
     try:
         delivery = DeliveryState(str(item.get("delivery")))
     except ValueError:
@@ -85,7 +88,7 @@ def _entry(item: Any) -> Entry:
         warning=_optional(item, "warning", str),
         spooled=item.get("spooled") is True,
         captions_to_complete=frozenset(
-            index for index in item.get("captions_to_complete") or () if isinstance(index, int)
+            index for index in _list(item, "captions_to_complete") if isinstance(index, int)
         ),
         manifest_ref=_reference(item.get("manifest_ref")),
         pin_error=_optional(item, "pin_error", str),
@@ -101,6 +104,15 @@ def _optional(item: dict[str, Any], key: str, kind: type) -> Any:
     if value is None or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
         return value
     raise _Unusable(f"{key} is {type(value).__name__}, not {kind.__name__}")
+
+
+def _list(item: dict[str, Any], key: str) -> list[Any]:
+    value = item.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Unusable(f"{key} is {type(value).__name__}, not a list")
+    return value
 
 
 def _reference(value: Any) -> ManifestRef | None:

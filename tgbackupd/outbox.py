@@ -13,19 +13,24 @@ from . import chain, messages
 from .clock import Clock
 from .config import Config
 from .delivery import Delivery
-from .errors import Cancelled, TgbackupdError
+from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, ManifestRef, Part
+from .recovery import read_back
 from .redaction import scrub
-from .state import Entry, StateError, StateStore, Waiting, backup_stamp
+from .state import (
+    CHAIN_CONFIRM,
+    CHAIN_HISTORY,
+    CHAIN_KEY,
+    Entry,
+    StateError,
+    StateStore,
+    Waiting,
+    backup_stamp,
+)
 from .states import DeliveryState
 from .storage import BackupDirectory
 from .telegram import BotApi, TelegramError
 
-# After a rebuild: "history" walks the whole chain in the chat back into the catalogue; "confirm" only
-# looks for backups found on disk, to learn whether they reached the chat before the state was lost.
-CHAIN_KEY = "chain_check"
-CHAIN_HISTORY = "history"
-CHAIN_CONFIRM = "confirm"
 BUSY_RETRY_S = 10
 
 
@@ -131,14 +136,18 @@ class Outbox:
                     self._back_off(held_elsewhere, BUSY_RETRY_S)
                     return Drained(0, held_elsewhere)
                 sent = self._drain_held(bot, chat_id, cancel)
-        except StateError as error:
-            self._back_off(str(error))
+        except Cancelled:
+            raise
+        except Exception as error:  # the store, or a bug: either way, not again every second
+            self._back_off(str(error) if isinstance(error, TgbackupdError) else f"internal error: {error!r}")
             raise
         self._failures = 0
         self.refresh()
         return Drained(sent)
 
     def _drain_held(self, bot: BotApi, chat_id: str, cancel: threading.Event) -> int:
+        # A backup made while its recording failed, recorded now: it is sent like any other.
+        read_back(self._store, self._directory, True, self._log)
         if not self._look_in_chat(bot, chat_id, cancel):
             return 0
         tried: set[str] = set()
@@ -162,7 +171,10 @@ class Outbox:
             return DeliveryState.NOT_ATTEMPTED  # delivered or given up meanwhile, by another process
         manifest = entry.manifest
         facts = messages.facts_of(manifest, entry.facts)
-        missing = self._directory.first_missing(manifest, entry.spooled)
+        try:
+            missing = self._directory.first_missing(manifest, entry.spooled)
+        except StorageError as error:  # a name no backup of ours has: nothing is read, nothing removed
+            return self._lose(name, str(error), bound)
         if missing is not None:
             if not self._directory.looks_mounted():
                 return self._postpone(
@@ -204,6 +216,8 @@ class Outbox:
                 raise
             return self._postpone(entry, error, bound)
         self._store.record_delivered(delivered.manifest, delivered.manifest_ref, delivered.pin_error)
+        if delivered.newest:
+            self._note_newest(delivered.manifest_ref, bound)
         if entry.spooled:
             self._directory.remove_spooled(name)
         if attempts > 1:
@@ -295,11 +309,19 @@ class Outbox:
             )
         return True
 
-    def _walk(self, bot: BotApi, chat_id: str) -> Iterator[tuple[Manifest, ManifestRef]]:
-        """The chain from the pinned manifest back, ending where it is broken (a manifest deleted from
-        the chat, or not one of ours): what lies beyond cannot be found by anyone."""
+    def _note_newest(self, reference: ManifestRef, bound: Any) -> None:
         try:
-            yield from chain.walk(bot, chain.pinned_manifest_ref(bot, chat_id))
+            self._directory.note_newest_manifest(reference)
+        except OSError as error:  # only a help for a rebuild: the backup is delivered and recorded
+            bound.warning("Could not note where the newest manifest is", error=_os_error(error))
+
+    def _walk(self, bot: BotApi, chat_id: str) -> Iterator[tuple[Manifest, ManifestRef]]:
+        """The chain from the pinned manifest back (or, with nothing of ours pinned, from the newest this
+        machine noted), ending where it is broken (a manifest deleted from the chat, or not one of ours):
+        what lies beyond cannot be found by anyone."""
+        try:
+            start = chain.pinned_manifest_ref(bot, chat_id) or self._directory.newest_manifest()
+            yield from chain.walk(bot, start)
         except chain.ChainError as error:
             if not error.broken:
                 raise

@@ -1,15 +1,15 @@
 """Opening the state where a process starts, and reading back into the catalogue what exists on disk: the
-manifests and spooled parts in the backup directory, after a damaged state file was moved aside, or when a
-backup was made but could not be recorded. Backups not known to have reached the chat come back pending,
-to be looked for in the chat's chain of manifests before they are sent (outbox.py)."""
+manifests and spooled parts in the backup directory, after a damaged or lost state file, or when a backup
+was made but could not be recorded. Backups not known to have reached the chat come back pending, to be
+looked for in the chat's chain of manifests before they are sent (outbox.py)."""
 
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Config
-from .manifest import Manifest, ManifestError, manifest_name
-from .outbox import CHAIN_CONFIRM, CHAIN_HISTORY, CHAIN_KEY
-from .state import Entry, StateStore
+from .formats import stem
+from .manifest import SUFFIX, Manifest, ManifestError, manifest_name
+from .state import CHAIN_CONFIRM, CHAIN_HISTORY, CHAIN_KEY, Entry, StateStore
 from .statefile import REBUILD_KEY, open_store
 from .states import DeliveryState
 from .storage import BackupDirectory, spooled_parts
@@ -20,7 +20,7 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 @dataclass(frozen=True)
 class Prepared:
     store: StateStore
-    problem: str | None  # for the chat: the state file was damaged and rebuilt
+    problem: str | None  # for the chat: the state file was damaged or lost, and rebuilt
 
 
 def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepared:
@@ -32,25 +32,26 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
         log.info(
             "Imported the state file of tgbackupd 0.1 into the state store",
             migrated_from=str(opened.migrated_from),
-            kept_as=str(opened.migrated_from) + ".migrated",
             backups=len(store.known()),
-            skipped=opened.skipped or None,
         )
     if opened.skipped:
         log.warning("Some entries of the old state file could not be imported", skipped=opened.skipped)
-    problem = None
+    if opened.created and directory.manifests():
+        # No state file, but backups made by tgbackupd: it was lost (removed, or a disk replaced).
+        store.set_meta(REBUILD_KEY, "it was missing, but the backup directory holds backups of tgbackupd")
     rebuilding = store.meta(REBUILD_KEY)
+    problem = None
     if rebuilding is not None:
         telegram = config.telegram.configured
         problem = (
-            f"the state file {config.daemon.state_file} was damaged ({rebuilding}); it was "
-            + (f"moved aside as {opened.moved_to.name} and " if opened.moved_to else "")
+            f"the state file {config.daemon.state_file} could not be used ({rebuilding}); "
+            + (f"it was moved aside as {opened.moved_to.name}, and " if opened.moved_to else "")
             + "the catalogue is rebuilt from the backup directory"
             + (" and the chain of manifests in the chat" if telegram else "")
             + ". Backups not delivered yet are sent again"
         )
         log.error(
-            "The state file was damaged; the catalogue is rebuilt",
+            "The state file was damaged or lost; the catalogue is rebuilt",
             reason=rebuilding,
             moved_to=str(opened.moved_to) if opened.moved_to else None,
             state_file=str(config.daemon.state_file),
@@ -61,46 +62,47 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
             store.set_meta(CHAIN_KEY, CHAIN_HISTORY)
         store.set_meta(REBUILD_KEY, None)
         log.error("Rebuilt the catalogue from the backup directory", backups=len(added), names=added or None)
-    elif added:
-        if config.telegram.configured and store.meta(CHAIN_KEY) is None:
-            store.set_meta(CHAIN_KEY, CHAIN_CONFIRM)
-        log.warning(
-            "Found finished backups in the backup directory that the catalogue did not know; they are "
-            "recorded now",
-            names=added,
-        )
     return Prepared(store, problem)
 
 
 def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log: Any) -> list[str]:
-    """Record every backup whose manifest is in the directory and not in the catalogue; return their names."""
-    known = store.known()
+    """Record every backup whose manifest is in the directory and not in the catalogue (a rebuild, or a
+    backup whose recording failed); return their names. What cannot be read is skipped and logged: it
+    must not stop tgbackupd, nor be taken for a backup."""
+    known = {stem(name) for name in store.known()}
     entries = []
     for path in directory.manifests():
+        if path.name.removesuffix(SUFFIX) in known:
+            continue
         try:
             if path.stat().st_size > MAX_MANIFEST_BYTES:
                 raise ManifestError("it is implausibly large")
             manifest = Manifest.from_json(path.read_bytes())
-        except (OSError, ManifestError) as error:
+            if manifest_name(manifest.name) != path.name:
+                raise ManifestError("it describes another backup than its name says")
+            entries.append(_found(manifest, directory, telegram, log))
+        except (OSError, ValueError, TypeError) as error:  # ManifestError is a ValueError
             log.warning("Skipping a manifest file that cannot be read", path=str(path), error=str(error))
-            continue
-        if manifest_name(manifest.name) != path.name:
-            log.warning("Skipping a manifest file that describes another backup", path=str(path))
-            continue
-        if manifest.name not in known:
-            entries.append(_found(manifest, directory, telegram))
-    store.add_many(entries)
+    if entries:
+        store.add_many(entries)
+        if telegram and store.meta(CHAIN_KEY) is None:
+            store.set_meta(CHAIN_KEY, CHAIN_CONFIRM)
+        log.warning(
+            "Found finished backups in the backup directory that the catalogue did not know; they are "
+            "recorded now",
+            names=[entry.manifest.name for entry in entries],
+        )
     return [entry.manifest.name for entry in entries]
 
 
-def _found(manifest: Manifest, directory: BackupDirectory, telegram: bool) -> Entry:
+def _found(manifest: Manifest, directory: BackupDirectory, telegram: bool, log: Any) -> Entry:
     """A backup found on disk: where its bytes are, and whether it can still be delivered."""
     name = manifest.name
     if directory.has_whole_file(name):
         spooled, lost = False, None
     else:
         spooled = True
-        noted = directory.receipts(name)
+        noted = directory.receipts(name, log)
         manifest = replace(
             manifest,
             parts=tuple(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TgbackupdError
-from .files import wait_for_lock
+from .files import open_lock_file, wait_for_lock
 from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part
 from .states import DeliveryState
@@ -88,10 +88,17 @@ MIGRATIONS = (
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
+# Meta: after a rebuild, "history" walks the whole chain in the chat back into the catalogue; "confirm"
+# only looks there for backups found on disk, to learn whether they reached the chat already.
+CHAIN_KEY = "chain_check"
+CHAIN_HISTORY = "history"
+CHAIN_CONFIRM = "confirm"
+
 # What each SQLite failure means for the administrator.
 _ADVICE = {
     "SQLITE_FULL": "the disk holding it is full: free space there",
     "SQLITE_READONLY": "it cannot be written (a read-only file system, or its permissions changed)",
+    "SQLITE_IOERR_SHM": "there is no room for its shared-memory file (-shm): free space beside it",
     "SQLITE_IOERR": "the disk reported an I/O error: check it (dmesg, smartctl)",
     "SQLITE_CANTOPEN": "it cannot be opened: was its directory removed or unmounted?",
     "SQLITE_CORRUPT": "the file is damaged: restart tgbackupd, which moves it aside and rebuilds it",
@@ -113,6 +120,11 @@ class StateLocationError(StateError):
 
 class Damaged(Exception):
     """The file at daemon.state_file is not a state store this version can use (its reason)."""
+
+
+class Foreign(Exception):
+    """The file at daemon.state_file is someone else's (another program's database or JSON): it is left
+    alone, never moved aside nor converted."""
 
 
 @dataclass(frozen=True)
@@ -155,12 +167,28 @@ class Opened:
     damaged: str | None = None  # why the file was moved aside
     moved_to: Path | None = None
     skipped: list[str] = field(default_factory=list)  # entries of the old file that could not be read
+    created: bool = False  # there was no file: a first start, or a state file lost
 
 
 def backup_stamp(name: str) -> str:
     """The `YYYYMMDD_HHMMSS` of a backup's name, which orders backups by age."""
     match = _STAMP.search(name)
     return match["stamp"] if match else ""
+
+
+def explain(error: sqlite3.Error) -> str:
+    """SQLite's words for a failure, and what they mean for the administrator."""
+    name = getattr(error, "sqlite_errorname", "")
+    advice = next((text for code, text in _ADVICE.items() if name.startswith(code)), "")
+    return f"{error}; {advice}" if advice else str(error)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _user(uid: int) -> str:
@@ -201,6 +229,11 @@ def check_location(path: Path, create: bool = True) -> None:
             f"{where} is a directory: point daemon.state_file at a file in it (for example "
             f"{path / '.tgbackupd-state.db'}), or remove the directory"
         )
+    if path.exists() and not path.is_file():
+        raise StateLocationError(
+            f"{where} is not a regular file (a device, a pipe or a socket): point daemon.state_file at a "
+            "file tgbackupd may create"
+        )
     parent = path.parent
     if not parent.is_dir():
         if not create:  # only say whether it could be made
@@ -229,9 +262,10 @@ def check_location(path: Path, create: bool = True) -> None:
             owner = candidate.lstat().st_uid
         except FileNotFoundError:
             continue
-        if candidate.is_symlink():
+        if candidate.is_symlink() or not candidate.is_file():
             raise StateLocationError(
-                f"{where}: {candidate} is a symbolic link; point daemon.state_file at it"
+                f"{where}: {candidate} is a symbolic link or not a regular file; remove it, or point "
+                "daemon.state_file at what it should be"
             )
         if owner != os.geteuid():
             raise StateLocationError(
@@ -267,17 +301,24 @@ def configure_for_writing(connection: sqlite3.Connection) -> None:
     connection.execute("PRAGMA synchronous = FULL")
 
 
-def migrate(connection: sqlite3.Connection) -> None:
-    """Bring the store to SCHEMA_VERSION, one version per transaction. Raise Damaged for a schema this
-    version does not know."""
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
+def recognize(connection: sqlite3.Connection) -> int:
+    """The schema version of the store, read without writing anything. Raise Damaged for a schema this
+    version does not know, Foreign for a database that is not a store of tgbackupd's."""
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise Damaged(
             f"it was written by a newer tgbackupd (schema {version}; this one knows up to {SCHEMA_VERSION})"
         )
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if version == 0 and tables:
-        raise Damaged(f"it is an SQLite database, but not a tgbackupd state file (tables {sorted(tables)})")
+        raise Foreign(f"an SQLite database with the tables {', '.join(sorted(tables))}")
+    return version
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the store to SCHEMA_VERSION, one version per transaction. Raise Damaged or Foreign as
+    recognize does."""
+    version = recognize(connection)
     for step in range(version, SCHEMA_VERSION):
         try:
             connection.executescript(
@@ -296,14 +337,29 @@ class StateStore:
     """The catalogue, the outbox and the last results. Every change is one transaction; every failure is a
     StateError naming daemon.state_file, never a silent empty answer."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, held: int | None = None) -> None:
         self._connection = connection
         self.path = path
         self._lock = threading.RLock()
+        self._held = held  # a shared lock on the store's lock file: nobody moves it aside while it is used
+        self._identity = _identity(path) if held is not None else None
 
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            if self._held is not None:
+                os.close(self._held)
+                self._held = None
+
+    def _still_there(self) -> None:
+        """The file this process has open must still be the one at daemon.state_file: a file system
+        unmounted under it, or a file moved away, would take every later change with it unseen."""
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise StateError(
+                f"the state file {self.path} (daemon.state_file) was moved, replaced or unmounted while "
+                "tgbackupd had it open; nothing more is recorded until tgbackupd is restarted (systemctl "
+                "restart tgbackupd), which opens what is there now"
+            )
 
     # Transactions and errors
 
@@ -312,17 +368,15 @@ class StateStore:
         try:
             yield
         except sqlite3.Error as error:
-            name = getattr(error, "sqlite_errorname", "")
-            advice = next((text for code, text in _ADVICE.items() if name.startswith(code)), "")
             raise StateError(
-                f"cannot {action} in the state file {self.path} (daemon.state_file): {error}"
-                + (f"; {advice}" if advice else "")
+                f"cannot {action} in the state file {self.path} (daemon.state_file): {explain(error)}"
             ) from None
 
     @contextlib.contextmanager
     def _writing(self, action: str) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (IMMEDIATE) so that two processes never deadlock."""
         with self._lock, self._failing_as(action):
+            self._still_there()
             connection = self._connection
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -337,6 +391,7 @@ class StateStore:
     def _reading(self, action: str) -> Iterator[sqlite3.Connection]:
         """A consistent view across several statements."""
         with self._lock, self._failing_as(action):
+            self._still_there()
             connection = self._connection
             connection.execute("BEGIN")
             try:
@@ -588,7 +643,7 @@ class StateStore:
         after `wait_s` (or when `cancel` is set), who holds it."""
         lock_path = beside(self.path, ".delivery-lock")
         try:
-            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            descriptor = open_lock_file(lock_path)
         except OSError as error:
             raise StateError(
                 f"cannot create the delivery lock {lock_path} beside daemon.state_file: {_describe(error)}"

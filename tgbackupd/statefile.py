@@ -4,6 +4,7 @@ tgbackupd 0.1 to import (and keep as `*.migrated`), or something damaged to move
 writing; tgbackupctl opens it only to read."""
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import urllib.parse
@@ -12,13 +13,14 @@ from datetime import datetime
 from pathlib import Path
 
 from .config import STATE_FILE_NAME
-from .files import sync_directory, wait_for_lock
+from .files import open_lock_file, sync_directory, wait_for_lock
 from .legacy_state import LEGACY_STATE_FILE_NAME, LegacyState, looks_like_legacy, read_legacy
 from .state import (
     DAMAGE_CODES,
     SCHEMA_VERSION,
     SQLITE_HEADER,
     Damaged,
+    Foreign,
     Opened,
     StateError,
     StateLocationError,
@@ -27,7 +29,9 @@ from .state import (
     check_location,
     configure_for_writing,
     connect,
+    explain,
     migrate,
+    recognize,
 )
 
 REBUILD_KEY = "rebuild"  # meta: why the store was rebuilt, until the backup directory has been read back
@@ -37,23 +41,83 @@ _OPEN_WAIT_S = 60.0
 
 def open_store(path: Path, now: datetime | None = None) -> Opened:
     """Open the state for the daemon or `tgbackupd --once`. Raise StateLocationError if it cannot be kept
-    at `path`. A damaged file is moved aside and a new, empty store made (flagged to be rebuilt)."""
+    at `path`. A damaged file is moved aside and a new, empty store made (flagged to be rebuilt).
+
+    Every process holds a shared lock on the store's lock file while it has the store open; creating,
+    migrating or moving the file aside needs the lock alone, so no process ever writes into a file another
+    has just moved away."""
     check_location(path)
     moment = now or datetime.now().astimezone()
-    with _opening(path):
-        legacy = None
-        try:
-            legacy = _legacy_source(path)
-            if legacy is not None:
-                return _import_legacy(path, legacy)
-            store = _open_writable(path)
-        except Damaged as damage:
-            damaged = legacy or path
-            moved = _move_aside(damaged, moment)
-            store = _create(path, {REBUILD_KEY: str(damage)})
-            return Opened(store, damaged=str(damage), moved_to=moved)
-        _finish_migration(store)
-        return Opened(store)
+    lock = beside(path, ".lock")
+    try:
+        descriptor = open_lock_file(lock)
+    except OSError as error:
+        raise StateLocationError(
+            f"daemon.state_file = {path}: cannot open its lock file {lock} ({error.strerror or error})"
+        ) from None
+    try:
+        if not wait_for_lock(descriptor, _OPEN_WAIT_S, shared=True):
+            raise StateLocationError(
+                f"daemon.state_file = {path}: another process has been migrating or rebuilding it for over "
+                f"{_OPEN_WAIT_S:g} s; is a tgbackupd stuck? (fuser {lock})"
+            )
+        return _open_holding(path, descriptor, moment)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _open_holding(path: Path, descriptor: int, moment: datetime) -> Opened:
+    why = "created" if not path.exists() else "migrated from tgbackupd 0.1"
+    try:
+        if path.exists() and _legacy_source(path) is None:
+            store = _open_writable(path, descriptor)
+            _finish_migration(store)
+            return Opened(store)
+    except Damaged as damage:
+        why = f"moved aside ({damage})"
+    except Foreign as foreign:
+        raise _not_ours(path, foreign) from None
+    # The file must be made, imported or moved aside: only with no other process using it. Let go of the
+    # shared lock first, so that two processes starting at once do not wait for each other.
+    fcntl.flock(descriptor, fcntl.LOCK_UN)
+    if not wait_for_lock(descriptor, _OPEN_WAIT_S):
+        raise StateLocationError(
+            f"daemon.state_file = {path} must be {why}, but another tgbackupd process has had it open for "
+            f"over {_OPEN_WAIT_S:g} s: stop it (systemctl stop tgbackupd), then start again"
+        )
+    try:
+        opened = _open_alone(path, descriptor, moment)
+    except BaseException:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        raise
+    fcntl.flock(descriptor, fcntl.LOCK_SH)  # a process that took it alone meanwhile is waited for: briefly
+    return opened
+
+
+def _open_alone(path: Path, descriptor: int, moment: datetime) -> Opened:
+    """As open_store, holding the lock alone: look again (another process may have done it meanwhile)."""
+    legacy = None
+    try:
+        legacy = _legacy_source(path)
+        if legacy is not None:
+            return _import_legacy(path, legacy, descriptor)
+        if not path.exists():
+            return Opened(_create(path, {}, descriptor), created=True)
+        return Opened(_open_writable(path, descriptor))
+    except Foreign as foreign:
+        raise _not_ours(legacy or path, foreign) from None
+    except Damaged as damage:
+        moved = _move_aside(legacy or path, moment)
+        store = _create(path, {REBUILD_KEY: str(damage)}, descriptor)
+        return Opened(store, damaged=str(damage), moved_to=moved)
+
+
+def _not_ours(path: Path, foreign: "Foreign") -> StateLocationError:
+    return StateLocationError(
+        f"daemon.state_file = {path} is not a state file of tgbackupd ({foreign}); it was left as it is: "
+        "point daemon.state_file elsewhere, or move that file away if it is no longer needed"
+    )
 
 
 def open_reader(path: Path) -> StateStore:
@@ -78,18 +142,30 @@ def open_reader(path: Path) -> StateStore:
                 raise Damaged(f"it was written by a newer tgbackupd (schema {version})")
             return _in_memory(None, path)
         return StateStore(connection, path)
-    except Damaged as damage:
+    except Foreign as foreign:
+        raise StateError(f"the catalogue {path} (daemon.state_file) is not tgbackupd's: {foreign}") from None
+    except (Damaged, sqlite3.DatabaseError) as damage:
+        if isinstance(damage, sqlite3.Error) and not _damaged(damage):
+            raise _unreadable(path, damage) from None
         raise StateError(
             f"the catalogue {path} (daemon.state_file) cannot be used: {damage}. tgbackupd moves it aside "
             "and rebuilds it at its next start (systemctl restart tgbackupd); meanwhile restore from a file, "
             "a folder of parts, or --from-telegram"
         ) from None
-    except (OSError, sqlite3.Error) as error:
-        text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise StateError(
-            f"cannot read the catalogue {path} (daemon.state_file): {text}. Run this as root or as the user "
-            "tgbackupd runs as, or pass --config with the daemon's configuration"
-        ) from None
+    except OSError as error:
+        raise _unreadable(path, error) from None
+
+
+def _damaged(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorname", "").startswith(DAMAGE_CODES)
+
+
+def _unreadable(path: Path, error: OSError | sqlite3.Error) -> StateError:
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return StateError(
+        f"cannot read the catalogue {path} (daemon.state_file): {text}. Run this as root or as the user "
+        "tgbackupd runs as, or pass --config with the daemon's configuration"
+    )
 
 
 def _read(path: Path) -> bytes:
@@ -103,6 +179,8 @@ def _read(path: Path) -> bytes:
 
 def _head(path: Path) -> bytes | None:
     """The first bytes of the file, or None if there is none."""
+    if path.exists() and not path.is_file():
+        raise StateLocationError(f"daemon.state_file = {path} is not a regular file (a device, a pipe?)")
     try:
         with path.open("rb") as stream:
             return stream.read(64)
@@ -130,60 +208,42 @@ def _legacy_source(path: Path) -> Path | None:
     raise Damaged("it is neither an SQLite state file nor a state file of tgbackupd 0.1")
 
 
-@contextlib.contextmanager
-def _opening(path: Path) -> Iterator[None]:
-    """One process at a time looks at the file, migrates it or moves it aside."""
-    lock = beside(path, ".lock")
-    try:
-        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as error:
-        raise StateLocationError(
-            f"daemon.state_file = {path}: cannot create its lock file {lock} ({error.strerror or error})"
-        ) from None
-    try:
-        if not wait_for_lock(descriptor, _OPEN_WAIT_S):
-            raise StateLocationError(
-                f"daemon.state_file = {path}: another process has held {lock} for over "
-                f"{_OPEN_WAIT_S:g} s; is a tgbackupd stuck? (fuser {lock})"
-            )
-        yield
-    finally:
-        os.close(descriptor)
-
-
 def _unusable(path: Path, error: sqlite3.Error) -> StateLocationError:
-    return StateLocationError(f"daemon.state_file = {path} cannot be used: {error}")
+    return StateLocationError(f"daemon.state_file = {path} cannot be used: {explain(error)}")
 
 
-def _open_writable(path: Path) -> StateStore:
-    """The store at `path`, checked and brought to the current schema; a new one if there is no file.
-    Raise Damaged if it is damaged or of an unknown schema."""
-    if not path.exists():
-        return _create(path, {})
+def _open_writable(path: Path, held: int) -> StateStore:
+    """The store at `path`, checked and brought to the current schema. Raise Damaged if it is damaged or
+    of a schema this version does not know, Foreign if it is someone else's database."""
     connection = connect(str(path))
     try:
-        configure_for_writing(connection)
+        recognize(connection)  # before anything is written: someone else's database is left as it is
         problems = [row[0] for row in connection.execute("PRAGMA integrity_check(5)")]
         if problems != ["ok"]:
             raise Damaged(f"SQLite's integrity check failed: {'; '.join(problems)}")
+        configure_for_writing(connection)
         migrate(connection)
     except sqlite3.Error as error:
         connection.close()
-        if getattr(error, "sqlite_errorname", "").startswith(DAMAGE_CODES):
+        if _damaged(error):
             raise Damaged(f"SQLite cannot read it: {error}") from None
         raise _unusable(path, error) from None
     except BaseException:
         connection.close()
         raise
-    return StateStore(connection, path)
+    return StateStore(connection, path, held)
 
 
-def _create(path: Path, meta: dict[str, str], legacy: LegacyState | None = None) -> StateStore:
+def _create(path: Path, meta: dict[str, str], held: int, legacy: LegacyState | None = None) -> StateStore:
     """Make a new store under a temporary name and rename it into place, so that `path` never holds a
-    half-made one."""
+    half-made one. SQLite's files of an earlier store left beside it are moved aside first: SQLite would
+    otherwise read an old journal into the new store."""
     temporary = beside(path, ".new")
     for leftover in (temporary, temporary.with_name(temporary.name + "-journal")):
         leftover.unlink(missing_ok=True)
+    orphans = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    if any(orphan.exists() for orphan in orphans):
+        _move_aside(path, datetime.now().astimezone(), orphans_only=True)
     try:
         descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.close(descriptor)
@@ -205,18 +265,17 @@ def _create(path: Path, meta: dict[str, str], legacy: LegacyState | None = None)
             f"daemon.state_file = {path}: cannot create the state file: "
             f"{getattr(error, 'strerror', None) or error}"
         ) from None
-    return _open_writable(path)
+    return _open_writable(path, held)
 
 
-def _import_legacy(path: Path, legacy_path: Path) -> Opened:
+def _import_legacy(path: Path, legacy_path: Path, held: int) -> Opened:
     """Import 0.1's JSON file into a new store at `path` and keep the old file as `<name>.migrated`."""
     legacy = read_legacy(_read(legacy_path))
-    migrated = legacy_path.with_name(legacy_path.name + ".migrated")
+    migrated = _unused(legacy_path.with_name(legacy_path.name + ".migrated"))
     try:
         if legacy_path == path:  # the store takes the file's place: keep the old content first
-            migrated.unlink(missing_ok=True)
             os.link(legacy_path, migrated)
-        store = _create(path, {MIGRATED_KEY: str(legacy_path)}, legacy)
+        store = _create(path, {MIGRATED_KEY: str(legacy_path)}, held, legacy)
         if legacy_path != path:
             os.rename(legacy_path, migrated)
         sync_directory(path.parent)
@@ -228,22 +287,29 @@ def _import_legacy(path: Path, legacy_path: Path) -> Opened:
 
 
 def _finish_migration(store: StateStore) -> None:
-    """A migration that was cut between its two renames left 0.1's file beside the store: put it aside."""
+    """0.1's file beside the store after its migration: a migration cut between its two renames, or an old
+    tgbackupd still running somewhere (cron?). It is not imported twice; it is kept, under a new name."""
     source = store.meta(MIGRATED_KEY)
     if source and Path(source) != store.path and Path(source).is_file():
         with contextlib.suppress(OSError):
-            os.rename(source, source + ".migrated")
+            os.rename(source, _unused(Path(source + ".migrated")))
 
 
-def _move_aside(path: Path, moment: datetime) -> Path:
-    """Rename a damaged file (and SQLite's files beside it) to `<name>.corrupt-<time>`, never removing it."""
-    target = path.with_name(f"{path.name}.corrupt-{moment:%Y%m%d-%H%M%S}")
-    counter = 1
-    while target.exists():
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, … : the first that does not exist, so nothing kept is overwritten."""
+    candidate, counter = path, 1
+    while candidate.exists() or candidate.is_symlink():
         counter += 1
-        target = path.with_name(f"{path.name}.corrupt-{moment:%Y%m%d-%H%M%S}-{counter}")
+        candidate = path.with_name(f"{path.name}-{counter}")
+    return candidate
+
+
+def _move_aside(path: Path, moment: datetime, orphans_only: bool = False) -> Path:
+    """Rename a damaged file (and SQLite's files beside it) to `<name>.corrupt-<time>`, never removing it."""
+    target = _unused(path.with_name(f"{path.name}.corrupt-{moment:%Y%m%d-%H%M%S}"))
     try:
-        os.rename(path, target)
+        if not orphans_only:
+            os.rename(path, target)
         for suffix in ("-wal", "-shm"):
             companion = path.with_name(path.name + suffix)
             if companion.exists():
@@ -283,9 +349,9 @@ def _as_owner_of(path: Path) -> Iterator[None]:
         yield
         return
     saved_gid = os.getegid()
-    os.setegid(owner.st_gid)
-    os.seteuid(owner.st_uid)
     try:
+        os.setegid(owner.st_gid)
+        os.seteuid(owner.st_uid)
         yield
     finally:
         os.seteuid(0)

@@ -11,16 +11,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import StorageError
-from .files import FileSlice, sync_directory
-from .formats import GZIP, SUFFIX_PATTERN, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, Part, manifest_name
+from .files import FileSlice, open_for_reading, sync_directory, write_atomically
+from .formats import BACKUP_NAME, GZIP, SUFFIX_PATTERN, stem
+from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, manifest_name
 
 _PARTIAL_SUFFIX = ".partial"
 _RECEIPTS_SUFFIX = ".sent"
 _LOCK_NAME = ".tgbackupd.lock"
+_NEWEST_MANIFEST = ".tgbackupd-newest-manifest"
+_MAX_RECEIPTS_BYTES = 16 * 1024 * 1024
 _FILE_MODE = 0o600  # a backup holds the whole database
 _DIRECTORY_MODE = 0o700
 
@@ -36,10 +38,17 @@ def _describe(error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def checked_name(name: str) -> str:
+    """`name`, if it is one tgbackupd gives a backup. Raise StorageError otherwise."""
+    if not BACKUP_NAME.match(name):
+        raise StorageError(f"{name!r} is not the name of a tgbackupd backup; it is not used as a file name")
+    return name
+
+
 def spool_path(directory: Path, name: str, index: int) -> Path:
     """Where part `index` of a backup that is not kept here waits until it is sent. Named as in the
     chat, so that a folder of them restores (`tgbackupctl restore DIR`) or joins with `cat`."""
-    return directory / f"{name}.{index:03d}"
+    return directory / f"{checked_name(name)}.{index:03d}"
 
 
 def spooled_parts(directory: Path, manifest: Manifest) -> dict[int, Path]:
@@ -158,12 +167,15 @@ class BackupDirectory:
         """The bytes of one part: its own file in the spool, or a byte range of the backup file."""
         if spooled:
             return FileSlice(self.spool_path(name, part.index), 0, part.size_bytes)
-        return FileSlice(self.path / name, part.offset, part.size_bytes)
+        return FileSlice(self._whole(name), part.offset, part.size_bytes)
+
+    def _whole(self, name: str) -> Path:
+        return self.path / checked_name(name)
 
     def first_missing(self, manifest: Manifest, spooled: bool) -> Path | None:
         """A file that a backup's parts not yet sent are read from, and that is gone, if any."""
         if not spooled:
-            whole = self.path / manifest.name
+            whole = self._whole(manifest.name)
             return None if whole.is_file() else whole
         for part in manifest.parts:
             path = self.spool_path(manifest.name, part.index)
@@ -174,13 +186,15 @@ class BackupDirectory:
     def _receipts(self, name: str) -> Path:
         """Where the chat's message of each part of a spooled backup is noted as it is sent: the part's
         file is removed then, so after a lost state file this is what says the part is in the chat."""
-        return self.path / f".{stem(name)}{_RECEIPTS_SUFFIX}"
+        return self.path / f".{stem(checked_name(name))}{_RECEIPTS_SUFFIX}"
 
     def spooled_part_sent(self, name: str, index: int, message_id: int, file_id: str | None) -> None:
         """Part `index` of a backup not kept here reached the chat: note where, then remove its file."""
         receipt = json.dumps({"index": index, "message_id": message_id, "file_id": file_id}) + "\n"
         descriptor = os.open(
-            self._receipts(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
+            self._receipts(name),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            _FILE_MODE,
         )
         try:
             os.write(descriptor, receipt.encode())
@@ -189,13 +203,22 @@ class BackupDirectory:
             os.close(descriptor)
         self.spool_path(name, index).unlink(missing_ok=True)
 
-    def receipts(self, name: str) -> dict[int, tuple[int, str | None]]:
+    def receipts(self, name: str, log: Any) -> dict[int, tuple[int, str | None]]:
         """The parts of a spooled backup noted as sent: (message id, file id) by part number. Lines that do
         not parse (a write cut by a crash) are skipped: that part is then sent again."""
         noted: dict[int, tuple[int, str | None]] = {}
+        path = self._receipts(name)
         try:
-            text = self._receipts(name).read_text(encoding="utf-8", errors="replace")
+            with open_for_reading(path) as stream:
+                text = stream.read(_MAX_RECEIPTS_BYTES).decode("utf-8", errors="replace")
         except FileNotFoundError:
+            return noted
+        except OSError as error:
+            log.warning(
+                "Cannot read where the spooled parts went; they are sent again",
+                path=str(path),
+                error=str(error),
+            )
             return noted
         for line in text.splitlines():
             try:
@@ -220,7 +243,7 @@ class BackupDirectory:
 
     def remove_spooled(self, name: str) -> None:
         """Remove what is left of a backup that is not kept here: its parts, receipts and manifest."""
-        for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*"):
+        for path in self.path.glob(f"{glob.escape(checked_name(name))}.[0-9][0-9][0-9]*"):
             if PART_FILE.match(path.name):
                 path.unlink(missing_ok=True)
         self._receipts(name).unlink(missing_ok=True)
@@ -241,6 +264,8 @@ class BackupDirectory:
     def where_kept(self, name: str, spooled: bool, delivered: bool, part_count: int) -> bool | str:
         """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent (only
         those not delivered are looked for: a delivered one left none)."""
+        if not BACKUP_NAME.match(name):
+            return False
         if not spooled:
             return (self.path / name).is_file()
         if delivered:
@@ -249,7 +274,27 @@ class BackupDirectory:
         return "spool" if waiting else False
 
     def has_whole_file(self, name: str) -> bool:
-        return (self.path / name).is_file()
+        return self._whole(name).is_file()
+
+    def note_newest_manifest(self, reference: ManifestRef) -> None:
+        """Where the newest manifest in the chat is, kept here too: after a lost state file, the chain in
+        the chat is walked from it when nothing of ours is pinned (the bot may not pin)."""
+        note = {"name": reference.name, "message_id": reference.message_id, "file_id": reference.file_id}
+        write_atomically(self.path / _NEWEST_MANIFEST, json.dumps(note).encode())
+
+    def newest_manifest(self) -> ManifestRef | None:
+        """The note note_newest_manifest left, if it is there and holds together."""
+        try:
+            with open_for_reading(self.path / _NEWEST_MANIFEST) as stream:
+                note = json.loads(stream.read(4096))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(note, dict):
+            return None
+        name, message_id, file_id = note.get("name"), note.get("message_id"), note.get("file_id")
+        if isinstance(name, str) and isinstance(message_id, int) and isinstance(file_id, str):
+            return ManifestRef(name, message_id, file_id)
+        return None
 
     def looks_mounted(self) -> bool:
         """Whether the directory is the one backups were written to: it exists and holds the lock file that

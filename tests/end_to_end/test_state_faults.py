@@ -137,20 +137,73 @@ def test_a_full_disk_under_the_state_file_fails_the_backup_with_that_reason_and_
         assert checked.returncode == 1 and "✗ state file" in checked.stdout and "full" in checked.stdout
         kept = list((tmp_path / "backups").glob("*.sql.gz"))
         assert len(kept) == 1  # the backup itself is there
-        assert daemon.stop() == 0
 
-        (small / "filler").unlink()
-        again = daemon_for(source, TGBACKUPD_DAEMON_STATE_FILE=str(small / "state.db"))
-        wait_until(lambda: len(manifests_in_chat(bot_api)) == 1)
-        assert manifests_in_chat(bot_api)[0]["name"] == kept[0].name
-        assert (
-            "Found finished backups in the backup directory that the catalogue did not know"
-            in again.log_text()
-        )
-        wait_until(lambda: status(again)["pending_deliveries"] == 0)
-        assert again.stop() == 0
+        (small / "filler").unlink()  # space is back: the next delivery reads the backup back and sends it
+        assert daemon.ctl("trigger").returncode == 0
+        made = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz"))
+        assert made[0] == kept[0].name and len(made) == 2
+        assert Counter(m["name"] for m in manifests_in_chat(bot_api)) == dict.fromkeys(made, 1)
+        assert chain_from_pin(bot_api) == made[::-1]
+        assert "Found finished backups in the backup directory" in daemon.log_text()
+        assert status(daemon)["pending_deliveries"] == 0
+        assert daemon.stop() == 0
     finally:
         subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+@ROOT_ONLY
+def test_a_state_file_whose_file_system_goes_away_is_noticed_and_rebuilt_at_the_next_start(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    mount = tmp_path / "state-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    unmounted = False
+    try:
+        state = {"TGBACKUPD_DAEMON_STATE_FILE": str(mount / "state.db")}
+        daemon = daemon_for(source, **state)
+        assert daemon.ctl("trigger").returncode == 0
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+        unmounted = True
+
+        lost = daemon.ctl("trigger")
+
+        assert lost.returncode == 1 and "was moved, replaced or unmounted" in lost.stderr
+        assert "moved, replaced or unmounted" in status(daemon)["state_problem"]
+        assert daemon.stop() == 0
+        again = daemon_for(source, **state)  # an empty mount point: the state is lost, not silently empty
+        wait_until(lambda: status(again)["pending_deliveries"] == 0)
+        made = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz"))
+        assert len(made) == 1  # the second failed before its dump: nothing could have been recorded
+        assert Counter(m["name"] for m in manifests_in_chat(bot_api)) == dict.fromkeys(made, 1)
+        assert "could not be used (it was missing" in bot_api.messages()[-1].fields["text"]
+        listed = json.loads(again.ctl("list", "--json").stdout)
+        assert [(row["name"], row["delivery"]) for row in listed] == [(made[0], "sent")]
+        assert again.stop() == 0
+    finally:
+        if not unmounted:
+            subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_without_the_right_to_pin_a_rebuild_still_sends_nothing_twice(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    bot_api.state.can_pin = False
+    daemon = daemon_for(source)
+    for _ in range(3):
+        assert daemon.ctl("trigger").returncode == 0
+    assert daemon.stop() == 0
+    _random_bytes(tmp_path / "state.db")
+
+    again = daemon_for(source)
+    wait_until(lambda: "Read the chain of manifests in the chat back into the catalogue" in again.log_text())
+    wait_until(lambda: status(again)["pending_deliveries"] == 0)
+
+    made = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz"))
+    assert Counter(m["name"] for m in manifests_in_chat(bot_api)) == dict.fromkeys(made, 1)
+    assert again.stop() == 0
 
 
 def _random_bytes(path: Path) -> None:
@@ -187,7 +240,7 @@ def test_a_damaged_state_file_is_rebuilt_from_the_directory_and_the_chat_sending
     log_text = again.log_text()
     assert '"level": "error", "logger": "tgbackupd.daemon", "event": "The state file was damaged' in log_text
     assert [p.name for p in tmp_path.glob("state.db.corrupt-*")]
-    assert "was damaged" in bot_api.messages()[-1].fields["text"]
+    assert "could not be used" in bot_api.messages()[-1].fields["text"]
     listed = json.loads(again.ctl("list", "--json").stdout)
     assert [(row["name"], row["delivery"]) for row in listed] == [(name, "sent") for name in made[::-1]]
     assert again.stop() == 0
@@ -268,7 +321,11 @@ def test_sigkill_while_a_part_is_recorded_sends_each_backup_once_and_intact(
 ):
     source = make_database(rows=2000)
     add_noise(source, 3)
-    parts = {"TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1", "TGBACKUPD_TELEGRAM_TIMEOUT": "60"}
+    parts = {  # sent by the outbox after the dump, each recorded as it reaches the chat
+        "TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1",
+        "TGBACKUPD_TELEGRAM_TIMEOUT": "60",
+        "TGBACKUPD_TELEGRAM_UPLOAD_WHILE_DUMPING": "false",
+    }
     daemon = daemon_for(source, **parts)
     daemon.trigger_in_background()
     wait_until(lambda: len(bot_api.documents()) >= 2)  # killed the moment part 2 has an answer

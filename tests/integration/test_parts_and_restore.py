@@ -423,7 +423,8 @@ def test_with_keep_0_the_spool_holds_only_the_parts_not_sent_yet_and_empties(
     # Queued (spool_parts) + being uploaded + just finished while the dump waits: never the whole backup.
     assert 2 <= watcher.most <= spool_parts + 2 < result.parts
     left = [p.name for p in (tmp_path / "backups").iterdir()]
-    assert left == [".tgbackupd.lock"]  # no backup file, no part, no manifest
+    # No backup file, no part, no manifest: the lock, and where the newest manifest is in the chat.
+    assert sorted(left) == [".tgbackupd-newest-manifest", ".tgbackupd.lock"]
     documents = bot_api.documents()
     assert [d.file_name for d in documents[:-1]] == [
         f"{result.file}.{i:03d}" for i in range(1, result.parts + 1)

@@ -14,11 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
+from tgbackupd import statefile
+from tgbackupd.clock import Clock
+from tgbackupd.config import load_config
 from tgbackupd.manifest import Manifest, ManifestRef, Part, plan_parts
-from tgbackupd.state import SCHEMA_VERSION, Entry, StateError, StateLocationError
+from tgbackupd.outbox import Outbox
+from tgbackupd.recovery import read_back
+from tgbackupd.state import SCHEMA_VERSION, SQLITE_HEADER, Entry, StateError, StateLocationError
 from tgbackupd.statefile import REBUILD_KEY, open_reader, open_store
 from tgbackupd.states import DeliveryState
+from tgbackupd.storage import BackupDirectory
 
 NOBODY = 65534
 
@@ -383,3 +390,195 @@ def test_sigkill_while_parts_are_recorded_never_leaves_a_damaged_or_half_written
             part.message_id == part.index and part.file_id == "f" * 70 for part in recorded
         )
         opened.store.close()
+
+
+# What a cold review found, each reproduced first.
+
+
+def test_a_file_system_unmounted_or_a_file_moved_under_a_running_store_stops_every_change(tmp_path):
+    path = tmp_path / "state.db"
+    store = open_store(path).store
+    store.add(pending("20251203_030000"))
+    os.rename(path, tmp_path / "elsewhere.db")  # as an unmount or a move would leave it
+    with pytest.raises(StateError, match="was moved, replaced or unmounted while tgbackupd had it open"):
+        store.add(pending("20251204_030000"))
+    with pytest.raises(StateError, match="moved, replaced or unmounted"):
+        store.waiting()
+
+
+def test_a_store_another_process_has_open_is_never_moved_aside_under_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(statefile, "_OPEN_WAIT_S", 0.5)
+    path = tmp_path / "state.db"
+    daemon = open_store(path).store
+    daemon.set_meta("who", "daemon")
+    connection = sqlite3.connect(path)  # what a newer tgbackupd would have written, seen by a new process
+    connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    connection.commit()
+    connection.close()
+    with pytest.raises(
+        StateLocationError, match=r"must be moved aside .* another tgbackupd process has had it"
+    ):
+        open_store(path)
+    assert path.exists() and not list(tmp_path.glob("state.db.corrupt-*"))
+    daemon.close()
+    assert open_store(path).moved_to is not None  # alone, it is moved aside
+
+
+def test_journal_files_left_without_their_store_are_moved_aside_not_read_into_a_new_one(tmp_path):
+    path = tmp_path / "state.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+    assert writer.stdout.readline().strip() == "ready"
+    writer.send_signal(signal.SIGKILL)  # its last commits are in the -wal only
+    writer.wait()
+    assert (tmp_path / "state.db-wal").stat().st_size > 0
+    os.rename(path, tmp_path / "state.db.gone")  # a move-aside cut between its renames
+
+    opened = open_store(path)
+
+    assert opened.created and opened.store.meta("old3") is None
+    assert [p.name for p in tmp_path.glob("state.db.corrupt-*-wal")]
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from tgbackupd.statefile import open_store
+store = open_store(Path(sys.argv[1])).store
+for index in range(20):
+    store.set_meta(f"old{index}", "x" * 2000)
+print("ready", flush=True)
+import time
+time.sleep(60)
+"""
+
+
+def test_lock_and_note_files_are_never_opened_through_a_planted_symbolic_link(tmp_path):
+    path = tmp_path / "state.db"
+    store = open_store(path).store
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".state.db.delivery-lock").symlink_to(victim)
+    with pytest.raises(StateError, match="delivery lock"), store.delivery_lock(0, threading.Event()):
+        pass
+    assert victim.read_text() == "precious"
+
+
+def test_a_pipe_at_the_state_file_is_refused_at_once_not_waited_on(tmp_path):
+    os.mkfifo(tmp_path / "state.db")
+    began = time.monotonic()
+    with pytest.raises(StateLocationError, match="is not a regular file"):
+        open_store(tmp_path / "state.db")
+    with pytest.raises(StateError, match="not a regular file"):
+        open_reader(tmp_path / "state.db")
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("settings.json", b'{"listen": "0.0.0.0:8080"}'), ("app.db", None)],
+    ids=["another-program-s-json", "another-program-s-database"],
+)
+def test_a_file_of_another_program_is_left_alone_and_refused(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        connection = sqlite3.connect(path)
+        connection.execute("CREATE TABLE users (id integer)")
+        connection.commit()
+        connection.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(StateLocationError, match="is not a state file of tgbackupd") as refused:
+        open_store(path)
+    assert refused.value.exit_code == 73
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [name, f".{name}.lock"]
+    )
+
+
+def test_a_reader_told_the_store_is_damaged_is_not_told_to_fix_permissions(tmp_path):
+    (tmp_path / "state.db").write_bytes(SQLITE_HEADER + os.urandom(4000))
+    with pytest.raises(StateError) as refused:
+        open_reader(tmp_path / "state.db")
+    assert "moves it aside and rebuilds it" in str(refused.value) and "as root" not in str(refused.value)
+
+
+def test_a_state_file_of_0_1_that_appears_again_after_the_migration_is_kept_not_overwritten(tmp_path):
+    legacy, path = tmp_path / ".tgbackupd-state.json", tmp_path / ".tgbackupd-state.db"
+    _legacy_file(legacy)
+    open_store(path).store.close()
+    first = (tmp_path / ".tgbackupd-state.json.migrated").read_bytes()
+    legacy.write_text(
+        json.dumps({"last_backup": {"database": "shop", "started_at": "later"}, "catalogue": []})
+    )
+
+    open_store(path).store.close()
+
+    assert (tmp_path / ".tgbackupd-state.json.migrated").read_bytes() == first
+    assert json.loads((tmp_path / ".tgbackupd-state.json.migrated-2").read_text())["last_backup"][
+        "started_at"
+    ] == ("later")
+
+
+def test_entries_of_0_1_with_wrong_types_or_foreign_names_are_skipped_and_named(tmp_path):
+    legacy = tmp_path / "state.json"
+    good = json.loads(manifest("20251203_030000").to_json())
+    outside = json.loads(manifest("20251204_030000").to_json())
+    outside["name"] = "../other_backup_20251204_030000.sql.gz"
+    outside["parts"] = [
+        {**part, "file_name": "../other_backup_20251204_030000.sql.gz.001"} for part in outside["parts"]
+    ]
+    entries = [
+        {"manifest": good, "delivery": "pending", "captions_to_complete": True},
+        {"manifest": outside, "delivery": "pending", "spooled": True},
+        {"manifest": good, "delivery": "sent", "sql_bytes": "12"},
+    ]
+    legacy.write_text(json.dumps({"catalogue": entries}))
+    opened = open_store(legacy)
+    assert [skip.split(":")[0] for skip in opened.skipped] == ["entry 1", "entry 2", "entry 3"]
+    assert opened.store.listing() == []
+
+
+def test_a_manifest_or_receipt_on_disk_that_does_not_hold_together_is_skipped_not_fatal(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    directory = BackupDirectory(tmp_path, "shop")
+    bad = json.loads(manifest("20251203_030000").to_json())
+    bad["parts"][0]["size_bytes"] = "5"
+    (tmp_path / "shop_backup_20251203_030000.manifest.json").write_text(json.dumps(bad))
+    good = manifest("20251204_030000", parts=1)
+    (tmp_path / "shop_backup_20251204_030000.manifest.json").write_bytes(good.to_json())
+    (tmp_path / "shop_backup_20251204_030000.sql.gz.001").write_bytes(b"x" * 10)
+    (tmp_path / ".shop_backup_20251204_030000.sent").mkdir()  # a receipt that is not a file
+    log = structlog.get_logger()
+
+    assert read_back(store, directory, True, log) == ["shop_backup_20251204_030000.sql.gz"]
+    (waiting,) = store.waiting()
+    assert waiting.unconfirmed and waiting.name == "shop_backup_20251204_030000.sql.gz"
+
+
+def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_second(tmp_path):
+    config = load_config(
+        "/dev/null",
+        {
+            "DATABASE_URL": "postgresql://h/shop",
+            "TELEGRAM_CHAT_ID": "-100123",
+            "TELEGRAM_BOT_TOKEN": "123456789:fake-token-for-tests-only",
+            "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
+        },
+    )
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000", parts=1))
+    (tmp_path / "shop_backup_20251203_030000.sql.gz").write_bytes(b"x" * 10)
+    (tmp_path / ".tgbackupd.lock").write_text("")
+    outbox = Outbox(config, store, BackupDirectory(tmp_path, "shop"), Clock(), structlog.get_logger())
+    assert outbox.is_due()
+
+    class BrokenBot:
+        def send_document(self, *args, **kwargs):
+            raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError):
+        outbox.drain(BrokenBot(), threading.Event())
+    assert not outbox.is_due() and "internal error" in outbox.last_error

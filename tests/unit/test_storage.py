@@ -1,6 +1,7 @@
 from datetime import datetime
 
 import pytest
+import structlog
 
 from tgbackupd.errors import StorageError
 from tgbackupd.formats import stem
@@ -102,10 +103,10 @@ def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path)
     directory.spooled_part_sent(name, 1, 41, "file-41")
     receipts = ".db_backup_20251203_030000.sent"
     assert sorted(p.name for p in tmp_path.iterdir()) == [receipts, f"{name}.002"]
-    assert directory.receipts(name) == {1: (41, "file-41")}
+    assert directory.receipts(name, structlog.get_logger()) == {1: (41, "file-41")}
     with (tmp_path / receipts).open("a") as cut:  # a receipt cut short by a crash is not believed
         cut.write('{"index": 2, "message_id": 4')
-    assert directory.receipts(name) == {1: (41, "file-41")}
+    assert directory.receipts(name, structlog.get_logger()) == {1: (41, "file-41")}
     directory.remove_spooled(name)
     assert list(tmp_path.iterdir()) == []
 
