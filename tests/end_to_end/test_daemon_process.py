@@ -338,18 +338,21 @@ def test_invalid_configuration_exits_78_naming_every_problem(tmp_path):
         assert "nonsense" not in completed.stderr  # a wrong token may still be a real one: never echo it
 
 
-def test_check_config_prints_the_effective_configuration_with_secrets_redacted(tmp_path):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pa55word@db.internal:6432/shop",
+        "postgresql://app@db.internal:6432/shop?password=pa55word&sslmode=require",
+    ],
+)
+def test_check_config_prints_the_effective_configuration_with_secrets_redacted(tmp_path, url):
     environment = base_environment(
-        tmp_path,
-        "shop",
-        TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
-        TELEGRAM_CHAT_ID=CHAT_ID,
-        DATABASE_URL="postgresql://app:pa55word@db.internal:6432/shop",
+        tmp_path, "shop", TELEGRAM_BOT_TOKEN=FAKE_TOKEN, TELEGRAM_CHAT_ID=CHAT_ID, DATABASE_URL=url
     )
     completed = run_tgbackupd(environment, "--check-config")
     assert completed.returncode == 0, completed.stderr
     assert 'bot_token = "<redacted>"' in completed.stdout and 'password = "<redacted>"' in completed.stdout
-    assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout
+    assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout + completed.stderr
     assert 'host = "db.internal"' in completed.stdout and "port = 6432" in completed.stdout
 
 
