@@ -292,6 +292,49 @@ def test_an_empty_dump_and_a_dump_far_smaller_than_the_last_are_flagged_loudly(
     assert empty.stop() == 0
 
 
+@pytest.mark.parametrize("where", ["user info", "query"])
+def test_pg_dump_gets_the_password_in_its_environment_and_nothing_else_of_the_daemons(
+    tmp_path, make_database, daemon_for, where
+):
+    source = make_database(rows=5)
+    spy = fake_pg_dump(
+        tmp_path, f'printf "%s\\n" "$@" >> {tmp_path}/argv; env >> {tmp_path}/environ; exec pg_dump "$@"'
+    )
+    url = {
+        "user info": database_url(source).replace("postgres@", "postgres:pa55-word@"),
+        "query": f"{database_url(source)}?password=pa55-word&connect_timeout=9",
+    }[where]
+    daemon = daemon_for(
+        source,
+        DATABASE_URL=url,
+        TGBACKUPD_DATABASE_PG_DUMP=spy,
+        PGAPPNAME="nightly",
+        UNRELATED_SETTING="of the service",
+    )
+
+    triggered = daemon.ctl("trigger")
+    checked = daemon.ctl("check")  # runs `pg_dump --version` too
+
+    assert triggered.returncode == 0, triggered.stderr
+    assert checked.returncode == 0, checked.stdout
+    assert (
+        "--version" in (tmp_path / "argv").read_text() and "pa55-word" not in (tmp_path / "argv").read_text()
+    )
+    seen = dict(line.split("=", 1) for line in (tmp_path / "environ").read_text().splitlines() if "=" in line)
+    assert seen["PGPASSWORD"] == "pa55-word" and seen["PGAPPNAME"] == "nightly"
+    assert seen["PATH"] == daemon.environment["PATH"]
+    for withheld in (
+        "TELEGRAM_BOT_TOKEN",
+        "DATABASE_URL",
+        "TGBACKUPD_CONFIG",
+        "NOTIFY_SOCKET",
+        "UNRELATED_SETTING",
+    ):
+        assert withheld not in seen
+    assert daemon.stop() == 0
+    assert "pa55-word" not in daemon.log_text()
+
+
 def test_the_restore_target_url_never_leaks_its_password(tmp_path, make_database):
     source = make_database(rows=5)
     url = database_url(source).replace("postgres@", "postgres:pa55-word@")
