@@ -375,6 +375,18 @@ class ClientConfig:
         return secret_spellings(self.telegram.bot_token, self.database.password if self.database else None)
 
 
+def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
+    """Return the secrets the environment holds under the names of secret keys (the password of a
+    database URL, not the whole URL), for scrubbing texts when no configuration could be loaded."""
+    found: list[str | None] = []
+    for key in KEYS:
+        if key.secret:
+            for name in (key.env_name, *key.legacy_env):
+                value = environ.get(name, "").strip()
+                found.append(url_password(value) if key.dotted == "database.url" else value)
+    return secret_spellings(*found)
+
+
 def secret_spellings(*secrets: str | None) -> list[str]:
     """Return each secret as it is, and as a URL spells it (`p%40ss` for `p@ss`): a text that quotes
     DATABASE_URL carries the password in that form."""

@@ -1,10 +1,13 @@
 """Fault injection against the real daemon: every fault ends with the backup delivered or a clear alarm
 (log, status, chat when it is reachable), never silence, and the token appears nowhere."""
 
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -335,14 +338,61 @@ def test_pg_dump_gets_the_password_in_its_environment_and_nothing_else_of_the_da
     assert "pa55-word" not in daemon.log_text()
 
 
-def test_the_restore_target_url_never_leaks_its_password(tmp_path, make_database):
-    source = make_database(rows=5)
-    url = database_url(source).replace("postgres@", "postgres:pa55-word@")
-    completed = subprocess.run(
-        ["python3", "-m", "tgbackupd.ctl", "restore", "/nonexistent.sql.gz", "--dbname", url],
-        capture_output=True,
-        text=True,
-        env=child_environment(TGBACKUPD_CONFIG="/dev/null"),
-        check=False,
+def spy_on_psql(directory: Path) -> Path:
+    """A psql first on PATH that notes its arguments and environment, then runs the real one: the restore
+    still reaches the real server, and the test sees what psql was given."""
+    spy = directory / "bin" / "psql"
+    spy.parent.mkdir()
+    spy.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {directory}/argv\nenv >> {directory}/environ\n'
+        f'exec {shutil.which("psql")} "$@"\n'
     )
-    assert completed.returncode != 0 and "pa55-word" not in completed.stderr + completed.stdout
+    spy.chmod(0o755)
+    return spy.parent
+
+
+@pytest.mark.parametrize("where", ["user info", "query", "PGPASSWORD"])
+def test_a_restore_targets_password_reaches_psql_only_in_its_environment_and_is_never_shown(
+    tmp_path, make_database, where
+):
+    target = make_database(empty=True)
+    backup = tmp_path / "shop_backup_20250101_030000.sql.gz"
+    backup.write_bytes(gzip.compress(b"CREATE TABLE restored_here (id int);\n"))
+    url = {
+        "user info": database_url(target).replace("postgres@", "postgres:pa55-word@"),
+        "query": f"{database_url(target)}?password=pa55-word",
+        "PGPASSWORD": database_url(target),
+    }[where]
+    environment = child_environment(
+        TGBACKUPD_CONFIG="/dev/null", PATH=f"{spy_on_psql(tmp_path)}:{os.environ['PATH']}"
+    )
+    if where == "PGPASSWORD":
+        environment["PGPASSWORD"] = "pa55-word"
+
+    def restore(into: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tgbackupd.ctl", "restore", str(backup), "--dbname", into],
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=False,
+        )
+
+    restored = restore(url)
+    refused = restore(url)  # not empty any more: refused once psql has connected and looked
+    unreachable = restore(url.replace(target, "no_such_db_here"))  # psql's own connection error
+
+    assert restored.returncode == 0, restored.stderr
+    assert psql(target, "SELECT count(*) FROM restored_here") == "0"
+    assert refused.returncode == 65 and f"the database {target} is not empty" in refused.stderr
+    assert unreachable.returncode == 65
+    assert 'database "no_such_db_here" does not exist' in unreachable.stderr
+    for completed in (restored, refused, unreachable):
+        assert "pa55-word" not in completed.stdout + completed.stderr
+        warned = "give it in PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE)" in completed.stderr
+        assert warned == (where != "PGPASSWORD")
+    assert "pa55-word" not in (tmp_path / "argv").read_text()
+    given = [
+        line for line in (tmp_path / "environ").read_text().splitlines() if line.startswith("PGPASSWORD=")
+    ]
+    assert len(given) >= 4 and set(given) == {"PGPASSWORD=pa55-word"}

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from tgbackupd.config import DEFAULT_API_URL, KEYS, effective_config, load_client_config, load_config
+from tgbackupd.config import (
+    DEFAULT_API_URL,
+    KEYS,
+    effective_config,
+    load_client_config,
+    load_config,
+    secrets_in_environment,
+)
 from tgbackupd.errors import ConfigError
 
 TOKEN = "123456789:fake-token-for-tests-only"
@@ -308,3 +315,17 @@ def test_each_format_has_its_own_default_level(tmp_path, environment, expected):
 def test_a_level_or_format_that_does_not_exist_is_refused(tmp_path, environment, expected):
     found = problems(tmp_path, DATABASE_URL="postgresql://h/db", **environment)
     assert any(expected in problem for problem in found), found
+
+
+def test_the_environments_secrets_are_found_under_every_name_without_a_valid_configuration():
+    environment = {
+        "TGBACKUPD_DATABASE_URL": "postgresql://app@db/shop?password=in-query",
+        "DATABASE_URL": "postgresql://app:in-user-info@db/shop",
+        "TGBACKUPD_DATABASE_PASSWORD": "tg-pw",
+        "PGPASSWORD": "pg-pw",
+        "TGBACKUPD_TELEGRAM_BOT_TOKEN": TOKEN,
+        "BACKUP_HOUR": "not even valid",
+    }
+    found = secrets_in_environment(environment)
+    assert {"in-query", "in-user-info", "tg-pw", "pg-pw", TOKEN} <= set(found)
+    assert not any("postgresql://" in secret for secret in found)
