@@ -269,6 +269,8 @@ def _check(args: argparse.Namespace) -> int:
         print(render_checks([Check(**check) for check in reply["data"]["checks"]]))
     else:
         print(f"tgbackupctl: {reply['error']['message']}", file=sys.stderr)
+    if "error" in reply:
+        return EXIT_REFUSED.get(reply["error"].get("code"), 1)
     return 0 if reply.get("data", {}).get("ok") else 1
 
 

@@ -1,6 +1,7 @@
 """The real tgbackupd process: systemd notifications, the control socket, tgbackupctl, signals, logs."""
 
 import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -18,7 +19,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import base_environment, run_tgbackupd, telegram_environment
-from tgbackupd import control
+from tgbackupd import control, ctl
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 
@@ -251,9 +252,30 @@ def ask_as(uid: int, gid: int, path: Path, message: dict) -> dict:
     return answer
 
 
+def _ctl_as_user(uid: int, gid: int, args: list[str], answers: multiprocessing.Queue) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        exit_code = ctl.main(args)
+    answers.put((exit_code, output.getvalue(), errors.getvalue()))
+
+
+def ctl_as(uid: int, gid: int, *args: str) -> tuple[int, str, str]:
+    """tgbackupctl ARGS run as another user: (exit status, standard output, standard error)."""
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_ctl_as_user, args=(uid, gid, list(args), answers))
+    child.start()
+    answer = answers.get(timeout=120)
+    child.join(10)
+    return answer
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 @pytest.mark.parametrize("control_group, may_trigger", [(None, False), ("nogroup", True)])
-def test_only_root_the_daemon_user_and_the_control_group_may_trigger(
+def test_only_root_the_daemon_user_and_the_control_group_may_trigger_and_check(
     tmp_path, make_database, start_daemon, control_group, may_trigger
 ):
     source = make_database(empty=True)
@@ -273,14 +295,20 @@ def test_only_root_the_daemon_user_and_the_control_group_may_trigger(
 
         status = ask_as(nobody, nobody, daemon.socket_path, {"command": "status"})
         trigger = ask_as(nobody, nobody, daemon.socket_path, {"command": "trigger"})
+        check_status, checked, check_errors = ctl_as(
+            nobody, nobody, "--socket", str(daemon.socket_path), "check"
+        )
 
         assert "data" in status
         if may_trigger:
             assert trigger["data"]["message"] == "Manual backup completed successfully"
+            assert "✓ database:" in checked and check_errors == ""
         else:
             assert trigger["error"]["code"] == "permission_denied"
             assert "may not trigger backups" in trigger["error"]["message"]
             assert list((tmp_path / "backups").glob("*.sql.gz")) == []
+            assert check_status == 77 and checked == ""
+            assert "nobody may not run the checks (they connect to the database and Telegram)" in check_errors
         daemon.socket_path.chmod(0o660)
         refused = ask_as(nobody, 12345, daemon.socket_path, {"command": "status"})
         assert "permission denied" in refused["client_error"]
