@@ -36,7 +36,12 @@ from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
 EXIT_BACKUP_FAILED = 1
-EXIT_REFUSED = {"permission_denied": os.EX_NOPERM, "busy": os.EX_TEMPFAIL, "stopping": os.EX_TEMPFAIL}
+EXIT_REFUSED = {
+    "permission_denied": os.EX_NOPERM,
+    "busy": os.EX_TEMPFAIL,
+    "stopping": os.EX_TEMPFAIL,
+    "too_many_clients": os.EX_TEMPFAIL,
+}
 
 EPILOG = f"""\
 exit status:
@@ -46,6 +51,7 @@ exit status:
   65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
+      (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
   78  the configuration is invalid, or restore does not know which database to restore into
 
@@ -308,6 +314,9 @@ def _list(args: argparse.Namespace) -> int:
     else:
         try:
             reply = request(args.socket, {"command": "list"}, timeout=10.0)
+            if "error" in reply:
+                print(f"tgbackupctl: {reply['error'].get('message')}", file=sys.stderr)
+                return EXIT_REFUSED.get(reply["error"].get("code"), EXIT_BACKUP_FAILED)
             rows = reply["data"]["backups"]
         except DaemonNotRunning:
             config = _client_config(args)

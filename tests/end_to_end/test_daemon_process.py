@@ -232,6 +232,83 @@ def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(
     assert daemon.stop() == 0
 
 
+def test_a_crowd_over_the_client_limit_is_answered_once_tgbackupctls_retries_get_their_turn(
+    tmp_path, make_database, start_daemon
+):
+    source = make_database(empty=True)
+    daemon = start_daemon(base_environment(tmp_path, source))
+    daemon.notify.wait_for("READY=1")
+    path = str(daemon.socket_path)
+    holders = []
+    for _ in range(control.MAX_CLIENTS):  # every place taken by a client that has not spoken yet
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.connect(path)
+        holders.append(holder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as latecomer:
+        latecomer.settimeout(10)
+        latecomer.connect(path)
+        assert json.loads(latecomer.makefile("rb").readline())["error"]["code"] == "too_many_clients"
+    replies: list[dict] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        reply = control.request(daemon.socket_path, {"command": "status"}, timeout=30)
+        with lock:
+            replies.append(reply)
+
+    crowd = [threading.Thread(target=ask) for _ in range(200)]
+    for thread in crowd:
+        thread.start()
+    time.sleep(0.5)  # the crowd has been told to come back; now the places free up
+    for holder in holders:
+        holder.close()
+    for thread in crowd:
+        thread.join(30)
+
+    assert len(replies) == 200
+    assert [reply for reply in replies if "data" not in reply] == []
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_tgbackupctl_retries_a_busy_daemon_briefly_then_says_to_try_again(tmp_path, command):
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    asked = []
+
+    def always_busy() -> None:  # a daemon that stays at its client limit, which a real one cannot be kept at
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                asked.append(1)
+                connection.sendall(
+                    b'{"error": {"code": "too_many_clients", "message": "serving 64 already"}}\n'
+                )
+
+    threading.Thread(target=always_busy, daemon=True).start()
+    try:
+        began = time.monotonic()
+        answered = subprocess.run(
+            [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(path), command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        took = time.monotonic() - began
+    finally:
+        listener.close()
+
+    assert answered.returncode == 75 and answered.stderr == "tgbackupctl: serving 64 already\n"
+    assert len(asked) > 3
+    assert control.BUSY_RETRY_S / 2 < took < control.BUSY_RETRY_S + 5
+
+
 def _as_user(uid: int, gid: int, path: str, message: dict, answers: multiprocessing.Queue) -> None:
     os.setgroups([])
     os.setgid(gid)
