@@ -22,6 +22,7 @@ from tests.conftest import (
     psql_command,
     telegram_environment,
 )
+from tests.processes import child_state
 from tgbackupd.config import load_config
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -208,7 +209,7 @@ def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path
     assert "stopping" in result.error
     assert list((tmp_path / "backups").glob("*.gz*")) == []
     pid = int((tmp_path / "slow_pg_dump.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert child_state(pid) is None  # ended and reaped: not running on, nor left a zombie
 
 
 @pytest.mark.parametrize("where", ["user info", "query"])
