@@ -14,7 +14,7 @@ from .redaction import scrub
 from .state import StateError, StateStore, check_location
 from .statefile import open_reader
 from .storage import BackupDirectory
-from .telegram import BotApi, TelegramError
+from .telegram import BotApi, TelegramError, TelegramRejected, TelegramUnreachable
 
 
 @dataclass(frozen=True)
@@ -143,38 +143,56 @@ def _telegram(config: Config) -> list[Check]:
         ]
     assert telegram.bot_token is not None and telegram.chat_id is not None
     bot = BotApi(telegram.api_url, telegram.bot_token, timeout_s=min(telegram.timeout, 30), retries=1)
+    checks: list[Check] = []
     try:
-        try:
-            me = bot.get_me()
-        except TelegramError as error:
-            return [Check("bot token", False, str(error), "a token from @BotFather in TELEGRAM_BOT_TOKEN")]
-        checks = [Check("bot token", True, f"valid, bot @{me.get('username')}")]
-        try:
-            chat = bot.get_chat(telegram.chat_id)
-        except TelegramError as error:
-            return [
-                *checks,
-                Check("chat", False, str(error), "check TELEGRAM_CHAT_ID, and add the bot to the chat"),
-            ]
-        title = chat.get("title") or chat.get("username") or telegram.chat_id
-        checks.append(Check("chat", True, f"{chat.get('type')} {title!r} reached"))
-        if chat.get("type") == "private":
-            return checks
-        try:
-            member = bot.get_chat_member(telegram.chat_id, int(me["id"]))
-        except (TelegramError, KeyError, ValueError) as error:
-            return [
-                *checks,
-                Check(
-                    "bot rights",
-                    False,
-                    f"cannot read the bot's rights: {error}",
-                    "make the bot an administrator of the chat",
-                ),
-            ]
-        return [*checks, *_rights(chat.get("type"), member)]
+        _ask_bot_api(bot, telegram.chat_id, checks)
+    except TelegramUnreachable as error:
+        checks.append(
+            Check(
+                "Bot API",
+                False,
+                f"cannot reach the Bot API at {telegram.api_url}: {error.reason}",
+                "check the network, a proxy, or telegram.api_url",
+            )
+        )
+    except TelegramError as error:  # a 5xx, or a 429 asking for a long wait: the server, not the setup
+        checks.append(Check("Bot API", False, str(error), "the Bot API server is failing: try again later"))
     finally:
         bot.close()
+    return checks
+
+
+def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check]) -> None:
+    """Append the checks of the token, the chat and the bot's rights, up to the first the Bot API refuses.
+    Raise TelegramError when it does not answer, or not properly: that says nothing about the setup."""
+    try:
+        me = bot.get_me()
+    except TelegramRejected as error:
+        checks.append(Check("bot token", False, str(error), "a token from @BotFather in TELEGRAM_BOT_TOKEN"))
+        return
+    checks.append(Check("bot token", True, f"valid, bot @{me.get('username')}"))
+    try:
+        chat = bot.get_chat(chat_id)
+    except TelegramRejected as error:
+        checks.append(Check("chat", False, str(error), "check TELEGRAM_CHAT_ID, and add the bot to the chat"))
+        return
+    title = chat.get("title") or chat.get("username") or chat_id
+    checks.append(Check("chat", True, f"{chat.get('type')} {title!r} reached"))
+    if chat.get("type") == "private":
+        return
+    try:
+        member = bot.get_chat_member(chat_id, int(me["id"]))
+    except (TelegramRejected, KeyError, ValueError) as error:
+        checks.append(
+            Check(
+                "bot rights",
+                False,
+                f"cannot read the bot's rights: {error}",
+                "make the bot an administrator of the chat",
+            )
+        )
+        return
+    checks.extend(_rights(chat.get("type"), member))
 
 
 def _rights(chat_type: str | None, member: dict[str, Any]) -> list[Check]:

@@ -36,7 +36,8 @@ def _user_name(uid: int) -> str:
 
 
 def peer_may_trigger(peer: Peer, control_group: int | None, daemon_uid: int | None = None) -> bool:
-    """Root, the daemon's own user and members of the control group may start backups."""
+    """Root, the daemon's own user and members of the control group may start backups, and the checks:
+    both make the daemon act outside on demand (a dump; connections to the database and the Bot API)."""
     if peer.uid in (0, os.getuid() if daemon_uid is None else daemon_uid):
         return True
     if control_group is None:
@@ -76,6 +77,11 @@ class Commands:
         if command == "trigger":
             return self.trigger(peer, wait=request.get("wait") is True)
         if command == "check":
+            if not peer_may_trigger(peer, self._config.daemon.control_group):
+                return error_reply(
+                    "permission_denied",
+                    self._refusal(peer, "run the checks (they connect to the database and Telegram)"),
+                )
             checks = run_checks(self._config, self._directory, self._store)
             return {
                 "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
@@ -142,7 +148,7 @@ class Commands:
 
     def trigger(self, peer: Peer, wait: bool) -> dict[str, Any]:
         if not peer_may_trigger(peer, self._config.daemon.control_group):
-            return error_reply("permission_denied", self._refusal(peer))
+            return error_reply("permission_denied", self._refusal(peer, "trigger backups"))
         try:
             running = (
                 self._runner.start_when_free(Trigger.MANUAL) if wait else self._runner.start(Trigger.MANUAL)
@@ -170,17 +176,17 @@ class Commands:
             backup=result.to_dict(),
         )
 
-    def _refusal(self, peer: Peer) -> str:
+    def _refusal(self, peer: Peer, action: str) -> str:
         user = _user_name(peer.uid)
         group = self._config.daemon.control_group
         if group is None:
             return (
-                f"{user} may not trigger backups: only root and the tgbackupd user may. To let others, "
+                f"{user} may not {action}: only root and the tgbackupd user may. To let others, "
                 "set daemon.control_group and add them to that group"
             )
         name = _group_name(group)
         return (
-            f"{user} may not trigger backups: only root, the tgbackupd user and members of the group "
+            f"{user} may not {action}: only root, the tgbackupd user and members of the group "
             f"{name!r} may (`usermod -aG {name} {user}`, then log in again)"
         )
 

@@ -12,7 +12,7 @@ import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ _CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
 
 @dataclass(frozen=True)
 class TelegramConfig:
-    bot_token: str | None
+    bot_token: str | None = field(repr=False)
     bot_token_source: str | None
     chat_id: str | None
     api_url: str
@@ -250,7 +250,7 @@ class DatabaseConfig:
     host: str | None
     port: int | None
     user: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     options: tuple[tuple[str, str], ...]
     pg_dump: str
 
@@ -304,7 +304,7 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
-        return [value for value in (self.telegram.bot_token, self.database.password) if value]
+        return secret_spellings(self.telegram.bot_token, self.database.password)
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Config:
@@ -372,8 +372,31 @@ class ClientConfig:
     socket: Path
 
     def secrets(self) -> list[str]:
-        password = self.database.password if self.database else None
-        return [value for value in (self.telegram.bot_token, password) if value]
+        return secret_spellings(self.telegram.bot_token, self.database.password if self.database else None)
+
+
+def secrets_in_environment(environ: Mapping[str, str]) -> list[str]:
+    """Return the secrets the environment holds under the names of secret keys (the password of a
+    database URL, not the whole URL), for scrubbing texts when no configuration could be loaded."""
+    found: list[str | None] = []
+    for key in KEYS:
+        if key.secret:
+            for name in (key.env_name, *key.legacy_env):
+                value = environ.get(name, "").strip()
+                found.append(url_password(value) if key.dotted == "database.url" else value)
+    return secret_spellings(*found)
+
+
+def secret_spellings(*secrets: str | None) -> list[str]:
+    """Return each secret as it is, and as a URL spells it (`p%40ss` for `p@ss`): a text that quotes
+    DATABASE_URL carries the password in that form."""
+    spellings: list[str] = []
+    for secret in secrets:
+        if secret:
+            for spelling in (secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)):
+                if spelling not in spellings:
+                    spellings.append(spelling)
+    return spellings
 
 
 def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> ClientConfig:
@@ -574,9 +597,20 @@ def _resolve_token(
     return None, None
 
 
+def url_password(url: str) -> str | None:
+    """Return the password a database URL carries, in its user info or as `?password=` (which libpq
+    lets win), without judging the rest of the URL."""
+    parsed = urllib.parse.urlsplit(url)
+    in_query = dict(urllib.parse.parse_qsl(parsed.query)).get("password")
+    return in_query or (urllib.parse.unquote(parsed.password) if parsed.password else None)
+
+
 def _parse_database_url(url: str) -> dict[str, Any]:
     """Split postgresql://user:password@host:port/dbname?options into parts; SQLAlchemy-style
-    schemes such as postgresql+asyncpg:// are accepted, since application .env files carry them."""
+    schemes such as postgresql+asyncpg:// are accepted, since application .env files carry them.
+    The password, wherever the URL has it, is taken out of the options: it reaches libpq through the
+    environment only. Raise _Problem for sslpassword, which libpq reads from nowhere but a command line
+    or a service file."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.split("+")[0] not in _URL_SCHEMES:
         raise _Problem("expected a URL of the form postgresql://user:password@host:port/dbname")
@@ -585,13 +619,21 @@ def _parse_database_url(url: str) -> dict[str, Any]:
     except ValueError:
         raise _Problem("the port in the URL is not a number from 1 to 65535") from None
     options = dict(urllib.parse.parse_qsl(parsed.query))
+    if "sslpassword" in options:
+        raise _Problem(
+            "sslpassword in the URL would put the client key's passphrase on pg_dump's and psql's command "
+            "lines, where every local user can read it: use a key without a passphrase (mode 0600), or "
+            "put sslpassword in a connection service file (PGSERVICEFILE) and name the service in the URL "
+            "(?service=NAME)"
+        )
+    options.pop("password", None)
     socket_directory = options.pop("host", None)  # postgresql:///db?host=/var/run/postgresql
     host = urllib.parse.unquote(parsed.hostname or "") or socket_directory
     return {
         "host": host or None,
         "port": port,
         "user": urllib.parse.unquote(parsed.username) if parsed.username else None,
-        "password": urllib.parse.unquote(parsed.password) if parsed.password else None,
+        "password": url_password(url),
         "name": urllib.parse.unquote(parsed.path.lstrip("/")) or None,
         "options": tuple(sorted(options.items())),
     }

@@ -9,9 +9,11 @@ import contextlib
 import errno
 import json
 import os
+import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,9 @@ from .errors import TgbackupdError
 MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
 MAX_CLIENTS = 64
+BUSY_RETRY_S = 5.0
+_FIRST_BUSY_PAUSE_S = 0.05
+_LAST_BUSY_PAUSE_S = 0.5
 SOCKET_MODE = 0o660
 _ACCEPT_POLL_S = 0.5
 
@@ -221,8 +226,23 @@ class ControlTimeout(ControlClientError):
 
 
 def request(path: Path, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    """Send one request to the daemon and return its reply. Raise DaemonNotRunning, ControlPermissionDenied
-    or ControlTimeout, each saying what to do."""
+    """Send a request to the daemon and return its reply. A `too_many_clients` reply (it did not read the
+    request) is asked again, after short growing pauses, for up to BUSY_RETRY_S: a burst of clients then
+    waits its turn. Raise DaemonNotRunning, ControlPermissionDenied or ControlTimeout, each saying what to
+    do."""
+    deadline = time.monotonic() + BUSY_RETRY_S
+    pause = _FIRST_BUSY_PAUSE_S
+    while True:
+        answer = _request_once(path, message, timeout)
+        error = answer.get("error")
+        busy = isinstance(error, dict) and error.get("code") == "too_many_clients"
+        if not busy or time.monotonic() + pause > deadline:
+            return answer
+        time.sleep(pause * random.uniform(1.0, 2.0))  # spread out, so that the crowd does not return at once
+        pause = min(pause * 2, _LAST_BUSY_PAUSE_S)
+
+
+def _request_once(path: Path, message: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.settimeout(timeout)
     try:
@@ -243,9 +263,12 @@ def request(path: Path, message: dict[str, Any], timeout: float | None) -> dict[
                 f"permission denied on {path}: run this as root, or as a member of tgbackupd's control "
                 "group (`usermod -aG tgbackupd $USER`, then log in again)"
             ) from None
-        client.sendall(_encode(message))
+        # A busy daemon answers and closes without reading the request: sending may then fail, and
+        # reading on to the end meet ECONNRESET, while its one-line answer waits to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.sendall(_encode(message))
         reply = bytearray()
-        while chunk := client.recv(65536):
+        while b"\n" not in reply and (chunk := client.recv(65536)):
             reply += chunk
     except TimeoutError:
         raise ControlTimeout(f"tgbackupd did not answer within {timeout:g} s on {path}") from None
@@ -255,6 +278,11 @@ def request(path: Path, message: dict[str, Any], timeout: float | None) -> dict[
         ) from None
     finally:
         client.close()
+    if not reply:
+        raise ControlClientError(
+            f"tgbackupd closed the connection on {path} without answering: see its log "
+            "(journalctl -u tgbackupd)"
+        )
     try:
         answer = json.loads(reply)
     except ValueError:

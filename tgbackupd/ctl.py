@@ -2,11 +2,11 @@
 verifies backups itself, since the server they came from may be gone."""
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +17,15 @@ from . import __version__, messages, restore
 from .checks import Check
 from .checks import render as render_checks
 from .commands import describe_last, listing
-from .config import ClientConfig, DatabaseConfig, database_from_url, load_client_config
+from .config import (
+    ClientConfig,
+    DatabaseConfig,
+    database_from_url,
+    load_client_config,
+    secret_spellings,
+    secrets_in_environment,
+    url_password,
+)
 from .control import DaemonNotRunning, request
 from .errors import ConfigError, RestoreError, TgbackupdError
 from .progress import Progress
@@ -28,7 +36,12 @@ from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
 EXIT_BACKUP_FAILED = 1
-EXIT_REFUSED = {"permission_denied": os.EX_NOPERM, "busy": os.EX_TEMPFAIL, "stopping": os.EX_TEMPFAIL}
+EXIT_REFUSED = {
+    "permission_denied": os.EX_NOPERM,
+    "busy": os.EX_TEMPFAIL,
+    "stopping": os.EX_TEMPFAIL,
+    "too_many_clients": os.EX_TEMPFAIL,
+}
 
 EPILOG = f"""\
 exit status:
@@ -38,6 +51,7 @@ exit status:
   65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
+      (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
   78  the configuration is invalid, or restore does not know which database to restore into
 
@@ -112,7 +126,11 @@ def _parser() -> argparse.ArgumentParser:
             metavar="NAME",
             help="find the backup in the chat alone (default: the latest)",
         )
-        command.add_argument("--dbname", metavar="DB", help="database name or postgresql:// URL")
+        command.add_argument(
+            "--dbname",
+            metavar="DB",
+            help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
+        )
         command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
     restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
@@ -257,6 +275,8 @@ def _check(args: argparse.Namespace) -> int:
         print(render_checks([Check(**check) for check in reply["data"]["checks"]]))
     else:
         print(f"tgbackupctl: {reply['error']['message']}", file=sys.stderr)
+    if "error" in reply:
+        return EXIT_REFUSED.get(reply["error"].get("code"), 1)
     return 0 if reply.get("data", {}).get("ok") else 1
 
 
@@ -294,6 +314,9 @@ def _list(args: argparse.Namespace) -> int:
     else:
         try:
             reply = request(args.socket, {"command": "list"}, timeout=10.0)
+            if "error" in reply:
+                print(f"tgbackupctl: {reply['error'].get('message')}", file=sys.stderr)
+                return EXIT_REFUSED.get(reply["error"].get("code"), EXIT_BACKUP_FAILED)
             rows = reply["data"]["backups"]
         except DaemonNotRunning:
             config = _client_config(args)
@@ -312,9 +335,19 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _target(args: argparse.Namespace, config: ClientConfig) -> DatabaseConfig:
-    """The database to restore into (or, for verify, the server to make a scratch database on)."""
+    """The database to restore into (or, for verify, the server to make a scratch database on). A URL's
+    password is accepted, with a warning: this command line shows it to every local user."""
     if args.dbname and "://" in args.dbname:
-        return database_from_url(args.dbname)
+        target = database_from_url(args.dbname)
+        if target.password:
+            print(
+                "tgbackupctl: warning: the password in --dbname can be read by every user of this machine "
+                "(ps, /proc) while tgbackupctl runs; give it in PGPASSWORD or a passfile (~/.pgpass, "
+                "PGPASSFILE) instead",
+                file=sys.stderr,
+            )
+            return target
+        return replace(target, password=os.environ.get("PGPASSWORD") or None)
     if args.dbname:
         if config.database is not None:
             return replace(config.database, name=args.dbname)
@@ -405,11 +438,14 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secrets_in_environment() -> list[str]:
-    """What must not be echoed even when the configuration could not be read."""
-    url_password = urllib.parse.urlsplit(os.environ.get("DATABASE_URL", "")).password
-    candidates = (os.environ.get("TELEGRAM_BOT_TOKEN"), os.environ.get("PGPASSWORD"), url_password)
-    return [value for value in candidates if value]
+def _secrets(args: argparse.Namespace) -> list[str]:
+    """What must not be echoed: the secrets of the environment (also when the configuration could not be
+    read), of the configuration, and the password of a --dbname URL."""
+    dbname = getattr(args, "dbname", None) or ""
+    secrets = secrets_in_environment(os.environ) + secret_spellings(url_password(dbname))
+    with contextlib.suppress(TgbackupdError):
+        secrets += _client_config(args).secrets()
+    return secrets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -425,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except TgbackupdError as error:
-        print(f"tgbackupctl: {scrub(str(error), _secrets_in_environment())}", file=sys.stderr)
+        print(f"tgbackupctl: {scrub(str(error), _secrets(args))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("tgbackupctl: interrupted (a restore in progress was rolled back)", file=sys.stderr)

@@ -27,9 +27,41 @@ def conninfo(database: DatabaseConfig, dbname: str | None = None) -> str:
     return " ".join(f"{keyword}={_conninfo_value(value)}" for keyword, value in fields.items())
 
 
+# What pg_dump and psql may see of tgbackupd's environment: libpq's own PG* variables, finding programs,
+# the language and time zone of their messages, HOME (~/.pgpass, ~/.postgresql/), and what libpq's
+# Kerberos and OpenSSL read. Nothing else: the daemon's environment holds TELEGRAM_BOT_TOKEN and
+# DATABASE_URL, which no client needs, and /proc/PID/environ of a client is one more place to guard.
+_PASSED_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "KRB5_CONFIG",
+        "KRB5CCNAME",
+        "KRB5_KTNAME",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "OPENSSL_CONF",
+    }
+)
+_PASSED_PREFIXES = ("PG", "LC_")
+
+
+def client_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """Return what a PostgreSQL client program may see of `base`, without any password."""
+    return {
+        name: value
+        for name, value in base.items()
+        if (name in _PASSED_NAMES or name.startswith(_PASSED_PREFIXES)) and name != "PGPASSWORD"
+    }
+
+
 def build_environment(database: DatabaseConfig, base: Mapping[str, str]) -> dict[str, str]:
-    """Return a client's environment: the caller's own, with PGPASSWORD set to the configured one or unset."""
-    environment = {name: value for name, value in base.items() if name != "PGPASSWORD"}
+    """Return a client's environment: the allowed part of the caller's, with PGPASSWORD set to the
+    configured password or unset."""
+    environment = client_environment(base)
     if database.password:
         environment["PGPASSWORD"] = database.password
     return environment

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 
 from .config import DatabaseConfig
 from .errors import DumpError
-from .libpq import build_environment, conninfo
+from .libpq import build_environment, client_environment, conninfo
 
 STDERR_TAIL_LINES = 20
 PIPE_BYTES = 1024 * 1024
@@ -36,7 +36,12 @@ def pg_dump_major(program: str) -> tuple[int, str]:
     """Return pg_dump's major version and its own words (`pg_dump (PostgreSQL) 15.20`)."""
     try:
         completed = subprocess.run(
-            [program, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [program, "--version"],
+            capture_output=True,
+            text=True,
+            env=client_environment(os.environ),
+            timeout=30,
+            check=False,
         )
     except OSError as error:
         raise DumpError(f"{program} cannot be run: {error.strerror or error}") from None

@@ -39,6 +39,15 @@ class TelegramTooLarge(TelegramRejected):
     """The Bot API server refused the file's size (413)."""
 
 
+class TelegramUnreachable(TelegramError):
+    """No answer at all from the Bot API (refused, DNS, timeout): a matter for the network, not the token.
+    `reason` says how the last attempt failed."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class SentMessage:
     message_id: int
@@ -216,6 +225,7 @@ class BotApi:
         the retries are spent, Cancelled when told to stop."""
         url = f"{self._api_url}/bot{self._token}/{method}"
         failure = ""
+        unanswered = False
         for attempt in range(1, attempts + 1):
             if self._cancel.is_set():
                 raise Cancelled("tgbackupd is stopping")
@@ -225,8 +235,10 @@ class BotApi:
                 )
             except requests.RequestException as error:
                 failure = self._describe_network_error(error)
+                unanswered = True
                 delay = min(MAX_BACKOFF_S, 2.0 ** (attempt - 1))
             else:
+                unanswered = False
                 reply = self._json(response)
                 if response.status_code == 200 and reply.get("ok"):
                     return reply.get("result")
@@ -248,10 +260,11 @@ class BotApi:
                 self.on_retry(method, attempt, delay, failure)
                 if self._wait(delay):
                     raise Cancelled("tgbackupd is stopping")
-        raise TelegramError(
+        message = (
             f"Telegram {method} failed {attempts} time(s), last with: {failure}. "
             "Check that this host reaches the Bot API (telegram.api_url) and try again"
         )
+        raise TelegramUnreachable(message, failure) if unanswered else TelegramError(message)
 
     def _describe_network_error(self, error: requests.RequestException) -> str:
         if isinstance(error, requests.Timeout):

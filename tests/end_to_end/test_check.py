@@ -1,5 +1,7 @@
 """`tgbackupctl check` and `tgbackupd --check`: one line per check, ✓ or ✗ with the fix."""
 
+import socket
+
 from tests.conftest import base_environment, run_tgbackupd, telegram_environment
 
 
@@ -61,3 +63,34 @@ def test_a_removed_bot_and_a_wrong_token_are_named(tmp_path, make_database, bot_
     assert kicked.returncode == 1 and "✗ chat:" in kicked.stdout and "administrator" in kicked.stdout
     assert wrong.returncode == 1 and "✗ bot token: Telegram rejected the bot token (401" in wrong.stdout
     assert "another-fake-token" not in wrong.stdout
+
+
+def test_a_bot_api_that_cannot_be_reached_is_a_network_problem_and_a_401_a_wrong_token(
+    tmp_path, make_database, bot_api
+):
+    source = make_database(empty=True)
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        down_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        down = run_tgbackupd(
+            base_environment(
+                tmp_path, source, **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_API_URL": down_url}
+            ),
+            "--check",
+        )
+    rejected = run_tgbackupd(
+        base_environment(
+            tmp_path,
+            source,
+            **{**telegram_environment(bot_api), "TELEGRAM_BOT_TOKEN": "987654321:revoked-token-for-tests"},
+        ),
+        "--check",
+    )
+
+    assert down.returncode == 1
+    assert f"✗ Bot API: cannot reach the Bot API at {down_url}: could not connect to" in down.stdout
+    assert "    fix: check the network, a proxy, or telegram.api_url" in down.stdout
+    assert "bot token" not in down.stdout and "BotFather" not in down.stdout
+    assert rejected.returncode == 1
+    assert "✗ bot token: Telegram rejected the bot token (401" in rejected.stdout
+    assert "cannot reach" not in rejected.stdout and "revoked-token" not in rejected.stdout

@@ -1,6 +1,7 @@
 """The real tgbackupd process: systemd notifications, the control socket, tgbackupctl, signals, logs."""
 
 import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -18,7 +19,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import base_environment, run_tgbackupd, telegram_environment
-from tgbackupd import control
+from tgbackupd import control, ctl
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 
@@ -231,6 +232,83 @@ def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(
     assert daemon.stop() == 0
 
 
+def test_a_crowd_over_the_client_limit_is_answered_once_tgbackupctls_retries_get_their_turn(
+    tmp_path, make_database, start_daemon
+):
+    source = make_database(empty=True)
+    daemon = start_daemon(base_environment(tmp_path, source))
+    daemon.notify.wait_for("READY=1")
+    path = str(daemon.socket_path)
+    holders = []
+    for _ in range(control.MAX_CLIENTS):  # every place taken by a client that has not spoken yet
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.connect(path)
+        holders.append(holder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as latecomer:
+        latecomer.settimeout(10)
+        latecomer.connect(path)
+        assert json.loads(latecomer.makefile("rb").readline())["error"]["code"] == "too_many_clients"
+    replies: list[dict] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        reply = control.request(daemon.socket_path, {"command": "status"}, timeout=30)
+        with lock:
+            replies.append(reply)
+
+    crowd = [threading.Thread(target=ask) for _ in range(200)]
+    for thread in crowd:
+        thread.start()
+    time.sleep(0.5)  # the crowd has been told to come back; now the places free up
+    for holder in holders:
+        holder.close()
+    for thread in crowd:
+        thread.join(30)
+
+    assert len(replies) == 200
+    assert [reply for reply in replies if "data" not in reply] == []
+    assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("command", ["status", "list"])
+def test_tgbackupctl_retries_a_busy_daemon_briefly_then_says_to_try_again(tmp_path, command):
+    path = tmp_path / "busy.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    asked = []
+
+    def always_busy() -> None:  # a daemon that stays at its client limit, which a real one cannot be kept at
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                asked.append(1)
+                connection.sendall(
+                    b'{"error": {"code": "too_many_clients", "message": "serving 64 already"}}\n'
+                )
+
+    threading.Thread(target=always_busy, daemon=True).start()
+    try:
+        began = time.monotonic()
+        answered = subprocess.run(
+            [sys.executable, "-m", "tgbackupd.ctl", "--socket", str(path), command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        took = time.monotonic() - began
+    finally:
+        listener.close()
+
+    assert answered.returncode == 75 and answered.stderr == "tgbackupctl: serving 64 already\n"
+    assert len(asked) > 3
+    assert control.BUSY_RETRY_S / 2 < took < control.BUSY_RETRY_S + 5
+
+
 def _as_user(uid: int, gid: int, path: str, message: dict, answers: multiprocessing.Queue) -> None:
     os.setgroups([])
     os.setgid(gid)
@@ -251,9 +329,30 @@ def ask_as(uid: int, gid: int, path: Path, message: dict) -> dict:
     return answer
 
 
+def _ctl_as_user(uid: int, gid: int, args: list[str], answers: multiprocessing.Queue) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    output, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(errors):
+        exit_code = ctl.main(args)
+    answers.put((exit_code, output.getvalue(), errors.getvalue()))
+
+
+def ctl_as(uid: int, gid: int, *args: str) -> tuple[int, str, str]:
+    """tgbackupctl ARGS run as another user: (exit status, standard output, standard error)."""
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_ctl_as_user, args=(uid, gid, list(args), answers))
+    child.start()
+    answer = answers.get(timeout=120)
+    child.join(10)
+    return answer
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 @pytest.mark.parametrize("control_group, may_trigger", [(None, False), ("nogroup", True)])
-def test_only_root_the_daemon_user_and_the_control_group_may_trigger(
+def test_only_root_the_daemon_user_and_the_control_group_may_trigger_and_check(
     tmp_path, make_database, start_daemon, control_group, may_trigger
 ):
     source = make_database(empty=True)
@@ -273,14 +372,20 @@ def test_only_root_the_daemon_user_and_the_control_group_may_trigger(
 
         status = ask_as(nobody, nobody, daemon.socket_path, {"command": "status"})
         trigger = ask_as(nobody, nobody, daemon.socket_path, {"command": "trigger"})
+        check_status, checked, check_errors = ctl_as(
+            nobody, nobody, "--socket", str(daemon.socket_path), "check"
+        )
 
         assert "data" in status
         if may_trigger:
             assert trigger["data"]["message"] == "Manual backup completed successfully"
+            assert "✓ database:" in checked and check_errors == ""
         else:
             assert trigger["error"]["code"] == "permission_denied"
             assert "may not trigger backups" in trigger["error"]["message"]
             assert list((tmp_path / "backups").glob("*.sql.gz")) == []
+            assert check_status == 77 and checked == ""
+            assert "nobody may not run the checks (they connect to the database and Telegram)" in check_errors
         daemon.socket_path.chmod(0o660)
         refused = ask_as(nobody, 12345, daemon.socket_path, {"command": "status"})
         assert "permission denied" in refused["client_error"]
@@ -338,18 +443,21 @@ def test_invalid_configuration_exits_78_naming_every_problem(tmp_path):
         assert "nonsense" not in completed.stderr  # a wrong token may still be a real one: never echo it
 
 
-def test_check_config_prints_the_effective_configuration_with_secrets_redacted(tmp_path):
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pa55word@db.internal:6432/shop",
+        "postgresql://app@db.internal:6432/shop?password=pa55word&sslmode=require",
+    ],
+)
+def test_check_config_prints_the_effective_configuration_with_secrets_redacted(tmp_path, url):
     environment = base_environment(
-        tmp_path,
-        "shop",
-        TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
-        TELEGRAM_CHAT_ID=CHAT_ID,
-        DATABASE_URL="postgresql://app:pa55word@db.internal:6432/shop",
+        tmp_path, "shop", TELEGRAM_BOT_TOKEN=FAKE_TOKEN, TELEGRAM_CHAT_ID=CHAT_ID, DATABASE_URL=url
     )
     completed = run_tgbackupd(environment, "--check-config")
     assert completed.returncode == 0, completed.stderr
     assert 'bot_token = "<redacted>"' in completed.stdout and 'password = "<redacted>"' in completed.stdout
-    assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout
+    assert FAKE_TOKEN not in completed.stdout and "pa55word" not in completed.stdout + completed.stderr
     assert 'host = "db.internal"' in completed.stdout and "port = 6432" in completed.stdout
 
 

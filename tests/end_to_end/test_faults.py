@@ -1,10 +1,13 @@
 """Fault injection against the real daemon: every fault ends with the backup delivered or a clear alarm
 (log, status, chat when it is reachable), never silence, and the token appears nowhere."""
 
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -292,14 +295,104 @@ def test_an_empty_dump_and_a_dump_far_smaller_than_the_last_are_flagged_loudly(
     assert empty.stop() == 0
 
 
-def test_the_restore_target_url_never_leaks_its_password(tmp_path, make_database):
+@pytest.mark.parametrize("where", ["user info", "query"])
+def test_pg_dump_gets_the_password_in_its_environment_and_nothing_else_of_the_daemons(
+    tmp_path, make_database, daemon_for, where
+):
     source = make_database(rows=5)
-    url = database_url(source).replace("postgres@", "postgres:pa55-word@")
-    completed = subprocess.run(
-        ["python3", "-m", "tgbackupd.ctl", "restore", "/nonexistent.sql.gz", "--dbname", url],
-        capture_output=True,
-        text=True,
-        env=child_environment(TGBACKUPD_CONFIG="/dev/null"),
-        check=False,
+    spy = fake_pg_dump(
+        tmp_path, f'printf "%s\\n" "$@" >> {tmp_path}/argv; env >> {tmp_path}/environ; exec pg_dump "$@"'
     )
-    assert completed.returncode != 0 and "pa55-word" not in completed.stderr + completed.stdout
+    url = {
+        "user info": database_url(source).replace("postgres@", "postgres:pa55-word@"),
+        "query": f"{database_url(source)}?password=pa55-word&connect_timeout=9",
+    }[where]
+    daemon = daemon_for(
+        source,
+        DATABASE_URL=url,
+        TGBACKUPD_DATABASE_PG_DUMP=spy,
+        PGAPPNAME="nightly",
+        UNRELATED_SETTING="of the service",
+    )
+
+    triggered = daemon.ctl("trigger")
+    checked = daemon.ctl("check")  # runs `pg_dump --version` too
+
+    assert triggered.returncode == 0, triggered.stderr
+    assert checked.returncode == 0, checked.stdout
+    assert (
+        "--version" in (tmp_path / "argv").read_text() and "pa55-word" not in (tmp_path / "argv").read_text()
+    )
+    seen = dict(line.split("=", 1) for line in (tmp_path / "environ").read_text().splitlines() if "=" in line)
+    assert seen["PGPASSWORD"] == "pa55-word" and seen["PGAPPNAME"] == "nightly"
+    assert seen["PATH"] == daemon.environment["PATH"]
+    for withheld in (
+        "TELEGRAM_BOT_TOKEN",
+        "DATABASE_URL",
+        "TGBACKUPD_CONFIG",
+        "NOTIFY_SOCKET",
+        "UNRELATED_SETTING",
+    ):
+        assert withheld not in seen
+    assert daemon.stop() == 0
+    assert "pa55-word" not in daemon.log_text()
+
+
+def spy_on_psql(directory: Path) -> Path:
+    """A psql first on PATH that notes its arguments and environment, then runs the real one: the restore
+    still reaches the real server, and the test sees what psql was given."""
+    spy = directory / "bin" / "psql"
+    spy.parent.mkdir()
+    spy.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {directory}/argv\nenv >> {directory}/environ\n'
+        f'exec {shutil.which("psql")} "$@"\n'
+    )
+    spy.chmod(0o755)
+    return spy.parent
+
+
+@pytest.mark.parametrize("where", ["user info", "query", "PGPASSWORD"])
+def test_a_restore_targets_password_reaches_psql_only_in_its_environment_and_is_never_shown(
+    tmp_path, make_database, where
+):
+    target = make_database(empty=True)
+    backup = tmp_path / "shop_backup_20250101_030000.sql.gz"
+    backup.write_bytes(gzip.compress(b"CREATE TABLE restored_here (id int);\n"))
+    url = {
+        "user info": database_url(target).replace("postgres@", "postgres:pa55-word@"),
+        "query": f"{database_url(target)}?password=pa55-word",
+        "PGPASSWORD": database_url(target),
+    }[where]
+    environment = child_environment(
+        TGBACKUPD_CONFIG="/dev/null", PATH=f"{spy_on_psql(tmp_path)}:{os.environ['PATH']}"
+    )
+    if where == "PGPASSWORD":
+        environment["PGPASSWORD"] = "pa55-word"
+
+    def restore(into: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tgbackupd.ctl", "restore", str(backup), "--dbname", into],
+            capture_output=True,
+            text=True,
+            env=environment,
+            check=False,
+        )
+
+    restored = restore(url)
+    refused = restore(url)  # not empty any more: refused once psql has connected and looked
+    unreachable = restore(url.replace(target, "no_such_db_here"))  # psql's own connection error
+
+    assert restored.returncode == 0, restored.stderr
+    assert psql(target, "SELECT count(*) FROM restored_here") == "0"
+    assert refused.returncode == 65 and f"the database {target} is not empty" in refused.stderr
+    assert unreachable.returncode == 65
+    assert 'database "no_such_db_here" does not exist' in unreachable.stderr
+    for completed in (restored, refused, unreachable):
+        assert "pa55-word" not in completed.stdout + completed.stderr
+        warned = "give it in PGPASSWORD or a passfile (~/.pgpass, PGPASSFILE)" in completed.stderr
+        assert warned == (where != "PGPASSWORD")
+    assert "pa55-word" not in (tmp_path / "argv").read_text()
+    given = [
+        line for line in (tmp_path / "environ").read_text().splitlines() if line.startswith("PGPASSWORD=")
+    ]
+    assert len(given) >= 4 and set(given) == {"PGPASSWORD=pa55-word"}

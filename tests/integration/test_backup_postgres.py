@@ -22,6 +22,7 @@ from tests.conftest import (
     psql_command,
     telegram_environment,
 )
+from tests.processes import child_state
 from tgbackupd.config import load_config
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -208,10 +209,11 @@ def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path
     assert "stopping" in result.error
     assert list((tmp_path / "backups").glob("*.gz*")) == []
     pid = int((tmp_path / "slow_pg_dump.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    assert child_state(pid) is None  # ended and reaped: not running on, nor left a zombie
 
 
-def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, make_database):
+@pytest.mark.parametrize("where", ["user info", "query"])
+def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, make_database, where):
     source = make_database(empty=True)
     spy = tmp_path / "spy_pg_dump"
     spy.write_text(
@@ -219,12 +221,11 @@ def test_password_travels_in_the_environment_not_on_the_command_line(tmp_path, m
         "echo '-- empty'\n"
     )
     spy.chmod(0o755)
-    environment = base_environment(
-        tmp_path,
-        source,
-        TGBACKUPD_DATABASE_PG_DUMP=str(spy),
-        DATABASE_URL=f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}",
-    )
+    url = {
+        "user info": f"postgresql://u:s3cret-pw@{PG_HOST}:{PG_PORT}/{source}",
+        "query": f"postgresql://u@{PG_HOST}:{PG_PORT}/{source}?password=s3cret-pw&sslmode=disable",
+    }[where]
+    environment = base_environment(tmp_path, source, TGBACKUPD_DATABASE_PG_DUMP=str(spy), DATABASE_URL=url)
 
     result = backup_for(load_config(None, environment)).run("manual")
 

@@ -116,11 +116,13 @@ def test_a_failed_backup_is_an_error_reply_carrying_the_reason(tmp_path):
     )
 
 
-def test_a_stranger_is_refused_with_what_to_do(tmp_path):
+@pytest.mark.parametrize("command, action", [("trigger", "trigger backups"), ("check", "run the checks")])
+def test_a_stranger_is_refused_with_what_to_do(tmp_path, command, action):
     reply = commands(tmp_path, StandInBackup(), TGBACKUPD_DAEMON_CONTROL_GROUP="nogroup").handle(
-        {"command": "trigger"}, STRANGER
+        {"command": command}, STRANGER
     )
     assert reply["error"]["code"] == "permission_denied"
+    assert f"uid 4242 may not {action}" in reply["error"]["message"]
     assert "members of the group 'nogroup'" in reply["error"]["message"]
 
 

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from tgbackupd.config import DEFAULT_API_URL, KEYS, effective_config, load_config
+from tgbackupd.config import (
+    DEFAULT_API_URL,
+    KEYS,
+    effective_config,
+    load_client_config,
+    load_config,
+    secrets_in_environment,
+)
 from tgbackupd.errors import ConfigError
 
 TOKEN = "123456789:fake-token-for-tests-only"
@@ -39,7 +46,7 @@ def test_the_original_env_names_alone_make_a_complete_configuration(tmp_path):
     assert config.database.name == "bunyodkor" and config.database.password == "secret"
     assert config.backup.directory == Path("/var/lib/tgbackupd/backups")
     assert config.daemon.socket == Path("/run/tgbackupd/control.sock")
-    assert set(config.secrets()) == {TOKEN, "secret"}
+    assert {TOKEN, "secret"} <= set(config.secrets())
 
 
 def test_inline_comments_copied_from_the_original_env_example_are_accepted(tmp_path):
@@ -176,6 +183,11 @@ def test_an_unreadable_or_garbage_token_file_is_a_clear_problem(tmp_path):
             ("shop", "db.example", 6432, "app", "p@ss", (("sslmode", "require"),)),
         ),
         ("postgresql+asyncpg://app:pw@localhost/shop", ("shop", "localhost", None, "app", "pw", ())),
+        (
+            "postgresql://app@db/shop?password=pw&sslmode=require&passfile=/etc/pgpass",
+            ("shop", "db", None, "app", "pw", (("passfile", "/etc/pgpass"), ("sslmode", "require"))),
+        ),
+        ("postgresql://app:old@db/shop?password=new", ("shop", "db", None, "app", "new", ())),
         ("postgres:///shop?host=/var/run/postgresql", ("shop", "/var/run/postgresql", None, None, None, ())),
     ],
 )
@@ -206,6 +218,26 @@ def test_pg_variables_override_the_parts_of_the_url(tmp_path):
         "app",
         "shop",
     )
+
+
+def test_an_ssl_key_passphrase_in_the_url_is_refused_without_being_echoed(tmp_path):
+    (problem,) = problems(tmp_path, DATABASE_URL="postgresql://app@db/shop?sslpassword=k3y-phrase")
+    assert "sslpassword" in problem and "PGSERVICEFILE" in problem and "k3y-phrase" not in problem
+
+
+def test_secrets_include_the_password_as_a_url_spells_it(tmp_path):
+    config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://app:p%40ss%20w@db/shop"})
+    assert config.database.password == "p@ss w"
+    assert {"p@ss w", "p%40ss%20w", "p%40ss+w"} <= set(config.secrets())
+
+
+def test_no_configuration_object_shows_a_secret_in_its_repr(tmp_path):
+    environment = {"DATABASE_URL": "postgresql://app:pa55-word@db/shop", "TELEGRAM_BOT_TOKEN": TOKEN}
+    config = load_config(write(tmp_path, ""), environment)
+    client = load_client_config(write(tmp_path, ""), environment)
+    for shown in (config, config.telegram, config.database, client, client.database):
+        assert "pa55-word" not in repr(shown) and TOKEN not in repr(shown)
+    assert "db" in repr(config.database)  # the rest is still there to read
 
 
 def test_a_bad_url_or_no_database_at_all_is_reported(tmp_path):
@@ -283,3 +315,17 @@ def test_each_format_has_its_own_default_level(tmp_path, environment, expected):
 def test_a_level_or_format_that_does_not_exist_is_refused(tmp_path, environment, expected):
     found = problems(tmp_path, DATABASE_URL="postgresql://h/db", **environment)
     assert any(expected in problem for problem in found), found
+
+
+def test_the_environments_secrets_are_found_under_every_name_without_a_valid_configuration():
+    environment = {
+        "TGBACKUPD_DATABASE_URL": "postgresql://app@db/shop?password=in-query",
+        "DATABASE_URL": "postgresql://app:in-user-info@db/shop",
+        "TGBACKUPD_DATABASE_PASSWORD": "tg-pw",
+        "PGPASSWORD": "pg-pw",
+        "TGBACKUPD_TELEGRAM_BOT_TOKEN": TOKEN,
+        "BACKUP_HOUR": "not even valid",
+    }
+    found = secrets_in_environment(environment)
+    assert {"in-query", "in-user-info", "tg-pw", "pg-pw", TOKEN} <= set(found)
+    assert not any("postgresql://" in secret for secret in found)

@@ -38,3 +38,33 @@ def test_password_goes_in_pgpassword_and_an_inherited_one_is_dropped():
     environment = build_environment(database(), {"PATH": "/usr/bin", "PGPASSWORD": "inherited"})
     assert environment == {"PATH": "/usr/bin", "PGPASSWORD": "s3cret"}
     assert "PGPASSWORD" not in build_environment(database(password=None), {"PGPASSWORD": "inherited"})
+
+
+def test_a_client_sees_only_what_libpq_needs_of_the_daemons_environment():
+    daemon_environment = {
+        "PATH": "/usr/bin",
+        "HOME": "/var/lib/tgbackupd",
+        "LANG": "C.UTF-8",
+        "LC_MESSAGES": "de_DE.UTF-8",
+        "TZ": "Europe/Berlin",
+        "PGSSLMODE": "verify-full",
+        "PGPASSFILE": "/etc/tgbackupd/pgpass",
+        "KRB5CCNAME": "FILE:/tmp/krb5cc",
+        "TELEGRAM_BOT_TOKEN": "123456789:secret-token",
+        "DATABASE_URL": "postgresql://app:s3cret@db/shop",
+        "TGBACKUPD_TELEGRAM_API_URL": "http://127.0.0.1:8081",
+        "CREDENTIALS_DIRECTORY": "/run/credentials/tgbackupd.service",
+        "NOTIFY_SOCKET": "/run/systemd/notify",
+        "AWS_SECRET_ACCESS_KEY": "unrelated",
+    }
+    assert build_environment(database(), daemon_environment) == {
+        "PATH": "/usr/bin",
+        "HOME": "/var/lib/tgbackupd",
+        "LANG": "C.UTF-8",
+        "LC_MESSAGES": "de_DE.UTF-8",
+        "TZ": "Europe/Berlin",
+        "PGSSLMODE": "verify-full",
+        "PGPASSFILE": "/etc/tgbackupd/pgpass",
+        "KRB5CCNAME": "FILE:/tmp/krb5cc",
+        "PGPASSWORD": "s3cret",
+    }

@@ -14,6 +14,7 @@ from tgbackupd.telegram import (
     TelegramError,
     TelegramRejected,
     TelegramTooLarge,
+    TelegramUnreachable,
 )
 
 TOKEN = "123456789:fake-token-for-tests-only"
@@ -177,11 +178,25 @@ def test_an_unreachable_api_ends_in_one_error_without_the_token(backup_file):
             responses.POST, SEND_DOCUMENT, body=requests.ConnectTimeout(f"timed out: {SEND_DOCUMENT}")
         )
 
-    with pytest.raises(TelegramError) as raised:
+    with pytest.raises(TelegramUnreachable) as raised:
         bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
 
     assert "timed out talking to api.telegram.example" in str(raised.value)
+    assert raised.value.reason.startswith("timed out talking to api.telegram.example (ConnectTimeout")
     assert TOKEN not in str(raised.value) and TOKEN.split(":")[1] not in str(raised.value)
+
+
+@responses.activate
+def test_a_server_that_answered_last_is_not_called_unreachable(backup_file):
+    bot = BotApi(API, TOKEN, timeout_s=30, retries=1, wait=lambda delay: False)
+    responses.add(responses.POST, SEND_DOCUMENT, body=requests.ConnectionError("reset"))
+    responses.add(responses.POST, SEND_DOCUMENT, status=502, body="Bad Gateway")
+
+    with pytest.raises(TelegramError) as raised:
+        bot.send_document(CHAT, FileSlice.whole(backup_file), backup_file.name, "caption")
+
+    assert not isinstance(raised.value, TelegramUnreachable)
+    assert "last with: 502" in str(raised.value)
 
 
 @responses.activate
