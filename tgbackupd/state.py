@@ -118,6 +118,11 @@ class StateLocationError(StateError):
     """`daemon.state_file` points where no state can be kept: tgbackupd refuses to start."""
 
 
+class NotTheOwner(StateLocationError):
+    """The state belongs to another user than the one running this: right for the service's own user
+    when root only looks at it (`--check-config`), fatal for a process that would write it."""
+
+
 class Damaged(Exception):
     """The file at daemon.state_file is not a state store this version can use (its reason)."""
 
@@ -268,7 +273,7 @@ def check_location(path: Path, create: bool = True) -> None:
                 "daemon.state_file at what it should be"
             )
         if owner != os.geteuid():
-            raise StateLocationError(
+            raise NotTheOwner(
                 f"{where}: {candidate} belongs to {_user(owner)}, not to {me} who runs this: run "
                 f"tgbackupd as "
                 f"{_user(owner)} (sudo -u {_user(owner)} …), or give the file to {me} (chown)"

@@ -98,9 +98,11 @@ def test_an_unusable_state_file_stops_tgbackupd_at_start_and_every_check_says_wh
         assert f"daemon.state_file = {path}" in log_text
 
         checked = run_tgbackupd(environment, "--check-config")
-        assert (
-            checked.returncode == 73 and expected in checked.stderr and "daemon.state_file" in checked.stderr
-        )
+        assert expected in checked.stderr and "daemon.state_file" in checked.stderr
+        if make is _of_another_user:  # root looking at a service's configuration: a note, not a failure
+            assert checked.returncode == 0 and "tgbackupd: note: " in checked.stderr
+        else:
+            assert checked.returncode == 73
         live = run_tgbackupd(environment, "--check")
         assert live.returncode == 1 and f"✗ state file: daemon.state_file = {path}" in live.stdout
         once = run_tgbackupd(environment, "--once")
