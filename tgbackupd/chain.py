@@ -6,7 +6,8 @@ import io
 from collections.abc import Iterator
 
 from .errors import RestoreError
-from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef
+from .formats import stem
+from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, is_backup_name
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -29,10 +30,13 @@ def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
     if not isinstance(pinned, dict):
         return None
     document = pinned.get("document")
-    if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
+    if not isinstance(document, dict) or not isinstance(document.get("file_name"), str):
         return None
-    name = str(document["file_name"]).removesuffix(SUFFIX)  # the backup's name but for its format
-    return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
+    name = document["file_name"].removesuffix(SUFFIX)  # the backup's name but for its format
+    message_id, file_id = pinned.get("message_id"), document.get("file_id")
+    if not is_backup_name(name, stem_only=True) or not isinstance(file_id, str):
+        return None
+    return ManifestRef(name, message_id if isinstance(message_id, int) else None, file_id)
 
 
 def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
@@ -52,9 +56,15 @@ def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
             broken=isinstance(error, TelegramRejected),
         ) from None
     try:
-        return Manifest.from_json(buffer.getvalue())
+        manifest = Manifest.from_json(buffer.getvalue())
     except ManifestError as error:
         raise ChainError(f"the manifest of {reference.name} in the chat: {error}", broken=True) from None
+    if stem(manifest.name) != stem(reference.name):
+        raise ChainError(
+            f"the manifest of {reference.name} in the chat describes another backup ({manifest.name})",
+            broken=True,
+        )
+    return manifest
 
 
 def walk(
