@@ -21,6 +21,7 @@ from .errors import RestoreError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
 from .progress import Progress
+from .signing import Keyring
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
@@ -244,13 +245,15 @@ def _load_manifest_file(path: Path) -> Manifest:
 class TelegramSource:
     """Backups found from the chat alone: the pinned manifest, then each manifest's `previous`."""
 
-    def __init__(self, bot: BotApi, chat_id: str, progress: Progress) -> None:
+    def __init__(self, bot: BotApi, chat_id: str, keyring: Keyring, progress: Progress) -> None:
         self._bot = bot
         self._chat_id = chat_id
+        self._keyring = keyring
         self._progress = progress
 
     def history(self, limit: int = chain.HISTORY_LIMIT) -> Iterator[tuple[Manifest, ManifestRef]]:
-        """The manifests, newest first, by walking back from the pinned one."""
+        """The manifests, newest first, by walking back from the pinned one; a manifest no key of the
+        keyring signed ends the walk with a RestoreError saying so."""
         try:
             reference = chain.pinned_manifest_ref(self._bot, self._chat_id)
         except TelegramError as error:
@@ -261,7 +264,7 @@ class TelegramSource:
                 "delivered there "
                 "yet, or the bot may not pin messages (then restore from a folder of downloaded parts)"
             )
-        yield from chain.walk(self._bot, reference, limit)
+        yield from chain.walk(self._bot, reference, self._keyring, limit)
 
     def find(self, which: str) -> Manifest:
         """The manifest of the backup called `which`, or of the newest for `latest`."""
