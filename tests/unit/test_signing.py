@@ -2,26 +2,13 @@ import json
 
 import pytest
 
-from tgbackupd.manifest import Manifest, plan_parts
+from tests.unit.test_parts_and_manifest import manifest
+from tgbackupd.manifest import Manifest
 from tgbackupd.signing import Forged, Keyring, ManifestKey, Unauthenticated, signed_json
 
 TOKEN = "123456789:owner-secret-AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 OLD_TOKEN = "123456789:revoked-secret-BBBBBBBBBBBBBBBBBBBBBBBBB"
-NAME = "shop_backup_20251203_030000.sql.gz"
 WHAT = "the manifest of shop_backup_20251203_030000 in the chat"
-
-
-def manifest() -> Manifest:
-    return Manifest(
-        name=NAME,
-        database="shop",
-        host="shop on db",
-        server="web1",
-        created_at="2025-12-03T03:00:00+00:00",
-        size_bytes=20,
-        sha256="f" * 64,
-        parts=plan_parts(NAME, [(10, "a" * 64), (10, "b" * 64)]),
-    )
 
 
 def keyring(*tokens: str, trust_unsigned=None) -> Keyring:
