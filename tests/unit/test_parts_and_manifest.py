@@ -227,14 +227,9 @@ def test_part_names_are_those_part_name_makes_whatever_it_makes(monkeypatch):
         Manifest.from_json(json.dumps(made_here).encode())
 
 
-@pytest.mark.parametrize(
-    "data",
-    [b"", b"\xff\xfe", b"[" * 100_000 + b"]" * 100_000, b'"a string"', b"[1, 2]", b"null"],
-    ids=["empty", "not-utf8", "nested-deep", "string", "list", "null"],
-)
-def test_what_is_not_a_manifest_at_all_is_a_manifest_error_not_a_crash(data):
-    with pytest.raises(ManifestError):
-        Manifest.from_json(data)
+def test_json_nested_deeper_than_python_recurses_is_a_manifest_error_not_a_crash():
+    with pytest.raises(ManifestError, match="not JSON"):
+        Manifest.from_json(b"[" * 100_000 + b"]" * 100_000)
 
 
 def test_more_parts_than_the_bound_are_refused_before_each_is_read():
