@@ -1,12 +1,15 @@
 """The chain of manifests in the chat: the pinned manifest is the newest backup's, and each manifest names
-the one before it. Restore and `list --remote` walk it to find backups from the chat alone; the state
-store's recovery walks it to learn which backups reached the chat."""
+the one before it; each is followed only if the owner's key signed it (signing.py). Restore and
+`list --remote` walk it to find backups from the chat alone; the state store's recovery walks it to learn
+which backups reached the chat."""
 
 import io
 from collections.abc import Iterator
 
 from .errors import RestoreError
-from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef
+from .formats import stem
+from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, is_backup_name
+from .signing import Keyring
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -29,14 +32,18 @@ def pinned_manifest_ref(bot: BotApi, chat_id: str) -> ManifestRef | None:
     if not isinstance(pinned, dict):
         return None
     document = pinned.get("document")
-    if not isinstance(document, dict) or not str(document.get("file_name", "")).endswith(SUFFIX):
+    if not isinstance(document, dict) or not isinstance(document.get("file_name"), str):
         return None
-    name = str(document["file_name"]).removesuffix(SUFFIX)  # the backup's name but for its format
-    return ManifestRef(name=name, message_id=pinned.get("message_id"), file_id=document.get("file_id"))
+    name = document["file_name"].removesuffix(SUFFIX)  # the backup's name but for its format
+    message_id, file_id = pinned.get("message_id"), document.get("file_id")
+    if not is_backup_name(name, stem_only=True) or not isinstance(file_id, str):
+        return None
+    return ManifestRef(name, message_id if isinstance(message_id, int) else None, file_id)
 
 
-def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
-    """Fetch and parse one manifest document. Raise ChainError saying why it cannot be used."""
+def download_manifest(bot: BotApi, reference: ManifestRef, keyring: Keyring) -> Manifest:
+    """Fetch one manifest document, parse it, and check that a key of `keyring` signed it. Raise ChainError
+    saying why it cannot be used."""
     assert reference.file_id is not None
     buffer = io.BytesIO()
     try:
@@ -51,23 +58,32 @@ def download_manifest(bot: BotApi, reference: ManifestRef) -> Manifest:
             f"cannot download the manifest of {reference.name}: {error}",
             broken=isinstance(error, TelegramRejected),
         ) from None
+    what = f"the manifest of {reference.name} in the chat"
     try:
-        return Manifest.from_json(buffer.getvalue())
+        manifest = Manifest.from_json(buffer.getvalue())
+        keyring.check(buffer.getvalue(), what)
     except ManifestError as error:
-        raise ChainError(f"the manifest of {reference.name} in the chat: {error}", broken=True) from None
+        raise ChainError(f"{what}: {error}", broken=True) from None
+    if stem(manifest.name) != stem(reference.name):
+        raise ChainError(
+            f"the manifest of {reference.name} in the chat describes another backup ({manifest.name})",
+            broken=True,
+        )
+    return manifest
 
 
 def walk(
-    bot: BotApi, newest: ManifestRef | None, limit: int = HISTORY_LIMIT
+    bot: BotApi, newest: ManifestRef | None, keyring: Keyring, limit: int = HISTORY_LIMIT
 ) -> Iterator[tuple[Manifest, ManifestRef]]:
-    """The manifests from `newest` back, each with where it is in the chat; at most `limit` of them, and
-    a loop (a manifest naming a later one as its previous) ends the walk."""
+    """The manifests from `newest` back, each with where it is in the chat, each checked against
+    `keyring`; at most `limit` of them, and a loop (a manifest naming a later one as its previous) ends
+    the walk."""
     reference = newest
     seen: set[str] = set()
     while reference is not None and reference.file_id and len(seen) < limit:
         if reference.file_id in seen:
             return
         seen.add(reference.file_id)
-        manifest = download_manifest(bot, reference)
+        manifest = download_manifest(bot, reference, keyring)
         yield manifest, reference
         reference = manifest.previous

@@ -580,17 +580,9 @@ def _resolve_token(
             candidates.append((credential, f"systemd credential {TOKEN_CREDENTIAL}"))
     for token_path, source in candidates:
         try:
-            token = token_path.read_text(encoding="utf-8").strip()
-        except OSError as error:
-            problems.append(f"{source}: cannot read the bot token file {token_path}: {error.strerror}")
-            return None, None
-        except UnicodeDecodeError:
-            problems.append(f"{source}: the bot token file {token_path} is not text")
-            return None, None
-        if not _TOKEN_PATTERN.match(token):
-            problems.append(
-                f"{source}: the file {token_path} does not hold a bot token of the form <digits>:<letters>"
-            )
+            token = _read_token(token_path, source)
+        except _Problem as problem:
+            problems.append(str(problem))
             return None, None
         sources["telegram.bot_token"] = f"file {token_path}"
         return token, source
@@ -603,6 +595,27 @@ def url_password(url: str) -> str | None:
     parsed = urllib.parse.urlsplit(url)
     in_query = dict(urllib.parse.parse_qsl(parsed.query)).get("password")
     return in_query or (urllib.parse.unquote(parsed.password) if parsed.password else None)
+
+
+def _read_token(path: Path, source: str) -> str:
+    """The bot token in the file `path`. Raise _Problem saying why it cannot be used."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise _Problem(f"{source}: cannot read the bot token file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise _Problem(f"{source}: the bot token file {path} is not text") from None
+    if not _TOKEN_PATTERN.match(token):
+        raise _Problem(f"{source}: the file {path} does not hold a bot token of the form <digits>:<letters>")
+    return token
+
+
+def token_from_file(path: Path, source: str) -> str:
+    """A bot token kept in a file (an old one, to check the manifests it signed). Raise ConfigError."""
+    try:
+        return _read_token(path, source)
+    except _Problem as problem:
+        raise ConfigError([str(problem)]) from None
 
 
 def _parse_database_url(url: str) -> dict[str, Any]:

@@ -24,12 +24,14 @@ from .config import (
     load_client_config,
     secret_spellings,
     secrets_in_environment,
+    token_from_file,
     url_password,
 )
 from .control import DaemonNotRunning, request
 from .errors import ConfigError, RestoreError, TgbackupdError
 from .progress import Progress
 from .redaction import scrub
+from .signing import Keyring, ManifestKey
 from .statefile import open_reader
 from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi
@@ -58,7 +60,9 @@ exit status:
 The socket is --socket, else $TGBACKUPD_DAEMON_SOCKET, else {DEFAULT_SOCKET}.
 restore, verify and list --remote read the same configuration as tgbackupd (--config, TGBACKUPD_CONFIG,
 /etc/tgbackupd/config.toml) and environment (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, DATABASE_URL, PG*);
-on a new machine the token and the chat id are enough to find every backup.
+on a new machine the token and the chat id are enough to find every backup. A manifest in the chat is
+followed only if it was signed with this bot token's key: after the token was changed, give the old one
+with --manifest-key-from-token-file FILE; manifests of tgbackupd 0.1 need --trust-unsigned.
 """
 
 
@@ -108,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list local and delivered backups (--remote: from Telegram)")
     listing.add_argument("--remote", action="store_true", help="walk the chain of manifests in the chat")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    _add_trust_options(listing)
     restore_parser = commands.add_parser(
         "restore",
         help="restore a backup into a database (or only reassemble it with --output)",
@@ -132,9 +137,28 @@ def _parser() -> argparse.ArgumentParser:
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
         command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
     restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
     return parser
+
+
+def _add_trust_options(command: argparse.ArgumentParser) -> None:
+    """What a command that reads manifests from the chat may follow besides those this token's key signed."""
+    command.add_argument(
+        "--manifest-key-from-token-file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="also follow manifests signed with the bot token in FILE (the token before it was changed)",
+    )
+    command.add_argument(
+        "--trust-unsigned",
+        action="store_true",
+        help="also follow manifests that no key here signed (tgbackupd 0.1 made unsigned ones), warning "
+        "for each: anyone who may post and pin in the chat can make one",
+    )
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -284,33 +308,54 @@ def _client_config(args: argparse.Namespace) -> ClientConfig:
     return load_client_config(args.config, os.environ)
 
 
-def _bot(config: ClientConfig) -> tuple[BotApi, str]:
+def _telegram_source(
+    args: argparse.Namespace, config: ClientConfig, progress: Progress
+) -> restore.TelegramSource:
+    """The chat, with the keys whose manifests are followed: this token's, and any old one given."""
     telegram = config.telegram
     if not telegram.configured:
         raise ConfigError(["reading backups from Telegram needs TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"])
     assert telegram.bot_token is not None and telegram.chat_id is not None
     bot = BotApi(telegram.api_url, telegram.bot_token, timeout_s=telegram.timeout, retries=telegram.retries)
-    return bot, telegram.chat_id
+    old_tokens = [
+        token_from_file(path, f"--manifest-key-from-token-file {path}")
+        for path in args.manifest_key_from_token_file
+    ]
+    keys = tuple(ManifestKey.from_token(token) for token in (telegram.bot_token, *old_tokens))
+    keyring = Keyring(keys, _warn_unauthenticated if args.trust_unsigned else None)
+    return restore.TelegramSource(bot, telegram.chat_id, keyring, progress)
+
+
+def _warn_unauthenticated(what: str) -> None:
+    print(
+        f"tgbackupctl: WARNING: {what}; followed all the same (--trust-unsigned). Anyone who may post and "
+        "pin in the chat could have made it, and restore runs the SQL of its parts: be sure it is yours",
+        file=sys.stderr,
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
     if args.remote:
-        config = _client_config(args)
-        bot, chat_id = _bot(config)
-        rows = [
-            {
-                "name": manifest.name,
-                "created_at": manifest.created_at,
-                "size_bytes": manifest.size_bytes,
-                "sha256": manifest.sha256,
-                "parts": len(manifest.parts),
-                "verified": manifest.verified,
-                "delivery": "sent",
-                "manifest_message_id": reference.message_id,
-                "local": None,
-            }
-            for manifest, reference in restore.TelegramSource(bot, chat_id, Progress()).history()
-        ]
+        rows = []
+        try:
+            for manifest, reference in _telegram_source(args, _client_config(args), Progress()).history():
+                rows.append(
+                    {
+                        "name": manifest.name,
+                        "created_at": manifest.created_at,
+                        "size_bytes": manifest.size_bytes,
+                        "sha256": manifest.sha256,
+                        "parts": len(manifest.parts),
+                        "verified": manifest.verified,
+                        "delivery": "sent",
+                        "manifest_message_id": reference.message_id,
+                        "local": None,
+                    }
+                )
+        except RestoreError:
+            if rows:  # those newer than the manifest that could not be followed
+                print(json.dumps(rows, indent=2) if args.json else render_listing(rows))
+            raise
     else:
         try:
             reply = request(args.socket, {"command": "list"}, timeout=10.0)
@@ -366,8 +411,7 @@ def _fetch(
     if args.from_telegram:
         if args.source:
             raise ConfigError(["give either SOURCE or --from-telegram, not both"])
-        bot, chat_id = _bot(config)
-        source = restore.TelegramSource(bot, chat_id, progress)
+        source = _telegram_source(args, config, progress)
         return source.fetch(source.find(args.from_telegram), workdir)
     if not args.source:
         raise ConfigError(["say which backup: a file, a folder of parts, a NAME, latest, or --from-telegram"])
@@ -394,7 +438,7 @@ def _fetch(
     spooled = spooled_parts(config.backup_directory, manifest)
     if len(spooled) == len(manifest.parts):
         return restore.from_parts(manifest, spooled, progress)
-    bot, chat_id = _bot(config)
+    source = _telegram_source(args, config, progress)
     if spooled:
         progress.note(
             f"{len(spooled)} of the {len(manifest.parts)} parts of {manifest.name} are still in the spool "
@@ -402,7 +446,7 @@ def _fetch(
         )
     else:
         progress.note(f"{manifest.name} is not on this machine any more: downloading it from Telegram")
-    return restore.TelegramSource(bot, chat_id, progress).fetch(manifest, workdir, spooled)
+    return source.fetch(manifest, workdir, spooled)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from . import messages
 from .errors import TgbackupdError
 from .files import FileSlice, write_atomically
 from .manifest import Manifest, ManifestRef, Part, part_name
+from .signing import ManifestKey, signed_json
 from .telegram import BotApi, SentMessage, TelegramError, TelegramRejected
 
 
@@ -24,9 +25,10 @@ class Delivered:
 
 
 class Delivery:
-    def __init__(self, bot: BotApi, chat_id: str, log: Any) -> None:
+    def __init__(self, bot: BotApi, chat_id: str, key: ManifestKey, log: Any) -> None:
         self._bot = bot
         self._chat_id = chat_id
+        self._key = key
         self._log = log
 
     def send(
@@ -41,8 +43,8 @@ class Delivery:
         pin: bool = True,
     ) -> Delivered:
         """Send the parts not sent yet (a part with a message id already reached the chat on an earlier
-        attempt), each read from where `locate` says, then the manifest, linked to the previous one and
-        written to `manifest_file` first. `on_part_sent` hears of each part as it reaches the chat, so
+        attempt), each read from where `locate` says, then the manifest, linked to the previous one, signed
+        and written to `manifest_file` first. `on_part_sent` hears of each part as it reaches the chat, so
         that progress survives a crash. The manifest is pinned unless `pin` is false (a newer backup is in
         the chat already). Raise TelegramError if a part or the manifest could not be sent; a refused pin
         is only reported."""
@@ -65,7 +67,7 @@ class Delivery:
             on_part_sent(parts[position])
         self._complete_captions(parts, facts, captions_to_complete)
         complete = replace(manifest, parts=tuple(parts), previous=find_previous())
-        write_atomically(manifest_file, complete.to_json())
+        write_atomically(manifest_file, signed_json(complete, self._key))
         sent = self._bot.send_document(
             self._chat_id,
             FileSlice.whole(manifest_file),

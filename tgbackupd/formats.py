@@ -60,9 +60,6 @@ FORMATS = {GZIP.name: GZIP, ZSTD.name: ZSTD}
 # A backup file name's ending, whatever its format (a series may change format and stays one series).
 SUFFIX_PATTERN = r"\.sql\.(?:gz|zst)"
 _SUFFIX = re.compile(SUFFIX_PATTERN + "$")
-# Every name tgbackupd gives a backup: `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or .sql.zst), the prefix
-# as backup.prefix allows it. Nothing else, from a damaged or hostile file, is ever made into a path.
-BACKUP_NAME = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_.-]*_backup_[0-9]{{8}}_[0-9]{{6}}{SUFFIX_PATTERN}$")
 
 
 def stem(name: str) -> str:

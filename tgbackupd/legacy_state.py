@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .formats import BACKUP_NAME
-from .manifest import Manifest, ManifestError, ManifestRef
+from .manifest import Manifest, ManifestError, ManifestRef, is_backup_name
 from .messages import BackupFacts
 from .state import Damaged, Entry, Foreign
 from .states import DeliveryState
@@ -66,7 +65,7 @@ def _entry(item: Any) -> Entry:
         manifest = Manifest.from_json(json.dumps(item.get("manifest")).encode())
     except ManifestError as error:
         raise _Unusable(f"its manifest: {error}") from None
-    if not BACKUP_NAME.match(manifest.name):
+    if not is_backup_name(manifest.name):
         raise _Unusable(f"{manifest.name!r} is not the name of a tgbackupd backup")
     try:
         delivery = DeliveryState(str(item.get("delivery")))

@@ -17,6 +17,7 @@ from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, ManifestRef, Part
 from .recovery import read_back
 from .redaction import scrub
+from .signing import Keyring, ManifestKey
 from .state import (
     CHAIN_CONFIRM,
     CHAIN_HISTORY,
@@ -197,7 +198,7 @@ class Outbox:
                 self._directory.spooled_part_sent(name, part.index, part.message_id, part.file_id)
 
         try:
-            delivered = Delivery(bot, chat_id, bound).send(
+            delivered = Delivery(bot, chat_id, self._key(), bound).send(
                 lambda part: self._directory.part_slice(name, part, entry.spooled),
                 manifest,
                 facts,
@@ -246,6 +247,12 @@ class Outbox:
         self._store.record_lost(name, why)
         bound.error("A backup waiting for delivery can no longer be sent", error=why)
         return DeliveryState.LOST
+
+    def _key(self) -> ManifestKey:
+        """The key manifests are signed with and checked against: the bot token's."""
+        token = self._config.telegram.bot_token
+        assert token is not None
+        return ManifestKey.from_token(token)
 
     def _pinned(self, bot: BotApi, chat_id: str, bound: Any) -> ManifestRef | None:
         """On a machine with no delivered backup yet, continue the chain from the pinned manifest."""
@@ -317,11 +324,12 @@ class Outbox:
 
     def _walk(self, bot: BotApi, chat_id: str) -> Iterator[tuple[Manifest, ManifestRef]]:
         """The chain from the pinned manifest back (or, with nothing of ours pinned, from the newest this
-        machine noted), ending where it is broken (a manifest deleted from the chat, or not one of ours):
-        what lies beyond cannot be found by anyone."""
+        machine noted), ending where it is broken (a manifest deleted from the chat, or not one of ours:
+        one this bot token's key did not sign is not believed, whatever it says reached the chat): what
+        lies beyond cannot be found by anyone."""
         try:
             start = chain.pinned_manifest_ref(bot, chat_id) or self._directory.newest_manifest()
-            yield from chain.walk(bot, start)
+            yield from chain.walk(bot, start, Keyring((self._key(),)))
         except chain.ChainError as error:
             if not error.broken:
                 raise

@@ -4,12 +4,14 @@ the SQL through gunzip into psql in one transaction, or into a scratch database 
 
 import hashlib
 import itertools
+import os
 import re
 import secrets
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
@@ -17,8 +19,9 @@ from . import chain, psql
 from .config import DatabaseConfig
 from .errors import RestoreError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name
+from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
 from .progress import Progress
+from .signing import Keyring
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
@@ -197,7 +200,7 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
     wholes = sorted(path for path in folder.iterdir() if _WHOLE_FILE.match(path.name))
     if len(manifests) == 1:
         manifest = _load_manifest_file(manifests[0])
-        whole = folder / manifest.parts[0].file_name
+        whole = folder / manifest.name
         if len(manifest.parts) == 1 and whole.is_file():
             return from_local_file(whole, manifest, progress)
         return from_parts(manifest, parts.get(manifest.name, {}), progress)
@@ -242,13 +245,15 @@ def _load_manifest_file(path: Path) -> Manifest:
 class TelegramSource:
     """Backups found from the chat alone: the pinned manifest, then each manifest's `previous`."""
 
-    def __init__(self, bot: BotApi, chat_id: str, progress: Progress) -> None:
+    def __init__(self, bot: BotApi, chat_id: str, keyring: Keyring, progress: Progress) -> None:
         self._bot = bot
         self._chat_id = chat_id
+        self._keyring = keyring
         self._progress = progress
 
     def history(self, limit: int = chain.HISTORY_LIMIT) -> Iterator[tuple[Manifest, ManifestRef]]:
-        """The manifests, newest first, by walking back from the pinned one."""
+        """The manifests, newest first, by walking back from the pinned one; a manifest no key of the
+        keyring signed ends the walk with a RestoreError saying so."""
         try:
             reference = chain.pinned_manifest_ref(self._bot, self._chat_id)
         except TelegramError as error:
@@ -259,7 +264,7 @@ class TelegramSource:
                 "delivered there "
                 "yet, or the bot may not pin messages (then restore from a folder of downloaded parts)"
             )
-        yield from chain.walk(self._bot, reference, limit)
+        yield from chain.walk(self._bot, reference, self._keyring, limit)
 
     def find(self, which: str) -> Manifest:
         """The manifest of the backup called `which`, or of the newest for `latest`."""
@@ -281,52 +286,70 @@ class TelegramSource:
 
     def _download_part(self, manifest: Manifest, part: Part, workdir: Path) -> Path:
         count = len(manifest.parts)
-        label = f"part {part.index} of {count} ({part.file_name})"
+        name = part_name(manifest.name, part.index, count)  # from the checked name, not a name from the chat
+        label = f"part {part.index} of {count} ({name})"
         if not part.file_id:
             raise RestoreError(f"{label} was never delivered to Telegram (no file id in the manifest)")
-        target = workdir / part.file_name
+        target = workdir / name
         problem = ""
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                file = self._bot.get_file(part.file_id)
-            except TelegramRejected as error:
-                if "too big" in str(error).lower():
+        with _new_file(target) as sink:
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    file = self._bot.get_file(part.file_id)
+                except TelegramRejected as error:
+                    if "too big" in str(error).lower():
+                        raise RestoreError(
+                            f"{label} is larger than the 20 MB a bot may download from the public Bot API: "
+                            "this backup was made with telegram.part_size_mb above 19. Download it through a "
+                            "self-hosted Bot API server (telegram.api_url)"
+                        ) from None
                     raise RestoreError(
-                        f"{label} is larger than the 20 MB a bot may download from the public Bot API: this "
-                        "backup was made with telegram.part_size_mb above 19. Download it through a "
-                        "self-hosted Bot API server (telegram.api_url)"
+                        f"{label} is missing from Telegram (was its message deleted?): {error}"
                     ) from None
-                raise RestoreError(
-                    f"{label} is missing from Telegram (was its message deleted?): {error}"
-                ) from None
-            except TelegramError as error:
-                raise RestoreError(f"cannot download {label}: {error}") from None
-            self._progress.start(f"Downloading {label}", part.size_bytes)
-            with target.open("wb") as sink:
+                except TelegramError as error:
+                    raise RestoreError(f"cannot download {label}: {error}") from None
+                self._progress.start(f"Downloading {label}", part.size_bytes)
+                sink.seek(0)
+                sink.truncate()  # an attempt that came short or damaged is replaced in the same file
                 try:
                     received = self._bot.download(file["file_path"], sink, self._progress.update)
                 except TelegramError as error:
                     received, problem = -1, str(error)
-            if received >= 0:
-                digest = _file_sha256(target)
-                if received != part.size_bytes:
-                    problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
-                elif digest != part.sha256:
-                    problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
-                else:
-                    self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
-                    return target
-            self._progress.finish(
-                f"Downloaded {label} again: {problem} (attempt {attempt} of {DOWNLOAD_ATTEMPTS})"
-            )
+                if received >= 0:
+                    digest = _stream_sha256(sink)
+                    if received != part.size_bytes:
+                        problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
+                    elif digest != part.sha256:
+                        problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
+                    else:
+                        self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
+                        return target
+                self._progress.finish(
+                    f"Downloaded {label} again: {problem} (attempt {attempt} of {DOWNLOAD_ATTEMPTS})"
+                )
         raise RestoreError(f"{label} could not be downloaded intact: {problem}. Nothing was restored")
 
 
-def _file_sha256(path: Path) -> str:
+def _new_file(path: Path) -> BinaryIO:
+    """A file that did not exist, created in its directory itself (never through a symbolic link), that
+    only its owner may read: a part holds part of a whole database."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as error:
+        raise RestoreError(
+            f"cannot create {path.name} in the work directory {path.parent}: {error.strerror} (is something "
+            "else writing there? Use a new --work-dir). Nothing was restored"
+        ) from None
+    return os.fdopen(descriptor, "w+b")
+
+
+def _stream_sha256(stream: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(READ_BYTES):
-            digest.update(block)
+    stream.flush()
+    stream.seek(0)
+    while block := stream.read(READ_BYTES):
+        digest.update(block)
     return digest.hexdigest()
 
 

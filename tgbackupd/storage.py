@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 from .errors import StorageError
 from .files import FileSlice, open_for_reading, sync_directory, write_atomically
-from .formats import BACKUP_NAME, GZIP, SUFFIX_PATTERN, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, manifest_name
+from .formats import GZIP, SUFFIX_PATTERN, stem
+from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name
 
 _PARTIAL_SUFFIX = ".partial"
 _RECEIPTS_SUFFIX = ".sent"
@@ -40,7 +40,7 @@ def _describe(error: OSError) -> str:
 
 def checked_name(name: str) -> str:
     """`name`, if it is one tgbackupd gives a backup. Raise StorageError otherwise."""
-    if not BACKUP_NAME.match(name):
+    if not is_backup_name(name):
         raise StorageError(f"{name!r} is not the name of a tgbackupd backup; it is not used as a file name")
     return name
 
@@ -264,7 +264,7 @@ class BackupDirectory:
     def where_kept(self, name: str, spooled: bool, delivered: bool, part_count: int) -> bool | str:
         """True for a backup file here; `spool` while parts of a backup not kept here wait to be sent (only
         those not delivered are looked for: a delivered one left none)."""
-        if not BACKUP_NAME.match(name):
+        if not is_backup_name(name):
             return False
         if not spooled:
             return (self.path / name).is_file()

@@ -61,17 +61,20 @@ def test_names_rebuild_with_cat_and_one_part_keeps_the_plain_name():
     ]
 
 
+NAME = "shop_backup_20251203_030000.sql.gz"
+
+
 def manifest() -> Manifest:
     return Manifest(
-        name="b.sql.gz",
+        name=NAME,
         database="shop",
         host="shop on db",
         server="web1",
         created_at="2025-12-03T03:00:00+00:00",
         size_bytes=23,
         sha256="f" * 64,
-        parts=plan_parts("b.sql.gz", [(10, "a"), (10, "b"), (3, "c")]),
-        previous=ManifestRef("a.sql.gz", 41, "file-41"),
+        parts=plan_parts(NAME, [(10, "a" * 64), (10, "b" * 64), (3, "c" * 64)]),
+        previous=ManifestRef("shop_backup_20251202_030000.sql.gz", 41, "file-41"),
     )
 
 
@@ -79,20 +82,160 @@ def test_a_manifest_survives_its_round_trip():
     assert Manifest.from_json(manifest().to_json()) == manifest()
 
 
+def test_a_manifest_from_0_1_and_one_with_fields_added_later_are_read():
+    document = json.loads(manifest().to_json())
+    for key in ("dump_format", "compression", "verified"):
+        del document[key]  # the oldest manifests had none of these
+    document["signature"] = {"algorithm": "hmac-sha256"}  # left to the signature check
+    document["parts"][0]["added_later"] = 1
+    document["previous"] = {"name": "shop_backup_20251202_030000", "message_id": None, "file_id": "f"}
+
+    parsed = Manifest.from_json(json.dumps(document).encode())
+
+    assert parsed.compression == "gzip" and parsed.dump_format == "plain" and parsed.verified is None
+    assert parsed.previous == ManifestRef("shop_backup_20251202_030000", None, "f")  # as pinned ones say
+
+
+def _set(*path_and_value):
+    *path, key, value = path_and_value
+
+    def change(document):
+        for step in path:
+            document = document[step]
+        document[key] = value
+
+    return change
+
+
+def _drop(*path):
+    *path, key = path
+
+    def change(document):
+        for step in path:
+            document = document[step]
+        del document[key]
+
+    return change
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda d: d.update(format="other"), "not a tgbackupd manifest"),
-        (lambda d: d.update(version=99), "manifest version 99"),
+        (_set("format", "other"), "not a tgbackupd manifest"),
+        (_set("version", 99), "manifest version 99"),
         (lambda d: d["parts"].pop(1), "not numbered 1, 2, 3"),
-        (lambda d: d.update(size_bytes=24), "do not add up"),
-        (lambda d: d.pop("sha256"), "incomplete or malformed"),
+        (_set("size_bytes", 24), "do not add up"),
+        (_drop("sha256"), 'incomplete: it has no "sha256"'),
+        (_set("size_bytes", "23"), '"size_bytes" is "23", not a whole number from 0 to'),
+        (_set("size_bytes", True), '"size_bytes" is true, not a whole number'),
+        (_set("size_bytes", -1), '"size_bytes" is -1, not a whole number from 0'),
+        (_set("size_bytes", 23.0), '"size_bytes" is 23.0, not a whole number'),
+        (_set("size_bytes", 2**60), "not a whole number from 0 to 9007199254740992"),
+        (_set("sha256", "F" * 64), '"sha256" is "FFFF'),
+        (_set("sha256", "f" * 63), "64 lowercase hexadecimal digits"),
+        (_set("sha256", None), '"sha256" is null, not a SHA-256'),
+        (_set("database", 5), '"database" is 5, not text'),
+        (_set("host", ""), '"host" is "", not text'),
+        (_set("server", "web\x1b[2J"), '"server" is "web\\u001b[2J", not text of 1 to 1000 printable'),
+        (_set("database", "x" * 1001), '"database" is "xxx'),
+        (_set("created_at", "yesterday"), '"created_at" is "yesterday", not a date and time'),
+        (_set("compression", "lz4"), '"compression" is "lz4", not one of gzip, zstd'),
+        (_set("compression", "zstd"), '"compression" is zstd, but shop_backup_20251203_030000.sql.gz is not'),
+        (_set("dump_format", "custom"), '"dump_format" is "custom", not one of plain'),
+        (_set("verified", "yes"), '"verified" is "yes", not true, false or null'),
+        (_set("parts", []), '"parts" is [], not a list of 1 to 100000 items'),
+        (_set("parts", {"1": {}}), "not a list of 1 to 100000 items"),
+        (_set("parts", 1, "not a part"), 'part 2 of the manifest is "not a part", not a JSON object'),
+        (_set("parts", 0, "index", "1"), 'part 1 of the manifest\'s "index" is "1", not a whole number'),
+        (_set("parts", 0, "offset", 1), "part 1 of the manifest starts at byte 1, not at 0"),
+        (_set("parts", 1, "offset", 0), "part 2 of the manifest starts at byte 0, not at 10"),
+        (_set("parts", 2, "size_bytes", -3), 'part 3 of the manifest\'s "size_bytes" is -3'),
+        (_set("parts", 0, "sha256", "a" * 65), 'part 1 of the manifest\'s "sha256"'),
+        (_set("parts", 0, "message_id", "7"), '"message_id" is "7", not a whole number from 1'),
+        (_set("parts", 0, "message_id", 0), '"message_id" is 0, not a whole number from 1'),
+        (_set("parts", 0, "file_id", 7), '"file_id" is 7, not a Telegram file id'),
+        (_set("parts", 0, "file_id", "x" * 513), "not a Telegram file id (1 to 512 printable ASCII"),
+        (_set("parts", 0, "file_id", "a b"), '"file_id" is "a b", not a Telegram file id'),
+        (_set("previous", "x"), 'the manifest\'s "previous" is "x", not a JSON object'),
+        (_set("previous", "message_id", -4), '"previous"\'s "message_id" is -4'),
+        (_set("previous", "name", "../x"), '"previous" has the "name" "../x", which is not a backup'),
     ],
 )
 def test_a_damaged_manifest_says_what_is_wrong(change, expected):
     document = json.loads(manifest().to_json())
     change(document)
-    with pytest.raises(ManifestError, match=expected):
+    with pytest.raises(ManifestError) as raised:
+        Manifest.from_json(json.dumps(document).encode())
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../root/.bashrc",
+        "/etc/cron.d/x",
+        "shop_backup_20251203_030000.sql",
+        "shop_backup_20251203_030000.sql.gz/../../x",
+        "sh/op_backup_20251203_030000.sql.gz",
+        "shop_backup_20251303_030000.sql.gz",  # month 13
+        "shop_backup_20251203_246000.sql.gz",
+        "shop_backup_20251203_030000.manifest.json",
+        "_backup_20251203_030000.sql.gz",
+        "x" * 201 + "_backup_20251203_030000.sql.gz",
+    ],
+)
+def test_a_backup_name_that_is_not_one_is_refused(name):
+    document = json.loads(manifest().to_json())
+    document["name"] = name
+    with pytest.raises(ManifestError, match=r'"name" is .*, not a backup\'s name'):
+        Manifest.from_json(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    [
+        "../../outside",
+        "/etc/cron.d/x",
+        "shop_backup_20251203_030000.sql.gz.002",  # another part's name
+        "shop_backup_20251203_030000.sql.gz.1",
+        "../shop_backup_20251203_030000.sql.gz.001",
+        "other_backup_20251203_030000.sql.gz.001",
+        "shop_backup_20251203_030000.sql.gz",  # the whole's name, for one of three parts
+    ],
+)
+def test_a_part_name_not_the_one_its_backup_makes_is_refused(file_name):
+    document = json.loads(manifest().to_json())
+    document["parts"][0]["file_name"] = file_name
+    with pytest.raises(ManifestError) as raised:
+        Manifest.from_json(json.dumps(document).encode())
+    assert "not shop_backup_20251203_030000.sql.gz.001 as the backup's name and its 3 part(s) make it" in str(
+        raised.value
+    )
+
+
+def test_part_names_are_those_part_name_makes_whatever_it_makes(monkeypatch):
+    from tgbackupd import manifest as module
+
+    made_here = json.loads(manifest().to_json())
+    wider = json.loads(manifest().to_json())
+    for part in wider["parts"]:
+        part["file_name"] = f"{NAME}.{part['index']:04d}"
+    monkeypatch.setattr(module, "part_name", lambda name, index, count: f"{name}.{index:04d}")
+
+    assert Manifest.from_json(json.dumps(wider).encode()).parts[0].file_name == f"{NAME}.0001"
+    with pytest.raises(ManifestError, match=rf"not {NAME}\.0001 as the backup's name"):
+        Manifest.from_json(json.dumps(made_here).encode())
+
+
+def test_json_nested_deeper_than_python_recurses_is_a_manifest_error_not_a_crash():
+    with pytest.raises(ManifestError, match="not JSON"):
+        Manifest.from_json(b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_more_parts_than_the_bound_are_refused_before_each_is_read():
+    document = json.loads(manifest().to_json())
+    document["parts"] = [None] * 100_001
+    with pytest.raises(ManifestError, match="not a list of 1 to 100000 items"):
         Manifest.from_json(json.dumps(document).encode())
 
 
