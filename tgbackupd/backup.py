@@ -64,11 +64,15 @@ class BackupResult:
     sha256: str | None = None
     parts: int | None = None
     verified: bool | None = None
-    delivery: str = DeliveryState.NOT_ATTEMPTED
+    delivery: DeliveryState = DeliveryState.NOT_ATTEMPTED
     message_id: int | None = None
     pin_error: str | None = None
     warning: str | None = None
     error: str | None = None
+
+    def __post_init__(self) -> None:
+        # Status, logs and scripts read `delivery`: a word outside DeliveryState would mislead them all.
+        object.__setattr__(self, "delivery", DeliveryState(self.delivery))
 
     @property
     def succeeded(self) -> bool:
