@@ -93,7 +93,25 @@ class Daemon:
         return self._schedule.next_run if self._schedule else None
 
     def _run_scheduled(self) -> None:
+        backup = self._config.backup
+        last_attempt = self._last_attempt()
+        now = self._clock.now()
+        if last_attempt is not None and missed_run(now, backup.hour, backup.minute, last_attempt) is None:
+            # Only on the night the clocks go back, after a restart: the scheduled time comes twice.
+            log.info(
+                "Scheduled backup skipped: a backup was made at this time already, before the clocks "
+                "went back",
+                last_attempt=last_attempt.isoformat(timespec="seconds"),
+            )
+            return
         self._start(Trigger.SCHEDULED)
+
+    def _last_attempt(self) -> datetime | None:
+        last = self._runner.last_backup
+        try:
+            return datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
+        except (TypeError, ValueError):
+            return None  # a state file from elsewhere: nothing to compare with
 
     def _start(self, trigger: Trigger) -> None:
         """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
@@ -145,13 +163,7 @@ class Daemon:
         backup = self._config.backup
         if not (backup.enabled and backup.catch_up):
             return
-        last = self._runner.last_backup
-        try:
-            last_attempt = (
-                datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
-            )
-        except (TypeError, ValueError):
-            last_attempt = None  # a state file from elsewhere: nothing to compare with
+        last_attempt = self._last_attempt()
         missed = missed_run(self._clock.now(), backup.hour, backup.minute, last_attempt)
         if missed is not None:
             log.warning(
