@@ -19,7 +19,7 @@ from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
-from .runner import BackupBusy, BackupRunner
+from .runner import BackupBusy, BackupRunner, RunningBackup
 from .scheduling import DailySchedule, missed_run
 from .state import StateStore
 from .states import Trigger
@@ -117,14 +117,25 @@ class Daemon:
         """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
         try:
             self._runner.start(trigger)
-        except BackupBusy as error:
+        except BackupBusy:
             current = self._runner.current
             if current is not None and current.trigger == Trigger.REDELIVERY:
                 self._deferred = trigger
             else:
-                log.warning("Scheduled backup skipped: a backup is already running", error=str(error))
+                self._report_skipped(trigger, current)
         except TgbackupdError as error:
             log.warning("Scheduled backup not started", error=str(error))
+
+    def _report_skipped(self, trigger: Trigger, running: RunningBackup | None) -> None:
+        """A night without its backup is a failure someone must hear of: logged as an error, and told to
+        the chat from a thread of its own (the main loop must go on pinging the watchdog meanwhile)."""
+        what = f"a {running.trigger} backup started {running.started_at}" if running else "another backup"
+        problem = (
+            f"the {trigger} backup did not start because {what} was still running, so none was made "
+            "for this time; if that one fails, make one with `tgbackupctl trigger --wait`"
+        )
+        log.error("Scheduled backup skipped: a backup is already running", trigger=trigger, error=problem)
+        threading.Thread(target=self._backup.tell_chat, args=(problem,), name="notice", daemon=True).start()
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""

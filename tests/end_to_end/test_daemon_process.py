@@ -144,6 +144,45 @@ def test_second_trigger_is_told_a_backup_is_running_and_wait_runs_after_it(
     assert daemon.stop() == 0
 
 
+def clock_near_a_minute(seconds_before: int) -> tuple[dict[str, str], int, int]:
+    """A time zone (TZ, offset by whole seconds from UTC) in which the next full minute comes in about
+    `seconds_before` seconds, and that minute's hour and minute: a daily schedule that is due soon."""
+    now = time.time()
+    offset = int(60 - (now + seconds_before) % 60) % 60
+    due = time.gmtime(now + offset + seconds_before + 1)
+    return {"TZ": f"SOON-00:00:{offset:02d}"}, due.tm_hour, due.tm_min
+
+
+def test_a_scheduled_backup_that_cannot_start_because_one_is_running_is_an_error_told_to_the_chat(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    source = make_database(empty=True)
+    zone, hour, minute = clock_near_a_minute(seconds_before=8)
+    environment = base_environment(
+        tmp_path,
+        source,
+        **telegram_environment(bot_api),
+        **zone,
+        BACKUP_HOUR=str(hour),
+        TGBACKUPD_BACKUP_MINUTE=str(minute),
+        TGBACKUPD_DATABASE_PG_DUMP=str(slow_pg_dump(tmp_path, 14)),
+    )
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+    manual = daemon.trigger_in_background()  # still dumping when the scheduled time comes
+
+    deadline = time.monotonic() + 25
+    while not bot_api.messages() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    (notice,) = bot_api.messages()
+    assert "the scheduled backup did not start because a manual backup started" in notice.fields["text"]
+    skipped = [e for e in events(daemon.log_text()) if e["event"].startswith("Scheduled backup skipped")]
+    assert [(e["level"], e["trigger"]) for e in skipped] == [("error", "scheduled")]
+    assert manual.wait(30) == 0
+    assert daemon.stop() == 0
+
+
 def test_sigterm_during_a_dump_ends_pg_dump_and_removes_the_partial_file(
     tmp_path, make_database, start_daemon
 ):
