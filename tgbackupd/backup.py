@@ -28,6 +28,7 @@ from .progress import Progress
 from .redaction import scrub
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
+from .stopping import Stop
 from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi, TelegramError
 
@@ -122,9 +123,10 @@ class Backup:
             "started_at": started.isoformat(timespec="seconds"),
         }
         bot = self._bot_factory(self._config, self.cancel)
+        stop = Stop(self.cancel, self._config.backup.timeout, self._clock)
         try:
             try:
-                made = self._make(started, bound, bot)
+                made = self._make(started, bound, bot, stop)
             except TgbackupdError as error:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
                 self._report_failure(bot, result.error or "", bound)
@@ -202,7 +204,7 @@ class Backup:
     def _text(self, error: BaseException | str) -> str:
         return scrub(str(error), self._config.secrets())
 
-    def _make(self, started: datetime, bound: Any, bot: BotApi | None) -> _Made:
+    def _make(self, started: datetime, bound: Any, bot: BotApi | None, stop: Stop) -> _Made:
         """Dump, compress and put the file in place, hashed in parts as it is written. Raise on any
         failure, having removed what it wrote."""
         self._directory.ensure()
@@ -219,7 +221,7 @@ class Backup:
                 compression_level=self._config.backup.compression_level,
             )
             try:
-                made = self._dump_into(name, started, self._early_uploader(bot, name, bound))
+                made = self._dump_into(name, started, self._early_uploader(bot, name, bound), stop)
             except OSError as error:
                 raise self._write_failed(error) from None
             bound.info(
@@ -261,7 +263,7 @@ class Backup:
             ),
         )
 
-    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:
+    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None, stop: Stop) -> _Made:
         part_size = self._config.telegram.part_size_bytes
         kept = self._config.backup.keep_local
         with self._directory.new_file(name) if kept else self._directory.new_spool(name) as writer:
@@ -277,12 +279,10 @@ class Backup:
                 backup.compression.compressor(backup.compression_level, backup.compression_threads, digest)
             )
             try:
-                with run_pg_dump(self._config.database) as dump:
+                with run_pg_dump(self._config.database, stop=stop) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
-                        if self.cancel.is_set():
-                            raise Cancelled("the backup was stopped because tgbackupd is stopping")
                         sql.write(chunk)
-                    dump.wait()
+                    dump.wait()  # raises the reason when it was ended: stopping, or backup.timeout
                 sql.close()
             finally:
                 # Before the file is renamed (or removed): the uploads read it under its partial name.

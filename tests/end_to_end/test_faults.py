@@ -67,6 +67,30 @@ def test_database_faults_are_logged_told_to_the_chat_and_leave_no_file(
     assert_no_secret(daemon.log_text(), triggered.stdout, triggered.stderr, notice.fields["text"])
 
 
+@pytest.mark.parametrize(
+    "script", ["sleep 600; echo 'SELECT 1;'", "exec yes 'SELECT 1;'"], ids=["silent", "streaming-forever"]
+)
+def test_a_dump_past_backup_timeout_is_ended_and_fails_the_backup_with_that_reason_told_to_the_chat(
+    tmp_path, make_database, bot_api, daemon_for, script
+):
+    source = make_database(empty=True)
+    pg_dump = fake_pg_dump(tmp_path, script)
+    daemon = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=pg_dump, TGBACKUPD_BACKUP_TIMEOUT="2")
+
+    began = time.monotonic()
+    triggered = daemon.ctl("trigger")
+
+    assert time.monotonic() - began < 15
+    assert triggered.returncode == 1
+    assert "the backup took longer than backup.timeout = 2 s (2s); pg_dump was ended" in triggered.stderr
+    (notice,) = bot_api.messages()
+    assert "took longer than backup.timeout" in notice.fields["text"]
+    assert "took longer than backup.timeout" in status(daemon)["last_backup"]["error"]
+    assert list((tmp_path / "backups").glob("*.gz*")) == []
+    assert subprocess.run(["pgrep", "-f", pg_dump], check=False).returncode == 1  # its children too
+    assert daemon.stop() == 0
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small file system")
 @pytest.mark.parametrize(("keep", "advice"), [("7", "lower backup.keep"), ("0", "lower backup.spool_parts")])
 def test_a_full_disk_is_reported_and_leaves_no_partial_file(

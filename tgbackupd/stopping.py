@@ -1,0 +1,76 @@
+"""Why a job must stop before it is done: tgbackupd is stopping (SIGTERM), or the backup ran past its
+deadline (backup.timeout). The programs a job runs (pg_dump, psql) are ended as soon as either happens,
+also while they print nothing, as a pg_dump waiting for a lock does."""
+
+import threading
+from collections.abc import Callable
+
+from .clock import Clock
+from .errors import Cancelled, TgbackupdError, TimedOut
+
+WATCH_INTERVAL_S = 0.2
+
+
+def duration_text(seconds: float) -> str:
+    """`21600` as people read a duration: `6h0m`; `300`: `5m0s`; `2`: `2s`."""
+    whole = int(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole % 3600 // 60}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60}s"
+    return f"{whole}s"
+
+
+class Stop:
+    """Tells a job when it must stop: once `cancel` is set, or `timeout_s` after it was made."""
+
+    def __init__(self, cancel: threading.Event, timeout_s: float | None = None, clock: Clock | None = None):
+        self.cancel = cancel
+        self._clock = clock or Clock()
+        self._timeout_s = timeout_s
+        self._deadline = None if timeout_s is None else self._clock.monotonic() + timeout_s
+
+    def reason(self, ended: str) -> TgbackupdError | None:
+        """The error to end the job with now, if it must stop; `ended` says what was ended (and undone)."""
+        if self.cancel.is_set():
+            return Cancelled(f"the backup was stopped because tgbackupd is stopping; {ended}")
+        if self._deadline is not None and self._clock.monotonic() >= self._deadline:
+            assert self._timeout_s is not None
+            return TimedOut(
+                f"the backup took longer than backup.timeout = {self._timeout_s:g} s "
+                f"({duration_text(self._timeout_s)}); {ended}. Raise backup.timeout if the database needs "
+                "longer, or find what holds the backup up (locks: pg_locks and pg_stat_activity)"
+            )
+        return None
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; return True at once when tgbackupd is stopping."""
+        return self.cancel.wait(seconds)
+
+
+class Watch:
+    """Ends a running program the moment its job must stop: a thread looks a few times a second. After
+    the program is gone, `reason` says why it was ended (None if it ended by itself)."""
+
+    def __init__(self, stop: Stop, running: Callable[[], bool], end: Callable[[], None], ended: str) -> None:
+        self.reason: TgbackupdError | None = None
+        self._stop = stop
+        self._running = running
+        self._end = end
+        self._ended = ended
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stop-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set() and self._running():
+            reason = self._stop.reason(self._ended)
+            if reason is not None:
+                self.reason = reason
+                self._end()
+                return
+            self._stop.wait(WATCH_INTERVAL_S)
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
