@@ -131,7 +131,7 @@ class Backup:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
                 self._report_failure(bot, result.error or "", bound)
             else:
-                result = self._after_dump(bot, made, base, began, bound)
+                result = self._after_dump(bot, made, base, began, bound, stop)
                 self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
             result = self._record(result, bot, bound)
         finally:
@@ -340,51 +340,30 @@ class Backup:
             )
 
     def _after_dump(
-        self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any
+        self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any, stop: Stop
     ) -> BackupResult:
+        """Queue the backup, then verify it when asked, then deliver it. Queued first, so that a stop or a
+        crash during a long verification leaves it in the outbox rather than nowhere; nothing is sent
+        before the verification's result is in its captions (delivery only starts after it)."""
         manifest = made.manifest
         errors: list[str] = []
-        verified, verification = None, None
-        if self._config.backup.verify_after:
-            verified, verification = self._verify(manifest, bound)
-            if not verified:
-                errors.append(f"verification failed: {verification}")
         kept = self._config.backup.keep_local
-        warning = None
-        try:
-            warning = self._shrink_warning(made)
-            if warning:
-                bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
-            facts = messages.BackupFacts(
-                file=manifest.name,
-                database=self._config.database.describe(),
-                server=self._server,
-                size_bytes=manifest.size_bytes,
-                sha256=manifest.sha256,
-                duration_s=self._since(began),
-                verification=verification,
-                warning=warning,
-            )
-            self.outbox.add(
-                dataclasses.replace(manifest, verified=verified),
-                facts,
-                made.sql_bytes,
-                warning,
-                made.sent_early,
-                spooled=not kept,
-            )
-        except StateError as error:
-            # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
-            # The files stay, and the next start reads them back into the catalogue.
-            errors.append(
-                "the backup was made but could not be recorded, so it is not sent to Telegram: "
-                f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
-                "and sends it at its next start once the state file can be written"
-            )
-            self._report_failure(bot, errors[-1], bound)
-            delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
-        else:
+        facts = self._queue(bot, made, began, errors, bound)
+        verified = None
+        if self._config.backup.verify_after:
+            verified, verification = self._verify(manifest, bound, stop, errors)
+            if verified is not None and facts is not None:
+                self._record_verified(
+                    manifest.name,
+                    verified,
+                    dataclasses.replace(facts, duration_s=self._since(began), verification=verification),
+                    errors,
+                    bound,
+                )
+        if facts is not None:
             delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
+        else:
+            delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
         return BackupResult(
             **base,
             duration_s=self._since(began),
@@ -398,9 +377,60 @@ class Backup:
             delivery=delivery,
             message_id=message_id,
             pin_error=pin_error,
-            warning=warning,
+            warning=facts.warning if facts is not None else None,
             error="; ".join(errors) or None,
         )
+
+    def _queue(
+        self, bot: BotApi | None, made: _Made, began: float, errors: list[str], bound: Any
+    ) -> messages.BackupFacts | None:
+        """Judge the dump's size, then put the backup in the catalogue (and the outbox). Return what its
+        captions say, or None when it could not be recorded (the reason added to `errors`)."""
+        try:
+            warning = self._shrink_warning(made)
+            if warning:
+                bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
+            facts = messages.BackupFacts(
+                file=made.manifest.name,
+                database=self._config.database.describe(),
+                server=self._server,
+                size_bytes=made.manifest.size_bytes,
+                sha256=made.manifest.sha256,
+                duration_s=self._since(began),
+                warning=warning,
+            )
+            self.outbox.add(
+                made.manifest,
+                facts,
+                made.sql_bytes,
+                warning,
+                made.sent_early,
+                spooled=not self._config.backup.keep_local,
+            )
+        except StateError as error:
+            # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
+            # The files stay, and the next start reads them back into the catalogue.
+            errors.append(
+                "the backup was made but could not be recorded, so it is not sent to Telegram: "
+                f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
+                "and sends it at its next start once the state file can be written"
+            )
+            self._report_failure(bot, errors[-1], bound)
+            return None
+        return facts
+
+    def _record_verified(
+        self, name: str, verified: bool, facts: messages.BackupFacts, errors: list[str], bound: Any
+    ) -> None:
+        """Put the verification's result in the queued backup's captions and manifest."""
+        try:
+            self.store.record_verified(name, verified, facts.__dict__)
+        except StateError as error:
+            errors.append(
+                "the verification's result could not be recorded, so the captions do not say it: "
+                f"{self._text(error)}"
+            )
+            bound.error("Could not record the verification's result", file=name, error=errors[-1])
 
     def _shrink_warning(self, made: _Made) -> str | None:
         """Say so when the dump is empty, or far smaller than the previous one of the same database."""
@@ -419,19 +449,32 @@ class Backup:
             )
         return None
 
-    def _verify(self, manifest: Manifest, bound: Any) -> tuple[bool, str]:
+    def _verify(
+        self, manifest: Manifest, bound: Any, stop: Stop, errors: list[str]
+    ) -> tuple[bool | None, str | None]:
+        """Restore the backup into a scratch database: (whether it restored, what its captions say), or
+        (None, None) when tgbackupd stopped meanwhile. What goes wrong is added to `errors`."""
         bound.info(f"Verifying backup: {manifest.name}", file=manifest.name)
         quiet = Progress(io.StringIO())  # inside the daemon, the log reports instead
+
+        def left_behind(problem: str) -> None:
+            errors.append(self._text(problem))
+            bound.error("The verification's scratch database was left behind", error=errors[-1])
+
         try:
             if self._config.backup.keep_local:
                 checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
             else:
                 spooled = spooled_parts(self._directory.path, manifest)
                 checked = restore.from_parts(manifest, spooled, quiet)
-            report = restore.verify(self._config.database, checked, quiet)
+            report = restore.verify(self._config.database, checked, quiet, stop, left_behind)
+        except Cancelled:
+            bound.warning("Backup verification stopped because tgbackupd is stopping", file=manifest.name)
+            return None, None
         except TgbackupdError as error:
             reason = self._text(error)
             bound.error("Backup verification failed", file=manifest.name, error=reason)
+            errors.append(f"verification failed: {reason}")
             return False, f"NOT VERIFIED: {reason}"[:300]
         bound.info("Backup verified", file=manifest.name, tables=len(report.tables), rows=report.rows)
         return True, report.summary()
@@ -450,6 +493,8 @@ class Backup:
             return DeliveryState.LOCAL_ONLY, None, None
         bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=name)
         try:
+            if self.cancel.is_set():  # stopped during the verification: the backup waits in the outbox
+                raise Cancelled("tgbackupd is stopping")
             drained = self.outbox.drain(bot, self.cancel, wait_s=DELIVERY_WAIT_S)
             delivery, entry, why = delivery_text(self.store, name)
         except Cancelled:

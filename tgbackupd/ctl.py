@@ -398,11 +398,15 @@ def _verify(args: argparse.Namespace) -> int:
     server = _target(args, config)
     with _workdir(args) as workdir:
         backup = _fetch(args, config, workdir, progress)
-        report = restore.verify(server, backup, progress)
+        report = restore.verify(server, backup, progress, on_left_behind=_warn)
     for table, rows in report.tables:
         print(f"{table:<60} {rows:>12}")
     print(f"{backup.name}: {report.summary()}")
     return 0
+
+
+def _warn(problem: str) -> None:
+    print(f"tgbackupctl: {scrub(problem, _secrets_in_environment())}", file=sys.stderr)
 
 
 def _secrets_in_environment() -> list[str]:

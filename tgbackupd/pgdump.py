@@ -5,7 +5,6 @@ import contextlib
 import fcntl
 import os
 import re
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -13,11 +12,10 @@ from collections.abc import Iterator, Mapping
 from .config import DatabaseConfig
 from .errors import DumpError
 from .libpq import build_environment, conninfo
-from .stopping import Stop, Watch
+from .stopping import TERMINATE_GRACE_S, Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
 PIPE_BYTES = 1024 * 1024
-_TERMINATE_GRACE_S = 5.0
 
 
 def build_command(database: DatabaseConfig) -> tuple[str, ...]:
@@ -133,20 +131,9 @@ class DumpProcess:
             raise DumpError(f"pg_dump {how}: {detail}")
 
     def terminate(self) -> None:
-        """Stop pg_dump now (SIGTERM, then SIGKILL if it lingers) and reap it. The signals go to its whole
-        process group (its own session): a wrapper script's children would otherwise keep the pipe open."""
-        if self._process.poll() is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self._process.wait(_TERMINATE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
-                self._process.wait()
-        self._stderr_reader.join(_TERMINATE_GRACE_S)
-
-    def _signal_group(self, signum: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-            os.killpg(self._process.pid, signum)
+        """Stop pg_dump now (SIGTERM, then SIGKILL if it lingers) and reap it."""
+        end(self._process)
+        self._stderr_reader.join(TERMINATE_GRACE_S)
 
     def close(self) -> None:
         if self._watch is not None:

@@ -399,6 +399,14 @@ class StateStore:
             )
             connection.execute("DELETE FROM outbox WHERE backup = ?", (manifest.name,))
 
+    def record_verified(self, name: str, verified: bool, facts: dict[str, Any]) -> None:
+        """What the verification of a backup waiting in the outbox came to, and its captions' facts now."""
+        with self._writing(f"record the verification of {name}") as connection:
+            connection.execute(
+                "UPDATE backups SET verified = ?, facts = ? WHERE name = ?",
+                (int(verified), json.dumps(facts), name),
+            )
+
     def record_postponed(self, name: str, attempts: int, next_attempt_at: str, error: str) -> None:
         with self._writing(f"record that {name} waits for another attempt") as connection:
             connection.execute(

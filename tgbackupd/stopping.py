@@ -2,13 +2,19 @@
 deadline (backup.timeout). The programs a job runs (pg_dump, psql) are ended as soon as either happens,
 also while they print nothing, as a pg_dump waiting for a lock does."""
 
+import contextlib
+import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from .clock import Clock
 from .errors import Cancelled, TgbackupdError, TimedOut
 
 WATCH_INTERVAL_S = 0.2
+TERMINATE_GRACE_S = 5.0
 
 
 def duration_text(seconds: float) -> str:
@@ -74,3 +80,21 @@ class Watch:
     def close(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+def end(process: subprocess.Popen[Any]) -> None:
+    """End a program started in its own session (SIGTERM, then SIGKILL if it lingers) and reap it. The
+    signals go to its whole process group: a wrapper script's children would otherwise keep its pipes
+    open after it is gone."""
+
+    def signal_group(signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.killpg(process.pid, signum)
+
+    if process.poll() is None:
+        signal_group(signal.SIGTERM)
+        try:
+            process.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            signal_group(signal.SIGKILL)
+            process.wait()
