@@ -52,7 +52,9 @@ log = structlog.stdlib.get_logger("tgbackupd.backup")
 class BackupResult:
     """What one backup came to. `delivery` is sent, pending (kept, and sent again later), local_only,
     lost or not_attempted; `message_id` is the manifest's (the pinned message); `verified` is None
-    when verification did not run; `warning` flags a suspicious dump that was kept and sent anyway."""
+    when verification did not run; `warning` flags a suspicious dump that was kept and sent anyway.
+    `delivery_error` is the part of `error` that says why it did not reach the chat: a later delivery
+    takes it out again."""
 
     trigger: str
     database: str
@@ -70,6 +72,7 @@ class BackupResult:
     pin_error: str | None = None
     warning: str | None = None
     error: str | None = None
+    delivery_error: str | None = None
 
     def __post_init__(self) -> None:
         # Status, logs and scripts read `delivery`: a word outside DeliveryState would mislead them all.
@@ -151,27 +154,34 @@ class Backup:
             return dataclasses.replace(result, error="; ".join(filter(None, (result.error, reason))))
         return result
 
-    def redeliver(self) -> None:
-        """Send what waits in the outbox (the daemon calls this when a retry is due)."""
+    def redeliver(self) -> dict[str, Any] | None:
+        """Send what waits in the outbox (the daemon calls this when a retry is due). Return the last
+        backup's result as recorded now when something was sent (it may be that backup, now sent)."""
         bot = self._bot_factory(self._config, self.cancel)
         if bot is None:
-            return
+            return None
         try:
             drained = self.outbox.drain(bot, self.cancel)
         except Cancelled:
             log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
-            return
+            return None
         except StateError as error:
             log.error("Redelivery failed; it is tried again later", error=self._text(error))
-            return
+            return None
         finally:
             bot.close()
         if drained.busy:
             log.info(
                 "Another tgbackupd process is delivering backups; trying again shortly", holder=drained.busy
             )
-        elif drained.sent:
-            self._prune(log)  # what was kept only because it was undelivered may go now
+            return None
+        if not drained.sent:
+            return None
+        self._prune(log)  # what was kept only because it was undelivered may go now
+        try:
+            return self.store.last_result()
+        except StateError:
+            return None  # status keeps what it had; the store's problem is reported where it is used
 
     def clean_up_after_crash(self) -> None:
         """Remove what an interrupted run left behind, unless another process is backing up right now."""
@@ -360,10 +370,12 @@ class Backup:
                     errors,
                     bound,
                 )
+        before_delivery = len(errors)
         if facts is not None:
             delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
         else:
             delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
+        delivery_error = "; ".join(errors[before_delivery:]) or None
         return BackupResult(
             **base,
             duration_s=self._since(began),
@@ -379,6 +391,7 @@ class Backup:
             pin_error=pin_error,
             warning=facts.warning if facts is not None else None,
             error="; ".join(errors) or None,
+            delivery_error=delivery_error,
         )
 
     def _queue(

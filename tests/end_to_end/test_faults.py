@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.botapi import Fault
+from tests.botapi import CHAT_ID, Fault
 from tests.conftest import database_url, psql
 from tests.end_to_end.conftest import assert_no_secret, fake_pg_dump, status, wait_until
 from tests.processes import child_environment
@@ -186,6 +186,30 @@ def test_refusals_say_what_to_fix_and_status_shows_the_backup_waiting(
     assert daemon.stop() == 0
     assert_no_secret(daemon.log_text(), triggered.stderr, human, "987654321:another-fake-token-for-tests")
     assert "another-fake-token" not in daemon.log_text() + triggered.stderr
+
+
+def test_after_a_redelivery_status_shows_the_last_backup_as_sent_not_as_the_failure_it_was(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source)
+    assert daemon.ctl("trigger").returncode == 1
+    failed = status(daemon)["last_backup"]
+    assert failed["delivery"] == "pending" and "add the bot" in failed["error"]
+
+    bot_api.state.kicked_from.clear()
+    wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+
+    sent = (failed["file"], "sent", None, bot_api.documents()[-1].message_id)  # the manifest's message
+    last = status(daemon)["last_backup"]
+    assert (last["file"], last["delivery"], last["error"], last["message_id"]) == sent
+    assert daemon.stop() == 0
+    again = daemon_for(source)  # and as recorded in the state store
+    last = status(again)["last_backup"]
+    assert (last["file"], last["delivery"], last["error"], last["message_id"]) == sent
+    assert "sent to Telegram" in again.ctl("status").stdout
+    assert again.stop() == 0
 
 
 def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(
