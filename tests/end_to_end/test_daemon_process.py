@@ -25,7 +25,7 @@ from tests.conftest import (
     run_tgbackupd,
     telegram_environment,
 )
-from tests.end_to_end.conftest import fake_pg_dump, wait_until
+from tests.end_to_end.conftest import events, fake_pg_dump, wait_until
 from tgbackupd import control
 from tgbackupd.statefile import open_reader
 
@@ -40,10 +40,6 @@ GUIDE_EVENTS = [
     "Backup sent to Telegram successfully",
     "Backup routine completed successfully",
 ]
-
-
-def events(log_text: str) -> list[dict]:
-    return [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
 
 
 def slow_pg_dump(directory: Path, seconds: float) -> Path:

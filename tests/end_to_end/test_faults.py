@@ -1,20 +1,24 @@
 """Fault injection against the real daemon: every fault ends with the backup delivered or a clear alarm
 (log, status, chat when it is reachable), never silence, and the token appears nowhere."""
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.botapi import CHAT_ID, Fault
 from tests.conftest import database_url, psql
-from tests.end_to_end.conftest import assert_no_secret, fake_pg_dump, status, wait_until
+from tests.end_to_end.conftest import assert_no_secret, events, fake_pg_dump, status, wait_until
 from tests.processes import child_environment
 from tgbackupd.statefile import open_reader
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
 
 
 @pytest.mark.parametrize(
@@ -210,6 +214,132 @@ def test_after_a_redelivery_status_shows_the_last_backup_as_sent_not_as_the_fail
     assert (last["file"], last["delivery"], last["error"], last["message_id"]) == sent
     assert "sent to Telegram" in again.ctl("status").stdout
     assert again.stop() == 0
+
+
+def redelivery_attempts(daemon) -> list[dict]:
+    """The outbox's attempts at a waiting backup that failed, as logged: when, and when the next one is."""
+    return [
+        event
+        for event in events(daemon.log_text())
+        if event["event"] == "Failed to send backup to Telegram; it is kept and will be sent again"
+    ]
+
+
+def tries(daemon) -> list[dict]:
+    """Every attempt at sending a backup that waits, however it ends."""
+    return [
+        e for e in events(daemon.log_text()) if e["event"] == "Sending a backup that is waiting for delivery"
+    ]
+
+
+def delays_s(attempts: list[dict]) -> list[float]:
+    """How long each failed attempt waits before the next."""
+    return [
+        (
+            datetime.fromisoformat(event["next_attempt_at"])
+            - datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        ).total_seconds()
+        for event in attempts
+    ]
+
+
+@ROOT_ONLY
+def test_a_full_disk_while_writing_the_manifest_backs_off_instead_of_retrying_every_second(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        bot_api.state.kicked_from.add(CHAT_ID)
+        daemon = daemon_for(
+            source,
+            TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"),
+            TGBACKUPD_TELEGRAM_REDELIVER_MAX_S="60",
+        )
+        assert daemon.ctl("trigger").returncode == 1  # waiting for Telegram
+        subprocess.run(["dd", "if=/dev/zero", f"of={small / 'filler'}", "bs=4k"], capture_output=True)
+        tried_before, failed_before = len(tries(daemon)), len(redelivery_attempts(daemon))
+        bot_api.state.kicked_from.clear()  # the part goes out; the manifest cannot be written
+
+        time.sleep(8)
+
+        assert 1 <= len(tries(daemon)) - tried_before <= 4  # 1, 2, 4 s apart at least: not every second
+        attempts = redelivery_attempts(daemon)[failed_before:]
+        assert attempts and all("No space left on device" in event["error"] for event in attempts)
+        waits = delays_s(attempts)
+        assert all(later > earlier for earlier, later in itertools.pairwise(waits)), waits
+        (waiting,) = status(daemon)["pending"]
+        assert waiting["attempts"] == attempts[-1]["attempts"]
+        assert len(bot_api.documents()) == 1  # the part, once; no manifest yet
+        (small / "filler").unlink()
+        wait_until(lambda: status(daemon)["pending_deliveries"] == 0, timeout=90)
+        assert [d.file_name.endswith(".manifest.json") for d in bot_api.documents()] == [False, True]
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+def test_a_waiting_backup_whose_file_became_shorter_is_not_sent_and_waits_with_the_reason(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=200)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_REDELIVER_MAX_S="60")
+    assert daemon.ctl("trigger").returncode == 1
+    (made,) = (tmp_path / "backups").glob("*.sql.gz")
+    recorded = made.stat().st_size
+    with made.open("r+b") as file:
+        file.truncate(recorded // 2)
+    sent_before = len(bot_api.state.requests)
+    bot_api.state.kicked_from.clear()
+
+    wait_until(lambda: "cut short" in (status(daemon)["pending"][0]["last_error"] or ""))
+    time.sleep(4)
+
+    (waiting,) = status(daemon)["pending"]
+    assert (
+        f"{made} is {recorded // 2} bytes, but was {recorded} when the backup was made"
+        in (waiting["last_error"])
+    )
+    assert not any(r.endswith("/sendDocument") for r in bot_api.state.requests[sent_before:])
+    assert waiting["attempts"] <= 5  # backing off, not retrying every second
+    made.unlink()  # given up, as the reason says: it is lost, and the outbox is free again
+    wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+    listed = json.loads(daemon.ctl("list", "--json").stdout)
+    assert [(row["name"], row["delivery"]) for row in listed] == [(made.name, "lost")]
+    assert daemon.stop() == 0
+
+
+@ROOT_ONLY
+def test_a_waiting_backup_whose_file_system_is_not_mounted_waits_with_the_reason_and_goes_once_it_is_back(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    disk, mount_point = tmp_path / "disk", tmp_path / "backups-mount"
+    disk.mkdir()
+    mount_point.mkdir()
+    subprocess.run(["mount", "--bind", str(disk), str(mount_point)], check=True)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source, TGBACKUPD_BACKUP_DIRECTORY=str(mount_point))
+    assert daemon.ctl("trigger").returncode == 1
+    subprocess.run(["umount", str(mount_point)], check=True)  # as if at boot, before the disk is there
+    bot_api.state.kicked_from.clear()
+
+    wait_until(lambda: "mounted?" in (status(daemon)["pending"][0]["last_error"] or ""))
+
+    (waiting,) = status(daemon)["pending"]
+    assert f"is the file system of {mount_point} mounted?" in waiting["last_error"]
+    assert bot_api.documents() == []
+    subprocess.run(["mount", "--bind", str(disk), str(mount_point)], check=True)
+    try:
+        wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+        assert len(bot_api.documents()) == 2
+        assert json.loads(daemon.ctl("list", "--json").stdout)[0]["delivery"] == "sent"
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(
