@@ -107,7 +107,7 @@ class DumpProcess:
         returncode = self._process.wait()
         self._stderr_reader.join()
         if self._watch is not None:
-            self._watch.close()
+            self._watch.close(failed=returncode != 0)
             if self._watch.reason is not None:
                 raise self._watch.reason
         if returncode != 0:
@@ -137,7 +137,7 @@ class DumpProcess:
 
     def close(self) -> None:
         if self._watch is not None:
-            self._watch.close()
+            self._watch.close(failed=False)
         for stream in (self._process.stdout, self._process.stderr):
             if stream is not None:
                 stream.close()

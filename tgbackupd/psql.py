@@ -32,11 +32,8 @@ def _argv(database: DatabaseConfig, dbname: str | None, *extra: str) -> list[str
 
 
 def _start(argv: list[str], database: DatabaseConfig, **streams: Any) -> subprocess.Popen[Any]:
-    """Start psql in its own session (a Ctrl-C meant for tgbackupd must not end it behind its back)."""
     try:
-        return subprocess.Popen(
-            argv, env=build_environment(database, os.environ), start_new_session=True, **streams
-        )
+        return subprocess.Popen(argv, env=build_environment(database, os.environ), **streams)
     except FileNotFoundError:
         raise RestoreError(
             "psql was not found: install the PostgreSQL client tools (postgresql-client)"
@@ -47,13 +44,13 @@ def _watch(process: subprocess.Popen[Any], stop: Stop | None) -> Watch | None:
     """End psql the moment the job must stop; its server session ends with it or is terminated later."""
     if stop is None:
         return None
-    return Watch(stop, lambda: process.poll() is None, lambda: end(process), "psql was ended")
+    return Watch(stop, lambda: process.poll() is None, lambda: end(process, group=False), "psql was ended")
 
 
-def _stopped(watch: Watch | None) -> None:
-    """Raise why psql was ended, if it was."""
+def _stopped(watch: Watch | None, returncode: int) -> None:
+    """Raise why psql was ended, if the job ended it."""
     if watch is not None:
-        watch.close()
+        watch.close(failed=returncode != 0)
         if watch.reason is not None:
             raise watch.reason
 
@@ -75,14 +72,14 @@ def query(
     try:
         stdout, stderr = process.communicate(timeout=QUERY_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        end(process)
+        end(process, group=False)
         raise RestoreError(
             f"psql had no answer from {dbname or database.name} within {QUERY_TIMEOUT_S} s and was ended"
         ) from None
     finally:
         if process.poll() is None:  # an exception while waiting: never leave psql behind
-            end(process)
-    _stopped(watch)
+            end(process, group=False)
+    _stopped(watch, process.returncode)
     if process.returncode != 0:
         raise RestoreError(f"psql failed on {dbname or database.name}: {stderr.strip()}")
     return [line.split("\t") for line in stdout.splitlines()]
@@ -158,11 +155,11 @@ def restore(
     except BrokenPipeError:
         pass  # psql stopped at an error; its message says which
     except BaseException:
-        end(process)
+        end(process, group=False)
         raise
     returncode = process.wait()
     reader.join()
-    _stopped(watch)
+    _stopped(watch, returncode)
     if returncode != 0:
         detail = "\n".join(tail) or f"psql exited with status {returncode}"
         raise RestoreError(

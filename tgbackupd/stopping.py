@@ -49,14 +49,10 @@ class Stop:
             )
         return None
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; return True at once when tgbackupd is stopping."""
-        return self.cancel.wait(seconds)
-
 
 class Watch:
-    """Ends a running program the moment its job must stop: a thread looks a few times a second. After
-    the program is gone, `reason` says why it was ended (None if it ended by itself)."""
+    """Ends a running program the moment its job must stop: a thread looks a few times a second. Once the
+    program is gone and the watch closed, `reason` says why the job stopped it, if it did."""
 
     def __init__(self, stop: Stop, running: Callable[[], bool], end: Callable[[], None], ended: str) -> None:
         self.reason: TgbackupdError | None = None
@@ -75,26 +71,34 @@ class Watch:
                 self.reason = reason
                 self._end()
                 return
-            self._stop.wait(WATCH_INTERVAL_S)
+            self._done.wait(WATCH_INTERVAL_S)
 
-    def close(self) -> None:
+    def close(self, failed: bool) -> None:
+        """Stop watching. A program that `failed` while its job had to stop was ended for that reason
+        too, also if someone else was first: under systemd, stopping signals every process of the
+        service at once."""
         self._done.set()
         self._thread.join()
+        if self.reason is None and failed:
+            self.reason = self._stop.reason(self._ended)
 
 
-def end(process: subprocess.Popen[Any]) -> None:
-    """End a program started in its own session (SIGTERM, then SIGKILL if it lingers) and reap it. The
-    signals go to its whole process group: a wrapper script's children would otherwise keep its pipes
-    open after it is gone."""
+def end(process: subprocess.Popen[Any], group: bool = True) -> None:
+    """End a program (SIGTERM, then SIGKILL if it lingers) and reap it. With `group`, the signals go to
+    its whole process group (it was started in its own session): a wrapper script's children would
+    otherwise keep its pipes open after it is gone."""
 
-    def signal_group(signum: signal.Signals) -> None:
+    def send(signum: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-            os.killpg(process.pid, signum)
+            if group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
 
     if process.poll() is None:
-        signal_group(signal.SIGTERM)
+        send(signal.SIGTERM)
         try:
             process.wait(TERMINATE_GRACE_S)
         except subprocess.TimeoutExpired:
-            signal_group(signal.SIGKILL)
+            send(signal.SIGKILL)
             process.wait()
