@@ -283,3 +283,20 @@ def test_each_format_has_its_own_default_level(tmp_path, environment, expected):
 def test_a_level_or_format_that_does_not_exist_is_refused(tmp_path, environment, expected):
     found = problems(tmp_path, DATABASE_URL="postgresql://h/db", **environment)
     assert any(expected in problem for problem in found), found
+
+
+def test_the_bounds_of_a_backup_default_to_6_hours_and_5_minutes_and_refuse_zero(tmp_path):
+    config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://h/db"})
+    assert (config.backup.timeout, config.database.lock_wait_timeout) == (21600, 300)
+    assert config.database.maintenance_db == "postgres"
+    found = problems(
+        tmp_path,
+        DATABASE_URL="postgresql://h/db",
+        TGBACKUPD_BACKUP_TIMEOUT="0",
+        TGBACKUPD_DATABASE_LOCK_WAIT_TIMEOUT="0",
+    )
+    assert [problem.split(" (from")[0] for problem in found] == [
+        "database.lock_wait_timeout = '0'",
+        "backup.timeout = '0'",
+    ]
+    assert all("expected a number of seconds from 1 to 86400, got 0" in problem for problem in found)
