@@ -1,4 +1,5 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,6 +72,22 @@ def backup_for(config: Config, **options) -> Backup:
     directory = BackupDirectory(backup.directory, backup.prefix, backup.compression.suffix)
     prepared = prepare_state(config, directory, structlog.get_logger())
     return Backup(config, prepared.store, directory, **options)
+
+
+def psql_refusing(directory: Path, refusals: dict[str, str]) -> str:
+    """A PATH whose psql answers as a server that refuses some requests would: each key found in psql's
+    arguments makes it fail with that error. The rest goes to the real psql and the real server."""
+    directory.mkdir(exist_ok=True)
+    cases = "".join(
+        f"  *'{wanted}'*) echo 'psql: error: {error}' >&2; exit 1;;\n" for wanted, error in refusals.items()
+    )
+    script = directory / "psql"
+    script.write_text(f'#!/bin/sh\ncase "$*" in\n{cases}esac\nexec {shutil.which("psql")} "$@"\n')
+    script.chmod(0o755)
+    return f"{directory}:{child_environment()['PATH']}"
+
+
+POSTGRES_12 = {"WITH (FORCE)": 'ERROR:  syntax error at or near "WITH"'}
 
 
 def database_url(dbname: str) -> str:

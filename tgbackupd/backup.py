@@ -28,6 +28,7 @@ from .progress import Progress
 from .redaction import scrub
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
+from .stopping import Stop
 from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi, TelegramError
 
@@ -51,7 +52,9 @@ log = structlog.stdlib.get_logger("tgbackupd.backup")
 class BackupResult:
     """What one backup came to. `delivery` is sent, pending (kept, and sent again later), local_only,
     lost or not_attempted; `message_id` is the manifest's (the pinned message); `verified` is None
-    when verification did not run; `warning` flags a suspicious dump that was kept and sent anyway."""
+    when verification did not run; `warning` flags a suspicious dump that was kept and sent anyway.
+    `delivery_error` is the part of `error` that says why it did not reach the chat: a later delivery
+    takes it out again."""
 
     trigger: str
     database: str
@@ -64,11 +67,16 @@ class BackupResult:
     sha256: str | None = None
     parts: int | None = None
     verified: bool | None = None
-    delivery: str = DeliveryState.NOT_ATTEMPTED
+    delivery: DeliveryState = DeliveryState.NOT_ATTEMPTED
     message_id: int | None = None
     pin_error: str | None = None
     warning: str | None = None
     error: str | None = None
+    delivery_error: str | None = None
+
+    def __post_init__(self) -> None:
+        # Status, logs and scripts read `delivery`: a word outside DeliveryState would mislead them all.
+        object.__setattr__(self, "delivery", DeliveryState(self.delivery))
 
     @property
     def succeeded(self) -> bool:
@@ -118,14 +126,15 @@ class Backup:
             "started_at": started.isoformat(timespec="seconds"),
         }
         bot = self._bot_factory(self._config, self.cancel)
+        stop = Stop(self.cancel, self._config.backup.timeout, self._clock)
         try:
             try:
-                made = self._make(started, bound, bot)
+                made = self._make(started, bound, bot, stop)
             except TgbackupdError as error:
                 result = BackupResult(**base, duration_s=self._since(began), error=self._text(error))
                 self._report_failure(bot, result.error or "", bound)
             else:
-                result = self._after_dump(bot, made, base, began, bound)
+                result = self._after_dump(bot, made, base, began, bound, stop)
                 self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
             result = self._record(result, bot, bound)
         finally:
@@ -145,27 +154,34 @@ class Backup:
             return dataclasses.replace(result, error="; ".join(filter(None, (result.error, reason))))
         return result
 
-    def redeliver(self) -> None:
-        """Send what waits in the outbox (the daemon calls this when a retry is due)."""
+    def redeliver(self) -> dict[str, Any] | None:
+        """Send what waits in the outbox (the daemon calls this when a retry is due). Return the last
+        backup's result as recorded now when something was sent (it may be that backup, now sent)."""
         bot = self._bot_factory(self._config, self.cancel)
         if bot is None:
-            return
+            return None
         try:
             drained = self.outbox.drain(bot, self.cancel)
         except Cancelled:
             log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
-            return
+            return None
         except StateError as error:
             log.error("Redelivery failed; it is tried again later", error=self._text(error))
-            return
+            return None
         finally:
             bot.close()
         if drained.busy:
             log.info(
                 "Another tgbackupd process is delivering backups; trying again shortly", holder=drained.busy
             )
-        elif drained.sent:
-            self._prune(log)  # what was kept only because it was undelivered may go now
+            return None
+        if not drained.sent:
+            return None
+        self._prune(log)  # what was kept only because it was undelivered may go now
+        try:
+            return self.store.last_result()
+        except StateError:
+            return None  # status keeps what it had; the store's problem is reported where it is used
 
     def clean_up_after_crash(self) -> None:
         """Remove what an interrupted run left behind, unless another process is backing up right now."""
@@ -198,7 +214,7 @@ class Backup:
     def _text(self, error: BaseException | str) -> str:
         return scrub(str(error), self._config.secrets())
 
-    def _make(self, started: datetime, bound: Any, bot: BotApi | None) -> _Made:
+    def _make(self, started: datetime, bound: Any, bot: BotApi | None, stop: Stop) -> _Made:
         """Dump, compress and put the file in place, hashed in parts as it is written. Raise on any
         failure, having removed what it wrote."""
         self._directory.ensure()
@@ -215,7 +231,7 @@ class Backup:
                 compression_level=self._config.backup.compression_level,
             )
             try:
-                made = self._dump_into(name, started, self._early_uploader(bot, name, bound))
+                made = self._dump_into(name, started, self._early_uploader(bot, name, bound), stop)
             except OSError as error:
                 raise self._write_failed(error) from None
             bound.info(
@@ -257,7 +273,7 @@ class Backup:
             ),
         )
 
-    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None) -> _Made:
+    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None, stop: Stop) -> _Made:
         part_size = self._config.telegram.part_size_bytes
         kept = self._config.backup.keep_local
         with self._directory.new_file(name) if kept else self._directory.new_spool(name) as writer:
@@ -273,12 +289,10 @@ class Backup:
                 backup.compression.compressor(backup.compression_level, backup.compression_threads, digest)
             )
             try:
-                with run_pg_dump(self._config.database) as dump:
+                with run_pg_dump(self._config.database, stop=stop) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
-                        if self.cancel.is_set():
-                            raise Cancelled("the backup was stopped because tgbackupd is stopping")
                         sql.write(chunk)
-                    dump.wait()
+                    dump.wait()  # raises the reason when it was ended: stopping, or backup.timeout
                 sql.close()
             finally:
                 # Before the file is renamed (or removed): the uploads read it under its partial name.
@@ -336,51 +350,32 @@ class Backup:
             )
 
     def _after_dump(
-        self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any
+        self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any, stop: Stop
     ) -> BackupResult:
+        """Queue the backup, then verify it when asked, then deliver it. Queued first, so that a stop or a
+        crash during a long verification leaves it in the outbox rather than nowhere; nothing is sent
+        before the verification's result is in its captions (delivery only starts after it)."""
         manifest = made.manifest
         errors: list[str] = []
-        verified, verification = None, None
-        if self._config.backup.verify_after:
-            verified, verification = self._verify(manifest, bound)
-            if not verified:
-                errors.append(f"verification failed: {verification}")
         kept = self._config.backup.keep_local
-        warning = None
-        try:
-            warning = self._shrink_warning(made)
-            if warning:
-                bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
-            facts = messages.BackupFacts(
-                file=manifest.name,
-                database=self._config.database.describe(),
-                server=self._server,
-                size_bytes=manifest.size_bytes,
-                sha256=manifest.sha256,
-                duration_s=self._since(began),
-                verification=verification,
-                warning=warning,
-            )
-            self.outbox.add(
-                dataclasses.replace(manifest, verified=verified),
-                facts,
-                made.sql_bytes,
-                warning,
-                made.sent_early,
-                spooled=not kept,
-            )
-        except StateError as error:
-            # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
-            # The files stay, and the next start reads them back into the catalogue.
-            errors.append(
-                "the backup was made but could not be recorded, so it is not sent to Telegram: "
-                f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
-                "and sends it at its next start once the state file can be written"
-            )
-            self._report_failure(bot, errors[-1], bound)
-            delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
-        else:
+        facts = self._queue(bot, made, began, errors, bound)
+        verified = None
+        if self._config.backup.verify_after:
+            verified, verification = self._verify(manifest, bound, stop, errors)
+            if verified is not None and facts is not None:
+                self._record_verified(
+                    manifest.name,
+                    verified,
+                    dataclasses.replace(facts, duration_s=self._since(began), verification=verification),
+                    errors,
+                    bound,
+                )
+        before_delivery = len(errors)
+        if facts is not None:
             delivery, message_id, pin_error = self._deliver(bot, manifest.name, errors, bound)
+        else:
+            delivery, message_id, pin_error = DeliveryState.NOT_ATTEMPTED, None, None
+        delivery_error = "; ".join(errors[before_delivery:]) or None
         return BackupResult(
             **base,
             duration_s=self._since(began),
@@ -394,9 +389,61 @@ class Backup:
             delivery=delivery,
             message_id=message_id,
             pin_error=pin_error,
-            warning=warning,
+            warning=facts.warning if facts is not None else None,
             error="; ".join(errors) or None,
+            delivery_error=delivery_error,
         )
+
+    def _queue(
+        self, bot: BotApi | None, made: _Made, began: float, errors: list[str], bound: Any
+    ) -> messages.BackupFacts | None:
+        """Judge the dump's size, then put the backup in the catalogue (and the outbox). Return what its
+        captions say, or None when it could not be recorded (the reason added to `errors`)."""
+        try:
+            warning = self._shrink_warning(made)
+            if warning:
+                bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
+            facts = messages.BackupFacts(
+                file=made.manifest.name,
+                database=self._config.database.describe(),
+                server=self._server,
+                size_bytes=made.manifest.size_bytes,
+                sha256=made.manifest.sha256,
+                duration_s=self._since(began),
+                warning=warning,
+            )
+            self.outbox.add(
+                made.manifest,
+                facts,
+                made.sql_bytes,
+                warning,
+                made.sent_early,
+                spooled=not self._config.backup.keep_local,
+            )
+        except StateError as error:
+            # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
+            # The files stay, and the next start reads them back into the catalogue.
+            errors.append(
+                "the backup was made but could not be recorded, so it is not sent to Telegram: "
+                f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
+                "and sends it at its next start once the state file can be written"
+            )
+            self._report_failure(bot, errors[-1], bound)
+            return None
+        return facts
+
+    def _record_verified(
+        self, name: str, verified: bool, facts: messages.BackupFacts, errors: list[str], bound: Any
+    ) -> None:
+        """Put the verification's result in the queued backup's captions and manifest."""
+        try:
+            self.store.record_verified(name, verified, facts.__dict__)
+        except StateError as error:
+            errors.append(
+                "the verification's result could not be recorded, so the captions do not say it: "
+                f"{self._text(error)}"
+            )
+            bound.error("Could not record the verification's result", file=name, error=errors[-1])
 
     def _shrink_warning(self, made: _Made) -> str | None:
         """Say so when the dump is empty, or far smaller than the previous one of the same database."""
@@ -415,19 +462,32 @@ class Backup:
             )
         return None
 
-    def _verify(self, manifest: Manifest, bound: Any) -> tuple[bool, str]:
+    def _verify(
+        self, manifest: Manifest, bound: Any, stop: Stop, errors: list[str]
+    ) -> tuple[bool | None, str | None]:
+        """Restore the backup into a scratch database: (whether it restored, what its captions say), or
+        (None, None) when tgbackupd stopped meanwhile. What goes wrong is added to `errors`."""
         bound.info(f"Verifying backup: {manifest.name}", file=manifest.name)
         quiet = Progress(io.StringIO())  # inside the daemon, the log reports instead
+
+        def left_behind(problem: str) -> None:
+            errors.append(self._text(problem))
+            bound.error("The verification's scratch database was left behind", error=errors[-1])
+
         try:
             if self._config.backup.keep_local:
                 checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
             else:
                 spooled = spooled_parts(self._directory.path, manifest)
                 checked = restore.from_parts(manifest, spooled, quiet)
-            report = restore.verify(self._config.database, checked, quiet)
+            report = restore.verify(self._config.database, checked, quiet, stop, left_behind)
+        except Cancelled:
+            bound.warning("Backup verification stopped because tgbackupd is stopping", file=manifest.name)
+            return None, None
         except TgbackupdError as error:
             reason = self._text(error)
             bound.error("Backup verification failed", file=manifest.name, error=reason)
+            errors.append(f"verification failed: {reason}")
             return False, f"NOT VERIFIED: {reason}"[:300]
         bound.info("Backup verified", file=manifest.name, tables=len(report.tables), rows=report.rows)
         return True, report.summary()
@@ -446,6 +506,8 @@ class Backup:
             return DeliveryState.LOCAL_ONLY, None, None
         bound.info(f"Sending backup to Telegram chat: {chat_id}", chat_id=chat_id, file=name)
         try:
+            if self.cancel.is_set():  # stopped during the verification: the backup waits in the outbox
+                raise Cancelled("tgbackupd is stopping")
             drained = self.outbox.drain(bot, self.cancel, wait_s=DELIVERY_WAIT_S)
             delivery, entry, why = delivery_text(self.store, name)
         except Cancelled:

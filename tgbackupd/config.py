@@ -164,6 +164,10 @@ def _group(value: Any, from_env: bool) -> int | None:
         ) from None
 
 
+def _maintenance_db(value: Any, from_env: bool) -> str:
+    return _text(value, from_env) or "postgres"
+
+
 def _database_url(value: Any, from_env: bool) -> str | None:
     url = _text(value, from_env)
     if url is not None:
@@ -190,6 +194,8 @@ KEYS = (
     _Key("database", "password", _text, legacy_env=("PGPASSWORD",), secret=True),
     _Key("database", "name", _text, legacy_env=("PGDATABASE",)),
     _Key("database", "pg_dump", _text, "pg_dump"),
+    _Key("database", "lock_wait_timeout", _integer(1, 86400, "a number of seconds"), 300),
+    _Key("database", "maintenance_db", _maintenance_db, "postgres"),
     _Key("backup", "enabled", _boolean, True, legacy_env=("BACKUP_ENABLED",)),
     _Key("backup", "hour", _integer(0, 23, "an hour"), 3, legacy_env=("BACKUP_HOUR",)),
     _Key("backup", "minute", _integer(0, 59, "a minute"), 0),
@@ -203,6 +209,7 @@ KEYS = (
     _Key("backup", "verify_after", _boolean, False),
     _Key("backup", "catch_up", _boolean, True),
     _Key("backup", "catch_up_delay_s", _integer(0, 86400, "a number of seconds"), 60),
+    _Key("backup", "timeout", _integer(1, 86400, "a number of seconds"), 6 * 3600),
     _Key("daemon", "socket", _path),
     _Key("daemon", "control_group", _group),
     _Key("daemon", "state_file", _path),
@@ -253,6 +260,8 @@ class DatabaseConfig:
     password: str | None = field(repr=False)
     options: tuple[tuple[str, str], ...]
     pg_dump: str
+    lock_wait_timeout: int = 300  # seconds pg_dump waits for a table's lock before it gives up
+    maintenance_db: str = "postgres"  # where scratch databases are created and dropped
 
     def describe(self) -> str:
         """Say which database this is, for people: `mydb on 127.0.0.1:5432`."""
@@ -277,6 +286,7 @@ class BackupConfig:
     verify_after: bool
     catch_up: bool
     catch_up_delay_s: int
+    timeout: int  # seconds a backup may take before its dump or verification is ended
 
     @property
     def keep_local(self) -> bool:
@@ -347,6 +357,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             verify_after=values["backup.verify_after"],
             catch_up=values["backup.catch_up"],
             catch_up_delay_s=values["backup.catch_up_delay_s"],
+            timeout=values["backup.timeout"],
         ),
         daemon=DaemonConfig(
             socket=_socket(values, environ),
@@ -675,6 +686,8 @@ def _resolve_database(values: dict[str, Any], problems: list[str], required: boo
         password=parts.get("password"),
         options=parts["options"],
         pg_dump=values["database.pg_dump"],
+        lock_wait_timeout=values["database.lock_wait_timeout"],
+        maintenance_db=values["database.maintenance_db"],
     )
 
 
@@ -718,6 +731,8 @@ def effective_config(config: Config) -> dict[str, Any]:
             "password": REDACTED if database.password else None,
             "name": database.name,
             "pg_dump": database.pg_dump,
+            "lock_wait_timeout": database.lock_wait_timeout,
+            "maintenance_db": database.maintenance_db,
         },
         "backup": {
             "enabled": config.backup.enabled,
@@ -733,6 +748,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "verify_after": config.backup.verify_after,
             "catch_up": config.backup.catch_up,
             "catch_up_delay_s": config.backup.catch_up_delay_s,
+            "timeout": config.backup.timeout,
         },
         "daemon": {
             "socket": str(config.daemon.socket),

@@ -475,7 +475,7 @@ def _verify(args: argparse.Namespace) -> int:
     server = _target(args, config)
     with _workdir(args) as workdir:
         backup = _fetch(args, config, workdir, progress)
-        report = restore.verify(server, backup, progress)
+        report = restore.verify(server, backup, progress, on_left_behind=_warn)
     for table, rows in report.tables:
         print(f"{table:<60} {rows:>12}")
     print(f"{backup.name}: {report.summary()}")
@@ -490,6 +490,10 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     with contextlib.suppress(TgbackupdError):
         secrets += _client_config(args).secrets()
     return secrets
+
+
+def _warn(problem: str) -> None:
+    print(f"tgbackupctl: {scrub(problem, secrets_in_environment(os.environ))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

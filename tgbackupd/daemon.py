@@ -19,7 +19,7 @@ from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
-from .runner import BackupBusy, BackupRunner
+from .runner import BackupBusy, BackupRunner, RunningBackup
 from .scheduling import DailySchedule, missed_run
 from .state import StateStore
 from .states import Trigger
@@ -93,20 +93,49 @@ class Daemon:
         return self._schedule.next_run if self._schedule else None
 
     def _run_scheduled(self) -> None:
+        backup = self._config.backup
+        last_attempt = self._last_attempt()
+        now = self._clock.now()
+        if last_attempt is not None and missed_run(now, backup.hour, backup.minute, last_attempt) is None:
+            # Only on the night the clocks go back, after a restart: the scheduled time comes twice.
+            log.info(
+                "Scheduled backup skipped: a backup was made at this time already, before the clocks "
+                "went back",
+                last_attempt=last_attempt.isoformat(timespec="seconds"),
+            )
+            return
         self._start(Trigger.SCHEDULED)
+
+    def _last_attempt(self) -> datetime | None:
+        last = self._runner.last_backup
+        try:
+            return datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
+        except (TypeError, ValueError):
+            return None  # a state file from elsewhere: nothing to compare with
 
     def _start(self, trigger: Trigger) -> None:
         """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
         try:
             self._runner.start(trigger)
-        except BackupBusy as error:
+        except BackupBusy:
             current = self._runner.current
             if current is not None and current.trigger == Trigger.REDELIVERY:
                 self._deferred = trigger
             else:
-                log.warning("Scheduled backup skipped: a backup is already running", error=str(error))
+                self._report_skipped(trigger, current)
         except TgbackupdError as error:
             log.warning("Scheduled backup not started", error=str(error))
+
+    def _report_skipped(self, trigger: Trigger, running: RunningBackup | None) -> None:
+        """A night without its backup is a failure someone must hear of: logged as an error, and told to
+        the chat from a thread of its own (the main loop must go on pinging the watchdog meanwhile)."""
+        what = f"a {running.trigger} backup started {running.started_at}" if running else "another backup"
+        problem = (
+            f"the {trigger} backup did not start because {what} was still running, so none was made "
+            "for this time; if that one fails, make one with `tgbackupctl trigger --wait`"
+        )
+        log.error("Scheduled backup skipped: a backup is already running", trigger=trigger, error=problem)
+        threading.Thread(target=self._backup.tell_chat, args=(problem,), name="notice", daemon=True).start()
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; return the exit status."""
@@ -145,13 +174,7 @@ class Daemon:
         backup = self._config.backup
         if not (backup.enabled and backup.catch_up):
             return
-        last = self._runner.last_backup
-        try:
-            last_attempt = (
-                datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
-            )
-        except (TypeError, ValueError):
-            last_attempt = None  # a state file from elsewhere: nothing to compare with
+        last_attempt = self._last_attempt()
         missed = missed_run(self._clock.now(), backup.hour, backup.minute, last_attempt)
         if missed is not None:
             log.warning(

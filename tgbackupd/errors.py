@@ -42,3 +42,9 @@ class RestoreError(TgbackupdError):
     """A backup could not be fetched, checked or restored; nothing was changed unless the message says so."""
 
     exit_code = os.EX_DATAERR
+
+
+class TimedOut(TgbackupdError):
+    """The backup ran past backup.timeout, and what it was running was ended."""
+
+    exit_code = os.EX_TEMPFAIL

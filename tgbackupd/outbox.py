@@ -186,6 +186,16 @@ class Outbox:
             if entry.spooled:
                 self._directory.remove_spooled(name)
             return self._lose(name, f"{missing} was removed before it could be sent", bound)
+        resized = self._directory.first_resized(manifest, entry.spooled)
+        if resized is not None:
+            path, size, recorded = resized
+            return self._postpone(
+                entry,
+                f"{path} is {size} bytes, but was {recorded} when the backup was made: it was cut short or "
+                "replaced, so nothing of it is sent (its parts would not match their SHA-256). Put the "
+                "right file back; or remove it, which gives this backup up and lets the newer ones go",
+                bound,
+            )
         attempts = entry.attempts + 1
         if attempts > 1:
             bound.info("Sending a backup that is waiting for delivery", attempt=attempts)

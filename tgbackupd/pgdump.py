@@ -12,22 +12,25 @@ from collections.abc import Iterator, Mapping
 from .config import DatabaseConfig
 from .errors import DumpError
 from .libpq import build_environment, client_environment, conninfo
+from .stopping import TERMINATE_GRACE_S, Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
 PIPE_BYTES = 1024 * 1024
-_TERMINATE_GRACE_S = 5.0
 
 
 def build_command(database: DatabaseConfig) -> tuple[str, ...]:
     """Return pg_dump's argv for a plain-SQL dump on standard output, as the original restore steps expect.
     Without owners and privileges, so that it restores into any database as any user: on a new machine
-    the original roles may not exist."""
+    the original roles may not exist. A table it cannot lock within database.lock_wait_timeout fails the
+    dump, instead of leaving it (and every session queued behind its lock request) waiting for as long as
+    an ALTER TABLE or a VACUUM FULL runs; in milliseconds, which every pg_dump understands."""
     return (
         database.pg_dump,
         "--format=plain",
         "--no-owner",
         "--no-privileges",
         "--no-password",
+        f"--lock-wait-timeout={database.lock_wait_timeout * 1000}",
         f"--dbname={conninfo(database)}",
     )
 
@@ -52,9 +55,10 @@ def pg_dump_major(program: str) -> tuple[int, str]:
 
 
 class DumpProcess:
-    """A running pg_dump whose standard output is read in chunks; keeps the tail of its standard error."""
+    """A running pg_dump whose standard output is read in chunks; keeps the tail of its standard error.
+    With a `stop`, it is ended the moment the backup must stop, whether or not it is printing."""
 
-    def __init__(self, argv: tuple[str, ...], environment: dict[str, str]) -> None:
+    def __init__(self, argv: tuple[str, ...], environment: dict[str, str], stop: Stop | None = None) -> None:
         self._program = argv[0]
         try:
             # Its own session: a Ctrl-C meant for tgbackupd must not kill pg_dump behind our back.
@@ -81,6 +85,16 @@ class DumpProcess:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_reader = threading.Thread(target=self._read_stderr, name="pg_dump-stderr", daemon=True)
         self._stderr_reader.start()
+        self._watch = (
+            Watch(
+                stop,
+                lambda: self._process.poll() is None,
+                self.terminate,
+                "pg_dump was ended and the unfinished file removed",
+            )
+            if stop is not None
+            else None
+        )
 
     def _read_stderr(self) -> None:
         assert self._process.stderr is not None
@@ -97,12 +111,22 @@ class DumpProcess:
         """Wait for pg_dump to end. Raise DumpError carrying its own error output if it failed."""
         returncode = self._process.wait()
         self._stderr_reader.join()
+        if self._watch is not None:
+            self._watch.close(failed=returncode != 0)
+            if self._watch.reason is not None:
+                raise self._watch.reason
         if returncode != 0:
             detail = "\n".join(self._stderr_tail) or "it printed nothing"
             if "server version mismatch" in detail:
                 detail += (
                     f"\n{self._program} is older than the server: install the client of the server's major "
                     "version (postgresql-client-NN) and point database.pg_dump at its pg_dump"
+                )
+            if "statement timeout" in detail and "LOCK TABLE" in detail:
+                detail += (
+                    "\npg_dump could not lock a table within database.lock_wait_timeout: another session "
+                    "holds a conflicting lock (ALTER TABLE, VACUUM FULL, …; see pg_locks and "
+                    "pg_stat_activity). Find that session, or raise database.lock_wait_timeout"
                 )
             how = (
                 f"was killed by signal {-returncode}"
@@ -113,16 +137,12 @@ class DumpProcess:
 
     def terminate(self) -> None:
         """Stop pg_dump now (SIGTERM, then SIGKILL if it lingers) and reap it."""
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(_TERMINATE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._stderr_reader.join(_TERMINATE_GRACE_S)
+        end(self._process)
+        self._stderr_reader.join(TERMINATE_GRACE_S)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close(failed=False)
         for stream in (self._process.stdout, self._process.stderr):
             if stream is not None:
                 stream.close()
@@ -130,10 +150,11 @@ class DumpProcess:
 
 @contextlib.contextmanager
 def run_pg_dump(
-    database: DatabaseConfig, base_environment: Mapping[str, str] = os.environ
+    database: DatabaseConfig, base_environment: Mapping[str, str] = os.environ, stop: Stop | None = None
 ) -> Iterator[DumpProcess]:
-    """Start pg_dump for the database; on leaving early (an error, a cancel) it is stopped and reaped."""
-    process = DumpProcess(build_command(database), build_environment(database, base_environment))
+    """Start pg_dump for the database; on leaving early (an error, a cancel) it is stopped and reaped.
+    With a `stop`, it is ended when the backup must stop, and `wait` raises that reason."""
+    process = DumpProcess(build_command(database), build_environment(database, base_environment), stop)
     try:
         yield process
     finally:

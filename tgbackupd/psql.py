@@ -5,12 +5,15 @@ import os
 import subprocess
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from .config import DatabaseConfig
 from .errors import RestoreError
 from .libpq import build_environment, conninfo
+from .stopping import Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
+QUERY_TIMEOUT_S = 3600
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
@@ -28,24 +31,58 @@ def _argv(database: DatabaseConfig, dbname: str | None, *extra: str) -> list[str
     ]
 
 
-def query(database: DatabaseConfig, sql: str, dbname: str | None = None) -> list[list[str]]:
-    """Run SQL and return its rows as lists of text. Raise RestoreError with psql's message if it fails."""
+def _start(argv: list[str], database: DatabaseConfig, **streams: Any) -> subprocess.Popen[Any]:
     try:
-        completed = subprocess.run(
-            _argv(database, dbname, "-At", "-F", "\t", "-c", sql),
-            capture_output=True,
-            text=True,
-            env=build_environment(database, os.environ),
-            check=False,
-            timeout=3600,
-        )
+        return subprocess.Popen(argv, env=build_environment(database, os.environ), **streams)
     except FileNotFoundError:
         raise RestoreError(
             "psql was not found: install the PostgreSQL client tools (postgresql-client)"
         ) from None
-    if completed.returncode != 0:
-        raise RestoreError(f"psql failed on {dbname or database.name}: {completed.stderr.strip()}")
-    return [line.split("\t") for line in completed.stdout.splitlines()]
+
+
+def _watch(process: subprocess.Popen[Any], stop: Stop | None) -> Watch | None:
+    """End psql the moment the job must stop; its server session ends with it or is terminated later."""
+    if stop is None:
+        return None
+    return Watch(stop, lambda: process.poll() is None, lambda: end(process, group=False), "psql was ended")
+
+
+def _stopped(watch: Watch | None, returncode: int) -> None:
+    """Raise why psql was ended, if the job ended it."""
+    if watch is not None:
+        watch.close(failed=returncode != 0)
+        if watch.reason is not None:
+            raise watch.reason
+
+
+def query(
+    database: DatabaseConfig, sql: str, dbname: str | None = None, stop: Stop | None = None
+) -> list[list[str]]:
+    """Run SQL and return its rows as lists of text. Raise RestoreError with psql's message if it fails,
+    and the reason if `stop` ended it."""
+    process = _start(
+        _argv(database, dbname, "-At", "-F", "\t", "-c", sql),
+        database,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watch = _watch(process, stop)
+    try:
+        stdout, stderr = process.communicate(timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        end(process, group=False)
+        raise RestoreError(
+            f"psql had no answer from {dbname or database.name} within {QUERY_TIMEOUT_S} s and was ended"
+        ) from None
+    finally:
+        if process.poll() is None:  # an exception while waiting: never leave psql behind
+            end(process, group=False)
+    _stopped(watch, process.returncode)
+    if process.returncode != 0:
+        raise RestoreError(f"psql failed on {dbname or database.name}: {stderr.strip()}")
+    return [line.split("\t") for line in stdout.splitlines()]
 
 
 def user_relations(database: DatabaseConfig) -> int:
@@ -69,7 +106,9 @@ CLEAN_SQL = (
 )
 
 
-def table_row_counts(database: DatabaseConfig, dbname: str) -> list[tuple[str, int]]:
+def table_row_counts(
+    database: DatabaseConfig, dbname: str, stop: Stop | None = None
+) -> list[tuple[str, int]]:
     """Every table of the database with its exact number of rows."""
     rows = query(
         database,
@@ -78,25 +117,25 @@ def table_row_counts(database: DatabaseConfig, dbname: str) -> list[tuple[str, i
         "table_name), false, true, '')))[1]::text FROM information_schema.tables "
         f"WHERE table_type = 'BASE TABLE' AND table_schema NOT IN {_SYSTEM_SCHEMAS} ORDER BY 1",
         dbname,
+        stop,
     )
     return [(name, int(count)) for name, count in rows]
 
 
-def restore(database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None) -> int:
+def restore(
+    database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None, stop: Stop | None = None
+) -> int:
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
-    leaves the database as it was. Return how many bytes of SQL went in."""
-    try:
-        process = subprocess.Popen(
-            _argv(database, dbname, "--single-transaction"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=build_environment(database, os.environ),
-        )
-    except FileNotFoundError:
-        raise RestoreError(
-            "psql was not found: install the PostgreSQL client tools (postgresql-client)"
-        ) from None
+    leaves the database as it was. Return how many bytes of SQL went in. With a `stop`, psql is ended
+    the moment the job must stop (the transaction is then rolled back), and that reason is raised."""
+    process = _start(
+        _argv(database, dbname, "--single-transaction"),
+        database,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    watch = _watch(process, stop)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
 
     def read_stderr() -> None:
@@ -116,11 +155,11 @@ def restore(database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str |
     except BrokenPipeError:
         pass  # psql stopped at an error; its message says which
     except BaseException:
-        process.kill()
-        process.wait()
+        end(process, group=False)
         raise
     returncode = process.wait()
     reader.join()
+    _stopped(watch, returncode)
     if returncode != 0:
         detail = "\n".join(tail) or f"psql exited with status {returncode}"
         raise RestoreError(

@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +22,7 @@ from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
 from .progress import Progress
 from .signing import Keyring
+from .stopping import Stop
 from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
@@ -398,17 +399,47 @@ class VerifyReport:
         return f"verified: restored into a scratch database, {len(self.tables)} tables, {self.rows} rows"
 
 
-def verify(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> VerifyReport:
-    """Restore into a scratch database created for the purpose and dropped afterwards, whatever happens."""
+def verify(
+    database: DatabaseConfig,
+    backup: CheckedBackup,
+    progress: Progress,
+    stop: Stop | None = None,
+    on_left_behind: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Restore into a scratch database created for the purpose (from database.maintenance_db) and
+    dropped afterwards, whatever happens: also when `stop` ends the restore. A scratch database that
+    cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead."""
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
-    maintenance = "postgres"
-    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=maintenance)
+    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db)
     try:
         progress.start(f"Verifying {backup.name} in scratch database {scratch}", backup.size_bytes)
-        psql.restore(database, sql_chunks(backup, progress), dbname=scratch)
-        tables = psql.table_row_counts(database, scratch)
+        psql.restore(database, sql_chunks(backup, progress), dbname=scratch, stop=stop)
+        tables = psql.table_row_counts(database, scratch, stop=stop)
     finally:
-        psql.query(database, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)', dbname=maintenance)
+        left_behind = _drop_scratch(database, scratch)
+        if left_behind is not None and on_left_behind is not None:
+            on_left_behind(left_behind)
     report = VerifyReport(backup.name, tables)
     progress.finish(f"{backup.name}: {report.summary()}")
     return report
+
+
+def _drop_scratch(database: DatabaseConfig, scratch: str) -> str | None:
+    """Drop the scratch database, ending first the sessions still in it (a restore whose psql was ended
+    may leave its server session running): DROP … WITH (FORCE) would do both, but only from PostgreSQL
+    13 on. Return what went wrong, if it could not be dropped."""
+    maintenance = database.maintenance_db
+    try:
+        psql.query(
+            database,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{scratch}' AND pid <> pg_backend_pid()",
+            dbname=maintenance,
+        )
+        psql.query(database, f'DROP DATABASE IF EXISTS "{scratch}"', dbname=maintenance)
+    except RestoreError as error:
+        return (
+            f"the scratch database {scratch} could not be dropped ({error}); drop it by hand: "
+            f"psql -d {maintenance} -c 'DROP DATABASE \"{scratch}\"'"
+        )
+    return None

@@ -37,7 +37,7 @@ class BackupRunner:
         last_backup: dict[str, Any] | None,
         cancel: threading.Event,
         clock: Clock | None = None,
-        redeliver: Callable[[], None] | None = None,
+        redeliver: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
         self._run_backup = run_backup
         self._redeliver = redeliver
@@ -107,8 +107,14 @@ class BackupRunner:
 
     def _finish_redelivery(self, running: RunningBackup) -> None:
         try:
-            if self._redeliver is not None:
-                self._redeliver()
+            recorded = self._redeliver() if self._redeliver is not None else None
+            last = self.last_backup
+            if (
+                recorded is not None
+                and last is not None
+                and recorded.get("started_at") == last.get("started_at")
+            ):
+                self.last_backup = recorded  # the same backup, delivered now: status says so
         except Exception as error:  # as above: report, and keep serving
             log.exception("Redelivery crashed unexpectedly; please report this", error=type(error).__name__)
         with self._lock:

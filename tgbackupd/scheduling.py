@@ -21,11 +21,22 @@ class DailySchedule:
 
 
 def missed_run(now: datetime, hour: int, minute: int, last_attempt: datetime | None) -> datetime | None:
-    """Return the scheduled time that passed with no backup attempted since (tgbackupd or the host was
-    down then), or None. With no backup ever attempted nothing was missed: a new install waits."""
+    """Return the scheduled time (local wall-clock, naive) that passed with no backup attempted since
+    (tgbackupd or the host was down then), or None. With no backup ever attempted nothing was missed: a
+    new install waits.
+
+    Times are compared on the wall clock, each as it was recorded, since the schedule runs by the wall
+    clock: on the day the clocks go back, a backup at 02:30 summer time is that day's 02:30, though
+    02:30 winter time comes an hour later; on the day they go forward, the 02:30 that never came is due
+    from 03:00 on."""
     if last_attempt is None:
         return None
-    slot = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if slot > now:
-        slot -= timedelta(days=1)
-    return slot if last_attempt < slot else None
+    slot = latest_slot(now, hour, minute)
+    return slot if last_attempt.replace(tzinfo=None) < slot else None
+
+
+def latest_slot(now: datetime, hour: int, minute: int) -> datetime:
+    """The last scheduled wall-clock time at or before `now` (naive: the wall clock has no offset)."""
+    wall = now.replace(tzinfo=None)
+    slot = wall.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return slot if slot <= wall else slot - timedelta(days=1)

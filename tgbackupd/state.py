@@ -432,7 +432,8 @@ class StateStore:
     def record_delivered(
         self, manifest: Manifest, reference: ManifestRef, pin_error: str | None, attempts: int | None = None
     ) -> None:
-        """The backup's parts and manifest are in the chat, as `manifest` says (each part's message)."""
+        """The backup's parts and manifest are in the chat, as `manifest` says (each part's message). When
+        the last result of its database is this backup's, waiting for delivery, it now says sent."""
         with self._writing(f"record {manifest.name} as delivered") as connection:
             previous = manifest.previous
             connection.execute(
@@ -456,6 +457,27 @@ class StateStore:
                 [(part.message_id, part.file_id, manifest.name, part.index) for part in manifest.parts],
             )
             connection.execute("DELETE FROM outbox WHERE backup = ?", (manifest.name,))
+            row = connection.execute(
+                "SELECT result FROM results WHERE database = ?", (manifest.database,)
+            ).fetchone()
+            result = json.loads(row[0]) if row else None
+            if (
+                isinstance(result, dict)
+                and result.get("file") == manifest.name
+                and result.get("delivery") == DeliveryState.PENDING
+            ):
+                connection.execute(
+                    "UPDATE results SET result = ? WHERE database = ?",
+                    (json.dumps(_delivered_result(result, reference, pin_error)), manifest.database),
+                )
+
+    def record_verified(self, name: str, verified: bool, facts: dict[str, Any]) -> None:
+        """What the verification of a backup waiting in the outbox came to, and its captions' facts now."""
+        with self._writing(f"record the verification of {name}") as connection:
+            connection.execute(
+                "UPDATE backups SET verified = ?, facts = ? WHERE name = ?",
+                (int(verified), json.dumps(facts), name),
+            )
 
     def record_postponed(self, name: str, attempts: int, next_attempt_at: str, error: str) -> None:
         with self._writing(f"record that {name} waits for another attempt") as connection:
@@ -663,6 +685,24 @@ class StateStore:
             yield None
         finally:
             os.close(descriptor)
+
+
+def _delivered_result(
+    result: dict[str, Any], reference: ManifestRef, pin_error: str | None
+) -> dict[str, Any]:
+    """A backup's result once a later attempt delivered it: sent, its manifest's message, and its error
+    without the delivery's part (what else went wrong, such as a failed verification, stays)."""
+    error, delivery_error = result.get("error"), result.get("delivery_error")
+    if isinstance(error, str) and isinstance(delivery_error, str) and error.endswith(delivery_error):
+        error = error.removesuffix(delivery_error).removesuffix("; ") or None
+    return {
+        **result,
+        "delivery": DeliveryState.SENT,
+        "message_id": reference.message_id,
+        "pin_error": pin_error,
+        "delivery_error": None,
+        "error": error,
+    }
 
 
 def _insert(connection: sqlite3.Connection, entry: Entry) -> None:

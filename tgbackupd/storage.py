@@ -183,6 +183,27 @@ class BackupDirectory:
                 return path
         return None
 
+    def first_resized(self, manifest: Manifest, spooled: bool) -> tuple[Path, int, int] | None:
+        """A file that a backup's parts not yet sent are read from, whose size is not the one recorded when
+        it was written: (the file, its size now, the size recorded). Such a file would send parts that do
+        not match their SHA-256."""
+        if spooled:
+            expected = [
+                (self.spool_path(manifest.name, part.index), part.size_bytes)
+                for part in manifest.parts
+                if part.message_id is None
+            ]
+        else:
+            expected = [(self.path / manifest.name, manifest.size_bytes)]
+        for path, recorded in expected:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                continue  # missing: first_missing says so
+            if size != recorded:
+                return path, size, recorded
+        return None
+
     def _receipts(self, name: str) -> Path:
         """Where the chat's message of each part of a spooled backup is noted as it is sent: the part's
         file is removed then, so after a lost state file this is what says the part is in the chat."""

@@ -30,6 +30,11 @@ def status(daemon) -> dict:
     return json.loads(completed.stdout)["data"]
 
 
+def events(log_text: str) -> list[dict]:
+    """The daemon's log, one JSON object per event."""
+    return [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
+
+
 def wait_until(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -18,8 +18,17 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
-from tests.conftest import base_environment, run_tgbackupd, telegram_environment
+from tests.conftest import (
+    POSTGRES_12,
+    base_environment,
+    psql,
+    psql_refusing,
+    run_tgbackupd,
+    telegram_environment,
+)
+from tests.end_to_end.conftest import events, fake_pg_dump, wait_until
 from tgbackupd import control, ctl
+from tgbackupd.statefile import open_reader
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 
@@ -32,10 +41,6 @@ GUIDE_EVENTS = [
     "Backup sent to Telegram successfully",
     "Backup routine completed successfully",
 ]
-
-
-def events(log_text: str) -> list[dict]:
-    return [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
 
 
 def slow_pg_dump(directory: Path, seconds: float) -> Path:
@@ -145,6 +150,45 @@ def test_second_trigger_is_told_a_backup_is_running_and_wait_runs_after_it(
     assert daemon.stop() == 0
 
 
+def clock_near_a_minute(seconds_before: int) -> tuple[dict[str, str], int, int]:
+    """A time zone (TZ, offset by whole seconds from UTC) in which the next full minute comes in about
+    `seconds_before` seconds, and that minute's hour and minute: a daily schedule that is due soon."""
+    now = time.time()
+    offset = int(60 - (now + seconds_before) % 60) % 60
+    due = time.gmtime(now + offset + seconds_before + 1)
+    return {"TZ": f"SOON-00:00:{offset:02d}"}, due.tm_hour, due.tm_min
+
+
+def test_a_scheduled_backup_that_cannot_start_because_one_is_running_is_an_error_told_to_the_chat(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    source = make_database(empty=True)
+    zone, hour, minute = clock_near_a_minute(seconds_before=8)
+    environment = base_environment(
+        tmp_path,
+        source,
+        **telegram_environment(bot_api),
+        **zone,
+        BACKUP_HOUR=str(hour),
+        TGBACKUPD_BACKUP_MINUTE=str(minute),
+        TGBACKUPD_DATABASE_PG_DUMP=str(slow_pg_dump(tmp_path, 14)),
+    )
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+    manual = daemon.trigger_in_background()  # still dumping when the scheduled time comes
+
+    deadline = time.monotonic() + 25
+    while not bot_api.messages() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    (notice,) = bot_api.messages()
+    assert "the scheduled backup did not start because a manual backup started" in notice.fields["text"]
+    skipped = [e for e in events(daemon.log_text()) if e["event"].startswith("Scheduled backup skipped")]
+    assert [(e["level"], e["trigger"]) for e in skipped] == [("error", "scheduled")]
+    assert manual.wait(30) == 0
+    assert daemon.stop() == 0
+
+
 def test_sigterm_during_a_dump_ends_pg_dump_and_removes_the_partial_file(
     tmp_path, make_database, start_daemon
 ):
@@ -170,6 +214,43 @@ def test_sigterm_during_a_dump_ends_pg_dump_and_removes_the_partial_file(
     assert subprocess.run(["pgrep", "-f", str(tmp_path / "slow_pg_dump")], check=False).returncode == 1
     _, stderr = trigger.communicate(timeout=10)
     assert trigger.returncode != 0 and "stopping" in stderr
+
+
+def test_sigterm_during_verification_ends_it_drops_the_scratch_database_and_the_queued_backup_goes_out_later(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(empty=True)
+    settings = {
+        "TGBACKUPD_BACKUP_VERIFY_AFTER": "true",
+        # A dump whose restore keeps its server session busy, on a server without DROP … WITH (FORCE).
+        "TGBACKUPD_DATABASE_PG_DUMP": fake_pg_dump(tmp_path, "echo 'SELECT pg_sleep(120);'"),
+        "PATH": psql_refusing(tmp_path / "postgresql-12", POSTGRES_12),
+    }
+    daemon = daemon_for(source, **settings)
+    trigger = daemon.trigger_in_background()
+    restoring = (
+        "SELECT datname FROM pg_stat_activity WHERE datname LIKE 'tgbackupd_verify_%' "
+        "AND query = 'SELECT pg_sleep(120);'"
+    )
+    deadline = time.monotonic() + 20
+    while not (scratch := psql("postgres", restoring)):
+        assert time.monotonic() < deadline, "the verification never started restoring"
+        time.sleep(0.1)
+
+    began = time.monotonic()
+    assert daemon.stop() == 0
+
+    assert time.monotonic() - began < 10
+    assert psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{scratch}'") == "0"
+    (made,) = [p.name for p in (tmp_path / "backups").glob("*.sql.gz")]
+    assert open_reader(tmp_path / "state.db").undelivered() == {made}  # queued before it was verified
+    assert "Backup verification stopped because tgbackupd is stopping" in daemon.log_text()
+    _, stderr = trigger.communicate(timeout=10)
+    assert "stopping" in stderr
+    again = daemon_for(source)
+    wait_until(lambda: len(bot_api.documents()) == 2)
+    assert bot_api.documents()[0].file_name == made
+    assert again.stop() == 0
 
 
 def test_control_socket_survives_garbage_oversized_silent_and_crowds_of_clients(

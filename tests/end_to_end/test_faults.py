@@ -2,6 +2,7 @@
 (log, status, chat when it is reachable), never silence, and the token appears nowhere."""
 
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -9,15 +10,18 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.botapi import Fault
+from tests.botapi import CHAT_ID, Fault
 from tests.conftest import database_url, psql
-from tests.end_to_end.conftest import assert_no_secret, fake_pg_dump, status, wait_until
+from tests.end_to_end.conftest import assert_no_secret, events, fake_pg_dump, status, wait_until
 from tests.processes import child_environment
 from tgbackupd.statefile import open_reader
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mounts)")
 
 
 @pytest.mark.parametrize(
@@ -68,6 +72,30 @@ def test_database_faults_are_logged_told_to_the_chat_and_leave_no_file(
     )
     assert daemon.stop() == 0
     assert_no_secret(daemon.log_text(), triggered.stdout, triggered.stderr, notice.fields["text"])
+
+
+@pytest.mark.parametrize(
+    "script", ["sleep 600; echo 'SELECT 1;'", "exec yes 'SELECT 1;'"], ids=["silent", "streaming-forever"]
+)
+def test_a_dump_past_backup_timeout_is_ended_and_fails_the_backup_with_that_reason_told_to_the_chat(
+    tmp_path, make_database, bot_api, daemon_for, script
+):
+    source = make_database(empty=True)
+    pg_dump = fake_pg_dump(tmp_path, script)
+    daemon = daemon_for(source, TGBACKUPD_DATABASE_PG_DUMP=pg_dump, TGBACKUPD_BACKUP_TIMEOUT="2")
+
+    began = time.monotonic()
+    triggered = daemon.ctl("trigger")
+
+    assert time.monotonic() - began < 15
+    assert triggered.returncode == 1
+    assert "the backup took longer than backup.timeout = 2 s (2s); pg_dump was ended" in triggered.stderr
+    (notice,) = bot_api.messages()
+    assert "took longer than backup.timeout" in notice.fields["text"]
+    assert "took longer than backup.timeout" in status(daemon)["last_backup"]["error"]
+    assert list((tmp_path / "backups").glob("*.gz*")) == []
+    assert subprocess.run(["pgrep", "-f", pg_dump], check=False).returncode == 1  # its children too
+    assert daemon.stop() == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small file system")
@@ -165,6 +193,156 @@ def test_refusals_say_what_to_fix_and_status_shows_the_backup_waiting(
     assert daemon.stop() == 0
     assert_no_secret(daemon.log_text(), triggered.stderr, human, "987654321:another-fake-token-for-tests")
     assert "another-fake-token" not in daemon.log_text() + triggered.stderr
+
+
+def test_after_a_redelivery_status_shows_the_last_backup_as_sent_not_as_the_failure_it_was(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source)
+    assert daemon.ctl("trigger").returncode == 1
+    failed = status(daemon)["last_backup"]
+    assert failed["delivery"] == "pending" and "add the bot" in failed["error"]
+
+    bot_api.state.kicked_from.clear()
+    wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+
+    sent = (failed["file"], "sent", None, bot_api.documents()[-1].message_id)  # the manifest's message
+    last = status(daemon)["last_backup"]
+    assert (last["file"], last["delivery"], last["error"], last["message_id"]) == sent
+    assert daemon.stop() == 0
+    again = daemon_for(source)  # and as recorded in the state store
+    last = status(again)["last_backup"]
+    assert (last["file"], last["delivery"], last["error"], last["message_id"]) == sent
+    assert "sent to Telegram" in again.ctl("status").stdout
+    assert again.stop() == 0
+
+
+def redelivery_attempts(daemon) -> list[dict]:
+    """The outbox's attempts at a waiting backup that failed, as logged: when, and when the next one is."""
+    return [
+        event
+        for event in events(daemon.log_text())
+        if event["event"] == "Failed to send backup to Telegram; it is kept and will be sent again"
+    ]
+
+
+def tries(daemon) -> list[dict]:
+    """Every attempt at sending a backup that waits, however it ends."""
+    return [
+        e for e in events(daemon.log_text()) if e["event"] == "Sending a backup that is waiting for delivery"
+    ]
+
+
+def delays_s(attempts: list[dict]) -> list[float]:
+    """How long each failed attempt waits before the next."""
+    return [
+        (
+            datetime.fromisoformat(event["next_attempt_at"])
+            - datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+        ).total_seconds()
+        for event in attempts
+    ]
+
+
+@ROOT_ONLY
+def test_a_full_disk_while_writing_the_manifest_backs_off_instead_of_retrying_every_second(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        bot_api.state.kicked_from.add(CHAT_ID)
+        daemon = daemon_for(
+            source,
+            TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"),
+            TGBACKUPD_TELEGRAM_REDELIVER_MAX_S="60",
+        )
+        assert daemon.ctl("trigger").returncode == 1  # waiting for Telegram
+        subprocess.run(["dd", "if=/dev/zero", f"of={small / 'filler'}", "bs=4k"], capture_output=True)
+        tried_before, failed_before = len(tries(daemon)), len(redelivery_attempts(daemon))
+        bot_api.state.kicked_from.clear()  # the part goes out; the manifest cannot be written
+
+        time.sleep(8)
+
+        assert 1 <= len(tries(daemon)) - tried_before <= 4  # 1, 2, 4 s apart at least: not every second
+        attempts = redelivery_attempts(daemon)[failed_before:]
+        assert attempts and all("No space left on device" in event["error"] for event in attempts)
+        waits = delays_s(attempts)
+        assert all(later > earlier for earlier, later in itertools.pairwise(waits)), waits
+        (waiting,) = status(daemon)["pending"]
+        assert waiting["attempts"] == attempts[-1]["attempts"]
+        assert len(bot_api.documents()) == 1  # the part, once; no manifest yet
+        (small / "filler").unlink()
+        wait_until(lambda: status(daemon)["pending_deliveries"] == 0, timeout=90)
+        assert [d.file_name.endswith(".manifest.json") for d in bot_api.documents()] == [False, True]
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+
+
+def test_a_waiting_backup_whose_file_became_shorter_is_not_sent_and_waits_with_the_reason(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=200)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source, TGBACKUPD_TELEGRAM_REDELIVER_MAX_S="60")
+    assert daemon.ctl("trigger").returncode == 1
+    (made,) = (tmp_path / "backups").glob("*.sql.gz")
+    recorded = made.stat().st_size
+    with made.open("r+b") as file:
+        file.truncate(recorded // 2)
+    sent_before = len(bot_api.state.requests)
+    bot_api.state.kicked_from.clear()
+
+    wait_until(lambda: "cut short" in (status(daemon)["pending"][0]["last_error"] or ""))
+    time.sleep(4)
+
+    (waiting,) = status(daemon)["pending"]
+    assert (
+        f"{made} is {recorded // 2} bytes, but was {recorded} when the backup was made"
+        in (waiting["last_error"])
+    )
+    assert not any(r.endswith("/sendDocument") for r in bot_api.state.requests[sent_before:])
+    assert waiting["attempts"] <= 5  # backing off, not retrying every second
+    made.unlink()  # given up, as the reason says: it is lost, and the outbox is free again
+    wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+    listed = json.loads(daemon.ctl("list", "--json").stdout)
+    assert [(row["name"], row["delivery"]) for row in listed] == [(made.name, "lost")]
+    assert daemon.stop() == 0
+
+
+@ROOT_ONLY
+def test_a_waiting_backup_whose_file_system_is_not_mounted_waits_with_the_reason_and_goes_once_it_is_back(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=10)
+    disk, mount_point = tmp_path / "disk", tmp_path / "backups-mount"
+    disk.mkdir()
+    mount_point.mkdir()
+    subprocess.run(["mount", "--bind", str(disk), str(mount_point)], check=True)
+    bot_api.state.kicked_from.add(CHAT_ID)
+    daemon = daemon_for(source, TGBACKUPD_BACKUP_DIRECTORY=str(mount_point))
+    assert daemon.ctl("trigger").returncode == 1
+    subprocess.run(["umount", str(mount_point)], check=True)  # as if at boot, before the disk is there
+    bot_api.state.kicked_from.clear()
+
+    wait_until(lambda: "mounted?" in (status(daemon)["pending"][0]["last_error"] or ""))
+
+    (waiting,) = status(daemon)["pending"]
+    assert f"is the file system of {mount_point} mounted?" in waiting["last_error"]
+    assert bot_api.documents() == []
+    subprocess.run(["mount", "--bind", str(disk), str(mount_point)], check=True)
+    try:
+        wait_until(lambda: status(daemon)["pending_deliveries"] == 0)
+        assert len(bot_api.documents()) == 2
+        assert json.loads(daemon.ctl("list", "--json").stdout)[0]["delivery"] == "sent"
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def test_backups_reach_the_chat_in_the_order_they_were_made_after_an_outage(

@@ -19,6 +19,7 @@ from tests.conftest import (
     backup_for,
     base_environment,
     fingerprint,
+    psql,
     psql_command,
     telegram_environment,
 )
@@ -210,6 +211,39 @@ def test_cancelling_mid_dump_stops_pg_dump_and_removes_the_partial_file(tmp_path
     assert list((tmp_path / "backups").glob("*.gz*")) == []
     pid = int((tmp_path / "slow_pg_dump.pid").read_text())
     assert child_state(pid) is None  # ended and reaped: not running on, nor left a zombie
+
+
+def test_a_table_locked_by_another_session_fails_the_dump_after_the_lock_wait_timeout_saying_why(
+    tmp_path, make_database
+):
+    source = make_database(rows=5)
+    holder = subprocess.Popen(
+        [
+            *psql_command(source),
+            "-c",
+            "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        locked = "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass AND granted"
+        deadline = time.monotonic() + 10
+        while psql(source, locked) == "0":
+            assert time.monotonic() < deadline, "the other session never took its lock"
+            time.sleep(0.1)
+        environment = base_environment(tmp_path, source, TGBACKUPD_DATABASE_LOCK_WAIT_TIMEOUT="1")
+
+        began = time.monotonic()
+        result = backup_for(load_config(None, environment)).run("manual")
+
+        assert time.monotonic() - began < 30
+        assert "canceling statement due to statement timeout" in result.error
+        assert "could not lock a table within database.lock_wait_timeout" in result.error
+        assert list((tmp_path / "backups").glob("*.gz*")) == []
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.parametrize("where", ["user info", "query"])

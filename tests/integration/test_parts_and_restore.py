@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -13,12 +14,14 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.conftest import (
+    POSTGRES_12,
     add_noise,
     backup_for,
     base_environment,
     database_url,
     fingerprint,
     psql,
+    psql_refusing,
     run_tgbackupd,
     telegram_environment,
 )
@@ -275,6 +278,48 @@ def test_verify_restores_into_a_scratch_database_and_drops_it(tmp_path, make_dat
     assert "public.customers" in verified.stdout and "40" in verified.stdout
     assert f"{result.file}: verified: restored into a scratch database, 2 tables, 120 rows" in verified.stdout
     assert psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'tgbackupd_verify_%'") == "0"
+
+
+NO_POSTGRES_DATABASE = {"dbname=postgres ": 'FATAL:  database "postgres" does not exist'}
+
+
+@pytest.mark.parametrize(
+    ("refusals", "settings"),
+    [(POSTGRES_12, {}), (NO_POSTGRES_DATABASE, {"TGBACKUPD_DATABASE_MAINTENANCE_DB": "template1"})],
+    ids=["postgresql-12-without-drop-force", "no-postgres-database-and-maintenance_db-set"],
+)
+def test_verify_drops_its_scratch_database_on_an_old_server_and_through_the_configured_maintenance_db(
+    tmp_path, make_database, refusals, settings
+):
+    source = make_database(rows=40)
+    environment = base_environment(tmp_path, source, **settings)
+    backup_for(load_config(None, environment)).run("manual")
+    old_server = {**environment, "PATH": psql_refusing(tmp_path / "old-server", refusals)}
+
+    verified = ctl(old_server, "verify", "latest")
+
+    assert verified.returncode == 0, verified.stderr
+    assert "verified: restored into a scratch database, 2 tables, 120 rows" in verified.stdout
+    scratch = re.search(r"scratch database (tgbackupd_verify_[0-9a-f]+)", verified.stderr)[1]
+    assert psql("postgres", f"SELECT count(*) FROM pg_database WHERE datname = '{scratch}'") == "0"
+
+
+def test_a_scratch_database_that_cannot_be_dropped_is_reported_beside_the_real_error(tmp_path, make_database):
+    broken = tmp_path / "broken.sql.gz"
+    broken.write_bytes(gzip.compress(b"SELECT no_such_function();\n"))
+    environment = base_environment(tmp_path, make_database(empty=True))
+    refusing = {"DROP DATABASE": "ERROR:  must be owner of database"}
+
+    verified = ctl({**environment, "PATH": psql_refusing(tmp_path / "bin", refusing)}, "verify", str(broken))
+
+    left = re.search(
+        r"the scratch database (tgbackupd_verify_[0-9a-f]+) could not be dropped", verified.stderr
+    )
+    assert left, verified.stderr
+    psql("postgres", f"DROP DATABASE {left[1]}")  # as the message says to, by hand
+    assert verified.returncode == 65
+    assert "function no_such_function() does not exist" in verified.stderr  # the real error
+    assert "must be owner of database" in verified.stderr and "drop it by hand" in verified.stderr
 
 
 def test_verify_after_makes_every_backup_say_verified(tmp_path, make_database, bot_api):

@@ -15,6 +15,7 @@ from tgbackupd.control import Peer
 from tgbackupd.outbox import Outbox
 from tgbackupd.runner import BackupRunner
 from tgbackupd.statefile import open_store
+from tgbackupd.states import DeliveryState
 from tgbackupd.storage import BackupDirectory
 
 ROOT = Peer(pid=1, uid=0, gid=0)
@@ -32,7 +33,7 @@ def result(trigger: str, error: str | None = None) -> BackupResult:
         path="/b/shop_backup_20251203_030000.sql.gz",
         size_bytes=2048,
         sha256="ab" * 32,
-        delivery="failed" if error else "sent",
+        delivery=DeliveryState.NOT_ATTEMPTED if error else DeliveryState.SENT,
         message_id=5,
         error=error,
     )

@@ -329,3 +329,20 @@ def test_the_environments_secrets_are_found_under_every_name_without_a_valid_con
     found = secrets_in_environment(environment)
     assert {"in-query", "in-user-info", "tg-pw", "pg-pw", TOKEN} <= set(found)
     assert not any("postgresql://" in secret for secret in found)
+
+
+def test_the_bounds_of_a_backup_default_to_6_hours_and_5_minutes_and_refuse_zero(tmp_path):
+    config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://h/db"})
+    assert (config.backup.timeout, config.database.lock_wait_timeout) == (21600, 300)
+    assert config.database.maintenance_db == "postgres"
+    found = problems(
+        tmp_path,
+        DATABASE_URL="postgresql://h/db",
+        TGBACKUPD_BACKUP_TIMEOUT="0",
+        TGBACKUPD_DATABASE_LOCK_WAIT_TIMEOUT="0",
+    )
+    assert [problem.split(" (from")[0] for problem in found] == [
+        "database.lock_wait_timeout = '0'",
+        "backup.timeout = '0'",
+    ]
+    assert all("expected a number of seconds from 1 to 86400, got 0" in problem for problem in found)

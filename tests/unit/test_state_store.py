@@ -71,6 +71,37 @@ def test_a_backup_goes_in_pending_its_parts_are_recorded_one_by_one_and_it_leave
     assert store.latest_manifest_ref() == ManifestRef(sent.name, 7, "manifest-7")
 
 
+def test_a_delivery_turns_the_last_result_of_that_backup_into_sent_keeping_what_else_failed(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000", parts=1))
+    name = "shop_backup_20251203_030000.sql.gz"
+    verification, delivery = "verification failed: psql failed", "the backup was made but not sent: 403"
+    store.record_result(
+        {
+            "database": "shop",
+            "file": name,
+            "delivery": "pending",
+            "message_id": None,
+            "verified": False,
+            "error": f"{verification}; {delivery}",
+            "delivery_error": delivery,
+        }
+    )
+
+    store.record_delivered(store.entry(name).manifest, ManifestRef(name, 9, "m-9"), pin_error="no right")
+
+    assert store.last_result() == {
+        "database": "shop",
+        "file": name,
+        "delivery": "sent",
+        "message_id": 9,
+        "verified": False,
+        "error": verification,
+        "delivery_error": None,
+        "pin_error": "no right",
+    }
+
+
 def test_the_outbox_is_oldest_first_and_a_postponed_backup_keeps_its_attempts_and_reason(tmp_path):
     store = open_store(tmp_path / "state.db").store
     for stamp in ("20251205_030000", "20251203_030000", "20251204_030000"):
