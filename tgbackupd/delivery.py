@@ -107,10 +107,11 @@ class Delivery:
 
 class EarlyUploader:
     """Sends the parts of a backup that pg_dump is still writing, each once the part after it has begun
-    (so its name and count are settled), so that the upload overlaps the dump. It stops at the first
-    failure and leaves the rest to the outbox; its parts' captions are completed with the manifest.
-    With `max_waiting`, handing over a part waits while that many are queued (the spool stays small);
-    `after_sent` hears of each part that reached the chat."""
+    (so it is known not to be the only one), so that the upload overlaps the dump. The count is not known
+    yet: parts are named for `expected_parts` (the width of their numbers depends on the count). It stops
+    at the first failure and leaves the rest to the outbox; its parts' captions are completed with the
+    manifest. With `max_waiting`, handing over a part waits while that many are queued (the spool stays
+    small); `after_sent` hears of each part that reached the chat."""
 
     def __init__(
         self,
@@ -119,12 +120,14 @@ class EarlyUploader:
         name: str,
         database: str,
         log: Any,
+        expected_parts: int,
         max_waiting: int = 0,
         after_sent: Callable[[int, SentMessage], None] | None = None,
     ) -> None:
         self._bot = bot
         self._chat_id = chat_id
         self._name = name
+        self.expected_parts = max(2, expected_parts)  # a part sent early is never the only one
         self._database = database
         self._log = log
         self._after_sent = after_sent
@@ -150,7 +153,7 @@ class EarlyUploader:
                 part_sha256=sha256,
             )
             try:
-                sent = self._bot.send_document(self._chat_id, piece, part_name(self._name, index, 2), caption)
+                sent = self._bot.send_document(self._chat_id, piece, self.part_name(index), caption)
                 self.sent[index] = sent
                 if self._after_sent is not None:
                     self._after_sent(index, sent)
@@ -162,7 +165,10 @@ class EarlyUploader:
                     "Sending parts during the dump stopped; the outbox sends them after it", error=self.error
                 )
                 continue
-            self._log.info(f"Sent part {index} while the dump goes on", file=part_name(self._name, index, 2))
+            self._log.info(f"Sent part {index} while the dump goes on", file=self.part_name(index))
+
+    def part_name(self, index: int) -> str:
+        return part_name(self._name, index, self.expected_parts)
 
     def finish(self) -> dict[int, SentMessage]:
         """Wait for the parts handed over so far; return what reached the chat, by part number."""

@@ -182,11 +182,13 @@ class Outbox:
             self._store.record_part_sent(name, part.index, part.message_id, part.file_id)
             # Recorded first: a crash in between leaves a file, never a part unaccounted for.
             if entry.spooled:
-                self._directory.spooled_part_sent(name, part.index, part.message_id, part.file_id)
+                self._directory.spooled_part_sent(
+                    name, part.index, len(manifest.parts), part.message_id, part.file_id
+                )
 
         try:
             delivered = Delivery(bot, chat_id, bound).send(
-                lambda part: self._directory.part_slice(name, part, entry.spooled),
+                lambda part: self._directory.part_slice(manifest, part, entry.spooled),
                 manifest,
                 facts,
                 self._directory.path / manifest.file_name,

@@ -15,6 +15,10 @@ from .states import DeliveryState
 from .storage import BackupDirectory, spooled_parts
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Before part numbers were as wide as the count, spooled parts were numbered with three digits whatever the
+# count, which is how part_name numbers 2 parts (`.001` … `.999`, `.1000`): a backup of 1000 parts or
+# more left waiting in the spool by those versions takes today's names when it is read back.
+OLDER_SPOOL_NAMES_FOR = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
 
 
 def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log: Any) -> list[str]:
-    """Record every backup whose manifest is in the directory and not in the catalogue; return their names."""
+    """Record every backup whose manifest is in the directory and not in the catalogue; return their names.
+    The parts of each that wait in the spool under the names of older versions take today's first."""
     known = store.known()
     entries = []
     for path in directory.manifests():
@@ -87,6 +92,15 @@ def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log
         if manifest_name(manifest.name) != path.name:
             log.warning("Skipping a manifest file that describes another backup", path=str(path))
             continue
+        if not directory.has_whole_file(manifest.name):
+            try:
+                directory.rename_spooled(manifest.name, OLDER_SPOOL_NAMES_FOR, len(manifest.parts))
+            except OSError as error:
+                log.warning(
+                    "Could not rename the spooled parts of a backup to today's names",
+                    file=manifest.name,
+                    error=str(error),
+                )
         if manifest.name not in known:
             entries.append(_found(manifest, directory, telegram))
     store.add_many(entries)

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from .errors import StorageError
 from .files import FileSlice, sync_directory
 from .formats import GZIP, SUFFIX_PATTERN, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, Part, manifest_name
+from .manifest import PART_FILE, SUFFIX, Manifest, Part, manifest_name, part_name
 
 _PARTIAL_SUFFIX = ".partial"
 _RECEIPTS_SUFFIX = ".sent"
@@ -36,15 +36,17 @@ def _describe(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def spool_path(directory: Path, name: str, index: int) -> Path:
-    """Where part `index` of a backup that is not kept here waits until it is sent. Named as in the
-    chat, so that a folder of them restores (`tgbackupctl restore DIR`) or joins with `cat`."""
-    return directory / f"{name}.{index:03d}"
+def spool_path(directory: Path, name: str, index: int, count: int) -> Path:
+    """Where part `index` of `count` of a backup that is not kept here waits until it is sent. Named as
+    in the chat (numbered even when it is the only one), so that a folder of them restores
+    (`tgbackupctl restore DIR`) or joins with `cat`."""
+    return directory / part_name(name, index, count, numbered=True)
 
 
 def spooled_parts(directory: Path, manifest: Manifest) -> dict[int, Path]:
     """The parts of a backup not kept here that still wait in the spool, by part number."""
-    located = {part.index: spool_path(directory, manifest.name, part.index) for part in manifest.parts}
+    count = len(manifest.parts)
+    located = {part.index: spool_path(directory, manifest.name, part.index, count) for part in manifest.parts}
     return {index: path for index, path in located.items() if path.is_file()}
 
 
@@ -110,10 +112,9 @@ class BackupDirectory:
             files = (
                 self.path / name,
                 self.path / self._partial_name(name),
-                self.spool_path(name, 1),
                 self.path / manifest_name(name),  # shared by the formats
             )
-            if not any(path.exists() for path in files) and not taken(name):
+            if not any(path.exists() for path in files) and not self._part_files(name) and not taken(name):
                 return name
             when += timedelta(seconds=1)
 
@@ -139,10 +140,11 @@ class BackupDirectory:
             raise
 
     @contextlib.contextmanager
-    def new_spool(self, name: str) -> Iterator["SpoolWriter"]:
+    def new_spool(self, name: str, expected_parts: int) -> Iterator["SpoolWriter"]:
         """Yield a writer for a backup that is not kept here: one file per part, each removed once Telegram
-        has it. On an exception every part file of it is removed."""
-        writer = SpoolWriter(self, name)
+        has it, named for `expected_parts` until the count is known. On an exception every part file of
+        it is removed."""
+        writer = SpoolWriter(self, name, expected_parts)
         try:
             yield writer
             sync_directory(self.path)
@@ -151,14 +153,25 @@ class BackupDirectory:
             self.remove_spooled(name)
             raise
 
-    def spool_path(self, name: str, index: int) -> Path:
-        return spool_path(self.path, name, index)
+    def spool_path(self, name: str, index: int, count: int) -> Path:
+        return spool_path(self.path, name, index, count)
 
-    def part_slice(self, name: str, part: Part, spooled: bool) -> FileSlice:
+    def rename_spooled(self, name: str, named_for: int, count: int) -> None:
+        """Give the parts of backup `name` still in the spool, named for `named_for` parts, the names of
+        `count` parts where the width of their numbers differs (`.999` and `.1000` → `.0999`, `.1000`)."""
+        for index in range(1, count + 1):
+            before, after = self.spool_path(name, index, named_for), self.spool_path(name, index, count)
+            if before != after:
+                with contextlib.suppress(FileNotFoundError):  # sent and removed (or never written)
+                    os.rename(before, after)
+
+    def part_slice(self, manifest: Manifest, part: Part, spooled: bool) -> FileSlice:
         """The bytes of one part: its own file in the spool, or a byte range of the backup file."""
         if spooled:
-            return FileSlice(self.spool_path(name, part.index), 0, part.size_bytes)
-        return FileSlice(self.path / name, part.offset, part.size_bytes)
+            return FileSlice(
+                self.spool_path(manifest.name, part.index, len(manifest.parts)), 0, part.size_bytes
+            )
+        return FileSlice(self.path / manifest.name, part.offset, part.size_bytes)
 
     def first_missing(self, manifest: Manifest, spooled: bool) -> Path | None:
         """A file that a backup's parts not yet sent are read from, and that is gone, if any."""
@@ -166,7 +179,7 @@ class BackupDirectory:
             whole = self.path / manifest.name
             return None if whole.is_file() else whole
         for part in manifest.parts:
-            path = self.spool_path(manifest.name, part.index)
+            path = self.spool_path(manifest.name, part.index, len(manifest.parts))
             if part.message_id is None and not path.is_file():
                 return path
         return None
@@ -176,8 +189,11 @@ class BackupDirectory:
         file is removed then, so after a lost state file this is what says the part is in the chat."""
         return self.path / f".{stem(name)}{_RECEIPTS_SUFFIX}"
 
-    def spooled_part_sent(self, name: str, index: int, message_id: int, file_id: str | None) -> None:
-        """Part `index` of a backup not kept here reached the chat: note where, then remove its file."""
+    def spooled_part_sent(
+        self, name: str, index: int, count: int, message_id: int, file_id: str | None
+    ) -> None:
+        """Part `index` of `count` of a backup not kept here reached the chat: note where, then remove its
+        file."""
         receipt = json.dumps({"index": index, "message_id": message_id, "file_id": file_id}) + "\n"
         descriptor = os.open(
             self._receipts(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
@@ -187,7 +203,7 @@ class BackupDirectory:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        self.spool_path(name, index).unlink(missing_ok=True)
+        self.spool_path(name, index, count).unlink(missing_ok=True)
 
     def receipts(self, name: str) -> dict[int, tuple[int, str | None]]:
         """The parts of a spooled backup noted as sent: (message id, file id) by part number. Lines that do
@@ -218,11 +234,18 @@ class BackupDirectory:
                 noted[index] = (message_id, file_id)
         return noted
 
+    def _part_files(self, name: str) -> list[Path]:
+        """The spooled part files of backup `name`, whatever the width of their numbers."""
+        return [
+            path
+            for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*")
+            if (match := PART_FILE.match(path.name)) and match["name"] == name
+        ]
+
     def remove_spooled(self, name: str) -> None:
         """Remove what is left of a backup that is not kept here: its parts, receipts and manifest."""
-        for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*"):
-            if PART_FILE.match(path.name):
-                path.unlink(missing_ok=True)
+        for path in self._part_files(name):
+            path.unlink(missing_ok=True)
         self._receipts(name).unlink(missing_ok=True)
         (self.path / manifest_name(name)).unlink(missing_ok=True)
 
@@ -245,7 +268,9 @@ class BackupDirectory:
             return (self.path / name).is_file()
         if delivered:
             return False
-        waiting = any(self.spool_path(name, index).is_file() for index in range(1, part_count + 1))
+        waiting = any(
+            self.spool_path(name, index, part_count).is_file() for index in range(1, part_count + 1)
+        )
         return "spool" if waiting else False
 
     def has_whole_file(self, name: str) -> bool:
@@ -355,18 +380,26 @@ class WholeFileWriter:
     def part(self, index: int, offset: int, size: int) -> FileSlice:
         return FileSlice(self._path, offset, size)
 
+    def counted(self, count: int) -> None:
+        """The dump ended in `count` parts: byte ranges of one file, they have no names to change."""
+
 
 class SpoolWriter:
-    """Writes a backup as one file per part, each under a hidden name until it is complete and durable."""
+    """Writes a backup as one file per part, each under a hidden name until it is complete and durable.
+    While the dump runs the count is not known: parts are named for `expected_parts` until `counted`."""
 
-    def __init__(self, directory: BackupDirectory, name: str) -> None:
+    def __init__(self, directory: BackupDirectory, name: str, expected_parts: int) -> None:
         self._directory = directory
         self._name = name
+        self._expected_parts = expected_parts
         self._index = 1
         self._stream: BinaryIO | None = None
 
+    def _path(self, index: int) -> Path:
+        return self._directory.spool_path(self._name, index, self._expected_parts)
+
     def _partial(self) -> Path:
-        final = self._directory.spool_path(self._name, self._index)
+        final = self._path(self._index)
         return final.with_name(f".{final.name}{_PARTIAL_SUFFIX}")
 
     def write(self, data: bytes) -> None:
@@ -381,14 +414,20 @@ class SpoolWriter:
         os.fsync(self._stream.fileno())
         self._stream.close()
         self._stream = None
-        os.rename(self._partial(), self._directory.spool_path(self._name, self._index))
+        os.rename(self._partial(), self._path(self._index))
         self._index += 1
 
     def close(self) -> None:
         self.end_part()
 
     def part(self, index: int, offset: int, size: int) -> FileSlice:
-        return FileSlice(self._directory.spool_path(self._name, index), 0, size)
+        return FileSlice(self._path(index), 0, size)
+
+    def counted(self, count: int) -> None:
+        """The dump ended in `count` parts: the parts still here take the names of that count when it
+        has another width than the one expected (1000 parts where 999 were expected: `.0001`, …)."""
+        self._directory.rename_spooled(self._name, self._expected_parts, count)
+        self._expected_parts = count
 
     def abandon(self) -> None:
         if self._stream is not None:

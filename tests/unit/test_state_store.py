@@ -383,3 +383,27 @@ def test_sigkill_while_parts_are_recorded_never_leaves_a_damaged_or_half_written
             part.message_id == part.index and part.file_id == "f" * 70 for part in recorded
         )
         opened.store.close()
+
+
+def test_over_999_parts_spooled_by_a_version_that_numbered_them_with_three_digits_take_four_at_start(
+    tmp_path,
+):
+    import structlog
+
+    from tgbackupd.recovery import read_back
+    from tgbackupd.storage import BackupDirectory, spooled_parts
+
+    directory = BackupDirectory(tmp_path, "shop")
+    waiting = pending("20251203_030000", parts=1200).manifest
+    store = open_store(tmp_path / "state.db").store
+    store.add(Entry(waiting, DeliveryState.PENDING, spooled=True))  # recorded before the upgrade
+    (tmp_path / waiting.file_name).write_bytes(waiting.to_json())
+    for index in range(1, 1201):
+        (tmp_path / f"{waiting.name}.{index:03d}").write_bytes(b"x" * 10)  # .001 … .999, .1000 … .1200
+
+    assert read_back(store, directory, telegram=True, log=structlog.get_logger()) == []
+
+    assert sorted(spooled_parts(tmp_path, waiting)) == list(range(1, 1201))
+    assert sorted(p.name for p in tmp_path.glob("*.sql.gz.*")) == [
+        f"{waiting.name}.{index:04d}" for index in range(1, 1201)
+    ]
