@@ -29,7 +29,7 @@ from .redaction import scrub
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory, spooled_parts
-from .telegram import BotApi, SentMessage, TelegramError
+from .telegram import BotApi, ChatPacer, SentMessage, TelegramError
 
 CHUNK_BYTES = 1024 * 1024
 # A dump this much smaller than the previous one of the same database is flagged: tools that reported
@@ -104,7 +104,11 @@ class Backup:
         self._config = config
         self._clock = clock or Clock()
         self.cancel = cancel or threading.Event()
-        self._bot_factory = bot_factory or make_bot
+        # One pacer for every client this process makes: one delivery and the next share the chat's limits.
+        self._pacer = ChatPacer(config.telegram.messages_per_minute, self._clock)
+        self._bot_factory = bot_factory or (
+            lambda config, cancel: make_bot(config, cancel, self._pacer, self._clock)
+        )
         self._directory = directory
         self.store = store
         self.outbox = Outbox(config, store, directory, self._clock, log)
@@ -565,8 +569,9 @@ class Backup:
             bound.error("Backup routine failed", **fields)
 
 
-def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:
-    """Return a Bot API client, or None when Telegram is not configured (backups stay local)."""
+def make_bot(config: Config, cancel: threading.Event, pacer: ChatPacer, clock: Clock) -> BotApi | None:
+    """Return a Bot API client that paces what it posts with `pacer`, or None when Telegram is not
+    configured (backups stay local)."""
     telegram = config.telegram
     if not telegram.configured:
         return None
@@ -577,6 +582,8 @@ def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:
         timeout_s=telegram.timeout,
         retries=telegram.retries,
         cancel=cancel,
+        pacer=pacer,
+        clock=clock,
     )
     retry_log = log.bind(chat_id=telegram.chat_id)
     bot.on_retry = lambda method, attempt, delay, reason: retry_log.warning(

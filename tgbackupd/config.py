@@ -187,6 +187,7 @@ KEYS = (
     _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
     _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
     _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
+    _Key("telegram", "messages_per_minute", _integer(1, 60000, "a number of messages"), 20),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
     _Key("database", "host", _text, legacy_env=("PGHOST",)),
     _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
@@ -229,6 +230,7 @@ class TelegramConfig:
     retries: int
     redeliver_min_s: int
     redeliver_max_s: int
+    messages_per_minute: int
 
     @property
     def configured(self) -> bool:
@@ -468,6 +470,7 @@ def _telegram(
         retries=values["telegram.retries"],
         redeliver_min_s=values["telegram.redeliver_min_s"],
         redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
+        messages_per_minute=values["telegram.messages_per_minute"],
     )
 
 
@@ -673,6 +676,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "retries": config.telegram.retries,
             "redeliver_min_s": config.telegram.redeliver_min_s,
             "redeliver_max_s": config.telegram.redeliver_max_s,
+            "messages_per_minute": config.telegram.messages_per_minute,
         },
         "database": {
             "host": database.host,

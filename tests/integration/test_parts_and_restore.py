@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -645,3 +646,30 @@ def test_with_keep_0_over_999_parts_wait_in_the_spool_with_four_digits_and_those
     chat = b"".join(by_message[part["message_id"]] for part in manifest["parts"])
     assert hashlib.sha256(chat).hexdigest() == second.sha256
     assert b"CREATE TABLE public.noise" in output.read_bytes()
+
+
+def test_many_parts_pace_themselves_to_20_messages_a_minute_a_second_apart_instead_of_meeting_429(
+    tmp_path, make_database, bot_api, kilobyte_parts
+):
+    from tests.conftest import SteppingClock
+    from tgbackupd.telegram import PACED_METHODS
+
+    clock = SteppingClock()
+    bot_api.state.clock = clock.monotonic
+    source = make_database(rows=500)  # some 30 parts of 1 KB
+    environment = base_environment(
+        tmp_path,
+        source,
+        **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": "20"},
+    )
+    began = time.monotonic()
+
+    result = backup_for(load_config(None, environment), clock=clock).run("scheduled")
+
+    assert result.delivery == "sent" and result.parts >= 25, result.error
+    paced = [at for at, method in bot_api.state.posts if method in PACED_METHODS]
+    assert len(paced) == 2 * result.parts + 1  # each part, all captions but the last one's, manifest, pin
+    assert all(later - earlier >= 1 for earlier, later in itertools.pairwise(paced))
+    assert all(paced[index + 20] - paced[index] >= 60 for index in range(len(paced) - 20))
+    assert paced[-1] - paced[0] <= (len(paced) - 1) // 20 * 60 + 19  # and no slower than that
+    assert time.monotonic() - began < 60  # minutes of pacing passed on the test's clock
