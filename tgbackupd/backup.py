@@ -16,7 +16,7 @@ import structlog
 from . import messages, psql, restore
 from .clock import Clock
 from .config import Config
-from .delivery import EarlyUploader
+from .delivery import EarlyUploader, Sending
 from .errors import Cancelled, StorageError, TgbackupdError
 from .files import write_atomically
 from .formats import stem
@@ -111,7 +111,7 @@ class Backup:
         )
         self._directory = directory
         self.store = store
-        self.outbox = Outbox(config, store, directory, self._clock, log)
+        self.outbox = Outbox(config, store, directory, self._clock, log, Sending(self._pacer))
         self._server = socket.gethostname()
 
     def run(self, trigger: Trigger) -> BackupResult:
@@ -270,6 +270,7 @@ class Backup:
             self._config.database.describe(),
             bound,
             expected_parts,
+            self.outbox.sending,
             max_waiting=self._config.backup.spool_parts if spooled else 0,
             after_sent=(
                 (
@@ -309,6 +310,8 @@ class Backup:
                         sql.write(chunk)
                     dump.wait()
                 sql.close()
+                if early is not None:
+                    early.counted(len(parts.parts), digest.size)
             finally:
                 # Before the file is renamed (or removed): the uploads read it under its partial name.
                 sent = early.finish() if early is not None else {}

@@ -12,7 +12,7 @@ from typing import Any
 from . import chain, messages
 from .clock import Clock
 from .config import Config
-from .delivery import Delivery
+from .delivery import Delivery, Sending
 from .errors import Cancelled, TgbackupdError
 from .manifest import Manifest, ManifestRef, Part
 from .redaction import scrub
@@ -37,9 +37,16 @@ class Drained:
 
 class Outbox:
     def __init__(
-        self, config: Config, store: StateStore, directory: BackupDirectory, clock: Clock, log: Any
+        self,
+        config: Config,
+        store: StateStore,
+        directory: BackupDirectory,
+        clock: Clock,
+        log: Any,
+        sending: Sending,
     ) -> None:
         self._config = config
+        self.sending = sending  # what is on its way to the chat, for status
         self._store = store
         self._directory = directory
         self._clock = clock
@@ -187,7 +194,7 @@ class Outbox:
                 )
 
         try:
-            delivered = Delivery(bot, chat_id, bound).send(
+            delivered = Delivery(bot, chat_id, bound, self.sending).send(
                 lambda part: self._directory.part_slice(manifest, part, entry.spooled),
                 manifest,
                 facts,

@@ -172,6 +172,9 @@ class BotApi:
         self._clock = clock or Clock()
         self._wait = wait or (lambda seconds: self._clock.wait(self._cancel, seconds))
         self._pacer = pacer
+        self._uploads_lock = threading.Lock()
+        self._uploaded_bytes = 0
+        self._upload_s = 0.0
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"tgbackupd/{__version__}"
         self.on_retry: Callable[[str, int, float, str], None] = lambda method, attempt, delay, reason: None
@@ -198,7 +201,13 @@ class BotApi:
             body = MultipartBody(fields, "document", content, file_name, content_type, self._cancel)
             return {"data": body, "headers": {"Content-Type": body.content_type}}
 
-        return self._sent(self._call("sendDocument", chat_id, request, self._attempts))
+        return self._sent(self._call("sendDocument", chat_id, request, self._attempts, content.length))
+
+    @property
+    def upload_bytes_per_s(self) -> float | None:
+        """How fast this client's uploads went, pacing aside (None before the first)."""
+        with self._uploads_lock:
+            return self._uploaded_bytes / self._upload_s if self._upload_s > 0 else None
 
     def edit_message_caption(self, chat_id: str, message_id: int, caption: str) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "caption": caption}
@@ -269,6 +278,7 @@ class BotApi:
         chat_id: str,
         make_request: Callable[[], dict[str, Any]],
         attempts: int,
+        upload_bytes: int = 0,
     ) -> Any:
         """POST a method (each attempt at what posts in a chat after its turn, with a pacer); return its
         `result`. Raise TelegramRejected at once on 4xx, TelegramError once the retries are spent,
@@ -282,6 +292,7 @@ class BotApi:
                 turn = self._pacer.reserve(chat_id)
                 if turn > 0 and self._wait(turn):
                     raise Cancelled("tgbackupd is stopping")
+            began = self._clock.monotonic()
             try:
                 response = self._session.post(
                     url, timeout=self._timeout, allow_redirects=False, **make_request()
@@ -292,6 +303,10 @@ class BotApi:
             else:
                 reply = self._json(response)
                 if response.status_code == 200 and reply.get("ok"):
+                    if upload_bytes:
+                        with self._uploads_lock:
+                            self._uploaded_bytes += upload_bytes
+                            self._upload_s += self._clock.monotonic() - began
                     return reply.get("result")
                 description = str(reply.get("description") or response.reason or "no description")
                 failure = f"{response.status_code} {scrub(description, [self._token])}"

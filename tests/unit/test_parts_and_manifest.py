@@ -156,15 +156,23 @@ def test_an_upload_that_fails_locally_never_leaves_the_dump_waiting(tmp_path):
 
     import structlog
 
-    from tgbackupd.delivery import EarlyUploader
+    from tgbackupd.delivery import EarlyUploader, Sending
     from tgbackupd.files import FileSlice
+    from tgbackupd.telegram import ChatPacer
 
     class BotThatCannotRead:
         def send_document(self, *args, **kwargs):
             raise FileNotFoundError(2, "No such file or directory")
 
     uploader = EarlyUploader(
-        BotThatCannotRead(), "-100123", "db.sql.gz", "db", structlog.get_logger(), 4, max_waiting=1
+        BotThatCannotRead(),
+        "-100123",
+        "db.sql.gz",
+        "db",
+        structlog.get_logger(),
+        4,
+        Sending(ChatPacer(20)),
+        max_waiting=1,
     )
     handed = threading.Thread(
         target=lambda: [
