@@ -221,8 +221,11 @@ class Backup:
                 compression=self._config.backup.compression.name,
                 compression_level=self._config.backup.compression_level,
             )
-            expected_parts = self._expected_parts()
-            early = self._early_uploader(bot, name, expected_parts, bound)
+            sends_early = self._sends_during_dump(bot)
+            # Only the spool's files and the parts sent during the dump are named before the count is known.
+            named_early = sends_early or not self._config.backup.keep_local
+            expected_parts = self._expected_parts() if named_early else 1
+            early = self._early_uploader(bot, name, expected_parts, bound) if sends_early else None
             try:
                 made = self._dump_into(name, started, expected_parts, early, bound)
             except OSError as error:
@@ -251,17 +254,25 @@ class Backup:
                 return 1  # no guess: pg_dump says next what is wrong with the database
         return max(1, -(-size // self._config.telegram.part_size_bytes))
 
+    def _sends_during_dump(self, bot: BotApi | None) -> bool:
+        """Upload parts during the dump only when nothing older waits (the chat gets backups in order)
+        and no verification must come first."""
+        telegram = self._config.telegram
+        return (
+            bot is not None
+            and telegram.chat_id is not None
+            and telegram.upload_while_dumping
+            and not self._config.backup.verify_after
+            and not self.outbox.pending_count
+        )
+
     def _early_uploader(
         self, bot: BotApi | None, name: str, expected_parts: int, bound: Any
-    ) -> EarlyUploader | None:
-        """Upload parts during the dump only when nothing older waits (the chat gets backups in order)
-        and no verification must come first. When the backup is not kept here, each part leaves the
-        spool once sent, and the dump waits while backup.spool_parts of them are queued."""
+    ) -> EarlyUploader:
+        """When the backup is not kept here, each part leaves the spool once sent, and the dump waits while
+        backup.spool_parts of them are queued."""
         telegram = self._config.telegram
-        if bot is None or telegram.chat_id is None or not telegram.upload_while_dumping:
-            return None
-        if self._config.backup.verify_after or self.outbox.pending_count:
-            return None
+        assert bot is not None and telegram.chat_id is not None
         spooled = not self._config.backup.keep_local
         return EarlyUploader(
             bot,
