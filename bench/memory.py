@@ -62,6 +62,7 @@ def run_once(dbname: str, workdir: Path, api: BotApiStandIn, part_size_mb: int) 
         "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
         "TELEGRAM_CHAT_ID": CHAT_ID,
         "TGBACKUPD_TELEGRAM_API_URL": api.url,
+        "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": "60000",  # a stand-in, not Telegram: unpaced
         "TGBACKUPD_TELEGRAM_PART_SIZE_MB": str(part_size_mb),
     }
     began = time.monotonic()

@@ -156,6 +156,7 @@ def main() -> None:
                 "TELEGRAM_BOT_TOKEN": FAKE_TOKEN,
                 "TELEGRAM_CHAT_ID": CHAT_ID,
                 "TGBACKUPD_TELEGRAM_API_URL": api.url,
+                "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": "60000",  # a stand-in, not Telegram: unpaced
                 "TGBACKUPD_TELEGRAM_RETRIES": "1",
                 "TGBACKUPD_TELEGRAM_TIMEOUT": "5",
                 "TGBACKUPD_TELEGRAM_REDELIVER_MIN_S": "1",

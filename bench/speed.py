@@ -317,6 +317,7 @@ def main() -> None:
                         TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
                         TELEGRAM_CHAT_ID=CHAT_ID,
                         TGBACKUPD_TELEGRAM_API_URL=api.url,
+                        TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE="60000",  # a stand-in: timed unpaced
                         **modes[name],
                     )
                     daemon = DaemonUnderTest(environment, workdir)

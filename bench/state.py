@@ -52,7 +52,7 @@ from tests import release_0_1
 from tests.processes import child_environment
 from tgbackupd.control import request
 from tgbackupd.errors import TgbackupdError
-from tgbackupd.manifest import FORMAT, VERSION, Manifest, ManifestRef, Part
+from tgbackupd.manifest import FORMAT, VERSION, Manifest, ManifestRef, Part, part_name
 from tgbackupd.state import Entry
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
@@ -196,7 +196,7 @@ def catalogue(count: int, part_count: int, now: datetime, seed: int) -> Iterator
         parts = tuple(
             Part(
                 index=index,
-                file_name=name if part_count == 1 else f"{name}.{index:03d}",
+                file_name=part_name(name, index, part_count),
                 offset=(index - 1) * PART_BYTES,
                 size_bytes=min(PART_BYTES, size - (index - 1) * PART_BYTES),
                 sha256=f"{rng.getrandbits(256):064x}",

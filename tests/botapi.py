@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,6 +61,8 @@ class BotApiState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_message_id: int = 1
     uplink_bytes_per_s: float | None = None  # read uploads no faster than this, like a slow uplink
+    clock: Callable[[], float] = time.monotonic  # what stamps `posts` (a test may give its own clock)
+    posts: list[tuple[float, str]] = field(default_factory=list)  # (when, method) of every POST
 
 
 def _error(status: int, description: str, retry_after: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -127,6 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         with state.lock:
             state.requests.append(path)
+            state.posts.append((state.clock(), path.rsplit("/", 1)[-1]))
             fault = state.faults.pop(0) if state.faults else None
         if fault is not None and fault.action == "reset":
             self.rfile.read(min(length, 64 * 1024))

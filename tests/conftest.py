@@ -15,6 +15,7 @@ import structlog
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.processes import child_environment
 from tgbackupd.backup import Backup
+from tgbackupd.clock import Clock
 from tgbackupd.config import Config
 from tgbackupd.recovery import prepare_state
 from tgbackupd.storage import BackupDirectory
@@ -22,6 +23,7 @@ from tgbackupd.storage import BackupDirectory
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
 PG_PORT = os.environ.get("TEST_PG_PORT", "5432")
 PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+UNPACED = "60000"  # telegram.messages_per_minute for the Bot API stand-in: one message a millisecond
 
 
 def psql_command(dbname: str) -> list[str]:
@@ -63,6 +65,21 @@ def run_tgbackupd(
         timeout=300,
         check=False,
     )
+
+
+class SteppingClock(Clock):
+    """A monotonic clock that stands still until something waits on it, then moves on at once by the
+    time waited: minutes of pacing pass in no time."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def wait(self, cancel: threading.Event, seconds: float) -> bool:
+        self.seconds += seconds
+        return cancel.is_set()
 
 
 def backup_for(config: Config, **options) -> Backup:
@@ -198,6 +215,8 @@ def telegram_environment(bot_api: BotApiStandIn) -> dict[str, str]:
         "TELEGRAM_CHAT_ID": CHAT_ID,
         "TGBACKUPD_TELEGRAM_API_URL": bot_api.url,
         "TGBACKUPD_TELEGRAM_RETRIES": "2",
+        # The stand-in is not Telegram: no need to pace to its limits (a test that checks the pace sets it).
+        "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": UNPACED,
     }
 
 

@@ -28,8 +28,18 @@ def command(tree: Path, module: str, *args: str) -> list[str]:
     ]
 
 
+# Keys added since 0.1.0, which refuses a TGBACKUPD_* variable it does not know.
+NEWER_KEYS = (
+    "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE",
+    "TGBACKUPD_BACKUP_TIMEOUT",
+    "TGBACKUPD_DATABASE_LOCK_WAIT_TIMEOUT",
+    "TGBACKUPD_DATABASE_MAINTENANCE_DB",
+)
+
+
 def environment(tree: Path, base: dict[str, str]) -> dict[str, str]:
-    return {**base, "PYTHONPATH": str(tree) + os.pathsep + base.get("PYTHONPATH", "")}
+    known = {name: value for name, value in base.items() if name not in NEWER_KEYS}
+    return {**known, "PYTHONPATH": str(tree) + os.pathsep + base.get("PYTHONPATH", "")}
 
 
 def run(

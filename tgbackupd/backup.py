@@ -13,14 +13,14 @@ from typing import Any
 
 import structlog
 
-from . import messages, restore
+from . import messages, psql, restore
 from .clock import Clock
 from .config import Config
-from .delivery import EarlyUploader
+from .delivery import EarlyUploader, Sending
 from .errors import Cancelled, StorageError, TgbackupdError
 from .files import write_atomically
 from .formats import stem
-from .manifest import Manifest, plan_parts
+from .manifest import Manifest, part_name, plan_parts
 from .outbox import Outbox, delivery_text
 from .pgdump import run_pg_dump
 from .pipeline import Count, Digest, PartDigests
@@ -30,7 +30,7 @@ from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
 from .stopping import Stop
 from .storage import BackupDirectory, spooled_parts
-from .telegram import BotApi, TelegramError
+from .telegram import BotApi, ChatPacer, SentMessage, TelegramError
 
 CHUNK_BYTES = 1024 * 1024
 # A dump this much smaller than the previous one of the same database is flagged: tools that reported
@@ -39,6 +39,9 @@ SHRINK_WARNING_RATIO = 0.5
 # How long a backup waits for another process (the daemon, or `tgbackupd --once`) to finish delivering
 # before it leaves its own backup in the outbox for that process to send.
 DELIVERY_WAIT_S = 300.0
+# A compressed dump is about a quarter of the database's size on the server (bench/speed.py: 862 MB on
+# disk, 212 MB as gzip -6): indexes and free space are not dumped, and compression does the rest.
+DATABASE_BYTES_PER_DUMP_BYTE = 4
 _START_EVENTS = {
     Trigger.SCHEDULED: "Starting automated database backup...",
     Trigger.CATCH_UP: "Starting automated database backup...",
@@ -109,10 +112,14 @@ class Backup:
         self._config = config
         self._clock = clock or Clock()
         self.cancel = cancel or threading.Event()
-        self._bot_factory = bot_factory or make_bot
+        # One pacer for every client this process makes: one delivery and the next share the chat's limits.
+        self._pacer = ChatPacer(config.telegram.messages_per_minute, self._clock)
+        self._bot_factory = bot_factory or (
+            lambda config, cancel: make_bot(config, cancel, self._pacer, self._clock)
+        )
         self._directory = directory
         self.store = store
-        self.outbox = Outbox(config, store, directory, self._clock, log)
+        self.outbox = Outbox(config, store, directory, self._clock, log, Sending(self._pacer))
         self._server = socket.gethostname()
 
     def run(self, trigger: Trigger) -> BackupResult:
@@ -230,8 +237,13 @@ class Backup:
                 compression=self._config.backup.compression.name,
                 compression_level=self._config.backup.compression_level,
             )
+            sends_early = self._sends_during_dump(bot)
+            # Only the spool's files and the parts sent during the dump are named before the count is known.
+            named_early = sends_early or not self._config.backup.keep_local
+            expected_parts = self._expected_parts() if named_early else 1
+            early = self._early_uploader(bot, name, expected_parts, bound) if sends_early else None
             try:
-                made = self._dump_into(name, started, self._early_uploader(bot, name, bound), stop)
+                made = self._dump_into(name, started, expected_parts, early, bound, stop)
             except OSError as error:
                 raise self._write_failed(error) from None
             bound.info(
@@ -245,15 +257,38 @@ class Backup:
             )
         return made
 
-    def _early_uploader(self, bot: BotApi | None, name: str, bound: Any) -> EarlyUploader | None:
+    def _expected_parts(self) -> int:
+        """How many parts this backup will likely have, to name the parts written and sent before the dump
+        ends (their numbers are as wide as the count, see manifest.part_name): as many as the newest
+        backup of this database (a database grows slowly from one night to the next), else its size on
+        the server over DATABASE_BYTES_PER_DUMP_BYTE. Raise StateError if the catalogue cannot be read."""
+        size = self.store.newest_size_bytes(self._config.database.name)
+        if size is None:
+            try:
+                size = psql.database_size_bytes(self._config.database) // DATABASE_BYTES_PER_DUMP_BYTE
+            except TgbackupdError:
+                return 1  # no guess: pg_dump says next what is wrong with the database
+        return max(1, -(-size // self._config.telegram.part_size_bytes))
+
+    def _sends_during_dump(self, bot: BotApi | None) -> bool:
         """Upload parts during the dump only when nothing older waits (the chat gets backups in order)
-        and no verification must come first. When the backup is not kept here, each part leaves the
-        spool once sent, and the dump waits while backup.spool_parts of them are queued."""
+        and no verification must come first."""
         telegram = self._config.telegram
-        if bot is None or telegram.chat_id is None or not telegram.upload_while_dumping:
-            return None
-        if self._config.backup.verify_after or self.outbox.pending_count:
-            return None
+        return (
+            bot is not None
+            and telegram.chat_id is not None
+            and telegram.upload_while_dumping
+            and not self._config.backup.verify_after
+            and not self.outbox.pending_count
+        )
+
+    def _early_uploader(
+        self, bot: BotApi | None, name: str, expected_parts: int, bound: Any
+    ) -> EarlyUploader:
+        """When the backup is not kept here, each part leaves the spool once sent, and the dump waits while
+        backup.spool_parts of them are queued."""
+        telegram = self._config.telegram
+        assert bot is not None and telegram.chat_id is not None
         spooled = not self._config.backup.keep_local
         return EarlyUploader(
             bot,
@@ -261,11 +296,13 @@ class Backup:
             name,
             self._config.database.describe(),
             bound,
+            expected_parts,
+            self.outbox.sending,
             max_waiting=self._config.backup.spool_parts if spooled else 0,
             after_sent=(
                 (
                     lambda index, sent: self._directory.spooled_part_sent(
-                        name, index, sent.message_id, sent.file_id
+                        name, index, expected_parts, sent.message_id, sent.file_id
                     )
                 )
                 if spooled
@@ -273,10 +310,20 @@ class Backup:
             ),
         )
 
-    def _dump_into(self, name: str, started: datetime, early: EarlyUploader | None, stop: Stop) -> _Made:
+    def _dump_into(
+        self,
+        name: str,
+        started: datetime,
+        expected_parts: int,
+        early: EarlyUploader | None,
+        bound: Any,
+        stop: Stop,
+    ) -> _Made:
         part_size = self._config.telegram.part_size_bytes
         kept = self._config.backup.keep_local
-        with self._directory.new_file(name) if kept else self._directory.new_spool(name) as writer:
+        with (
+            self._directory.new_file(name) if kept else self._directory.new_spool(name, expected_parts)
+        ) as writer:
 
             def part_done(index: int, size: int, sha256: str) -> None:
                 assert early is not None
@@ -294,9 +341,14 @@ class Backup:
                         sql.write(chunk)
                     dump.wait()  # raises the reason when it was ended: stopping, or backup.timeout
                 sql.close()
+                if early is not None:
+                    early.counted(len(parts.parts), digest.size)
             finally:
                 # Before the file is renamed (or removed): the uploads read it under its partial name.
                 sent = early.finish() if early is not None else {}
+            writer.counted(len(parts.parts))
+            if early is not None:
+                sent = self._named_for_the_count(name, early, sent, len(parts.parts), bound)
             planned = plan_parts(name, parts.parts)
             manifest = Manifest(
                 name=name,
@@ -319,6 +371,40 @@ class Backup:
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
         return _Made(manifest, sql.size, frozenset(sent))
+
+    def _named_for_the_count(
+        self, name: str, early: EarlyUploader, sent: dict[int, SentMessage], count: int, bound: Any
+    ) -> dict[int, SentMessage]:
+        """The parts sent during the dump, by number, that may stay as they are in the chat. They were named
+        before the count was known; when it has another width than expected (1000 parts where 999 were
+        expected), their names would not sort with the others. A backup kept here sends them again under
+        the right names (the copies sent stay in the chat, referred to by nothing, as the parts of a dump
+        that failed). One not kept here no longer has their bytes: they stay, and the manifest names them
+        rightly and finds them by their message."""
+        misnamed = sorted(index for index in sent if early.part_name(index) != part_name(name, index, count))
+        if not misnamed:
+            return sent
+        names = f"{early.part_name(misnamed[0])} … {early.part_name(misnamed[-1])}"
+        if self._config.backup.keep_local:
+            bound.warning(
+                "Parts sent during the dump are sent again, named for the number of parts the backup has",
+                file=name,
+                parts=count,
+                expected_parts=early.expected_parts,
+                sent_again=len(misnamed),
+                named_before=names,
+            )
+            return {index: message for index, message in sent.items() if index not in misnamed}
+        bound.warning(
+            "Parts sent during the dump keep names of another width in the chat: tgbackupctl restore finds "
+            f"them through the manifest; to join them by hand with cat, name them as the manifest does "
+            f"({part_name(name, misnamed[0], count)} …) first",
+            file=name,
+            parts=count,
+            expected_parts=early.expected_parts,
+            named_before=names,
+        )
+        return sent
 
     def _write_failed(self, error: OSError) -> StorageError:
         where = self._directory.path
@@ -565,8 +651,9 @@ class Backup:
             bound.error("Backup routine failed", **fields)
 
 
-def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:
-    """Return a Bot API client, or None when Telegram is not configured (backups stay local)."""
+def make_bot(config: Config, cancel: threading.Event, pacer: ChatPacer, clock: Clock) -> BotApi | None:
+    """Return a Bot API client that paces what it posts with `pacer`, or None when Telegram is not
+    configured (backups stay local)."""
     telegram = config.telegram
     if not telegram.configured:
         return None
@@ -577,6 +664,8 @@ def make_bot(config: Config, cancel: threading.Event) -> BotApi | None:
         timeout_s=telegram.timeout,
         retries=telegram.retries,
         cancel=cancel,
+        pacer=pacer,
+        clock=clock,
     )
     retry_log = log.bind(chat_id=telegram.chat_id)
     bot.on_retry = lambda method, attempt, delay, reason: retry_log.warning(

@@ -122,6 +122,7 @@ class Commands:
             "spool": self._spool() if count_backups else None,
             "pending_deliveries": self._outbox.pending_count,
             "pending": pending,
+            "sending": self._outbox.sending.describe(),
             "state_file": str(config.daemon.state_file),
             "state_problem": state_problem,
             "last_backup": self._runner.last_backup,
@@ -235,6 +236,8 @@ def status_line(status: dict[str, Any]) -> str:
         else:
             schedule = "scheduled backups off (BACKUP_ENABLED=false)"
         line = f"Idle; {schedule}; last: {describe_last(status['last_backup'])}"
+    if status.get("sending"):
+        line += f"; {messages.describe_sending(status['sending'])}"
     if status.get("pending_deliveries"):
         line += f"; {status['pending_deliveries']} backup(s) waiting for Telegram"
     return line

@@ -21,10 +21,14 @@ from .formats import FORMATS, GZIP, ZSTD, Format
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
+# The public Bot API hands a file back to a bot (getFile) only up to 20 MB: its server compares the size
+# with 20 << 20 bytes, and our MB is 1024 * 1024 bytes too, so a part of exactly 20 MB still comes back.
+PUBLIC_DOWNLOAD_LIMIT_MB = 20
 TOKEN_CREDENTIAL = "telegram-bot-token"
 REDACTED = "<redacted>"
 STATE_FILE_NAME = ".tgbackupd-state.db"
 
+_PUBLIC_API_HOST = urllib.parse.urlsplit(DEFAULT_API_URL).hostname
 _TOKEN_PATTERN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]+$")
 _CHAT_ID_PATTERN = re.compile(r"^(-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{3,31})$")
 _PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -187,6 +191,7 @@ KEYS = (
     _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
     _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
     _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
+    _Key("telegram", "messages_per_minute", _integer(1, 60000, "a number of messages"), 20),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
     _Key("database", "host", _text, legacy_env=("PGHOST",)),
     _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
@@ -232,6 +237,7 @@ class TelegramConfig:
     retries: int
     redeliver_min_s: int
     redeliver_max_s: int
+    messages_per_minute: int
 
     @property
     def configured(self) -> bool:
@@ -472,6 +478,20 @@ def _telegram(
             f"telegram.max_upload_mb "
             f"({values['telegram.max_upload_mb']}): a part must fit in one upload"
         )
+    if (
+        values["telegram.part_size_mb"] > PUBLIC_DOWNLOAD_LIMIT_MB
+        and urllib.parse.urlsplit(values["telegram.api_url"]).hostname == _PUBLIC_API_HOST
+    ):
+        source = sources.get("telegram.part_size_mb")
+        problems.append(
+            f"telegram.part_size_mb = {values['telegram.part_size_mb']}"
+            + (f" (from {source})" if source else "")
+            + f": the public Bot API ({values['telegram.api_url']}) hands a bot back files of at most "
+            f"{PUBLIC_DOWNLOAD_LIMIT_MB} MB, so parts this large would be sent but could never be downloaded "
+            f"for a restore. Lower it to {PUBLIC_DOWNLOAD_LIMIT_MB} or less (the default, 19, leaves a "
+            "margin), or set telegram.api_url to a self-hosted Bot API server (telegram-bot-api --local), "
+            "which hands back files up to 2000 MB"
+        )
     return TelegramConfig(
         bot_token=token,
         bot_token_source=token_source,
@@ -484,6 +504,7 @@ def _telegram(
         retries=values["telegram.retries"],
         redeliver_min_s=values["telegram.redeliver_min_s"],
         redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
+        messages_per_minute=values["telegram.messages_per_minute"],
     )
 
 
@@ -723,6 +744,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "retries": config.telegram.retries,
             "redeliver_min_s": config.telegram.redeliver_min_s,
             "redeliver_max_s": config.telegram.redeliver_max_s,
+            "messages_per_minute": config.telegram.messages_per_minute,
         },
         "database": {
             "host": database.host,

@@ -186,6 +186,9 @@ def render_status(data: dict[str, Any]) -> str:
         f"Local backups:     {_local_backups(data)}",
         f"Last backup:       {describe_last(data['last_backup'])}",
     ]
+    if data.get("sending"):
+        sending = data["sending"]
+        lines.append(f"Sending:           {sending['name']}: {messages.describe_sending(sending)}")
     if data.get("state_problem"):
         lines.append(f"State file:        PROBLEM: {data['state_problem']}")
     for waiting in data.get("pending") or []:

@@ -285,10 +285,14 @@ def manifest_name(backup_name: str) -> str:
 PART_FILE = re.compile(rf"^(?P<name>.+{SUFFIX_PATTERN})\.(?P<index>[0-9]{{3,}})$")
 
 
-def part_name(backup_name: str, index: int, count: int) -> str:
-    """One part: the backup's own name when it fits in one, else `<name>.001`, `<name>.002`, … so that
-    `cat name.sql.gz.* > name.sql.gz` puts it back together."""
-    return backup_name if count == 1 else f"{backup_name}.{index:03d}"
+def part_name(backup_name: str, index: int, count: int, numbered: bool = False) -> str:
+    """Part `index` of `count`: the backup's own name when it fits in one (unless `numbered`: the spool
+    numbers every part), else `<name>.001`, `<name>.002`, …, the number padded to the width of the count
+    (at least three digits: `.0001` … `.1200`), so that `cat name.sql.gz.* > name.sql.gz` puts it back
+    together in order however many parts there are."""
+    if count == 1 and not numbered:
+        return backup_name
+    return f"{backup_name}.{index:0{max(3, len(str(count)))}d}"
 
 
 def plan_parts(backup_name: str, digests: list[tuple[int, str]]) -> tuple[Part, ...]:

@@ -19,6 +19,23 @@ def human_size(size_bytes: int) -> str:
     return f"{size_bytes} bytes"
 
 
+def human_duration(seconds: float) -> str:
+    """A time left as people say it: `40 s`, `12 min`, `1 h 05 min` (minutes rounded up)."""
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    minutes = -(-int(seconds) // 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def describe_sending(sending: dict[str, Any]) -> str:
+    """How far a backup on its way to the chat is, from status's `sending`: `120 of 1000 parts sent,
+    about 44 min left`."""
+    if sending.get("parts_total") is None:
+        return f"{sending['parts_sent']} part(s) sent while the dump goes on"
+    left = f", about {human_duration(sending['eta_s'])} left" if sending.get("eta_s") is not None else ""
+    return f"{sending['parts_sent']} of {sending['parts_total']} parts sent{left}"
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

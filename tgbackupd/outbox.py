@@ -12,7 +12,7 @@ from typing import Any
 from . import chain, messages
 from .clock import Clock
 from .config import Config
-from .delivery import Delivery
+from .delivery import Delivery, Sending
 from .errors import Cancelled, StorageError, TgbackupdError
 from .manifest import Manifest, ManifestRef, Part
 from .recovery import read_back
@@ -43,9 +43,16 @@ class Drained:
 
 class Outbox:
     def __init__(
-        self, config: Config, store: StateStore, directory: BackupDirectory, clock: Clock, log: Any
+        self,
+        config: Config,
+        store: StateStore,
+        directory: BackupDirectory,
+        clock: Clock,
+        log: Any,
+        sending: Sending,
     ) -> None:
         self._config = config
+        self.sending = sending  # what is on its way to the chat, for status
         self._store = store
         self._directory = directory
         self._clock = clock
@@ -205,11 +212,13 @@ class Outbox:
             self._store.record_part_sent(name, part.index, part.message_id, part.file_id)
             # Recorded first: a crash in between leaves a file, never a part unaccounted for.
             if entry.spooled:
-                self._directory.spooled_part_sent(name, part.index, part.message_id, part.file_id)
+                self._directory.spooled_part_sent(
+                    name, part.index, len(manifest.parts), part.message_id, part.file_id
+                )
 
         try:
-            delivered = Delivery(bot, chat_id, self._key(), bound).send(
-                lambda part: self._directory.part_slice(name, part, entry.spooled),
+            delivered = Delivery(bot, chat_id, self._key(), bound, self.sending).send(
+                lambda part: self._directory.part_slice(manifest, part, entry.spooled),
                 manifest,
                 facts,
                 self._directory.path / manifest.file_name,

@@ -96,6 +96,11 @@ def user_relations(database: DatabaseConfig) -> int:
     return int(rows[0][0])
 
 
+def database_size_bytes(database: DatabaseConfig) -> int:
+    """The database's size on the server (tables, indexes, free space), as pg_database_size says."""
+    return int(query(database, "SELECT pg_database_size(current_database())")[0][0])
+
+
 # Prepended to a restore with --clean: the same transaction drops every non-system schema first.
 CLEAN_SQL = (
     "DO $$ DECLARE schema_name text; BEGIN "

@@ -15,6 +15,10 @@ from .states import DeliveryState
 from .storage import BackupDirectory, spooled_parts
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+# Before part numbers were as wide as the count, spooled parts were numbered with three digits whatever the
+# count, which is how part_name numbers 2 parts (`.001` … `.999`, `.1000`): a backup of 1000 parts or
+# more left waiting in the spool by those versions takes today's names when it is read back.
+OLDER_SPOOL_NAMES_FOR = 2
 
 
 @dataclass(frozen=True)
@@ -67,12 +71,15 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
 
 def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log: Any) -> list[str]:
     """Record every backup whose manifest is in the directory and not in the catalogue (a rebuild, or a
-    backup whose recording failed); return their names. What cannot be read is skipped and logged: it
-    must not stop tgbackupd, nor be taken for a backup."""
+    backup whose recording failed); return their names. The parts of each that wait in the spool under
+    the names of older versions take today's first. What cannot be read is skipped and logged: it must
+    not stop tgbackupd, nor be taken for a backup."""
     known = {stem(name) for name in store.known()}
     entries = []
     for path in directory.manifests():
-        if path.name.removesuffix(SUFFIX) in known:
+        backup_stem = path.name.removesuffix(SUFFIX)
+        kept_whole = directory.keeps_whole(backup_stem)
+        if backup_stem in known and kept_whole:
             continue
         try:
             if path.stat().st_size > MAX_MANIFEST_BYTES:
@@ -80,7 +87,10 @@ def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log
             manifest = Manifest.from_json(path.read_bytes())
             if manifest_name(manifest.name) != path.name:
                 raise ManifestError("it describes another backup than its name says")
-            entries.append(_found(manifest, directory, telegram, log))
+            if not kept_whole:
+                directory.rename_spooled(manifest.name, OLDER_SPOOL_NAMES_FOR, len(manifest.parts))
+            if backup_stem not in known:
+                entries.append(_found(manifest, directory, telegram, log))
         except (OSError, ValueError, TypeError) as error:  # ManifestError is a ValueError
             log.warning("Skipping a manifest file that cannot be read", path=str(path), error=str(error))
     if entries:

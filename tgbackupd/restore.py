@@ -301,7 +301,7 @@ class TelegramSource:
                     if "too big" in str(error).lower():
                         raise RestoreError(
                             f"{label} is larger than the 20 MB a bot may download from the public Bot API: "
-                            "this backup was made with telegram.part_size_mb above 19. Download it through a "
+                            "this backup was made with telegram.part_size_mb above 20. Download it through a "
                             "self-hosted Bot API server (telegram.api_url)"
                         ) from None
                     raise RestoreError(

@@ -634,6 +634,15 @@ class StateStore:
             ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def newest_size_bytes(self, database: str) -> int | None:
+        """The size of the newest backup of the database (compressed, as it is sent), if there is one."""
+        with self._reading("read the previous backup") as connection:
+            row = connection.execute(
+                "SELECT size_bytes FROM backups WHERE database = ? ORDER BY stamp DESC, name DESC LIMIT 1",
+                (database,),
+            ).fetchone()
+        return row[0] if row else None
+
     def listing(self) -> list[dict[str, Any]]:
         """Every backup in the catalogue, newest first, as `tgbackupctl list` shows it."""
         with self._reading("read the catalogue") as connection:

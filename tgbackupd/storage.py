@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 from .errors import StorageError
 from .files import FileSlice, open_for_reading, sync_directory, write_atomically
-from .formats import GZIP, SUFFIX_PATTERN, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name
+from .formats import FORMATS, GZIP, SUFFIX_PATTERN, stem
+from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name, part_name
 
 _PARTIAL_SUFFIX = ".partial"
 _RECEIPTS_SUFFIX = ".sent"
@@ -45,15 +45,17 @@ def checked_name(name: str) -> str:
     return name
 
 
-def spool_path(directory: Path, name: str, index: int) -> Path:
-    """Where part `index` of a backup that is not kept here waits until it is sent. Named as in the
-    chat, so that a folder of them restores (`tgbackupctl restore DIR`) or joins with `cat`."""
-    return directory / f"{checked_name(name)}.{index:03d}"
+def spool_path(directory: Path, name: str, index: int, count: int) -> Path:
+    """Where part `index` of `count` of a backup that is not kept here waits until it is sent. Named as
+    in the chat (numbered even when it is the only one), so that a folder of them restores
+    (`tgbackupctl restore DIR`) or joins with `cat`."""
+    return directory / part_name(checked_name(name), index, count, numbered=True)
 
 
 def spooled_parts(directory: Path, manifest: Manifest) -> dict[int, Path]:
     """The parts of a backup not kept here that still wait in the spool, by part number."""
-    located = {part.index: spool_path(directory, manifest.name, part.index) for part in manifest.parts}
+    count = len(manifest.parts)
+    located = {part.index: spool_path(directory, manifest.name, part.index, count) for part in manifest.parts}
     return {index: path for index, path in located.items() if path.is_file()}
 
 
@@ -119,10 +121,9 @@ class BackupDirectory:
             files = (
                 self.path / name,
                 self.path / self._partial_name(name),
-                self.spool_path(name, 1),
                 self.path / manifest_name(name),  # shared by the formats
             )
-            if not any(path.exists() for path in files) and not taken(name):
+            if not any(path.exists() for path in files) and not self._part_files(name) and not taken(name):
                 return name
             when += timedelta(seconds=1)
 
@@ -148,10 +149,11 @@ class BackupDirectory:
             raise
 
     @contextlib.contextmanager
-    def new_spool(self, name: str) -> Iterator["SpoolWriter"]:
+    def new_spool(self, name: str, expected_parts: int) -> Iterator["SpoolWriter"]:
         """Yield a writer for a backup that is not kept here: one file per part, each removed once Telegram
-        has it. On an exception every part file of it is removed."""
-        writer = SpoolWriter(self, name)
+        has it, named for `expected_parts` until the count is known. On an exception every part file of
+        it is removed."""
+        writer = SpoolWriter(self, name, expected_parts)
         try:
             yield writer
             sync_directory(self.path)
@@ -160,14 +162,25 @@ class BackupDirectory:
             self.remove_spooled(name)
             raise
 
-    def spool_path(self, name: str, index: int) -> Path:
-        return spool_path(self.path, name, index)
+    def spool_path(self, name: str, index: int, count: int) -> Path:
+        return spool_path(self.path, name, index, count)
 
-    def part_slice(self, name: str, part: Part, spooled: bool) -> FileSlice:
+    def rename_spooled(self, name: str, named_for: int, count: int) -> None:
+        """Give the parts of backup `name` still in the spool, named for `named_for` parts, the names of
+        `count` parts where the width of their numbers differs (`.999` and `.1000` → `.0999`, `.1000`)."""
+        for index in range(1, count + 1):
+            before, after = self.spool_path(name, index, named_for), self.spool_path(name, index, count)
+            if before != after:
+                with contextlib.suppress(FileNotFoundError):  # sent and removed (or never written)
+                    os.rename(before, after)
+
+    def part_slice(self, manifest: Manifest, part: Part, spooled: bool) -> FileSlice:
         """The bytes of one part: its own file in the spool, or a byte range of the backup file."""
         if spooled:
-            return FileSlice(self.spool_path(name, part.index), 0, part.size_bytes)
-        return FileSlice(self._whole(name), part.offset, part.size_bytes)
+            return FileSlice(
+                self.spool_path(manifest.name, part.index, len(manifest.parts)), 0, part.size_bytes
+            )
+        return FileSlice(self._whole(manifest.name), part.offset, part.size_bytes)
 
     def _whole(self, name: str) -> Path:
         return self.path / checked_name(name)
@@ -178,7 +191,7 @@ class BackupDirectory:
             whole = self._whole(manifest.name)
             return None if whole.is_file() else whole
         for part in manifest.parts:
-            path = self.spool_path(manifest.name, part.index)
+            path = self.spool_path(manifest.name, part.index, len(manifest.parts))
             if part.message_id is None and not path.is_file():
                 return path
         return None
@@ -189,12 +202,12 @@ class BackupDirectory:
         not match their SHA-256."""
         if spooled:
             expected = [
-                (self.spool_path(manifest.name, part.index), part.size_bytes)
+                (self.spool_path(manifest.name, part.index, len(manifest.parts)), part.size_bytes)
                 for part in manifest.parts
                 if part.message_id is None
             ]
         else:
-            expected = [(self.path / manifest.name, manifest.size_bytes)]
+            expected = [(self._whole(manifest.name), manifest.size_bytes)]
         for path, recorded in expected:
             try:
                 size = path.stat().st_size
@@ -209,8 +222,11 @@ class BackupDirectory:
         file is removed then, so after a lost state file this is what says the part is in the chat."""
         return self.path / f".{stem(checked_name(name))}{_RECEIPTS_SUFFIX}"
 
-    def spooled_part_sent(self, name: str, index: int, message_id: int, file_id: str | None) -> None:
-        """Part `index` of a backup not kept here reached the chat: note where, then remove its file."""
+    def spooled_part_sent(
+        self, name: str, index: int, count: int, message_id: int, file_id: str | None
+    ) -> None:
+        """Part `index` of `count` of a backup not kept here reached the chat: note where, then remove its
+        file."""
         receipt = json.dumps({"index": index, "message_id": message_id, "file_id": file_id}) + "\n"
         descriptor = os.open(
             self._receipts(name),
@@ -222,7 +238,7 @@ class BackupDirectory:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        self.spool_path(name, index).unlink(missing_ok=True)
+        self.spool_path(name, index, count).unlink(missing_ok=True)
 
     def receipts(self, name: str, log: Any) -> dict[int, tuple[int, str | None]]:
         """The parts of a spooled backup noted as sent: (message id, file id) by part number. Lines that do
@@ -262,11 +278,18 @@ class BackupDirectory:
                 noted[index] = (message_id, file_id)
         return noted
 
+    def _part_files(self, name: str) -> list[Path]:
+        """The spooled part files of backup `name`, whatever the width of their numbers."""
+        return [
+            path
+            for path in self.path.glob(f"{glob.escape(name)}.[0-9][0-9][0-9]*")
+            if (match := PART_FILE.match(path.name)) and match["name"] == name
+        ]
+
     def remove_spooled(self, name: str) -> None:
         """Remove what is left of a backup that is not kept here: its parts, receipts and manifest."""
-        for path in self.path.glob(f"{glob.escape(checked_name(name))}.[0-9][0-9][0-9]*"):
-            if PART_FILE.match(path.name):
-                path.unlink(missing_ok=True)
+        for path in self._part_files(name):
+            path.unlink(missing_ok=True)
         self._receipts(name).unlink(missing_ok=True)
         (self.path / manifest_name(name)).unlink(missing_ok=True)
 
@@ -291,11 +314,17 @@ class BackupDirectory:
             return (self.path / name).is_file()
         if delivered:
             return False
-        waiting = any(self.spool_path(name, index).is_file() for index in range(1, part_count + 1))
+        waiting = any(
+            self.spool_path(name, index, part_count).is_file() for index in range(1, part_count + 1)
+        )
         return "spool" if waiting else False
 
     def has_whole_file(self, name: str) -> bool:
         return self._whole(name).is_file()
+
+    def keeps_whole(self, backup_stem: str) -> bool:
+        """Whether the backup of this name (without its format's ending) is kept here as one file."""
+        return any((self.path / f"{backup_stem}{known.suffix}").is_file() for known in FORMATS.values())
 
     def note_newest_manifest(self, reference: ManifestRef) -> None:
         """Where the newest manifest in the chat is, kept here too: after a lost state file, the chain in
@@ -421,18 +450,26 @@ class WholeFileWriter:
     def part(self, index: int, offset: int, size: int) -> FileSlice:
         return FileSlice(self._path, offset, size)
 
+    def counted(self, count: int) -> None:
+        """The dump ended in `count` parts: byte ranges of one file, they have no names to change."""
+
 
 class SpoolWriter:
-    """Writes a backup as one file per part, each under a hidden name until it is complete and durable."""
+    """Writes a backup as one file per part, each under a hidden name until it is complete and durable.
+    While the dump runs the count is not known: parts are named for `expected_parts` until `counted`."""
 
-    def __init__(self, directory: BackupDirectory, name: str) -> None:
+    def __init__(self, directory: BackupDirectory, name: str, expected_parts: int) -> None:
         self._directory = directory
         self._name = name
+        self._expected_parts = expected_parts
         self._index = 1
         self._stream: BinaryIO | None = None
 
+    def _path(self, index: int) -> Path:
+        return self._directory.spool_path(self._name, index, self._expected_parts)
+
     def _partial(self) -> Path:
-        final = self._directory.spool_path(self._name, self._index)
+        final = self._path(self._index)
         return final.with_name(f".{final.name}{_PARTIAL_SUFFIX}")
 
     def write(self, data: bytes) -> None:
@@ -447,14 +484,20 @@ class SpoolWriter:
         os.fsync(self._stream.fileno())
         self._stream.close()
         self._stream = None
-        os.rename(self._partial(), self._directory.spool_path(self._name, self._index))
+        os.rename(self._partial(), self._path(self._index))
         self._index += 1
 
     def close(self) -> None:
         self.end_part()
 
     def part(self, index: int, offset: int, size: int) -> FileSlice:
-        return FileSlice(self._directory.spool_path(self._name, index), 0, size)
+        return FileSlice(self._path(index), 0, size)
+
+    def counted(self, count: int) -> None:
+        """The dump ended in `count` parts: the parts still here take the names of that count when it
+        has another width than the one expected (1000 parts where 999 were expected: `.0001`, …)."""
+        self._directory.rename_spooled(self._name, self._expected_parts, count)
+        self._expected_parts = count
 
     def abandon(self) -> None:
         if self._stream is not None:

@@ -4,6 +4,7 @@ The token is part of every request URL, and requests puts URLs into its exceptio
 text that leaves this module goes through `redaction.scrub` first.
 """
 
+import collections
 import os
 import threading
 import urllib.parse
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO
 import requests
 
 from . import __version__
+from .clock import Clock
 from .errors import Cancelled, TgbackupdError
 from .files import FileSlice
 from .redaction import scrub
@@ -23,6 +25,9 @@ CONNECT_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 600
 _BODY_BLOCK_BYTES = 256 * 1024
+# What posts a message in a chat (or changes one), and so counts towards Telegram's limits for that chat.
+PACED_METHODS = frozenset({"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage"})
+PACING_WINDOW_S = 60.0
 
 
 class TelegramError(TgbackupdError):
@@ -108,8 +113,53 @@ class MultipartBody:
         yield self._tail
 
 
+class ChatPacer:
+    """Spaces the messages to each chat to Telegram's published limits instead of running into its 429s:
+    at most `per_minute` in any 60 seconds (20 in a group or channel) and, within that, about one a second
+    (at least min(1 s, 60 / per_minute) apart). One pacer serves every client of a process, so that a
+    delivery and the next one do not add up to a burst."""
+
+    def __init__(self, per_minute: int, clock: Clock | None = None) -> None:
+        self.per_minute = per_minute
+        self._spacing = min(1.0, PACING_WINDOW_S / per_minute)
+        self._clock = clock or Clock()
+        self._slots: dict[str, collections.deque[float]] = {}  # per chat, the last minute's sends
+        self._lock = threading.Lock()
+
+    def reserve(self, chat_id: str) -> float:
+        """Take the next free slot for a message to `chat_id`; return how many seconds away it is."""
+        with self._lock:
+            now = self._clock.monotonic()
+            slots = self._slots.setdefault(chat_id, collections.deque())
+            while slots and slots[0] <= now - PACING_WINDOW_S:
+                slots.popleft()
+            slot = self._next_slot(slots, now)
+            slots.append(slot)
+            return slot - now
+
+    def seconds_for(self, chat_id: str, messages: int) -> float:
+        """How long `messages` more to `chat_id` take at this pace, from now (what status tells)."""
+        with self._lock:
+            now = self._clock.monotonic()
+            slots = collections.deque(self._slots.get(chat_id, ()))
+        last = now
+        for _ in range(messages):
+            last = self._next_slot(slots, now)
+            slots.append(last)
+        return last - now
+
+    def _next_slot(self, slots: collections.deque[float], now: float) -> float:
+        slot = now
+        if slots:
+            slot = max(slot, slots[-1] + self._spacing)
+        if len(slots) >= self.per_minute:
+            slot = max(slot, slots[-self.per_minute] + PACING_WINDOW_S)
+        return slot
+
+
 class BotApi:
-    """Calls Bot API methods, retrying what can succeed later: network errors, 5xx and 429."""
+    """Calls Bot API methods, retrying what can succeed later: network errors, 5xx and 429. With a
+    pacer, what posts in a chat waits its turn (ChatPacer)."""
 
     def __init__(
         self,
@@ -120,13 +170,20 @@ class BotApi:
         retries: int,
         cancel: threading.Event | None = None,
         wait: Callable[[float], bool] | None = None,
+        pacer: ChatPacer | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._api_url = api_url
         self._token = token
         self._timeout = (CONNECT_TIMEOUT_S, timeout_s)
         self._attempts = retries + 1
         self._cancel = cancel or threading.Event()
-        self._wait = wait or self._cancel.wait
+        self._clock = clock or Clock()
+        self._wait = wait or (lambda seconds: self._clock.wait(self._cancel, seconds))
+        self._pacer = pacer
+        self._uploads_lock = threading.Lock()
+        self._uploaded_bytes = 0
+        self._upload_s = 0.0
         self._session = requests.Session()
         self._session.headers["User-Agent"] = f"tgbackupd/{__version__}"
         self.on_retry: Callable[[str, int, float, str], None] = lambda method, attempt, delay, reason: None
@@ -153,7 +210,13 @@ class BotApi:
             body = MultipartBody(fields, "document", content, file_name, content_type, self._cancel)
             return {"data": body, "headers": {"Content-Type": body.content_type}}
 
-        return self._sent(self._call("sendDocument", chat_id, request, self._attempts))
+        return self._sent(self._call("sendDocument", chat_id, request, self._attempts, content.length))
+
+    @property
+    def upload_bytes_per_s(self) -> float | None:
+        """How fast this client's uploads went, pacing aside (None before the first)."""
+        with self._uploads_lock:
+            return self._uploaded_bytes / self._upload_s if self._upload_s > 0 else None
 
     def edit_message_caption(self, chat_id: str, message_id: int, caption: str) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "caption": caption}
@@ -219,16 +282,27 @@ class BotApi:
         return SentMessage(message_id=int(result.get("message_id", 0)), file_id=document.get("file_id"))
 
     def _call(
-        self, method: str, chat_id: str, make_request: Callable[[], dict[str, Any]], attempts: int
+        self,
+        method: str,
+        chat_id: str,
+        make_request: Callable[[], dict[str, Any]],
+        attempts: int,
+        upload_bytes: int = 0,
     ) -> Any:
-        """POST a method; return its `result`. Raise TelegramRejected at once on 4xx, TelegramError once
-        the retries are spent, Cancelled when told to stop."""
+        """POST a method (each attempt at what posts in a chat after its turn, with a pacer); return its
+        `result`. Raise TelegramRejected at once on 4xx, TelegramError once the retries are spent,
+        Cancelled when told to stop."""
         url = f"{self._api_url}/bot{self._token}/{method}"
         failure = ""
         unanswered = False
         for attempt in range(1, attempts + 1):
             if self._cancel.is_set():
                 raise Cancelled("tgbackupd is stopping")
+            if self._pacer is not None and chat_id and method in PACED_METHODS:
+                turn = self._pacer.reserve(chat_id)
+                if turn > 0 and self._wait(turn):
+                    raise Cancelled("tgbackupd is stopping")
+            began = self._clock.monotonic()
             try:
                 response = self._session.post(
                     url, timeout=self._timeout, allow_redirects=False, **make_request()
@@ -241,6 +315,10 @@ class BotApi:
                 unanswered = False
                 reply = self._json(response)
                 if response.status_code == 200 and reply.get("ok"):
+                    if upload_bytes:
+                        with self._uploads_lock:
+                            self._uploaded_bytes += upload_bytes
+                            self._upload_s += self._clock.monotonic() - began
                     return reply.get("result")
                 description = str(reply.get("description") or response.reason or "no description")
                 failure = f"{response.status_code} {scrub(description, [self._token])}"

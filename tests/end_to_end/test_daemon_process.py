@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import pytest
 from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import (
     POSTGRES_12,
+    add_noise,
     base_environment,
     psql,
     psql_refusing,
@@ -569,4 +571,40 @@ def test_an_unusable_backup_directory_is_reported_at_once_and_the_daemon_stays_u
     assert "the backup directory is not usable" in notice.fields["text"]
     assert "cannot create the backup directory" in daemon.log_text()
     assert daemon.ctl("status").returncode == 0
+    assert daemon.stop() == 0
+
+
+def test_parts_are_paced_by_telegram_messages_per_minute_and_status_tells_how_many_are_left_and_how_long(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    from tgbackupd.telegram import PACED_METHODS
+
+    source = make_database(rows=2000)
+    add_noise(source, 4)  # about 5 parts of 1 MB
+    overrides = {"TGBACKUPD_TELEGRAM_PART_SIZE_MB": "1", "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": "120"}
+    environment = base_environment(tmp_path, source, **{**telegram_environment(bot_api), **overrides})
+    daemon = start_daemon(environment)
+    daemon.notify.wait_for("READY=1")
+
+    trigger = daemon.trigger_in_background()
+    seen, rendered = [], []
+    deadline = time.monotonic() + 60
+    while trigger.poll() is None and time.monotonic() < deadline:
+        sending = json.loads(daemon.ctl("status", "--json").stdout)["data"]["sending"]
+        if sending and sending["parts_total"] is not None:
+            seen.append(sending)
+            rendered.append(daemon.ctl("status").stdout)
+    assert trigger.wait(60) == 0, trigger.stderr.read()
+
+    parts = len(bot_api.documents()) - 1
+    assert parts >= 4 and seen, seen
+    assert all(s["parts_total"] == parts and 0 <= s["parts_sent"] <= parts for s in seen)
+    assert all(s["eta_s"] is not None for s in seen) and max(s["eta_s"] for s in seen) >= 1
+    assert any("Sending:           " in text and f" of {parts} parts sent" in text for text in rendered)
+    assert any(f" of {parts} parts sent, about " in message for message in daemon.notify.messages)
+    paced = [at for at, method in bot_api.state.posts if method in PACED_METHODS]
+    # 120 a minute: half a second apart (as they arrive: give the loopback a little slack).
+    assert all(later - earlier >= 0.4 for earlier, later in itertools.pairwise(paced))
+    assert paced[-1] - paced[0] >= 0.5 * (len(paced) - 1) - 0.2
+    assert json.loads(daemon.ctl("status", "--json").stdout)["data"]["sending"] is None
     assert daemon.stop() == 0

@@ -1,4 +1,5 @@
-"""The benchmarks stay runnable: tiny runs, timing nothing."""
+"""The benchmarks stay runnable: tiny runs, timing nothing. They still take minutes, so they are marked
+`bench`: a plain `pytest` leaves them out, and CI runs them on their own (`pytest -m bench`)."""
 
 import shutil
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).parents[2] / "bench"
-pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
+pytestmark = [pytest.mark.bench, pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")]
 
 
 def run_bench(script: str, *args: str) -> str:

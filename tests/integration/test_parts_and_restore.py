@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import itertools
 import json
 import re
 import shutil
@@ -593,3 +594,128 @@ def test_with_keep_0_two_backups_in_the_same_second_keep_their_own_names(tmp_pat
     assert first.file.endswith("_030000.sql.gz") and second.file.endswith("_030001.sql.gz")
     listed = ctl(environment, "list").stdout
     assert first.file in listed and second.file in listed
+
+
+@pytest.fixture
+def kilobyte_parts(monkeypatch):
+    """Parts of 1 KB (the configuration's least is 1 MB): a backup of about a megabyte makes over a
+    thousand of them, cheaply."""
+    from tgbackupd.config import TelegramConfig
+
+    monkeypatch.setattr(TelegramConfig, "part_size_bytes", property(lambda self: 1024))
+
+
+def sent_parts(bot_api, manifest: dict) -> list[str]:
+    """The names in the chat of the documents the manifest lists as the backup's parts, in its order."""
+    by_message = {document.message_id: document.file_name for document in bot_api.documents()}
+    return [by_message[part["message_id"]] for part in manifest["parts"]]
+
+
+def test_over_999_parts_are_numbered_with_four_digits_even_those_sent_before_the_count_was_known(
+    tmp_path, make_database, bot_api, kilobyte_parts
+):
+    import structlog
+
+    source = make_database(rows=500)
+    first = backup_in_parts(tmp_path, source, bot_api)  # a few hundred parts: the next is expected alike
+    add_noise(source, 1)
+    with structlog.testing.capture_logs() as logs:
+        second = backup_in_parts(tmp_path, source, bot_api)
+    third = backup_in_parts(tmp_path, source, bot_api)  # expected from the second: four digits at once
+
+    assert first.parts < 1000 <= second.parts <= third.parts, (first.parts, second.parts, third.parts)
+    resent = [
+        entry for entry in logs if entry["event"].startswith("Parts sent during the dump are sent again")
+    ]
+    assert len(resent) == 1 and resent[0]["named_before"] == f"{second.file}.001 … {second.file}.999"
+    manifests = [json.loads(d.content) for d in bot_api.documents() if d.file_name.endswith(".json")]
+    for result, manifest in zip((second, third), manifests[1:], strict=True):
+        names = sent_parts(bot_api, manifest)
+        assert names == [f"{result.file}.{i:04d}" for i in range(1, result.parts + 1)]
+        assert [part["file_name"] for part in manifest["parts"]] == names and sorted(names) == names
+    third_documents = [d for d in bot_api.documents() if d.file_name.startswith(third.file + ".")]
+    assert len(third_documents) == third.parts  # nothing sent twice when the count was expected right
+
+    folder = tmp_path / "downloads"  # everything of the third backup, as a person downloads it
+    folder.mkdir()
+    for document in [*third_documents, bot_api.documents()[-1]]:
+        (folder / document.file_name).write_bytes(document.content)
+    output = tmp_path / "restored.sql"
+    restored = ctl(new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(output))
+    assert restored.returncode == 0, restored.stderr
+    joined = subprocess.run(
+        f"cat {third.file}.* | gzip -dc", shell=True, cwd=folder, capture_output=True, check=True
+    ).stdout
+    assert (
+        output.read_bytes()
+        == joined
+        == subprocess.run(["gzip", "-dc", third.path], capture_output=True).stdout
+    )
+
+
+def test_with_keep_0_over_999_parts_wait_in_the_spool_with_four_digits_and_those_sent_early_keep_theirs(
+    tmp_path, make_database, bot_api, kilobyte_parts
+):
+    import structlog
+
+    source = make_database(rows=500)
+    keep_0 = {"TGBACKUPD_BACKUP_KEEP": "0", "TGBACKUPD_TELEGRAM_RETRIES": "0"}
+    first = backup_in_parts(tmp_path, source, bot_api, **keep_0)  # the next is expected alike: 3 digits
+    add_noise(source, 1)
+    refused = Fault(403, "Forbidden: bot is not a member of the channel chat")
+    bot_api.fail_next(*[Fault(action="pass")] * 600, refused, refused, refused)  # then the outbox's try
+    with structlog.testing.capture_logs() as logs:
+        second = backup_in_parts(tmp_path, source, bot_api, **keep_0)
+    bot_api.state.faults.clear()
+
+    assert first.delivery == "sent" and second.delivery == "pending" and second.parts >= 1000
+    kept = [entry for entry in logs if entry["event"].startswith("Parts sent during the dump keep names")]
+    assert len(kept) == 1 and kept[0]["named_before"] == f"{second.file}.001 … {second.file}.600"
+    spooled = sorted(p.name for p in (tmp_path / "backups").glob("*.sql.gz.*"))
+    assert spooled == [f"{second.file}.{i:04d}" for i in range(601, second.parts + 1)]
+    environment = base_environment(tmp_path, source, **{**telegram_environment(bot_api), **keep_0})
+    output = tmp_path / "restored.sql"  # 600 parts from the chat, the rest from the spool
+    restored = ctl(environment, "restore", second.file, "--output", str(output))
+    assert restored.returncode == 0, restored.stderr
+
+    backup = backup_for(load_config(None, environment))
+    backup.redeliver()
+    assert backup.outbox.pending_count == 0 and list((tmp_path / "backups").glob("*.sql.gz.*")) == []
+    manifest = json.loads(bot_api.documents()[-1].content)
+    assert [part["file_name"] for part in manifest["parts"]] == [
+        f"{second.file}.{i:04d}" for i in range(1, second.parts + 1)
+    ]
+    names = sent_parts(bot_api, manifest)
+    assert names[:600] == [f"{second.file}.{i:03d}" for i in range(1, 601)]
+    assert names[600:] == [f"{second.file}.{i:04d}" for i in range(601, second.parts + 1)]
+    by_message = {document.message_id: document.content for document in bot_api.documents()}
+    chat = b"".join(by_message[part["message_id"]] for part in manifest["parts"])
+    assert hashlib.sha256(chat).hexdigest() == second.sha256
+    assert b"CREATE TABLE public.noise" in output.read_bytes()
+
+
+def test_many_parts_pace_themselves_to_20_messages_a_minute_a_second_apart_instead_of_meeting_429(
+    tmp_path, make_database, bot_api, kilobyte_parts
+):
+    from tests.conftest import SteppingClock
+    from tgbackupd.telegram import PACED_METHODS
+
+    clock = SteppingClock()
+    bot_api.state.clock = clock.monotonic
+    source = make_database(rows=500)  # some 30 parts of 1 KB
+    environment = base_environment(
+        tmp_path,
+        source,
+        **{**telegram_environment(bot_api), "TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE": "20"},
+    )
+    began = time.monotonic()
+
+    result = backup_for(load_config(None, environment), clock=clock).run("scheduled")
+
+    assert result.delivery == "sent" and result.parts >= 25, result.error
+    paced = [at for at, method in bot_api.state.posts if method in PACED_METHODS]
+    assert len(paced) == 2 * result.parts + 1  # each part, all captions but the last one's, manifest, pin
+    assert all(later - earlier >= 1 for earlier, later in itertools.pairwise(paced))
+    assert all(paced[index + 20] - paced[index] >= 60 for index in range(len(paced) - 20))
+    assert paced[-1] - paced[0] <= (len(paced) - 1) // 20 * 60 + 19  # and no slower than that
+    assert time.monotonic() - began < 60  # minutes of pacing passed on the test's clock

@@ -7,20 +7,24 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.conftest import SteppingClock
 from tgbackupd.backup import BackupResult
 from tgbackupd.clock import Clock
 from tgbackupd.commands import Commands, peer_may_trigger, status_line
 from tgbackupd.config import load_config
 from tgbackupd.control import Peer
+from tgbackupd.delivery import Sending
 from tgbackupd.outbox import Outbox
 from tgbackupd.runner import BackupRunner
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
 from tgbackupd.storage import BackupDirectory
+from tgbackupd.telegram import ChatPacer
 
 ROOT = Peer(pid=1, uid=0, gid=0)
 NOBODY = Peer(pid=2, uid=65534, gid=65534)
 STRANGER = Peer(pid=3, uid=4242, gid=4242)
+MB = 1024 * 1024
 
 
 def result(trigger: str, error: str | None = None) -> BackupResult:
@@ -53,7 +57,9 @@ class StandInBackup:
         return result(trigger, self.error)
 
 
-def commands(tmp_path: Path, backup: StandInBackup, **environ: str) -> Commands:
+def commands(
+    tmp_path: Path, backup: StandInBackup, sending: Sending | None = None, **environ: str
+) -> Commands:
     config = load_config(
         _config_file(tmp_path),
         {
@@ -66,7 +72,8 @@ def commands(tmp_path: Path, backup: StandInBackup, **environ: str) -> Commands:
     store = open_store(tmp_path / "state.db").store
     directory = BackupDirectory(config.backup.directory, config.backup.prefix)
     runner = BackupRunner(backup.run, store.last_result(), threading.Event())
-    outbox = Outbox(config, store, directory, Clock(), structlog.get_logger())
+    sending = sending or Sending(ChatPacer(20, Clock()))
+    outbox = Outbox(config, store, directory, Clock(), structlog.get_logger(), sending)
     return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox, store, directory)
 
 
@@ -169,3 +176,28 @@ def test_status_line_tells_schedule_and_last_result():
     assert status_line(failed) == (
         "Idle; scheduled backups off (BACKUP_ENABLED=false); last: FAILED at 2025-12-03 03:00: disk full"
     )
+
+
+def test_while_a_backup_is_sent_status_tells_the_parts_sent_of_how_many_and_about_how_long_is_left(
+    tmp_path,
+):
+    from tgbackupd.ctl import render_status
+
+    sending = Sending(ChatPacer(20, SteppingClock()))
+    dispatch = commands(tmp_path, StandInBackup(), sending)
+    name = "shop_backup_20251203_030000.sql.gz"
+    sending.begin(name, "-100123", parts_total=100, bytes_total=100 * 19 * MB)
+    for _ in range(40):
+        sending.part_sent(19 * MB, upload_bytes_per_s=19 * MB)  # a second each: the pace is slower
+
+    status = dispatch.handle({"command": "status"}, STRANGER)["data"]
+
+    # 60 parts, the manifest and its pin at 20 a minute, a second apart: the last at 3 min 1 s.
+    assert status["sending"] == {"name": name, "parts_sent": 40, "parts_total": 100, "eta_s": 181}
+    assert status_line(status).endswith("; 40 of 100 parts sent, about 4 min left")
+    rendered = render_status({**status, "next_run": "2025-12-04T03:00:00+00:00"})
+    assert f"Sending:           {name}: 40 of 100 parts sent, about 4 min left" in rendered
+    sending.part_sent(19 * MB, upload_bytes_per_s=1 * MB)  # a slow line: uploading takes longer
+    assert dispatch.handle({"command": "status"}, STRANGER)["data"]["sending"]["eta_s"] == 59 * 19
+    sending.end()
+    assert dispatch.handle({"command": "status"}, STRANGER)["data"]["sending"] is None

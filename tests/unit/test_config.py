@@ -346,3 +346,27 @@ def test_the_bounds_of_a_backup_default_to_6_hours_and_5_minutes_and_refuse_zero
         "backup.timeout = '0'",
     ]
     assert all("expected a number of seconds from 1 to 86400, got 0" in problem for problem in found)
+
+
+def test_a_part_size_above_what_the_public_bot_api_hands_back_is_a_problem_naming_the_fixes(tmp_path):
+    found = problems(tmp_path, DATABASE_URL="postgresql://h/shop", TGBACKUPD_TELEGRAM_PART_SIZE_MB="21")
+    assert len(found) == 1
+    assert found[0].startswith(
+        "telegram.part_size_mb = 21 (from environment variable TGBACKUPD_TELEGRAM_PART_SIZE_MB)"
+    )
+    assert "at most 20 MB" in found[0] and "telegram.api_url" in found[0] and "--local" in found[0]
+
+
+def test_parts_of_20_mb_are_accepted_on_the_public_bot_api_and_larger_ones_only_self_hosted(tmp_path):
+    database = {"DATABASE_URL": "postgresql://h/shop"}
+    at_the_limit = load_config(write(tmp_path, "[telegram]\npart_size_mb = 20\n"), database)
+    assert at_the_limit.telegram.part_size_bytes == 20 * 1024 * 1024
+    assert problems(tmp_path, "[telegram]\npart_size_mb = 21\n", **database)
+    self_hosted = load_config(
+        write(
+            tmp_path,
+            '[telegram]\napi_url = "http://127.0.0.1:8081"\nmax_upload_mb = 2000\npart_size_mb = 500\n',
+        ),
+        database,
+    )
+    assert self_hosted.telegram.part_size_mb == 500

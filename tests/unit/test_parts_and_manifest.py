@@ -78,6 +78,13 @@ def manifest() -> Manifest:
     )
 
 
+def test_numbers_are_as_wide_as_the_count_so_the_names_sort_in_the_order_cat_must_join_them():
+    for count, first in [(2, "001"), (999, "001"), (1000, "0001"), (1200, "0001"), (10000, "00001")]:
+        names = [part_name("db.sql.gz", index, count) for index in range(1, count + 1)]
+        assert names[0] == f"db.sql.gz.{first}"
+        assert sorted(names) == names and len({len(name) for name in names}) == 1
+
+
 def test_a_manifest_survives_its_round_trip():
     assert Manifest.from_json(manifest().to_json()) == manifest()
 
@@ -292,15 +299,23 @@ def test_an_upload_that_fails_locally_never_leaves_the_dump_waiting(tmp_path):
 
     import structlog
 
-    from tgbackupd.delivery import EarlyUploader
+    from tgbackupd.delivery import EarlyUploader, Sending
     from tgbackupd.files import FileSlice
+    from tgbackupd.telegram import ChatPacer
 
     class BotThatCannotRead:
         def send_document(self, *args, **kwargs):
             raise FileNotFoundError(2, "No such file or directory")
 
     uploader = EarlyUploader(
-        BotThatCannotRead(), "-100123", "db.sql.gz", "db", structlog.get_logger(), max_waiting=1
+        BotThatCannotRead(),
+        "-100123",
+        "db.sql.gz",
+        "db",
+        structlog.get_logger(),
+        4,
+        Sending(ChatPacer(20)),
+        max_waiting=1,
     )
     handed = threading.Thread(
         target=lambda: [

@@ -19,6 +19,7 @@ import structlog
 from tgbackupd import statefile
 from tgbackupd.clock import Clock
 from tgbackupd.config import load_config
+from tgbackupd.delivery import Sending
 from tgbackupd.manifest import Manifest, ManifestRef, Part, plan_parts
 from tgbackupd.outbox import Outbox
 from tgbackupd.recovery import read_back
@@ -26,6 +27,7 @@ from tgbackupd.state import SCHEMA_VERSION, SQLITE_HEADER, Entry, StateError, St
 from tgbackupd.statefile import REBUILD_KEY, open_reader, open_store
 from tgbackupd.states import DeliveryState
 from tgbackupd.storage import BackupDirectory
+from tgbackupd.telegram import ChatPacer
 
 NOBODY = 65534
 
@@ -603,7 +605,8 @@ def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_s
     store.add(pending("20251203_030000", parts=1))
     (tmp_path / "shop_backup_20251203_030000.sql.gz").write_bytes(b"x" * 10)
     (tmp_path / ".tgbackupd.lock").write_text("")
-    outbox = Outbox(config, store, BackupDirectory(tmp_path, "shop"), Clock(), structlog.get_logger())
+    directory = BackupDirectory(tmp_path, "shop")
+    outbox = Outbox(config, store, directory, Clock(), structlog.get_logger(), Sending(ChatPacer(20)))
     assert outbox.is_due()
 
     class BrokenBot:
@@ -613,3 +616,27 @@ def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_s
     with pytest.raises(RuntimeError):
         outbox.drain(BrokenBot(), threading.Event())
     assert not outbox.is_due() and "internal error" in outbox.last_error
+
+
+def test_over_999_parts_spooled_by_a_version_that_numbered_them_with_three_digits_take_four_at_start(
+    tmp_path,
+):
+    import structlog
+
+    from tgbackupd.recovery import read_back
+    from tgbackupd.storage import BackupDirectory, spooled_parts
+
+    directory = BackupDirectory(tmp_path, "shop")
+    waiting = pending("20251203_030000", parts=1200).manifest
+    store = open_store(tmp_path / "state.db").store
+    store.add(Entry(waiting, DeliveryState.PENDING, spooled=True))  # recorded before the upgrade
+    (tmp_path / waiting.file_name).write_bytes(waiting.to_json())
+    for index in range(1, 1201):
+        (tmp_path / f"{waiting.name}.{index:03d}").write_bytes(b"x" * 10)  # .001 … .999, .1000 … .1200
+
+    assert read_back(store, directory, telegram=True, log=structlog.get_logger()) == []
+
+    assert sorted(spooled_parts(tmp_path, waiting)) == list(range(1, 1201))
+    assert sorted(p.name for p in tmp_path.glob("*.sql.gz.*")) == [
+        f"{waiting.name}.{index:04d}" for index in range(1, 1201)
+    ]

@@ -88,7 +88,7 @@ def test_leftovers_of_an_interrupted_run_are_removed_and_only_those(tmp_path):
 def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
     name = "db_backup_20251203_030000.sql.gz"
-    with directory.new_spool(name) as writer:
+    with directory.new_spool(name, 2) as writer:
         writer.write(b"first")
         assert [p.name for p in tmp_path.iterdir()] == [f".{name}.001.partial"]
         writer.end_part()
@@ -100,7 +100,7 @@ def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path)
     assert directory.backups() == []  # not a backup kept here: retention never sees it
     assert sorted(part.name for part in directory.spooled()) == [f"{name}.001", f"{name}.002"]
     assert directory.unused_name(WHEN) == "db_backup_20251203_030001.sql.gz"
-    directory.spooled_part_sent(name, 1, 41, "file-41")
+    directory.spooled_part_sent(name, 1, 2, 41, "file-41")
     receipts = ".db_backup_20251203_030000.sent"
     assert sorted(p.name for p in tmp_path.iterdir()) == [receipts, f"{name}.002"]
     assert directory.receipts(name, structlog.get_logger()) == {1: (41, "file-41")}
@@ -111,10 +111,29 @@ def test_a_spooled_backup_appears_part_by_part_each_only_when_complete(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_spooled_parts_named_before_the_count_was_known_take_the_names_of_the_count(tmp_path):
+    directory = BackupDirectory(tmp_path, "db")
+    name = "db_backup_20251203_030000.sql.gz"
+    with directory.new_spool(name, 1500) as writer:  # expected from a backup of 1500 parts
+        for part in (b"one", b"two"):
+            writer.write(part)
+            writer.end_part()
+        writer.write(b"three")
+        writer.close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.{i:04d}" for i in (1, 2, 3)]
+        directory.spooled_part_sent(name, 1, 1500, 7, "file-7")  # sent while the dump ran
+        writer.counted(3)
+    assert sorted(p.name for p in tmp_path.glob("*.sql.gz.*")) == [f"{name}.002", f"{name}.003"]
+    assert directory.spool_path(name, 3, 3).read_bytes() == b"three"
+    assert directory.unused_name(WHEN) == "db_backup_20251203_030001.sql.gz"
+    directory.remove_spooled(name)
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_a_failed_spooled_backup_leaves_none_of_its_parts(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
     (tmp_path / "db_backup_20251202_030000.sql.gz.001").write_bytes(b"an older backup, still waiting")
-    with pytest.raises(RuntimeError), directory.new_spool("db_backup_20251203_030000.sql.gz") as writer:
+    with pytest.raises(RuntimeError), directory.new_spool("db_backup_20251203_030000.sql.gz", 2) as writer:
         writer.write(b"one")
         writer.end_part()
         writer.write(b"tw")

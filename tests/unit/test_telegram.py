@@ -6,10 +6,12 @@ import pytest
 import requests
 import responses
 
+from tests.conftest import SteppingClock
 from tgbackupd.errors import Cancelled
 from tgbackupd.files import FileSlice
 from tgbackupd.telegram import (
     BotApi,
+    ChatPacer,
     MultipartBody,
     TelegramError,
     TelegramRejected,
@@ -229,3 +231,18 @@ def test_stopping_interrupts_an_upload_in_progress(backup_file):
     cancel.set()
     with pytest.raises(Cancelled):
         list(blocks)
+
+
+def test_messages_to_one_chat_go_a_second_apart_and_at_most_20_in_any_minute_another_chat_apart():
+    clock, never = SteppingClock(), threading.Event()
+    pacer = ChatPacer(20, clock)
+    began = clock.monotonic()
+    assert pacer.seconds_for(CHAT, 45) == 124  # what status tells before the first is sent
+    sent = []
+    for _ in range(45):
+        clock.wait(never, pacer.reserve(CHAT))
+        sent.append(clock.monotonic() - began)
+    assert sent == [*range(20), *range(60, 80), *range(120, 125)]
+    assert pacer.reserve("-100987654321") == 0  # another chat has limits of its own
+    # Now (124 s): 15 more fit in the minute since 65 s, a second apart; the 16th waits for 120 + 60 s.
+    assert pacer.seconds_for(CHAT, 15) == 15 and pacer.seconds_for(CHAT, 16) == 180 - 124
