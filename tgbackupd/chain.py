@@ -8,11 +8,10 @@ from collections.abc import Iterator
 
 from .errors import RestoreError
 from .formats import stem
-from .manifest import SUFFIX, Manifest, ManifestError, ManifestRef, is_backup_name
+from .manifest import MAX_MANIFEST_BYTES, SUFFIX, Manifest, ManifestError, ManifestRef, is_backup_name
 from .signing import Keyring
 from .telegram import BotApi, TelegramError, TelegramRejected
 
-MAX_MANIFEST_BYTES = 1024 * 1024
 HISTORY_LIMIT = 10000
 
 

@@ -16,6 +16,8 @@ DUMP_FORMATS = ("plain",)
 # Bounds on what a manifest read from the chat or a folder may claim: 100,000 parts is 1.9 TB at the
 # default part size; sizes stay within what every JSON reader holds exactly.
 MAX_PARTS = 100_000
+# A manifest of MAX_PARTS parts is some 35 MB of JSON: larger is not one of ours.
+MAX_MANIFEST_BYTES = 48 * 1024 * 1024
 MAX_BYTES = 2**53
 MAX_MESSAGE_ID = 2**53
 MAX_TEXT = 1000

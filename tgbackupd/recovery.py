@@ -8,13 +8,12 @@ from typing import Any
 
 from .config import Config
 from .formats import stem
-from .manifest import SUFFIX, Manifest, ManifestError, manifest_name
+from .manifest import MAX_MANIFEST_BYTES, SUFFIX, Manifest, ManifestError, manifest_name
 from .state import CHAIN_CONFIRM, CHAIN_HISTORY, CHAIN_KEY, Entry, StateStore
 from .statefile import REBUILD_KEY, open_store
 from .states import DeliveryState
 from .storage import BackupDirectory, spooled_parts
 
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # Before part numbers were as wide as the count, spooled parts were numbered with three digits whatever the
 # count, which is how part_name numbers 2 parts (`.001` … `.999`, `.1000`): a backup of 1000 parts or
 # more left waiting in the spool by those versions takes today's names when it is read back.

@@ -15,6 +15,7 @@ from tests import release_0_1
 from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import backup_for, base_environment, database_url, fingerprint, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
+from tgbackupd import chain
 from tgbackupd.config import load_config
 from tgbackupd.errors import RestoreError
 from tgbackupd.files import FileSlice
@@ -301,3 +302,30 @@ def test_after_a_rebuild_a_forged_manifest_does_not_pass_for_a_backup_that_never
     assert bot_api.documents()[-2].content == (tmp_path / "backups" / waiting.file).read_bytes()
     entry = open_reader(tmp_path / "state.db").entry(waiting.file)
     assert entry.delivery == "sent" and entry.manifest_ref.message_id == sent.message_id
+
+
+def test_the_manifest_of_a_backup_of_many_thousand_parts_is_followed_from_the_chat(tmp_path, bot):
+    # 5000 parts of 19 MB (95 GB): some 2 MB of manifest, more than a manifest was once allowed to be.
+    parts = tuple(
+        replace(part, message_id=10_000 + part.index, file_id=f"BQACAgIAAxkBAAI{part.index:012d}")
+        for part in plan_parts(NAME, [(19 * 1024 * 1024, "ab" * 32)] * 5000)
+    )
+    big = Manifest(
+        name=NAME,
+        database="shop",
+        host="shop on db",
+        server="web1",
+        created_at="2025-12-03T03:00:00+00:00",
+        size_bytes=sum(part.size_bytes for part in parts),
+        sha256="cd" * 32,
+        parts=parts,
+    )
+    document = signed_json(big, ManifestKey.from_token(FAKE_TOKEN))
+    assert len(document) > 1024 * 1024
+    message_id, file_id = post(bot, tmp_path, big.file_name, document)
+
+    found = chain.download_manifest(
+        bot, ManifestRef(NAME, message_id, file_id), Keyring((ManifestKey.from_token(FAKE_TOKEN),))
+    )
+
+    assert found == big
