@@ -20,7 +20,7 @@ from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
 from .runner import BackupBusy, BackupRunner, RunningBackup
-from .scheduling import DailySchedule, missed_run
+from .scheduling import DailySchedule, missed_run, repeated_slot
 from .state import StateStore
 from .states import Trigger
 from .storage import BackupDirectory
@@ -96,14 +96,19 @@ class Daemon:
         backup = self._config.backup
         last_attempt = self._last_attempt()
         now = self._clock.now()
-        if last_attempt is not None and missed_run(now, backup.hour, backup.minute, last_attempt) is None:
-            # Only on the night the clocks go back, after a restart: the scheduled time comes twice.
+        if repeated_slot(now, backup.hour, backup.minute, last_attempt):
+            assert last_attempt is not None
             log.info(
                 "Scheduled backup skipped: a backup was made at this time already, before the clocks "
                 "went back",
                 last_attempt=last_attempt.isoformat(timespec="seconds"),
             )
             return
+        if last_attempt is not None and last_attempt > now:
+            log.warning(
+                "The last backup's time lies in the future: was the clock set back? Backing up as scheduled",
+                last_attempt=last_attempt.isoformat(timespec="seconds"),
+            )
         self._start(Trigger.SCHEDULED)
 
     def _last_attempt(self) -> datetime | None:

@@ -4,12 +4,17 @@ pg_dump and makes smaller files."""
 
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 import zstandard
 
 from .pipeline import ParallelGzipCompressor, Sink, gzip_compressor, zstd_compressor
+
+# Decompressed output comes in pieces of about this size at most, however well the input compressed: a
+# few kilobytes of zstd or gzip can stand for gigabytes of a repeated row (or of a crafted file).
+OUTPUT_BYTES = 4 * 1024 * 1024
 
 
 class Decompressor(Protocol):
@@ -21,7 +26,63 @@ class Decompressor(Protocol):
     @property
     def unused_data(self) -> bytes: ...
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decompress `data` (up to the stream's end), in pieces of at most about OUTPUT_BYTES."""
+        ...
+
+
+class GzipMember:
+    def __init__(self) -> None:
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def eof(self) -> bool:
+        return self._inflate.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._inflate.unused_data
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            out = self._inflate.decompress(data, OUTPUT_BYTES)
+            if out:
+                yield out
+            data = self._inflate.unconsumed_tail
+            if self._inflate.eof or (not data and len(out) < OUTPUT_BYTES):
+                return
+
+
+class ZstdFrame:
+    """libzstd's decompress object has no bound on its output, so the input is given in slices sized by
+    how much the last one produced: large for ordinary data, tiny for data that expands a thousandfold."""
+
+    _FIRST_SLICE = 1024  # at most some 32 MB of output, zstd's worst case of a kilobyte
+
+    def __init__(self) -> None:
+        self._decompress = zstandard.ZstdDecompressor().decompressobj()
+        self._slice = self._FIRST_SLICE
+        self._unused = b""
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._decompress.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._unused
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
+        while view:
+            piece, view = view[: self._slice], view[self._slice :]
+            out = self._decompress.decompress(piece.tobytes())
+            if out:
+                yield out
+            self._slice = max(64, min(1024 * 1024, OUTPUT_BYTES * len(piece) // max(len(out), 1)))
+            if self._decompress.eof:
+                self._unused = self._decompress.unused_data + view.tobytes()
+                return
 
 
 @dataclass(frozen=True)
@@ -41,9 +102,7 @@ class Format:
         return gzip_compressor(level, downstream)
 
     def decompressor(self) -> Decompressor:
-        if self.name == "zstd":
-            return zstandard.ZstdDecompressor().decompressobj()  # type: ignore[return-value]
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return ZstdFrame() if self.name == "zstd" else GzipMember()
 
     def restore_hint(self, file: str) -> str:
         """The restore steps with nothing but the format's own tool and psql."""

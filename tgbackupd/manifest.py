@@ -28,7 +28,8 @@ _BACKUP_NAME = re.compile(
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILE_ID = re.compile(r"^[!-~]{1,512}$")  # printable ASCII, as the Bot API's file ids are
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and halves of a surrogate pair that JSON can carry alone but no text holds.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class ManifestError(ValueError):

@@ -274,12 +274,19 @@ class Outbox:
         return ManifestKey.from_token(token)
 
     def _pinned(self, bot: BotApi, chat_id: str, bound: Any) -> ManifestRef | None:
-        """On a machine with no delivered backup yet, continue the chain from the pinned manifest."""
+        """On a machine with no delivered backup yet, continue the chain from the pinned manifest, if this
+        bot token's key signed it: a signed link to anyone else's would lead whoever follows the chain to
+        their backups."""
         try:
-            return chain.pinned_manifest_ref(bot, chat_id)
-        except TelegramError as error:
+            reference = chain.pinned_manifest_ref(bot, chat_id)
+            if reference is not None:
+                chain.download_manifest(bot, reference, Keyring((self._key(),)))
+            return reference
+        except (TelegramError, chain.ChainError) as error:
             bound.warning(
-                "Could not read the chat's pinned manifest", error=scrub(str(error), self._config.secrets())
+                "The pinned manifest is not one to continue the chain from; this backup starts a chain of "
+                "its own",
+                error=scrub(str(error), self._config.secrets()),
             )
             return None
 

@@ -122,13 +122,11 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
                 if decompressor is None:
                     decompressor = compression.decompressor()
                 try:
-                    sql = decompressor.decompress(data)
+                    yield from decompressor.feed(data)
                 except (zlib.error, zstandard.ZstdError) as error:
                     raise RestoreError(
                         f"{piece.label} is not valid {compression.name} data ({error})"
                     ) from None
-                if sql:
-                    yield sql
                 if decompressor.eof:
                     data, decompressor, in_stream = decompressor.unused_data, None, False
                 else:

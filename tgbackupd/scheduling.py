@@ -35,6 +35,16 @@ def missed_run(now: datetime, hour: int, minute: int, last_attempt: datetime | N
     return slot if last_attempt.replace(tzinfo=None) < slot else None
 
 
+def repeated_slot(now: datetime, hour: int, minute: int, last_attempt: datetime | None) -> bool:
+    """Whether the scheduled time now due was backed up already, before the clocks went back: on that
+    night the wall clock shows it twice, an hour apart. Only then is a scheduled backup skipped: a last
+    attempt that merely lies ahead (the clock was set back by hand) never silences the schedule."""
+    if last_attempt is None or last_attempt.utcoffset() == now.utcoffset():
+        return False
+    slot = latest_slot(now, hour, minute)
+    return slot <= last_attempt.replace(tzinfo=None) < slot + timedelta(hours=1)
+
+
 def latest_slot(now: datetime, hour: int, minute: int) -> datetime:
     """The last scheduled wall-clock time at or before `now` (naive: the wall clock has no offset)."""
     wall = now.replace(tzinfo=None)

@@ -48,9 +48,10 @@ class ManifestKey:
         return cls(secret, hmac.new(secret, _KEY_ID_CONTEXT, hashlib.sha256).hexdigest()[:16])
 
     def mac(self, document: dict[str, Any]) -> str:
-        """HMAC-SHA256 of the document's canonical JSON (keys sorted, no spaces, UTF-8)."""
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hmac.new(self.secret, canonical.encode("utf-8"), hashlib.sha256).hexdigest()
+        """HMAC-SHA256 of the document's canonical JSON (keys sorted, no spaces, every character past
+        ASCII escaped, so that any string JSON can hold, even a lone surrogate, has one form)."""
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hmac.new(self.secret, canonical.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def signed_json(manifest: Manifest, key: ManifestKey) -> bytes:
@@ -73,10 +74,15 @@ class Keyring:
         if it is not what a key here signed, Unauthenticated if no key here signed it."""
         try:
             self._authenticate(data)
-        except Unauthenticated as error:
-            if self.trust_unsigned is None:
+        except (ValueError, TypeError, RecursionError) as error:  # ManifestError and anything else odd
+            if isinstance(error, Unauthenticated):
+                if self.trust_unsigned is None:
+                    raise
+                self.trust_unsigned(f"{what}: {error.reason}")
+                return
+            if isinstance(error, ManifestError):
                 raise
-            self.trust_unsigned(f"{what}: {error.reason}")
+            raise Forged(f"it cannot be checked against its signature ({error}): not following it") from None
 
     def _authenticate(self, data: bytes) -> None:
         document = load_json(data)

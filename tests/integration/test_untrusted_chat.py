@@ -160,14 +160,22 @@ def _claiming_the_owners_key(manifest: Manifest) -> bytes:
     return json.dumps(document).encode()
 
 
+def _with_a_lone_surrogate(manifest: Manifest) -> bytes:
+    """The owner's signature, and a field added that no text can hold (once, a crash instead of a refusal)."""
+    document = json.loads(signed_json(manifest, ManifestKey.from_token(FAKE_TOKEN)))
+    document["note"] = "\ud800"
+    return json.dumps(document).encode()
+
+
 @pytest.mark.parametrize(
     ("forge", "refusal"),
     [
         (_unsigned, "it is not signed"),
         (_signed_with_another_key, "it is signed with another key"),
         (_claiming_the_owners_key, "it does not match its signature"),
+        (_with_a_lone_surrogate, "it does not match its signature"),
     ],
-    ids=["unsigned", "another-key", "owners-key-id-guessed"],
+    ids=["unsigned", "another-key", "owners-key-id-guessed", "lone-surrogate"],
 )
 def test_a_forged_manifest_pinned_over_the_owners_is_refused_by_restore_verify_and_list(
     tmp_path, bot_api, bot, make_database, forge, refusal
@@ -329,3 +337,21 @@ def test_the_manifest_of_a_backup_of_many_thousand_parts_is_followed_from_the_ch
     )
 
     assert found == big
+
+
+def test_a_first_backup_does_not_link_its_manifest_to_a_pinned_one_the_owner_did_not_sign(
+    tmp_path, bot_api, bot, make_database
+):
+    source = make_database(rows=10)
+    # Pinned before this machine delivered anything: whoever follows our chain must not be led to it.
+    theirs = manifest_of_parts(bot, tmp_path, f"{source}_backup_20250101_000000.sql.gz", [b"x"])
+    pin(bot, tmp_path, theirs.to_json(), theirs.file_name)
+
+    made = backup_for(
+        load_config(None, base_environment(tmp_path, source, **telegram_environment(bot_api)))
+    ).run("scheduled")
+
+    assert made.delivery == "sent", made.error
+    ours = [d for d in bot_api.documents() if d.file_name.endswith(".manifest.json")][-1]
+    assert json.loads(ours.content)["previous"] is None
+    assert bot_api.state.pinned[CHAT_ID]["message_id"] == ours.message_id

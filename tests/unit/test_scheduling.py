@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from freezegun import freeze_time
 
-from tgbackupd.scheduling import DailySchedule, missed_run
+from tgbackupd.scheduling import DailySchedule, missed_run, repeated_slot
 
 
 def test_next_run_is_today_at_the_hour_when_it_has_not_passed_yet():
@@ -73,3 +73,18 @@ def test_a_day_whose_02_30_never_came_gets_its_backup_exactly_once():
     made_at_three = berlin("2025-03-30 03:00")  # the schedule fires at the first minute past 02:30
     assert missed_run(berlin("2025-03-30 04:00"), 2, 30, made_at_three) is None
     assert missed_run(berlin("2025-03-31 02:30"), 2, 30, made_at_three) == datetime(2025, 3, 31, 2, 30)
+
+
+def test_only_the_second_02_30_of_the_night_the_clocks_go_back_is_skipped_never_a_later_night():
+    summer_0230 = berlin("2025-10-26 02:30")
+    assert repeated_slot(berlin("2025-10-26 02:30", fold=1), 2, 30, summer_0230)
+    assert not repeated_slot(berlin("2025-10-27 02:30"), 2, 30, summer_0230)
+    assert not repeated_slot(berlin("2025-10-26 02:30", fold=1), 2, 30, None)
+
+
+def test_a_last_backup_that_lies_ahead_never_silences_the_schedule():
+    # The clock was set back by months (a VM snapshot, a wrong hardware clock corrected): the recorded
+    # last attempt is in the future, and every scheduled night must still be backed up.
+    ahead = berlin("2026-09-01 03:00")
+    for night in ("2026-03-10 03:00", "2026-03-11 03:00", "2026-08-31 03:00"):
+        assert not repeated_slot(berlin(night), 3, 0, ahead)
