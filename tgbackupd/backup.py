@@ -94,6 +94,7 @@ class _Made:
     manifest: Manifest
     sql_bytes: int
     sent_early: frozenset[int]  # parts that reached the chat while the dump ran
+    mixed_part_names: bool = False  # some of those keep names of another width in the chat
 
 
 class Backup:
@@ -240,7 +241,7 @@ class Backup:
             sends_early = self._sends_during_dump(bot)
             # Only the spool's files and the parts sent during the dump are named before the count is known.
             named_early = sends_early or not self._config.backup.keep_local
-            expected_parts = self._expected_parts() if named_early else 1
+            expected_parts = self._expected_parts(stop) if named_early else 1
             early = self._early_uploader(bot, name, expected_parts, bound) if sends_early else None
             try:
                 made = self._dump_into(name, started, expected_parts, early, bound, stop)
@@ -257,7 +258,7 @@ class Backup:
             )
         return made
 
-    def _expected_parts(self) -> int:
+    def _expected_parts(self, stop: Stop) -> int:
         """How many parts this backup will likely have, to name the parts written and sent before the dump
         ends (their numbers are as wide as the count, see manifest.part_name): as many as the newest
         backup of this database (a database grows slowly from one night to the next), else its size on
@@ -265,7 +266,7 @@ class Backup:
         size = self.store.newest_size_bytes(self._config.database.name)
         if size is None:
             try:
-                size = psql.database_size_bytes(self._config.database) // DATABASE_BYTES_PER_DUMP_BYTE
+                size = psql.database_size_bytes(self._config.database, stop) // DATABASE_BYTES_PER_DUMP_BYTE
             except TgbackupdError:
                 return 1  # no guess: pg_dump says next what is wrong with the database
         return max(1, -(-size // self._config.telegram.part_size_bytes))
@@ -349,6 +350,11 @@ class Backup:
             writer.counted(len(parts.parts))
             if early is not None:
                 sent = self._named_for_the_count(name, early, sent, len(parts.parts), bound)
+            mixed = (
+                any(early.part_name(index) != part_name(name, index, len(parts.parts)) for index in sent)
+                if early
+                else False
+            )
             planned = plan_parts(name, parts.parts)
             manifest = Manifest(
                 name=name,
@@ -370,7 +376,7 @@ class Backup:
                 compression=self._config.backup.compression.name,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
-        return _Made(manifest, sql.size, frozenset(sent))
+        return _Made(manifest, sql.size, frozenset(sent), mixed)
 
     def _named_for_the_count(
         self, name: str, early: EarlyUploader, sent: dict[int, SentMessage], count: int, bound: Any
@@ -497,6 +503,7 @@ class Backup:
                 sha256=made.manifest.sha256,
                 duration_s=self._since(began),
                 warning=warning,
+                mixed_part_names=made.mixed_part_names,
             )
             self.outbox.add(
                 made.manifest,

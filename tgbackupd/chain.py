@@ -51,7 +51,10 @@ def download_manifest(bot: BotApi, reference: ManifestRef, keyring: Keyring) -> 
             raise ChainError(
                 f"the manifest of {reference.name} is implausibly large; is it ours?", broken=True
             )
-        bot.download(file["file_path"], buffer)
+        if bot.download(file["file_path"], buffer, limit=MAX_MANIFEST_BYTES) > MAX_MANIFEST_BYTES:
+            raise ChainError(
+                f"the manifest of {reference.name} is implausibly large; is it ours?", broken=True
+            )
     except TelegramError as error:
         raise ChainError(
             f"cannot download the manifest of {reference.name}: {error}",

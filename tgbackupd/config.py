@@ -671,6 +671,19 @@ def _parse_database_url(url: str) -> dict[str, Any]:
             "put sslpassword in a connection service file (PGSERVICEFILE) and name the service in the URL "
             "(?service=NAME)"
         )
+    # dbname may itself be a connection string or URL, with a password inside: that would go on the
+    # command line too. The database is named in the URL's path.
+    nested = sorted(
+        name
+        for name, value in options.items()
+        if name == "dbname" or "://" in value or re.search(r"password\s*=", value, re.IGNORECASE)
+    )
+    if nested:
+        raise _Problem(
+            f"the URL's option(s) {', '.join(nested)} hold a connection string of their own, which would "
+            "reach pg_dump's and psql's command lines with whatever password it holds: name the database "
+            "in the URL's path (postgresql://user@host:port/DBNAME) and keep the password in PGPASSWORD"
+        )
     options.pop("password", None)
     socket_directory = options.pop("host", None)  # postgresql:///db?host=/var/run/postgresql
     host = urllib.parse.unquote(parsed.hostname or "") or socket_directory

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .config import (
 )
 from .control import DaemonNotRunning, request
 from .errors import ConfigError, RestoreError, TgbackupdError
+from .manifest import Manifest
 from .progress import Progress
 from .redaction import scrub
 from .signing import Keyring, ManifestKey
@@ -37,6 +39,8 @@ from .storage import BackupDirectory, spooled_parts
 from .telegram import BotApi
 
 DEFAULT_SOCKET = "/run/tgbackupd/control.sock"
+# Older than this, the newest backup the pinned manifest leads to is worth a warning: backups run daily.
+OLD_LATEST_DAYS = 2
 EXIT_BACKUP_FAILED = 1
 EXIT_REFUSED = {
     "permission_denied": os.EX_NOPERM,
@@ -407,6 +411,27 @@ def _target(args: argparse.Namespace, config: ClientConfig) -> DatabaseConfig:
     return config.database
 
 
+def _say_how_old(manifest: Manifest) -> None:
+    """The signature proves the owner made a backup, not that it is the newest: anyone who may pin in the
+    chat can pin an older manifest of the owner's again. Say how old "latest" is, loudly when it is old."""
+    try:
+        made = datetime.fromisoformat(manifest.created_at)
+    except ValueError:
+        return
+    age = datetime.now(made.tzinfo) - made if made.tzinfo else datetime.now() - made
+    days = age.total_seconds() / 86400
+    print(
+        f"tgbackupctl: the newest backup in the chat is {manifest.name}, made {manifest.created_at}",
+        file=sys.stderr,
+    )
+    if days > OLD_LATEST_DAYS:
+        _warn(
+            f"WARNING: that is {days:.0f} days ago. If backups ran since, the pinned message was moved to an "
+            "older manifest (anyone who may pin in the chat can do that): see `tgbackupctl list --remote`, "
+            "and name the backup to restore"
+        )
+
+
 def _fetch(
     args: argparse.Namespace, config: ClientConfig, workdir: Path, progress: Progress
 ) -> restore.CheckedBackup:
@@ -415,7 +440,10 @@ def _fetch(
         if args.source:
             raise ConfigError(["give either SOURCE or --from-telegram, not both"])
         source = _telegram_source(args, config, progress)
-        return source.fetch(source.find(args.from_telegram), workdir)
+        manifest = source.find(args.from_telegram)
+        if args.from_telegram == "latest":
+            _say_how_old(manifest)
+        return source.fetch(manifest, workdir)
     if not args.source:
         raise ConfigError(["say which backup: a file, a folder of parts, a NAME, latest, or --from-telegram"])
     path = Path(args.source)

@@ -52,6 +52,7 @@ class BackupFacts:
     duration_s: float | None  # None when not known (a backup read back from its manifest after a rebuild)
     verification: str | None = None  # "verified: …" or "NOT VERIFIED: …", when verification ran
     warning: str | None = None  # something a person must look at, such as a dump far smaller than the last
+    mixed_part_names: bool = False  # parts sent during the dump keep numbers of another width in the chat
 
 
 def facts_of(manifest: Manifest, recorded: dict[str, Any] | None) -> BackupFacts:
@@ -96,6 +97,17 @@ def backup_caption(facts: BackupFacts) -> str:
     )
 
 
+def _rebuild(facts: BackupFacts) -> str:
+    """How to join the parts: `cat`, unless their numbers differ in width (then it would join them out of
+    order), when tgbackupctl finds each by the manifest."""
+    if facts.mixed_part_names:
+        return (
+            f"tgbackupctl restore --from-telegram {facts.file} (part numbers differ in width here: cat would "
+            "join them out of order)"
+        )
+    return f"cat {facts.file}.* > {facts.file}"
+
+
 def part_caption(facts: BackupFacts, *, index: int, count: int, part_size: int, part_sha256: str) -> str:
     """The caption of one part of a backup sent in several."""
     return _clip(
@@ -105,7 +117,7 @@ def part_caption(facts: BackupFacts, *, index: int, count: int, part_size: int, 
         f"Server: {facts.server}\n"
         f"This part: {human_size(part_size)}, SHA-256 {part_sha256}\n"
         f"Whole backup: {human_size(facts.size_bytes)}, SHA-256 {facts.sha256}\n"
-        f"Rebuild: cat {facts.file}.* > {facts.file}",
+        f"Rebuild: {_rebuild(facts)}",
         CAPTION_LIMIT,
     )
 

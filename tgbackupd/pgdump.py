@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 import re
+import select
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -16,6 +17,8 @@ from .stopping import TERMINATE_GRACE_S, Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
 PIPE_BYTES = 1024 * 1024
+_GONE_CHECK_S = 0.5
+_STDERR_WAIT_S = 2.0
 
 
 def build_command(database: DatabaseConfig) -> tuple[str, ...]:
@@ -83,6 +86,7 @@ class DumpProcess:
             # instead of waiting for it each time (measured: the dump then runs at its own speed).
             fcntl.fcntl(self._process.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._stderr_done = threading.Event()
         self._stderr_reader = threading.Thread(target=self._read_stderr, name="pg_dump-stderr", daemon=True)
         self._stderr_reader.start()
         self._watch = (
@@ -97,20 +101,47 @@ class DumpProcess:
         )
 
     def _read_stderr(self) -> None:
+        """Keep the last lines pg_dump printed on its standard error, until it closes it or is gone (a
+        process that left its session may hold it open: it is not waited for, nor is the pipe closed
+        under a read, which would wait for that process too)."""
         assert self._process.stderr is not None
-        for line in self._process.stderr:
-            self._stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+        descriptor = self._process.stderr.fileno()
+        pending = b""
+        while not self._stderr_done.is_set():
+            readable, _, _ = select.select([descriptor], [], [], _GONE_CHECK_S)
+            if not readable:
+                if self._process.poll() is not None and self._stderr_done.wait(_STDERR_WAIT_S):
+                    break
+                continue
+            block = os.read(descriptor, 65536)
+            if not block:
+                break
+            *lines, pending = (pending + block).split(b"\n")
+            self._stderr_tail.extend(line.decode("utf-8", "replace").rstrip() for line in lines)
+        if pending:
+            self._stderr_tail.append(pending.decode("utf-8", "replace").rstrip())
 
     def chunks(self, size: int) -> Iterator[bytes]:
+        """What pg_dump writes, as it comes, until it closes its output or is gone: a process of its own
+        that left its session (a wrapper script's) may hold the pipe open after pg_dump was ended."""
         assert self._process.stdout is not None
         descriptor = self._process.stdout.fileno()
-        while chunk := os.read(descriptor, size):  # what the pipe holds, without waiting for more
+        while True:
+            readable, _, _ = select.select([descriptor], [], [], _GONE_CHECK_S)
+            if not readable:
+                if self._process.poll() is not None:
+                    return
+                continue
+            chunk = os.read(descriptor, size)  # what the pipe holds, without waiting for more
+            if not chunk:
+                return
             yield chunk
 
     def wait(self) -> None:
         """Wait for pg_dump to end. Raise DumpError carrying its own error output if it failed."""
         returncode = self._process.wait()
-        self._stderr_reader.join()
+        # Its error output is read to the end, unless a process that left its session holds it open.
+        self._stderr_reader.join(_STDERR_WAIT_S)
         if self._watch is not None:
             self._watch.close(failed=returncode != 0)
             if self._watch.reason is not None:
@@ -143,6 +174,8 @@ class DumpProcess:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close(failed=False)
+        self._stderr_done.set()
+        self._stderr_reader.join()  # at most a moment: it looks at the flag twice a second
         for stream in (self._process.stdout, self._process.stderr):
             if stream is not None:
                 stream.close()

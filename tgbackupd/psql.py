@@ -56,10 +56,14 @@ def _stopped(watch: Watch | None, returncode: int) -> None:
 
 
 def query(
-    database: DatabaseConfig, sql: str, dbname: str | None = None, stop: Stop | None = None
+    database: DatabaseConfig,
+    sql: str,
+    dbname: str | None = None,
+    stop: Stop | None = None,
+    timeout_s: float = QUERY_TIMEOUT_S,
 ) -> list[list[str]]:
-    """Run SQL and return its rows as lists of text. Raise RestoreError with psql's message if it fails,
-    and the reason if `stop` ended it."""
+    """Run SQL and return its rows as lists of text, within `timeout_s`. Raise RestoreError with psql's
+    message if it fails, and the reason if `stop` ended it."""
     process = _start(
         _argv(database, dbname, "-At", "-F", "\t", "-c", sql),
         database,
@@ -70,11 +74,11 @@ def query(
     )
     watch = _watch(process, stop)
     try:
-        stdout, stderr = process.communicate(timeout=QUERY_TIMEOUT_S)
+        stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         end(process, group=False)
         raise RestoreError(
-            f"psql had no answer from {dbname or database.name} within {QUERY_TIMEOUT_S} s and was ended"
+            f"psql had no answer from {dbname or database.name} within {timeout_s:g} s and was ended"
         ) from None
     finally:
         if process.poll() is None:  # an exception while waiting: never leave psql behind
@@ -96,9 +100,9 @@ def user_relations(database: DatabaseConfig) -> int:
     return int(rows[0][0])
 
 
-def database_size_bytes(database: DatabaseConfig) -> int:
+def database_size_bytes(database: DatabaseConfig, stop: Stop | None = None) -> int:
     """The database's size on the server (tables, indexes, free space), as pg_database_size says."""
-    return int(query(database, "SELECT pg_database_size(current_database())")[0][0])
+    return int(query(database, "SELECT pg_database_size(current_database())", stop=stop, timeout_s=60)[0][0])
 
 
 # Prepended to a restore with --clean: the same transaction drops every non-system schema first.

@@ -27,6 +27,8 @@ from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
+# Dropping a scratch database happens also while tgbackupd stops: it may not hold the stop up for long.
+_DROP_TIMEOUT_S = 60
 _WHOLE_FILE = re.compile(rf"^.+{SUFFIX_PATTERN}$")
 
 
@@ -311,12 +313,16 @@ class TelegramSource:
                 sink.seek(0)
                 sink.truncate()  # an attempt that came short or damaged is replaced in the same file
                 try:
-                    received = self._bot.download(file["file_path"], sink, self._progress.update)
+                    received = self._bot.download(
+                        file["file_path"], sink, self._progress.update, limit=part.size_bytes
+                    )
                 except TelegramError as error:
                     received, problem = -1, str(error)
                 if received >= 0:
                     digest = _stream_sha256(sink)
-                    if received != part.size_bytes:
+                    if received > part.size_bytes:
+                        problem = f"it is larger than the {part.size_bytes} bytes the manifest says"
+                    elif received != part.size_bytes:
                         problem = f"the download was cut short ({received} of {part.size_bytes} bytes)"
                     elif digest != part.sha256:
                         problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
@@ -408,7 +414,7 @@ def verify(
     dropped afterwards, whatever happens: also when `stop` ends the restore. A scratch database that
     cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead."""
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
-    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db)
+    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)
     try:
         progress.start(f"Verifying {backup.name} in scratch database {scratch}", backup.size_bytes)
         psql.restore(database, sql_chunks(backup, progress), dbname=scratch, stop=stop)
@@ -433,8 +439,11 @@ def _drop_scratch(database: DatabaseConfig, scratch: str) -> str | None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             f"WHERE datname = '{scratch}' AND pid <> pg_backend_pid()",
             dbname=maintenance,
+            timeout_s=_DROP_TIMEOUT_S,
         )
-        psql.query(database, f'DROP DATABASE IF EXISTS "{scratch}"', dbname=maintenance)
+        psql.query(
+            database, f'DROP DATABASE IF EXISTS "{scratch}"', dbname=maintenance, timeout_s=_DROP_TIMEOUT_S
+        )
     except RestoreError as error:
         return (
             f"the scratch database {scratch} could not be dropped ({error}); drop it by hand: "

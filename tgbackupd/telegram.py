@@ -247,10 +247,16 @@ class BotApi:
         return result
 
     def download(
-        self, file_path: str, sink: BinaryIO, on_progress: Callable[[int], None] | None = None
+        self,
+        file_path: str,
+        sink: BinaryIO,
+        on_progress: Callable[[int], None] | None = None,
+        limit: int | None = None,
     ) -> int:
-        """Stream a file from the Bot API's file endpoint into `sink`; return how many bytes came.
-        One attempt: the caller checks the size and hash, and retries the whole part if they are wrong."""
+        """Stream a file from the Bot API's file endpoint into `sink`; return how many bytes came. Past
+        `limit` bytes it stops (having kept one byte more than the limit, so the caller sees it was longer):
+        a file larger than it should be is never taken in whole. One attempt: the caller checks the size
+        and hash, and retries the whole part if they are wrong."""
         url = f"{self._api_url}/file/bot{self._token}/{file_path}"
         try:
             with self._session.get(url, timeout=self._timeout, stream=True) as response:
@@ -262,10 +268,14 @@ class BotApi:
                 for block in response.iter_content(_BODY_BLOCK_BYTES):
                     if self._cancel.is_set():
                         raise Cancelled("the download was stopped")
+                    if limit is not None and received + len(block) > limit:
+                        block = block[: limit + 1 - received]
                     sink.write(block)
                     received += len(block)
                     if on_progress is not None:
                         on_progress(received)
+                    if limit is not None and received > limit:
+                        break
                 return received
         except requests.RequestException as error:
             raise TelegramError(

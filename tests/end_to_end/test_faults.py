@@ -75,7 +75,14 @@ def test_database_faults_are_logged_told_to_the_chat_and_leave_no_file(
 
 
 @pytest.mark.parametrize(
-    "script", ["sleep 600; echo 'SELECT 1;'", "exec yes 'SELECT 1;'"], ids=["silent", "streaming-forever"]
+    "script",
+    [
+        "sleep 600; echo 'SELECT 1;'",
+        "exec yes 'SELECT 1;'",
+        # A child that left pg_dump's session keeps its output open after pg_dump was ended.
+        "setsid sleep 31 & exec sleep 600",
+    ],
+    ids=["silent", "streaming-forever", "a-child-holds-its-output"],
 )
 def test_a_dump_past_backup_timeout_is_ended_and_fails_the_backup_with_that_reason_told_to_the_chat(
     tmp_path, make_database, bot_api, daemon_for, script

@@ -18,13 +18,16 @@ from tests.conftest import (
     PG_PORT,
     backup_for,
     base_environment,
+    database_url,
     fingerprint,
     psql,
     psql_command,
     telegram_environment,
 )
 from tests.processes import child_state
-from tgbackupd.config import load_config
+from tgbackupd import psql as psql_client
+from tgbackupd.config import database_from_url, load_config
+from tgbackupd.errors import RestoreError
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 
@@ -327,3 +330,11 @@ def test_changing_the_format_keeps_one_series_for_retention(tmp_path, make_datab
     left = sorted(p.name for p in (tmp_path / "backups").iterdir() if not p.name.startswith("."))
     stems = [name.rsplit(".sql.", 1)[0] for name in made[1:]]
     assert left == sorted(made[1:] + [stem + ".manifest.json" for stem in stems])
+
+
+def test_a_query_that_gets_no_answer_in_its_time_is_ended_with_that_reason(make_database):
+    source = make_database(empty=True)
+    began = time.monotonic()
+    with pytest.raises(RestoreError, match=r"had no answer from .* within 1 s and was ended"):
+        psql_client.query(database_from_url(database_url(source)), "SELECT pg_sleep(30)", timeout_s=1)
+    assert time.monotonic() - began < 10

@@ -688,6 +688,13 @@ def test_with_keep_0_over_999_parts_wait_in_the_spool_with_four_digits_and_those
     names = sent_parts(bot_api, manifest)
     assert names[:600] == [f"{second.file}.{i:03d}" for i in range(1, 601)]
     assert names[600:] == [f"{second.file}.{i:04d}" for i in range(601, second.parts + 1)]
+    # cat would join .060, .0601 … .0609, .061 out of order: every caption says how to rebuild it instead.
+    captions = {d.message_id: d.fields["caption"] for d in bot_api.documents()}
+    rebuild = {captions[part["message_id"]].splitlines()[-1] for part in manifest["parts"]}
+    assert rebuild == {
+        f"Rebuild: tgbackupctl restore --from-telegram {second.file} (part numbers differ in width here: "
+        "cat would join them out of order)"
+    }
     by_message = {document.message_id: document.content for document in bot_api.documents()}
     chat = b"".join(by_message[part["message_id"]] for part in manifest["parts"])
     assert hashlib.sha256(chat).hexdigest() == second.sha256

@@ -355,3 +355,34 @@ def test_a_first_backup_does_not_link_its_manifest_to_a_pinned_one_the_owner_did
     ours = [d for d in bot_api.documents() if d.file_name.endswith(".manifest.json")][-1]
     assert json.loads(ours.content)["previous"] is None
     assert bot_api.state.pinned[CHAT_ID]["message_id"] == ours.message_id
+
+
+def test_a_part_larger_than_its_manifest_says_is_refused_without_being_taken_in_whole(tmp_path, bot_api, bot):
+    manifest = manifest_of_parts(bot, tmp_path, NAME, [gzip.compress(b"SELECT 1;\n")])
+    file_id = manifest.parts[0].file_id
+    bot_api.state.files[file_id] = bytes(16 * 1024 * 1024)  # replaced in the chat by a far larger file
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+
+    with pytest.raises(RestoreError, match=f"larger than the {manifest.parts[0].size_bytes} bytes"):
+        TelegramSource(bot, CHAT_ID, Keyring((ManifestKey.from_token(FAKE_TOKEN),)), Progress()).fetch(
+            manifest, workdir
+        )
+
+    assert all(path.stat().st_size <= manifest.parts[0].size_bytes + 1 for path in workdir.iterdir())
+
+
+def test_a_latest_that_is_old_is_restored_only_with_a_loud_warning_to_look_for_a_moved_pin(
+    tmp_path, bot_api, bot
+):
+    # An old manifest of the owner's, pinned again: the signature holds, the date tells.
+    old = manifest_of_parts(bot, tmp_path, NAME, [gzip.compress(b"SELECT 'old';\n")])
+    pin(bot, tmp_path, signed_json(old, ManifestKey.from_token(FAKE_TOKEN)), old.file_name)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--output", str(tmp_path / "x")
+    )
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"the newest backup in the chat is {NAME}, made 2025-12-03T03:00:00+00:00" in restored.stderr
+    assert "WARNING: that is" in restored.stderr and "the pinned message was moved" in restored.stderr

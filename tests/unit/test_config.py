@@ -225,6 +225,19 @@ def test_an_ssl_key_passphrase_in_the_url_is_refused_without_being_echoed(tmp_pa
     assert "sslpassword" in problem and "PGSERVICEFILE" in problem and "k3y-phrase" not in problem
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "dbname=postgresql://postgres:INNERPW@db/shop",
+        "dbname=shop",
+        "service=x&application_name=password%3DINNERPW",
+    ],
+)
+def test_a_connection_string_nested_in_the_url_is_refused_without_being_echoed(tmp_path, query):
+    (problem,) = problems(tmp_path, DATABASE_URL=f"postgresql://app@db/shop?{query}")
+    assert "hold a connection string of their own" in problem and "INNERPW" not in problem
+
+
 def test_secrets_include_the_password_as_a_url_spells_it(tmp_path):
     config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://app:p%40ss%20w@db/shop"})
     assert config.database.password == "p@ss w"
