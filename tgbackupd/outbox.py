@@ -149,15 +149,19 @@ class Outbox:
         except Exception as error:  # the store, or a bug: either way, not again every second
             self._back_off(str(error) if isinstance(error, TgbackupdError) else f"internal error: {error!r}")
             raise
+        if sent is None:  # the chat could not be read: it backed off
+            return Drained(0)
         self._failures = 0
         self.refresh()
         return Drained(sent)
 
-    def _drain_held(self, bot: BotApi, chat_id: str, cancel: threading.Event) -> int:
+    def _drain_held(self, bot: BotApi, chat_id: str, cancel: threading.Event) -> int | None:
+        """Deliver what waits, in order; return how many went, or None if the chat's manifests, to be
+        read first after a rebuild, could not be."""
         # A backup made while its recording failed, recorded now: it is sent like any other.
         read_back(self._store, self._directory, True, self._log)
         if not self._look_in_chat(bot, chat_id, cancel):
-            return 0
+            return None
         tried: set[str] = set()
         sent = 0
         while not cancel.is_set():
@@ -329,6 +333,7 @@ class Outbox:
             head = self._store.entry(waiting[0].name) if waiting else None
             if head is not None:
                 self._postpone(head, reason, self._log.bind(file=head.manifest.name))
+                self.refresh()
             else:
                 self._back_off(reason)
             return False

@@ -23,11 +23,19 @@ from tgbackupd.delivery import Sending
 from tgbackupd.manifest import Manifest, ManifestRef, Part, plan_parts
 from tgbackupd.outbox import Outbox
 from tgbackupd.recovery import read_back
-from tgbackupd.state import SCHEMA_VERSION, SQLITE_HEADER, Entry, StateError, StateLocationError
+from tgbackupd.state import (
+    CHAIN_HISTORY,
+    CHAIN_KEY,
+    SCHEMA_VERSION,
+    SQLITE_HEADER,
+    Entry,
+    StateError,
+    StateLocationError,
+)
 from tgbackupd.statefile import REBUILD_KEY, open_reader, open_store
 from tgbackupd.states import DeliveryState
 from tgbackupd.storage import BackupDirectory
-from tgbackupd.telegram import ChatPacer
+from tgbackupd.telegram import ChatPacer, TelegramError
 
 NOBODY = 65534
 
@@ -640,3 +648,35 @@ def test_over_999_parts_spooled_by_a_version_that_numbered_them_with_three_digit
     assert sorted(p.name for p in tmp_path.glob("*.sql.gz.*")) == [
         f"{waiting.name}.{index:04d}" for index in range(1, 1201)
     ]
+
+
+def test_a_chat_that_cannot_be_read_after_a_rebuild_backs_the_outbox_off_instead_of_asking_every_second(
+    tmp_path,
+):
+    config = load_config(
+        "/dev/null",
+        {
+            "DATABASE_URL": "postgresql://h/shop",
+            "TELEGRAM_CHAT_ID": "-100123",
+            "TELEGRAM_BOT_TOKEN": "123456789:fake-token-for-tests-only",
+            "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
+        },
+    )
+    store = open_store(tmp_path / "state.db").store
+    store.set_meta(CHAIN_KEY, CHAIN_HISTORY)  # rebuilt: the chat's history is to be read back, nothing waits
+    outbox = Outbox(
+        config,
+        store,
+        BackupDirectory(tmp_path, "shop"),
+        Clock(),
+        structlog.get_logger(),
+        Sending(ChatPacer(20)),
+    )
+    assert outbox.is_due()
+
+    class Unreachable:
+        def get_chat(self, chat_id):
+            raise TelegramError("could not connect to api.telegram.org")
+
+    assert outbox.drain(Unreachable(), threading.Event()).sent == 0
+    assert not outbox.is_due() and "could not connect" in outbox.last_error
