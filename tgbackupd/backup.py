@@ -515,11 +515,11 @@ class Backup:
             )
         except StateError as error:
             # Not recorded, so not sent: a delivery nobody remembers could not be resumed nor chained.
-            # The files stay, and the next start reads them back into the catalogue.
+            # The files stay, and the next delivery (or start) reads them back into the catalogue.
             errors.append(
                 "the backup was made but could not be recorded, so it is not sent to Telegram: "
                 f"{self._text(error)}. Its files stay in {self._directory.path}; tgbackupd records "
-                "and sends it at its next start once the state file can be written"
+                "and sends it as soon as the state file can be written again (at the next delivery or start)"
             )
             self._report_failure(bot, errors[-1], bound)
             return None
