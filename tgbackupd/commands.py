@@ -192,13 +192,11 @@ class Commands:
         )
 
 
-def listing(store: StateStore, directory: BackupDirectory | None) -> list[dict[str, Any]]:
+def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any]]:
     """Every backup known here, newest first: those in the catalogue, with whether they are on this
     machine, and any other backup file in the directory (made before the catalogue existed, or by the
     system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
     rows = {row["name"]: row for row in store.listing()}
-    if directory is None:
-        return list(rows.values())
     for row in rows.values():
         row["local"] = directory.where_kept(
             row["name"], row["spooled"], row["delivery"] == DeliveryState.SENT, row["parts"]

@@ -374,11 +374,9 @@ def _list(args: argparse.Namespace) -> int:
             config = _client_config(args)
             store = open_reader(config.state_file)
             try:
-                directory = (
-                    BackupDirectory(config.backup_directory, config.backup_prefix)
-                    if config.backup_prefix
-                    else None
-                )
+                # Without the database's name (the daemon's may be in a file only it reads), the prefix
+                # of backups not in the catalogue is unknown: only catalogued ones are listed then.
+                directory = BackupDirectory(config.backup_directory, config.backup_prefix or "")
                 rows = listing(store, directory)
             finally:
                 store.close()
