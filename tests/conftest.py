@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import socket
@@ -80,6 +81,19 @@ class SteppingClock(Clock):
     def wait(self, cancel: threading.Event, seconds: float) -> bool:
         self.seconds += seconds
         return cancel.is_set()
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A file system of its own at `path` (tmpfs of `size`, e.g. "256k"), unmounted afterwards: a disk
+    that fills up, or one that cannot be written. Root only."""
+    path.mkdir(exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def backup_for(config: Config, **options) -> Backup:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, Fault
-from tests.conftest import database_url, psql
+from tests.conftest import database_url, psql, small_file_system
 from tests.end_to_end.conftest import assert_no_secret, events, fake_pg_dump, status, wait_until
 from tests.processes import child_environment
 from tgbackupd.statefile import open_reader
@@ -111,10 +111,7 @@ def test_a_full_disk_is_reported_and_leaves_no_partial_file(
     tmp_path, make_database, bot_api, daemon_for, keep, advice
 ):
     source = make_database(rows=5000)
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
-    try:
+    with small_file_system(tmp_path / "small", "256k") as small:
         daemon = daemon_for(
             source,
             TGBACKUPD_BACKUP_DIRECTORY=str(small / "backups"),
@@ -128,8 +125,6 @@ def test_a_full_disk_is_reported_and_leaves_no_partial_file(
         assert [p.name for p in (small / "backups").iterdir() if "sql.gz" in p.name] == []
         assert "is full" in bot_api.messages()[0].fields["text"]
         assert daemon.stop() == 0
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 @pytest.mark.parametrize(
@@ -258,10 +253,7 @@ def test_a_full_disk_while_writing_the_manifest_backs_off_instead_of_retrying_ev
     tmp_path, make_database, bot_api, daemon_for
 ):
     source = make_database(rows=10)
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
+    with small_file_system(tmp_path / "small", "1m") as small:
         bot_api.state.kicked_from.add(CHAT_ID)
         daemon = daemon_for(
             source,
@@ -287,8 +279,6 @@ def test_a_full_disk_while_writing_the_manifest_backs_off_instead_of_retrying_ev
         wait_until(lambda: status(daemon)["pending_deliveries"] == 0, timeout=90)
         assert [d.file_name.endswith(".manifest.json") for d in bot_api.documents()] == [False, True]
         assert daemon.stop() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=True)
 
 
 def test_a_waiting_backup_whose_file_became_shorter_is_not_sent_and_waits_with_the_reason(

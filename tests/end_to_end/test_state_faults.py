@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.botapi import CHAT_ID, Fault
-from tests.conftest import add_noise, base_environment, fingerprint, run_tgbackupd, telegram_environment
+from tests.conftest import (
+    add_noise,
+    base_environment,
+    fingerprint,
+    run_tgbackupd,
+    small_file_system,
+    telegram_environment,
+)
 from tests.end_to_end.conftest import status, wait_until
 from tests.processes import child_environment
 from tgbackupd.statefile import open_reader, open_store
@@ -118,10 +125,7 @@ def test_a_full_disk_under_the_state_file_fails_the_backup_with_that_reason_and_
     tmp_path, make_database, bot_api, daemon_for
 ):
     source = make_database(rows=10)
-    small = tmp_path / "state-disk"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(small)], check=True)
-    try:
+    with small_file_system(tmp_path / "state-disk", "512k") as small:
         daemon = daemon_for(source, TGBACKUPD_DAEMON_STATE_FILE=str(small / "state.db"))
         subprocess.run(
             ["dd", "if=/dev/zero", f"of={small / 'filler'}", "bs=4k"], capture_output=True, check=False
@@ -149,8 +153,6 @@ def test_a_full_disk_under_the_state_file_fails_the_backup_with_that_reason_and_
         assert "Found finished backups in the backup directory" in daemon.log_text()
         assert status(daemon)["pending_deliveries"] == 0
         assert daemon.stop() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=True)
 
 
 @ROOT_ONLY
@@ -158,16 +160,11 @@ def test_a_state_file_whose_file_system_goes_away_is_noticed_and_rebuilt_at_the_
     tmp_path, make_database, bot_api, daemon_for
 ):
     source = make_database(rows=10)
-    mount = tmp_path / "state-disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    unmounted = False
-    try:
+    with small_file_system(tmp_path / "state-disk", "4m") as mount:
         state = {"TGBACKUPD_DAEMON_STATE_FILE": str(mount / "state.db")}
         daemon = daemon_for(source, **state)
         assert daemon.ctl("trigger").returncode == 0
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-        unmounted = True
+        subprocess.run(["umount", "-l", str(mount)], check=True)  # gone under the running daemon
 
         lost = daemon.ctl("trigger")
 
@@ -183,9 +180,6 @@ def test_a_state_file_whose_file_system_goes_away_is_noticed_and_rebuilt_at_the_
         listed = json.loads(again.ctl("list", "--json").stdout)
         assert [(row["name"], row["delivery"]) for row in listed] == [(made[0], "sent")]
         assert again.stop() == 0
-    finally:
-        if not unmounted:
-            subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_without_the_right_to_pin_a_rebuild_still_sends_nothing_twice(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.conftest import small_file_system
 from tgbackupd import statefile
 from tgbackupd.clock import Clock
 from tgbackupd.config import load_config
@@ -227,14 +228,11 @@ def test_a_state_file_of_another_user_is_refused(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a file system")
 def test_a_read_only_file_system_is_refused(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], check=True)
-    try:
-        with pytest.raises(StateLocationError, match="is on a read-only file system"):
-            open_store(mount / "state.db")
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    with (
+        small_file_system(tmp_path / "ro", "1m", read_only=True) as mount,
+        pytest.raises(StateLocationError, match="is on a read-only file system"),
+    ):
+        open_store(mount / "state.db")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="gives a file to another user")
