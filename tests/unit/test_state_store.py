@@ -597,7 +597,8 @@ def test_a_manifest_or_receipt_on_disk_that_does_not_hold_together_is_skipped_no
     assert waiting.unconfirmed and waiting.name == "shop_backup_20251204_030000.sql.gz"
 
 
-def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_second(tmp_path):
+def _outbox(tmp_path: Path, store) -> Outbox:
+    """An outbox delivering to a chat, over the backup directory `tmp_path`."""
     config = load_config(
         "/dev/null",
         {
@@ -607,12 +608,16 @@ def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_s
             "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
         },
     )
+    directory = BackupDirectory(tmp_path, "shop")
+    return Outbox(config, store, directory, Clock(), structlog.get_logger(), Sending(ChatPacer(20)))
+
+
+def test_an_outbox_that_fails_unexpectedly_backs_off_instead_of_retrying_every_second(tmp_path):
     store = open_store(tmp_path / "state.db").store
     store.add(pending("20251203_030000", parts=1))
     (tmp_path / "shop_backup_20251203_030000.sql.gz").write_bytes(b"x" * 10)
     (tmp_path / ".tgbackupd.lock").write_text("")
-    directory = BackupDirectory(tmp_path, "shop")
-    outbox = Outbox(config, store, directory, Clock(), structlog.get_logger(), Sending(ChatPacer(20)))
+    outbox = _outbox(tmp_path, store)
     assert outbox.is_due()
 
     class BrokenBot:
@@ -651,25 +656,9 @@ def test_over_999_parts_spooled_by_a_version_that_numbered_them_with_three_digit
 def test_a_chat_that_cannot_be_read_after_a_rebuild_backs_the_outbox_off_instead_of_asking_every_second(
     tmp_path,
 ):
-    config = load_config(
-        "/dev/null",
-        {
-            "DATABASE_URL": "postgresql://h/shop",
-            "TELEGRAM_CHAT_ID": "-100123",
-            "TELEGRAM_BOT_TOKEN": "123456789:fake-token-for-tests-only",
-            "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
-        },
-    )
     store = open_store(tmp_path / "state.db").store
     store.set_meta(CHAIN_KEY, CHAIN_HISTORY)  # rebuilt: the chat's history is to be read back, nothing waits
-    outbox = Outbox(
-        config,
-        store,
-        BackupDirectory(tmp_path, "shop"),
-        Clock(),
-        structlog.get_logger(),
-        Sending(ChatPacer(20)),
-    )
+    outbox = _outbox(tmp_path, store)
     assert outbox.is_due()
 
     class Unreachable:
