@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .config import Config
-from .formats import stem
 from .manifest import MAX_MANIFEST_BYTES, SUFFIX, Manifest, ManifestError, manifest_name
 from .state import CHAIN_CONFIRM, CHAIN_HISTORY, CHAIN_KEY, Entry, StateStore
 from .statefile import REBUILD_KEY, open_store
@@ -73,12 +72,12 @@ def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log
     backup whose recording failed); return their names. The parts of each that wait in the spool under
     the names of older versions take today's first. What cannot be read is skipped and logged: it must
     not stop tgbackupd, nor be taken for a backup."""
-    known = {stem(name) for name in store.known()}
     entries = []
-    for path in directory.manifests():
+    for path in directory.manifests():  # a few files: each looked up, not the whole catalogue read
         backup_stem = path.name.removesuffix(SUFFIX)
         kept_whole = directory.keeps_whole(backup_stem)
-        if backup_stem in known and kept_whole:
+        known = store.stem_taken(backup_stem)
+        if known and kept_whole:
             continue
         try:
             if path.stat().st_size > MAX_MANIFEST_BYTES:
@@ -88,7 +87,7 @@ def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log
                 raise ManifestError("it describes another backup than its name says")
             if not kept_whole:
                 directory.rename_spooled(manifest.name, OLDER_SPOOL_NAMES_FOR, len(manifest.parts))
-            if backup_stem not in known:
+            if not known:
                 entries.append(_found(manifest, directory, telegram, log))
         except (OSError, ValueError, TypeError) as error:  # ManifestError is a ValueError
             log.warning("Skipping a manifest file that cannot be read", path=str(path), error=str(error))
