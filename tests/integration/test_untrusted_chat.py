@@ -19,7 +19,7 @@ from tgbackupd import chain
 from tgbackupd.config import load_config
 from tgbackupd.errors import RestoreError
 from tgbackupd.files import FileSlice
-from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
+from tgbackupd.manifest import Manifest, ManifestRef, Part, manifest_name, plan_parts
 from tgbackupd.progress import Progress
 from tgbackupd.restore import TelegramSource
 from tgbackupd.signing import Keyring, ManifestKey, signed_json
@@ -46,20 +46,29 @@ def post(bot: BotApi, tmp_path: Path, file_name: str, content: bytes) -> tuple[i
     return sent.message_id, sent.file_id
 
 
-def manifest_of_parts(bot: BotApi, tmp_path: Path, name: str, contents: list[bytes]) -> Manifest:
-    """A well-formed manifest for `contents`, each posted in the chat as one part."""
-    parts = plan_parts(name, [(len(content), hashlib.sha256(content).hexdigest()) for content in contents])
-    posted = [post(bot, tmp_path, part.file_name, data) for part, data in zip(parts, contents, strict=True)]
-    whole = b"".join(contents)
+def shop_manifest(name: str, sha256: str, parts: tuple[Part, ...]) -> Manifest:
+    """A manifest of a backup of `shop`, made at the same time in every test, of `parts`."""
     return Manifest(
         name=name,
         database="shop",
         host="shop on db",
         server="web1",
         created_at="2025-12-03T03:00:00+00:00",
-        size_bytes=len(whole),
-        sha256=hashlib.sha256(whole).hexdigest(),
-        parts=tuple(
+        size_bytes=sum(part.size_bytes for part in parts),
+        sha256=sha256,
+        parts=parts,
+    )
+
+
+def manifest_of_parts(bot: BotApi, tmp_path: Path, name: str, contents: list[bytes]) -> Manifest:
+    """A well-formed manifest for `contents`, each posted in the chat as one part."""
+    parts = plan_parts(name, [(len(content), hashlib.sha256(content).hexdigest()) for content in contents])
+    posted = [post(bot, tmp_path, part.file_name, data) for part, data in zip(parts, contents, strict=True)]
+    whole = b"".join(contents)
+    return shop_manifest(
+        name,
+        hashlib.sha256(whole).hexdigest(),
+        tuple(
             replace(part, message_id=message_id, file_id=file_id)
             for part, (message_id, file_id) in zip(parts, posted, strict=True)
         ),
@@ -90,16 +99,7 @@ def test_a_manifest_in_a_folder_naming_a_file_outside_it_is_refused_and_nothing_
     outside.write_bytes(gzip.compress(HOSTILE_SQL))
     digest = hashlib.sha256(outside.read_bytes()).hexdigest()
     (part,) = plan_parts(NAME, [(outside.stat().st_size, digest)])
-    manifest = Manifest(
-        name=NAME,
-        database="shop",
-        host="shop on db",
-        server="web1",
-        created_at="2025-12-03T03:00:00+00:00",
-        size_bytes=part.size_bytes,
-        sha256=digest,
-        parts=(replace(part, file_name=str(outside)),),
-    )
+    manifest = shop_manifest(NAME, digest, (replace(part, file_name=str(outside)),))
     folder = tmp_path / "downloads"
     folder.mkdir()
     (folder / manifest.file_name).write_bytes(manifest.to_json())
@@ -318,16 +318,7 @@ def test_the_manifest_of_a_backup_of_many_thousand_parts_is_followed_from_the_ch
         replace(part, message_id=10_000 + part.index, file_id=f"BQACAgIAAxkBAAI{part.index:012d}")
         for part in plan_parts(NAME, [(19 * 1024 * 1024, "ab" * 32)] * 5000)
     )
-    big = Manifest(
-        name=NAME,
-        database="shop",
-        host="shop on db",
-        server="web1",
-        created_at="2025-12-03T03:00:00+00:00",
-        size_bytes=sum(part.size_bytes for part in parts),
-        sha256="cd" * 32,
-        parts=parts,
-    )
+    big = shop_manifest(NAME, "cd" * 32, parts)
     document = signed_json(big, ManifestKey.from_token(FAKE_TOKEN))
     assert len(document) > 1024 * 1024
     message_id, file_id = post(bot, tmp_path, big.file_name, document)
