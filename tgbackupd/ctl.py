@@ -120,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     restore_parser = commands.add_parser(
         "restore",
         help="restore a backup into a database (or only reassemble it with --output)",
-        description="SOURCE is a .sql.gz file, a folder of downloaded parts, or a backup name (or 'latest') "
-        "from the catalogue; or use --from-telegram.",
+        description="SOURCE is a .sql.gz (or .dump.gz, …) file, a folder of downloaded parts, or a backup "
+        "name (or 'latest') from the catalogue; or use --from-telegram.",
     )
     verify = commands.add_parser(
         "verify", help="restore a backup into a scratch database, count its rows, and drop it again"
@@ -141,10 +141,33 @@ def _parser() -> argparse.ArgumentParser:
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
         command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        command.add_argument(
+            "--jobs",
+            type=_jobs,
+            default=1,
+            metavar="N",
+            help="custom-format backups (.dump.*) only: restore on N connections with pg_restore --jobs. "
+            "The archive is first written decompressed into the work directory (free space there: the "
+            "backup's size decompressed, about the size of a plain dump) and removed afterwards. The "
+            "connections commit each on their own: a failure leaves part of the data, so restore into an "
+            "empty database; --clean then drops the schemas in a step of its own first. Without --jobs, "
+            "a restore is one transaction and a failure leaves nothing",
+        )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
-    restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
+    restore_parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the SQL to FILE instead (a custom-format backup: its archive, for pg_restore)",
+    )
     return parser
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of connections from 1 to 64, got {text!r}")
+    return int(text)
 
 
 def _add_trust_options(command: argparse.ArgumentParser) -> None:
@@ -494,7 +517,7 @@ def _restore(args: argparse.Namespace) -> int:
             restore.write_sql(backup, args.output, progress)
             return 0
         assert target is not None
-        restore.restore_into(target, backup, args.clean, progress)
+        restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)
     return 0
 
 
@@ -504,7 +527,9 @@ def _verify(args: argparse.Namespace) -> int:
     server = _target(args, config)
     with _workdir(args) as workdir:
         backup = _fetch(args, config, workdir, progress)
-        report = restore.verify(server, backup, progress, on_left_behind=_warn)
+        report = restore.verify(
+            server, backup, progress, on_left_behind=_warn, jobs=args.jobs, workdir=workdir
+        )
     for table, rows in report.tables:
         print(f"{table:<60} {rows:>12}")
     print(f"{backup.name}: {report.summary()}")
