@@ -53,8 +53,9 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
-  64  wrong usage
-  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
+  64  wrong usage (also: restore --jobs with a plain backup; it applies to custom-format ones)
+  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back; with
+      --jobs, what was restored before the failure stays)
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
       (also: it stayed busy with other clients for 5 s)
@@ -140,7 +141,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DB",
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
-        command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        command.add_argument(
+            "--work-dir",
+            type=Path,
+            metavar="DIR",
+            help="where downloaded parts (and the archive for --jobs) are kept",
+        )
         command.add_argument(
             "--jobs",
             type=_jobs,

@@ -6,7 +6,7 @@ import contextlib
 import os
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,7 @@ def restore(
 _PG_RESTORE = ("pg_restore", "--no-owner", "--no-privileges")
 
 
-def archive_sql(database: DatabaseConfig, archive_chunks: Iterable[bytes]) -> Iterator[bytes]:
+def archive_sql(database: DatabaseConfig, archive_chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
     """The SQL a custom-format archive (fed on pg_restore's standard input) stands for, as pg_restore
     writes it out, for `restore` to run in psql's one transaction: a --clean prologue then runs in that
     same transaction, and any failure rolls all of it back. Raise RestoreError if pg_restore cannot

@@ -4,6 +4,7 @@ the SQL through gunzip into psql in one transaction, or into a scratch database 
 custom-format archive goes through pg_restore on its way to psql, or, on several connections, from a
 file."""
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -368,10 +369,21 @@ def _stream_sha256(stream: BinaryIO) -> str:
 # Targets
 
 
-def _psql_input(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> Iterator[bytes]:
-    """The SQL psql runs for the backup: its own, or the SQL pg_restore makes of a custom-format archive."""
+@contextlib.contextmanager
+def _psql_input(
+    database: DatabaseConfig, backup: CheckedBackup, progress: Progress
+) -> Iterator[Iterator[bytes]]:
+    """The SQL psql runs for the backup: its own, or the SQL pg_restore makes of a custom-format archive
+    (closed when psql is done with it, so that a pg_restore left behind by a failed restore ends then)."""
     chunks = sql_chunks(backup, progress)
-    return psql.archive_sql(database, chunks) if backup.dump_format == "custom" else chunks
+    if backup.dump_format != "custom":
+        yield chunks
+        return
+    archive = psql.archive_sql(database, chunks)
+    try:
+        yield archive
+    finally:
+        archive.close()
 
 
 def check_jobs(backup: CheckedBackup, jobs: int) -> None:
@@ -434,7 +446,8 @@ def restore_into(
             psql.restore(database, prologue)
         _restore_in_parallel(database, backup, jobs, workdir, progress)
     else:
-        psql.restore(database, itertools.chain(prologue, _psql_input(database, backup, progress)))
+        with _psql_input(database, backup, progress) as sql:
+            psql.restore(database, itertools.chain(prologue, sql))
     progress.finish(f"Restored {backup.name} into {database.name}")
 
 
@@ -487,7 +500,8 @@ def verify(
             assert workdir is not None
             _restore_in_parallel(database, backup, jobs, workdir, progress, scratch, stop)
         else:
-            psql.restore(database, _psql_input(database, backup, progress), dbname=scratch, stop=stop)
+            with _psql_input(database, backup, progress) as sql:
+                psql.restore(database, sql, dbname=scratch, stop=stop)
         tables = psql.table_row_counts(database, scratch, stop=stop)
     finally:
         left_behind = _drop_scratch(database, scratch)
