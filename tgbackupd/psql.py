@@ -84,6 +84,15 @@ def _stopped(watch: Watch | None, returncode: int) -> None:
             raise watch.reason
 
 
+def _failure(process: subprocess.Popen[Any], watch: Watch | None, tail: _StderrTail) -> str | None:
+    """Wait for the program to end. Raise why the job ended it, if it did; return what it printed if it
+    failed, else None."""
+    returncode = process.wait()
+    printed = tail.text()
+    _stopped(watch, returncode)
+    return printed if returncode != 0 else None
+
+
 def query(
     database: DatabaseConfig,
     sql: str,
@@ -187,13 +196,11 @@ def restore(
     except BaseException:
         end(process, group=False)
         raise
-    returncode = process.wait()
-    detail = tail.text()
-    _stopped(watch, returncode)
-    if returncode != 0:
+    failure = _failure(process, watch, tail)
+    if failure is not None:
         raise RestoreError(
             f"the restore into {dbname or database.name} failed and was rolled back, so the database is "
-            f"as it was before: {detail}"
+            f"as it was before: {failure}"
         )
     return written
 
@@ -273,15 +280,13 @@ def restore_archive_in_parallel(
     watch = _watch(process, stop, "pg_restore")
     tail = _StderrTail(process, "pg_restore")
     try:
-        returncode = process.wait()
+        failure = _failure(process, watch, tail)
     finally:
-        if process.poll() is None:
+        if process.poll() is None:  # interrupted while waiting: never leave pg_restore behind
             end(process, group=False)
-    detail = tail.text()
-    _stopped(watch, returncode)
-    if returncode != 0:
+    if failure is not None:
         raise RestoreError(
             f"the parallel restore into {dbname or database.name} failed, and what was restored before the "
             f"failure is still there ({jobs} connections each commit on their own): drop the database, "
-            f"create it empty and restore again (without --jobs, a failure leaves nothing): {detail}"
+            f"create it empty and restore again (without --jobs, a failure leaves nothing): {failure}"
         )
