@@ -19,7 +19,7 @@ from .config import Config
 from .delivery import EarlyUploader, Sending
 from .errors import Cancelled, StorageError, TgbackupdError
 from .files import write_atomically
-from .formats import stem
+from .formats import DUMP_EXTENSIONS, stem
 from .manifest import Manifest, part_name, plan_parts
 from .outbox import Outbox, delivery_text
 from .pgdump import run_pg_dump
@@ -230,8 +230,8 @@ class Backup:
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
             name = self._directory.unused_name(started, self.store.stem_taken)
-            plain = stem(name) + ".sql"
-            bound.info(f"Creating database backup: {plain}", file=plain)
+            dumped = stem(name) + DUMP_EXTENSIONS[self._config.backup.dump_format]
+            bound.info(f"Creating database backup: {dumped}", file=dumped)
             bound.info(
                 f"Compressing backup: {name}",
                 file=name,
@@ -337,7 +337,7 @@ class Backup:
                 backup.compression.compressor(backup.compression_level, backup.compression_threads, digest)
             )
             try:
-                with run_pg_dump(self._config.database, stop=stop) as dump:
+                with run_pg_dump(self._config.database, stop=stop, dump_format=backup.dump_format) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
                         sql.write(chunk)
                     dump.wait()  # raises the reason when it was ended: stopping, or backup.timeout
@@ -373,6 +373,7 @@ class Backup:
                     for part in planned
                 ),
                 previous=None,
+                dump_format=backup.dump_format,
                 compression=self._config.backup.compression.name,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .formats import FORMATS, GZIP, ZSTD, Format
+from .formats import DUMP_EXTENSIONS, FORMATS, GZIP, ZSTD, Format, backup_suffix
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -156,6 +156,78 @@ def _compression(value: Any, from_env: bool) -> Format:
     return FORMATS[text]
 
 
+def _dump_format(value: Any, from_env: bool) -> str:
+    text = (_text(value, from_env) or "plain").lower()
+    if text not in DUMP_EXTENSIONS:
+        raise _Problem(f"expected one of {', '.join(DUMP_EXTENSIONS)}, got {text!r}")
+    return text
+
+
+def _strings(value: Any, from_env: bool) -> tuple[str, ...]:
+    """A list of strings: a TOML array, or comma-separated in an environment variable (`public,app`)."""
+    if from_env:
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Problem(f'expected a list of strings (["public", "app"]), got {value!r}')
+    return tuple(item.strip() for item in value if item.strip())
+
+
+# pg_dump's options that tgbackupd sets itself or that would break the pipeline, and why; refused in
+# database.pg_dump_args. Short options that take a value, so that `-Ofx` is read as pg_dump reads it.
+_REFUSED_PG_DUMP_OPTIONS = {
+    ("f", "file"): "pg_dump must write to its standard output, which tgbackupd compresses and hashes",
+    ("F", "format"): "the dump format is backup.format",
+    ("Z", "compress"): "tgbackupd compresses the dump itself (backup.compression)",
+    ("j", "jobs"): "parallel dumps need the directory format, which cannot be streamed",
+    ("d", "dbname"): "the database is database.url or database.name",
+    ("h", "host"): "the server is database.url or database.host",
+    ("p", "port"): "the port is database.url or database.port",
+    ("U", "username"): "the user is database.url or database.user",
+    ("W", "password"): "pg_dump would wait for a password typed in: give it in database.password or a "
+    "passfile",
+    ("C", "create"): "a dump that creates and connects to its own database cannot be restored into "
+    "another in one transaction",
+    ("c", "clean"): "a dump that drops its objects first fails on an empty database (tgbackupctl restore "
+    "--clean drops the target's schemas instead)",
+}
+_PG_DUMP_SHORT_WITH_VALUE = set("defFhjnNpStTUZ")
+
+
+def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
+    arguments = _strings(value, from_env)
+    problems = []
+    for argument in arguments:
+        refused = _refused_pg_dump_option(argument)
+        if not argument.startswith("-"):
+            problems.append(
+                f"{argument!r} is not an option: write each option with its value as one item "
+                "(--exclude-table-data=log, -nPUBLIC)"
+            )
+        elif refused is not None:
+            problems.append(f"{argument!r} is not allowed: {refused}")
+    if problems:
+        raise _Problem("; ".join(problems))
+    return arguments
+
+
+def _refused_pg_dump_option(argument: str) -> str | None:
+    """Why pg_dump would read `argument` as a refused option, if it would: long options abbreviated as
+    pg_dump accepts them (`--form=custom`), short ones run together (`-Oxf out`)."""
+    if argument.startswith("--"):
+        given = argument[2:].split("=", 1)[0]
+        for (_, long), reason in _REFUSED_PG_DUMP_OPTIONS.items():
+            if given and long.startswith(given):
+                return reason
+        return None
+    for letter in argument[1:]:
+        for (short, _), reason in _REFUSED_PG_DUMP_OPTIONS.items():
+            if letter == short:
+                return reason
+        if letter in _PG_DUMP_SHORT_WITH_VALUE:
+            return None
+    return None
+
+
 def _group(value: Any, from_env: bool) -> int | None:
     name = _text(value, from_env)
     if name is None:
@@ -201,6 +273,11 @@ KEYS = (
     _Key("database", "pg_dump", _text, "pg_dump"),
     _Key("database", "lock_wait_timeout", _integer(1, 86400, "a number of seconds"), 300),
     _Key("database", "maintenance_db", _maintenance_db, "postgres"),
+    _Key("database", "schemas", _strings, ()),
+    _Key("database", "exclude_schemas", _strings, ()),
+    _Key("database", "tables", _strings, ()),
+    _Key("database", "exclude_tables", _strings, ()),
+    _Key("database", "pg_dump_args", _pg_dump_args, ()),
     _Key("backup", "enabled", _boolean, True, legacy_env=("BACKUP_ENABLED",)),
     _Key("backup", "hour", _integer(0, 23, "an hour"), 3, legacy_env=("BACKUP_HOUR",)),
     _Key("backup", "minute", _integer(0, 59, "a minute"), 0),
@@ -208,6 +285,7 @@ KEYS = (
     _Key("backup", "prefix", _prefix),
     _Key("backup", "keep", _integer(0, 10000, "a number of backups (0: none kept here)"), 7),
     _Key("backup", "spool_parts", _integer(1, 10000, "a number of parts"), 4),
+    _Key("backup", "format", _dump_format, "plain"),
     _Key("backup", "compression", _compression, GZIP),
     _Key("backup", "compression_level", _integer(ZSTD.lowest, ZSTD.highest, "a compression level")),
     _Key("backup", "compression_threads", _integer(1, 64, "a number of threads"), 1),
@@ -268,6 +346,12 @@ class DatabaseConfig:
     pg_dump: str
     lock_wait_timeout: int = 300  # seconds pg_dump waits for a table's lock before it gives up
     maintenance_db: str = "postgres"  # where scratch databases are created and dropped
+    # What pg_dump dumps (patterns as pg_dump takes them), and options of its own for the rest.
+    schemas: tuple[str, ...] = ()
+    exclude_schemas: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    pg_dump_args: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """Say which database this is, for people: `mydb on 127.0.0.1:5432`."""
@@ -286,6 +370,7 @@ class BackupConfig:
     prefix: str
     keep: int
     spool_parts: int
+    dump_format: str  # pg_dump's: plain (SQL, for psql) or custom (an archive, for pg_restore)
     compression: Format
     compression_level: int
     compression_threads: int
@@ -299,6 +384,11 @@ class BackupConfig:
         """False with keep = 0: backups live in Telegram only, and the directory is a spool of the parts
         not sent yet."""
         return self.keep > 0
+
+    @property
+    def suffix(self) -> str:
+        """The ending of new backups' file names (`.sql.gz`, `.dump.zst`, …)."""
+        return backup_suffix(self.dump_format, self.compression)
 
 
 @dataclass(frozen=True)
@@ -356,6 +446,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             prefix=_backup_prefix(values, database) or database.name,
             keep=values["backup.keep"],
             spool_parts=values["backup.spool_parts"],
+            dump_format=values["backup.format"],
             compression=values["backup.compression"],
             compression_level=values["backup.compression_level"]
             or values["backup.compression"].default_level,
@@ -722,6 +813,11 @@ def _resolve_database(values: dict[str, Any], problems: list[str], required: boo
         pg_dump=values["database.pg_dump"],
         lock_wait_timeout=values["database.lock_wait_timeout"],
         maintenance_db=values["database.maintenance_db"],
+        schemas=values["database.schemas"],
+        exclude_schemas=values["database.exclude_schemas"],
+        tables=values["database.tables"],
+        exclude_tables=values["database.exclude_tables"],
+        pg_dump_args=values["database.pg_dump_args"],
     )
 
 
@@ -768,6 +864,11 @@ def effective_config(config: Config) -> dict[str, Any]:
             "pg_dump": database.pg_dump,
             "lock_wait_timeout": database.lock_wait_timeout,
             "maintenance_db": database.maintenance_db,
+            "schemas": list(database.schemas),
+            "exclude_schemas": list(database.exclude_schemas),
+            "tables": list(database.tables),
+            "exclude_tables": list(database.exclude_tables),
+            "pg_dump_args": list(database.pg_dump_args),
         },
         "backup": {
             "enabled": config.backup.enabled,
@@ -777,6 +878,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
             "spool_parts": config.backup.spool_parts,
+            "format": config.backup.dump_format,
             "compression": config.backup.compression.name,
             "compression_level": config.backup.compression_level,
             "compression_threads": config.backup.compression_threads,

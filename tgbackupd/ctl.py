@@ -53,8 +53,9 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
-  64  wrong usage
-  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
+  64  wrong usage (also: restore --jobs with a plain backup; it applies to custom-format ones)
+  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back; with
+      --jobs, what was restored before the failure stays)
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
       (also: it stayed busy with other clients for 5 s)
@@ -120,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     restore_parser = commands.add_parser(
         "restore",
         help="restore a backup into a database (or only reassemble it with --output)",
-        description="SOURCE is a .sql.gz file, a folder of downloaded parts, or a backup name (or 'latest') "
-        "from the catalogue; or use --from-telegram.",
+        description="SOURCE is a .sql.gz (or .dump.gz, …) file, a folder of downloaded parts, or a backup "
+        "name (or 'latest') from the catalogue; or use --from-telegram.",
     )
     verify = commands.add_parser(
         "verify", help="restore a backup into a scratch database, count its rows, and drop it again"
@@ -140,11 +141,39 @@ def _parser() -> argparse.ArgumentParser:
             metavar="DB",
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
-        command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        command.add_argument(
+            "--work-dir",
+            type=Path,
+            metavar="DIR",
+            help="where downloaded parts (and the archive for --jobs) are kept",
+        )
+        command.add_argument(
+            "--jobs",
+            type=_jobs,
+            default=1,
+            metavar="N",
+            help="custom-format backups (.dump.*) only: restore on N connections with pg_restore --jobs. "
+            "The archive is first written decompressed into the work directory (free space there: the "
+            "backup's size decompressed, about the size of a plain dump) and removed afterwards. The "
+            "connections commit each on their own: a failure leaves part of the data, so restore into an "
+            "empty database; --clean then drops the schemas in a step of its own first. Without --jobs, "
+            "a restore is one transaction and a failure leaves nothing",
+        )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
-    restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
+    restore_parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the SQL to FILE instead (a custom-format backup: its archive, for pg_restore)",
+    )
     return parser
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected a number of connections from 1 to 64, got {text!r}")
+    return int(text)
 
 
 def _add_trust_options(command: argparse.ArgumentParser) -> None:
@@ -494,7 +523,7 @@ def _restore(args: argparse.Namespace) -> int:
             restore.write_sql(backup, args.output, progress)
             return 0
         assert target is not None
-        restore.restore_into(target, backup, args.clean, progress)
+        restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)
     return 0
 
 
@@ -504,7 +533,9 @@ def _verify(args: argparse.Namespace) -> int:
     server = _target(args, config)
     with _workdir(args) as workdir:
         backup = _fetch(args, config, workdir, progress)
-        report = restore.verify(server, backup, progress, on_left_behind=_warn)
+        report = restore.verify(
+            server, backup, progress, on_left_behind=_warn, jobs=args.jobs, workdir=workdir
+        )
     for table, rows in report.tables:
         print(f"{table:<60} {rows:>12}")
     print(f"{backup.name}: {report.summary()}")

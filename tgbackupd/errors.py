@@ -20,6 +20,12 @@ class ConfigError(TgbackupdError):
         super().__init__(f"Invalid configuration ({len(problems)} problem(s)):\n{listing}")
 
 
+class UsageError(TgbackupdError):
+    """A command was asked for something that does not apply (an option for another kind of backup)."""
+
+    exit_code = os.EX_USAGE
+
+
 class DumpError(TgbackupdError):
     """pg_dump could not be started or did not finish successfully."""
 

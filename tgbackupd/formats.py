@@ -1,6 +1,7 @@
 """The compressed formats a backup can be written in: their file names, levels and how each is read
 back. gzip is the default (the original setup guide restores with `gunzip`); zstd keeps up with
-pg_dump and makes smaller files."""
+pg_dump and makes smaller files. What is compressed is a dump in one of pg_dump's formats, which the
+file name says too: `.sql` (plain SQL, for psql) or `.dump` (a custom-format archive, for pg_restore)."""
 
 import re
 import zlib
@@ -104,26 +105,35 @@ class Format:
     def decompressor(self) -> Decompressor:
         return ZstdFrame() if self.name == "zstd" else GzipMember()
 
-    def restore_hint(self, file: str) -> str:
-        """The restore steps with nothing but the format's own tool and psql."""
-        plain = file.removesuffix(self.suffix.removeprefix(".sql"))
-        tool = "zstd -d" if self.name == "zstd" else "gunzip"
-        return f"{tool} {file} && psql -d DATABASE < {plain}"
 
-
-GZIP = Format("gzip", ".sql.gz", b"\x1f\x8b", 1, 9, 6)
+GZIP = Format("gzip", ".gz", b"\x1f\x8b", 1, 9, 6)
 # Level 1, from bench/speed.py: it keeps pace with pg_dump beside the server on two cores, where level 3
 # (zstd's own default) takes twice the CPU; level 3 is some 10% smaller on ordinary text.
-ZSTD = Format("zstd", ".sql.zst", b"\x28\xb5\x2f\xfd", 1, 19, 1)
+ZSTD = Format("zstd", ".zst", b"\x28\xb5\x2f\xfd", 1, 19, 1)
 FORMATS = {GZIP.name: GZIP, ZSTD.name: ZSTD}
-# A backup file name's ending, whatever its format (a series may change format and stays one series).
-SUFFIX_PATTERN = r"\.sql\.(?:gz|zst)"
+# pg_dump's formats a backup may hold, and the ending each puts before the compression's.
+DUMP_EXTENSIONS = {"plain": ".sql", "custom": ".dump"}
+# A backup file name's ending, whatever its formats (a series may change format and stays one series).
+SUFFIX_PATTERN = r"\.(?:sql|dump)\.(?:gz|zst)"
 _SUFFIX = re.compile(SUFFIX_PATTERN + "$")
 
 
 def stem(name: str) -> str:
     """`shop_backup_20251203_030000.sql.zst` → `shop_backup_20251203_030000`."""
     return _SUFFIX.sub("", name)
+
+
+def backup_suffix(dump_format: str, compression: Format) -> str:
+    """The ending of a backup's file name: `.sql.gz`, `.dump.zst`, …"""
+    return DUMP_EXTENSIONS[dump_format] + compression.suffix
+
+
+def dump_format_by_name(name: str) -> str:
+    """The dump format a backup holds, from its file name (plain SQL for names that do not say)."""
+    ending = name[len(stem(name)) :]
+    return next(
+        (known for known, extension in DUMP_EXTENSIONS.items() if ending.startswith(extension + ".")), "plain"
+    )
 
 
 def by_magic(head: bytes) -> Format | None:
@@ -134,3 +144,15 @@ def by_magic(head: bytes) -> Format | None:
 def by_name(name: str) -> Format:
     """The format a backup is in, from its file name (gzip for names that do not say)."""
     return next((known for known in FORMATS.values() if name.endswith(known.suffix)), GZIP)
+
+
+def restore_hint(file: str) -> str:
+    """The restore steps with nothing but the compression's own tool and psql, or pg_restore for a
+    custom-format archive (without owners and privileges, as tgbackupctl restores: the original roles
+    may not exist on the new machine)."""
+    compression = by_name(file)
+    if dump_format_by_name(file) == "custom":
+        tool = "zstd -dc" if compression is ZSTD else "gunzip -c"
+        return f"{tool} {file} | pg_restore --no-owner -d DATABASE"
+    tool = "zstd -d" if compression is ZSTD else "gunzip"
+    return f"{tool} {file} && psql -d DATABASE < {file.removesuffix(compression.suffix)}"

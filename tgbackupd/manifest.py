@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from .formats import FORMATS, SUFFIX_PATTERN, by_name, stem
+from .formats import DUMP_EXTENSIONS, FORMATS, SUFFIX_PATTERN, by_name, dump_format_by_name, stem
 
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
 SUFFIX = ".manifest.json"
-DUMP_FORMATS = ("plain",)
+DUMP_FORMATS = tuple(DUMP_EXTENSIONS)
 # Bounds on what a manifest read from the chat or a folder may claim: 100,000 parts is 1.9 TB at the
 # default part size; sizes stay within what every JSON reader holds exactly.
 MAX_PARTS = 100_000
@@ -21,8 +21,9 @@ MAX_MANIFEST_BYTES = 48 * 1024 * 1024
 MAX_BYTES = 2**53
 MAX_MESSAGE_ID = 2**53
 MAX_TEXT = 1000
-# `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or `.sql.zst`), the prefix in the character class that
-# backup.prefix allows and the database names it falls back to are made of: never a path.
+# `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or `.sql.zst`, `.dump.gz`, `.dump.zst`), the prefix in the
+# character class that backup.prefix allows and the database names it falls back to are made of: never a
+# path.
 _BACKUP_NAME = re.compile(
     rf"^[A-Za-z0-9_.-]{{1,200}}_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}})(?P<suffix>{SUFFIX_PATTERN})?$"
 )
@@ -104,11 +105,14 @@ class Manifest:
         if not is_backup_name(name):
             raise ManifestError(
                 f"the manifest's \"name\" is {_show(name)}, not a backup's name "
-                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz or .sql.zst)"
+                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz, .sql.zst, .dump.gz or .dump.zst)"
             )
         compression = document.choice("compression", tuple(FORMATS), default="gzip")
         if by_name(name).name != compression:
             raise ManifestError(f'the manifest\'s "compression" is {compression}, but {name} is not')
+        dump_format = document.choice("dump_format", DUMP_FORMATS, default="plain")
+        if dump_format_by_name(name) != dump_format:
+            raise ManifestError(f'the manifest\'s "dump_format" is {dump_format}, but {name} is not')
         created_at = document.text("created_at")
         try:
             datetime.fromisoformat(created_at)
@@ -142,7 +146,7 @@ class Manifest:
             sha256=document.sha256("sha256"),
             parts=parts,
             previous=None if previous is None else _reference(previous, 'the manifest\'s "previous"'),
-            dump_format=document.choice("dump_format", DUMP_FORMATS, default="plain"),
+            dump_format=dump_format,
             compression=compression,
             verified=document.optional_boolean("verified"),
         )

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from .formats import by_name
+from .formats import restore_hint
 from .manifest import Manifest
 
 CAPTION_LIMIT = 1024
@@ -92,7 +92,7 @@ def backup_caption(facts: BackupFacts) -> str:
         f"Size: {human_size(facts.size_bytes)} ({facts.size_bytes} bytes)\n"
         f"SHA-256: {facts.sha256}\n"
         f"{took}"
-        f"Restore: {by_name(facts.file).restore_hint(facts.file)}",
+        f"Restore: {restore_hint(facts.file)}",
         CAPTION_LIMIT,
     )
 

@@ -21,19 +21,29 @@ _GONE_CHECK_S = 0.5
 _STDERR_WAIT_S = 2.0
 
 
-def build_command(database: DatabaseConfig) -> tuple[str, ...]:
-    """Return pg_dump's argv for a plain-SQL dump on standard output, as the original restore steps expect.
-    Without owners and privileges, so that it restores into any database as any user: on a new machine
-    the original roles may not exist. A table it cannot lock within database.lock_wait_timeout fails the
-    dump, instead of leaving it (and every session queued behind its lock request) waiting for as long as
-    an ALTER TABLE or a VACUUM FULL runs; in milliseconds, which every pg_dump understands."""
+def build_command(database: DatabaseConfig, dump_format: str = "plain") -> tuple[str, ...]:
+    """Return pg_dump's argv for a dump on standard output: plain SQL, as the original restore steps
+    expect, or a custom-format archive for pg_restore, uncompressed since tgbackupd compresses every
+    dump itself (so hashing, parts and delivery do not care which). Without owners and privileges, so
+    that it restores into any database as any user: on a new machine the original roles may not exist
+    (an archive keeps them anyway: pg_restore leaves them out). A table it cannot lock within
+    database.lock_wait_timeout fails the dump, instead of leaving it (and every session queued behind
+    its lock request) waiting for as long as an ALTER TABLE or a VACUUM FULL runs; in milliseconds, which
+    every pg_dump understands. Then what the configuration chooses to dump, and its own options."""
+    compress = ("--compress=0",) if dump_format == "custom" else ()
     return (
         database.pg_dump,
-        "--format=plain",
+        f"--format={dump_format}",
+        *compress,
         "--no-owner",
         "--no-privileges",
         "--no-password",
         f"--lock-wait-timeout={database.lock_wait_timeout * 1000}",
+        *(f"--schema={pattern}" for pattern in database.schemas),
+        *(f"--exclude-schema={pattern}" for pattern in database.exclude_schemas),
+        *(f"--table={pattern}" for pattern in database.tables),
+        *(f"--exclude-table={pattern}" for pattern in database.exclude_tables),
+        *database.pg_dump_args,
         f"--dbname={conninfo(database)}",
     )
 
@@ -183,11 +193,15 @@ class DumpProcess:
 
 @contextlib.contextmanager
 def run_pg_dump(
-    database: DatabaseConfig, base_environment: Mapping[str, str] = os.environ, stop: Stop | None = None
+    database: DatabaseConfig,
+    base_environment: Mapping[str, str] = os.environ,
+    stop: Stop | None = None,
+    dump_format: str = "plain",
 ) -> Iterator[DumpProcess]:
     """Start pg_dump for the database; on leaving early (an error, a cancel) it is stopped and reaped.
     With a `stop`, it is ended when the backup must stop, and `wait` raises that reason."""
-    process = DumpProcess(build_command(database), build_environment(database, base_environment), stop)
+    argv = build_command(database, dump_format)
+    process = DumpProcess(argv, build_environment(database, base_environment), stop)
     try:
         yield process
     finally:

@@ -1,10 +1,13 @@
-"""psql: the one place that runs it, to restore a dump into a database and to ask the server questions."""
+"""psql and pg_restore: the one place that runs them, to restore a dump into a database and to ask the
+server questions."""
 
 import collections
+import contextlib
 import os
 import subprocess
 import threading
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from pathlib import Path
 from typing import Any
 
 from .config import DatabaseConfig
@@ -14,6 +17,7 @@ from .stopping import Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
 QUERY_TIMEOUT_S = 3600
+_READ_BYTES = 1024 * 1024
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
@@ -36,15 +40,40 @@ def _start(argv: list[str], database: DatabaseConfig, **streams: Any) -> subproc
         return subprocess.Popen(argv, env=build_environment(database, os.environ), **streams)
     except FileNotFoundError:
         raise RestoreError(
-            "psql was not found: install the PostgreSQL client tools (postgresql-client)"
+            f"{argv[0]} was not found: install the PostgreSQL client tools (postgresql-client)"
         ) from None
 
 
-def _watch(process: subprocess.Popen[Any], stop: Stop | None) -> Watch | None:
-    """End psql the moment the job must stop; its server session ends with it or is terminated later."""
+def _watch(process: subprocess.Popen[Any], stop: Stop | None, program: str = "psql") -> Watch | None:
+    """End psql (or pg_restore) the moment the job must stop; its server session ends with it or is
+    terminated later."""
     if stop is None:
         return None
-    return Watch(stop, lambda: process.poll() is None, lambda: end(process, group=False), "psql was ended")
+    return Watch(
+        stop, lambda: process.poll() is None, lambda: end(process, group=False), f"{program} was ended"
+    )
+
+
+class _StderrTail:
+    """The last lines a program prints on its standard error, read as they come (so that it never waits
+    for a full pipe)."""
+
+    def __init__(self, process: subprocess.Popen[Any], program: str) -> None:
+        self._process = process
+        self._program = program
+        self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            self._lines.append(line.decode("utf-8", "replace").rstrip())
+
+    def text(self) -> str:
+        """What it printed, once it has closed its standard error (it ended)."""
+        self._reader.join()
+        return "\n".join(self._lines) or f"{self._program} exited with status {self._process.returncode}"
 
 
 def _stopped(watch: Watch | None, returncode: int) -> None:
@@ -53,6 +82,15 @@ def _stopped(watch: Watch | None, returncode: int) -> None:
         watch.close(failed=returncode != 0)
         if watch.reason is not None:
             raise watch.reason
+
+
+def _failure(process: subprocess.Popen[Any], watch: Watch | None, tail: _StderrTail) -> str | None:
+    """Wait for the program to end. Raise why the job ended it, if it did; return what it printed if it
+    failed, else None."""
+    returncode = process.wait()
+    printed = tail.text()
+    _stopped(watch, returncode)
+    return printed if returncode != 0 else None
 
 
 def query(
@@ -145,15 +183,7 @@ def restore(
         stderr=subprocess.PIPE,
     )
     watch = _watch(process, stop)
-    tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-
-    def read_stderr() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            tail.append(line.decode("utf-8", "replace").rstrip())
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
+    tail = _StderrTail(process, "psql")
     assert process.stdin is not None
     written = 0
     try:
@@ -166,13 +196,97 @@ def restore(
     except BaseException:
         end(process, group=False)
         raise
-    returncode = process.wait()
-    reader.join()
-    _stopped(watch, returncode)
-    if returncode != 0:
-        detail = "\n".join(tail) or f"psql exited with status {returncode}"
+    failure = _failure(process, watch, tail)
+    if failure is not None:
         raise RestoreError(
             f"the restore into {dbname or database.name} failed and was rolled back, so the database is "
-            f"as it was before: {detail}"
+            f"as it was before: {failure}"
         )
     return written
+
+
+# pg_restore leaves out what a plain dump leaves out (pg_dump cannot leave them out of an archive).
+_PG_RESTORE = ("pg_restore", "--no-owner", "--no-privileges")
+
+
+def archive_sql(database: DatabaseConfig, archive_chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
+    """The SQL a custom-format archive (fed on pg_restore's standard input) stands for, as pg_restore
+    writes it out, for `restore` to run in psql's one transaction: a --clean prologue then runs in that
+    same transaction, and any failure rolls all of it back. Raise RestoreError if pg_restore cannot
+    read the archive (psql, still in its transaction, is then ended: nothing is committed), and what
+    reading `archive_chunks` raised. Left early, pg_restore is ended."""
+    process = _start(
+        [*_PG_RESTORE, "--file=-"],
+        database,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    tail = _StderrTail(process, "pg_restore")
+    failures: list[BaseException] = []
+
+    def feed() -> None:
+        assert process.stdin is not None
+        try:
+            for chunk in archive_chunks:
+                process.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # pg_restore stopped reading: its exit status says why
+        except BaseException as error:
+            failures.append(error)
+            end(process, group=False)
+        finally:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+
+    feeder = threading.Thread(target=feed, name="pg_restore-stdin", daemon=True)
+    feeder.start()
+    assert process.stdout is not None
+    try:
+        while block := os.read(process.stdout.fileno(), _READ_BYTES):
+            yield block
+        returncode = process.wait()
+        feeder.join()
+    finally:
+        if process.poll() is None:  # left early: the restore failed or was stopped
+            end(process, group=False)
+        process.stdout.close()
+    if failures:
+        raise failures[0]
+    if returncode != 0:
+        raise RestoreError(f"pg_restore cannot read the backup's archive: {tail.text()}")
+
+
+def restore_archive_in_parallel(
+    database: DatabaseConfig, archive: Path, jobs: int, dbname: str | None = None, stop: Stop | None = None
+) -> None:
+    """Restore a custom-format archive file with pg_restore on `jobs` connections at once, stopping at
+    the first error. Each connection commits on its own (pg_restore cannot run several in one
+    transaction): a failure leaves what was restored before it, and RestoreError says so."""
+    process = _start(
+        [
+            *_PG_RESTORE,
+            "--exit-on-error",
+            "--no-password",
+            f"--jobs={jobs}",
+            f"--dbname={conninfo(database, dbname)}",
+            str(archive),
+        ],
+        database,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    watch = _watch(process, stop, "pg_restore")
+    tail = _StderrTail(process, "pg_restore")
+    try:
+        failure = _failure(process, watch, tail)
+    finally:
+        if process.poll() is None:  # interrupted while waiting: never leave pg_restore behind
+            end(process, group=False)
+    if failure is not None:
+        raise RestoreError(
+            f"the parallel restore into {dbname or database.name} failed, and what was restored before the "
+            f"failure is still there ({jobs} connections each commit on their own): drop the database, "
+            f"create it empty and restore again (without --jobs, a failure leaves nothing): {failure}"
+        )

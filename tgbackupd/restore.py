@@ -1,7 +1,10 @@
 """Getting a database back: find a backup (a local file, a folder of parts, the catalogue, or Telegram
 alone), check every part's and the whole's SHA-256 before anything touches a database, then stream
-the SQL through gunzip into psql in one transaction, or into a scratch database to verify it."""
+the SQL through gunzip into psql in one transaction, or into a scratch database to verify it. A
+custom-format archive goes through pg_restore on its way to psql, or, on several connections, from a
+file."""
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -17,8 +20,8 @@ import zstandard
 
 from . import chain, psql
 from .config import DatabaseConfig
-from .errors import RestoreError
-from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
+from .errors import RestoreError, UsageError
+from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
 from .progress import Progress
 from .signing import Keyring
@@ -54,6 +57,11 @@ class CheckedBackup:
     @property
     def size_bytes(self) -> int:
         return sum(piece.size for piece in self.pieces)
+
+    @property
+    def dump_format(self) -> str:
+        """pg_dump's format the backup holds: its name says (a manifest that said otherwise was refused)."""
+        return dump_format_by_name(self.name)
 
 
 def _read_piece(piece: Piece) -> Iterator[bytes]:
@@ -361,9 +369,68 @@ def _stream_sha256(stream: BinaryIO) -> str:
 # Targets
 
 
-def restore_into(database: DatabaseConfig, backup: CheckedBackup, clean: bool, progress: Progress) -> int:
+@contextlib.contextmanager
+def _psql_input(
+    database: DatabaseConfig, backup: CheckedBackup, progress: Progress
+) -> Iterator[Iterator[bytes]]:
+    """The SQL psql runs for the backup: its own, or the SQL pg_restore makes of a custom-format archive
+    (closed when psql is done with it, so that a pg_restore left behind by a failed restore ends then)."""
+    chunks = sql_chunks(backup, progress)
+    if backup.dump_format != "custom":
+        yield chunks
+        return
+    archive = psql.archive_sql(database, chunks)
+    try:
+        yield archive
+    finally:
+        archive.close()
+
+
+def check_jobs(backup: CheckedBackup, jobs: int) -> None:
+    """Raise UsageError if `jobs` asks for a parallel restore of a backup that cannot have one."""
+    if jobs > 1 and backup.dump_format != "custom":
+        raise UsageError(
+            f'--jobs applies to custom-format backups (.dump.gz, .dump.zst; backup.format = "custom"): '
+            f"{backup.name} is plain SQL, which psql restores on one connection. Leave --jobs out"
+        )
+
+
+def _restore_in_parallel(
+    database: DatabaseConfig,
+    backup: CheckedBackup,
+    jobs: int,
+    workdir: Path,
+    progress: Progress,
+    dbname: str | None = None,
+    stop: Stop | None = None,
+) -> None:
+    """pg_restore restores on several connections only from a file it can seek in: the archive is
+    written decompressed into `workdir` (as large as the backup decompressed), readable by its owner
+    only, and removed afterwards, whatever happens."""
+    archive = workdir / f"{stem(backup.name)}.dump"
+    try:
+        with _new_file(archive) as sink:
+            for chunk in sql_chunks(backup, progress):
+                sink.write(chunk)
+        psql.restore_archive_in_parallel(database, archive, jobs, dbname, stop)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+def restore_into(
+    database: DatabaseConfig,
+    backup: CheckedBackup,
+    clean: bool,
+    progress: Progress,
+    jobs: int = 1,
+    workdir: Path | None = None,
+) -> None:
     """Restore into the database in one transaction; with `clean`, its schemas are dropped first in that
-    same transaction, so that a failure leaves it exactly as it was. Return the bytes of SQL restored."""
+    same transaction, so that a failure leaves it exactly as it was. With `jobs` > 1 (a custom-format
+    backup, its archive written in `workdir`), pg_restore restores on that many connections, each in a
+    transaction of its own, after `clean` dropped the schemas in a step of its own: a failure then
+    leaves part of the data. Raise UsageError for `jobs` with a plain backup."""
+    check_jobs(backup, jobs)
     relations = psql.user_relations(database)
     if relations and not clean:
         raise RestoreError(
@@ -373,20 +440,28 @@ def restore_into(database: DatabaseConfig, backup: CheckedBackup, clean: bool, p
         )
     prologue = [psql.CLEAN_SQL.encode()] if clean else []
     progress.start(f"Restoring {backup.name} into {database.name}", backup.size_bytes)
-    written = psql.restore(database, itertools.chain(prologue, sql_chunks(backup, progress)))
-    progress.finish(f"Restored {backup.name} into {database.name}: {written} bytes of SQL")
-    return written
+    if jobs > 1:
+        assert workdir is not None
+        if clean:
+            psql.restore(database, prologue)
+        _restore_in_parallel(database, backup, jobs, workdir, progress)
+    else:
+        with _psql_input(database, backup, progress) as sql:
+            psql.restore(database, itertools.chain(prologue, sql))
+    progress.finish(f"Restored {backup.name} into {database.name}")
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
-    """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it."""
+    """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it (for a custom-format
+    backup, the archive, as `pg_restore` reads it)."""
     written = 0
     progress.start(f"Writing {output}", backup.size_bytes)
     with output.open("wb") as sink:
         for chunk in sql_chunks(backup, progress):
             sink.write(chunk)
             written += len(chunk)
-    progress.finish(f"Wrote {output}: {written} bytes of SQL")
+    what = "a pg_restore archive" if backup.dump_format == "custom" else "SQL"
+    progress.finish(f"Wrote {output}: {written} bytes of {what}")
     return written
 
 
@@ -409,15 +484,24 @@ def verify(
     progress: Progress,
     stop: Stop | None = None,
     on_left_behind: Callable[[str], None] | None = None,
+    jobs: int = 1,
+    workdir: Path | None = None,
 ) -> VerifyReport:
     """Restore into a scratch database created for the purpose (from database.maintenance_db) and
     dropped afterwards, whatever happens: also when `stop` ends the restore. A scratch database that
-    cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead."""
+    cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead.
+    With `jobs` > 1, as restore_into."""
+    check_jobs(backup, jobs)
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
     psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)
     try:
         progress.start(f"Verifying {backup.name} in scratch database {scratch}", backup.size_bytes)
-        psql.restore(database, sql_chunks(backup, progress), dbname=scratch, stop=stop)
+        if jobs > 1:
+            assert workdir is not None
+            _restore_in_parallel(database, backup, jobs, workdir, progress, scratch, stop)
+        else:
+            with _psql_input(database, backup, progress) as sql:
+                psql.restore(database, sql, dbname=scratch, stop=stop)
         tables = psql.table_row_counts(database, scratch, stop=stop)
     finally:
         left_behind = _drop_scratch(database, scratch)

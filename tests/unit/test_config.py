@@ -383,3 +383,67 @@ def test_parts_of_20_mb_are_accepted_on_the_public_bot_api_and_larger_ones_only_
         database,
     )
     assert self_hosted.telegram.part_size_mb == 500
+
+
+def test_the_dump_format_and_what_to_dump_come_from_the_file_or_the_environment(tmp_path):
+    text = """
+[database]
+url = "postgresql://h/db"
+schemas = ["public", "app_*"]
+exclude_tables = ["public.log*"]
+pg_dump_args = ["--exclude-table-data=events", "-nPUBLIC2", "--no-password"]
+[backup]
+format = "custom"
+compression = "zstd"
+"""
+    config = load_config(write(tmp_path, text), {"TGBACKUPD_DATABASE_EXCLUDE_SCHEMAS": " audit , tmp,"})
+    database = config.database
+    assert (config.backup.dump_format, config.backup.suffix) == ("custom", ".dump.zst")
+    assert database.schemas == ("public", "app_*") and database.exclude_tables == ("public.log*",)
+    assert database.exclude_schemas == ("audit", "tmp") and database.tables == ()
+    assert database.pg_dump_args == ("--exclude-table-data=events", "-nPUBLIC2", "--no-password")
+    effective = effective_config(config)
+    assert effective["backup"]["format"] == "custom"
+    assert effective["database"]["exclude_schemas"] == ["audit", "tmp"]
+    plain = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://h/db"})
+    assert (plain.backup.dump_format, plain.backup.suffix, plain.database.schemas) == ("plain", ".sql.gz", ())
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        ("--file=/tmp/x", "must write to its standard output"),
+        ("-f/tmp/x", "must write to its standard output"),
+        ("-Oxf", "must write to its standard output"),
+        ("--form=directory", "the dump format is backup.format"),
+        ("-Fc", "the dump format is backup.format"),
+        ("--compress=9", "tgbackupd compresses the dump itself"),
+        ("-j4", "directory format"),
+        ("--dbname=postgresql://u:pw@h/other", "the database is database.url"),
+        ("-hother", "the server is database.url"),
+        ("--port=1", "the port is"),
+        ("-Upostgres", "the user is"),
+        ("--password", "would wait for a password typed in"),
+        ("-W", "would wait for a password typed in"),
+        ("--create", "in one transaction"),
+        ("-c", "fails on an empty database"),
+        ("public", "not an option: write each option with its value as one item"),
+    ],
+)
+def test_pg_dump_arguments_that_would_break_the_backup_are_refused_with_the_reason(
+    tmp_path, argument, expected
+):
+    text = f'[database]\nurl = "postgresql://h/db"\npg_dump_args = ["--no-comments", {argument!r}]\n'
+    found = problems(tmp_path, text.replace("'", '"'))
+    assert any("database.pg_dump_args" in problem and expected in problem for problem in found), found
+
+
+def test_a_list_key_that_is_not_a_list_of_strings_or_a_format_that_does_not_exist_is_refused(tmp_path):
+    found = problems(
+        tmp_path,
+        '[database]\nurl = "postgresql://h/db"\nschemas = "public"\ntables = [1]\n',
+        TGBACKUPD_BACKUP_FORMAT="directory",
+    )
+    assert any(p.startswith("database.schemas") and "expected a list of strings" in p for p in found), found
+    assert any(p.startswith("database.tables") and "expected a list of strings" in p for p in found), found
+    assert any("backup.format" in p and "expected one of plain, custom, got 'directory'" in p for p in found)

@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from tgbackupd import messages
 from tgbackupd.ctl import render_backup, render_status
 
@@ -23,6 +25,28 @@ def test_caption_says_what_a_person_needs_and_fits_telegrams_limit():
     short = messages.backup_caption(replace(facts, file="shop_backup_20251203_030000.sql.gz"))
     for expected in ("shop on db:5432", "web1", "15.43 MB", "f" * 64, "20.0 s", "gunzip"):
         assert expected in short
+
+
+@pytest.mark.parametrize(
+    ("file", "hint"),
+    [
+        (
+            "shop_backup_20251203_030000.sql.gz",
+            "gunzip FILE && psql -d DATABASE < shop_backup_20251203_030000.sql",
+        ),
+        (
+            "shop_backup_20251203_030000.sql.zst",
+            "zstd -d FILE && psql -d DATABASE < shop_backup_20251203_030000.sql",
+        ),
+        ("shop_backup_20251203_030000.dump.gz", "gunzip -c FILE | pg_restore --no-owner -d DATABASE"),
+        ("shop_backup_20251203_030000.dump.zst", "zstd -dc FILE | pg_restore --no-owner -d DATABASE"),
+    ],
+)
+def test_the_caption_gives_the_restore_steps_of_the_backups_formats(file, hint):
+    facts = messages.BackupFacts(
+        file=file, database="shop", server="web1", size_bytes=1, sha256="f" * 64, duration_s=1.0
+    )
+    assert f"Restore: {hint.replace('FILE', file)}" in messages.backup_caption(facts)
 
 
 def test_part_captions_say_which_part_and_the_whole_backups_hash():

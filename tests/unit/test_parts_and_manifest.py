@@ -1,9 +1,20 @@
+import dataclasses
 import hashlib
 import json
+import re
 
 import pytest
 
-from tgbackupd.manifest import Manifest, ManifestError, ManifestRef, manifest_name, part_name, plan_parts
+from tgbackupd.manifest import (
+    PART_FILE,
+    Manifest,
+    ManifestError,
+    ManifestRef,
+    is_backup_name,
+    manifest_name,
+    part_name,
+    plan_parts,
+)
 from tgbackupd.pipeline import PartDigests
 
 
@@ -148,7 +159,11 @@ def _drop(*path):
         (_set("created_at", "yesterday"), '"created_at" is "yesterday", not a date and time'),
         (_set("compression", "lz4"), '"compression" is "lz4", not one of gzip, zstd'),
         (_set("compression", "zstd"), '"compression" is zstd, but shop_backup_20251203_030000.sql.gz is not'),
-        (_set("dump_format", "custom"), '"dump_format" is "custom", not one of plain'),
+        (_set("dump_format", "directory"), '"dump_format" is "directory", not one of plain, custom'),
+        (
+            _set("dump_format", "custom"),
+            '"dump_format" is custom, but shop_backup_20251203_030000.sql.gz is not',
+        ),
         (_set("verified", "yes"), '"verified" is "yes", not true, false or null'),
         (_set("parts", []), '"parts" is [], not a list of 1 to 100000 items'),
         (_set("parts", {"1": {}}), "not a list of 1 to 100000 items"),
@@ -326,3 +341,24 @@ def test_an_upload_that_fails_locally_never_leaves_the_dump_waiting(tmp_path):
     handed.join(5)
     assert not handed.is_alive()  # with a bounded queue and a dead uploader, this would hang
     assert uploader.finish() == {} and "No such file or directory" in (uploader.error or "")
+
+
+def test_a_custom_format_backups_manifest_says_so_and_survives_its_round_trip():
+    name = "shop_backup_20251203_030000.dump.zst"
+    custom = dataclasses.replace(
+        manifest(),
+        name=name,
+        parts=plan_parts(name, [(10, "a" * 64), (10, "b" * 64), (3, "c" * 64)]),
+        dump_format="custom",
+        compression="zstd",
+    )
+    assert Manifest.from_json(custom.to_json()) == custom
+    assert custom.file_name == "shop_backup_20251203_030000.manifest.json"
+    assert is_backup_name("shop_backup_20251203_030000.dump.gz")
+    assert PART_FILE.match("shop_backup_20251203_030000.dump.gz.001")
+    mismatched = json.loads(custom.to_json())
+    mismatched["dump_format"] = "plain"
+    with pytest.raises(
+        ManifestError, match=re.escape('"dump_format" is plain, but shop_backup_20251203_030000.dump.zst')
+    ):
+        Manifest.from_json(json.dumps(mismatched).encode())

@@ -73,3 +73,43 @@ def test_a_client_sees_only_what_libpq_needs_of_the_daemons_environment():
         "KRB5CCNAME": "FILE:/tmp/krb5cc",
         "PGPASSWORD": "s3cret",
     }
+
+
+def test_a_custom_format_dump_is_left_uncompressed_for_tgbackupds_own_compression():
+    assert build_command(database(), "custom") == (
+        "/usr/lib/postgresql/16/bin/pg_dump",
+        "--format=custom",
+        "--compress=0",
+        "--no-owner",
+        "--no-privileges",
+        "--no-password",
+        "--lock-wait-timeout=300000",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
+    )
+
+
+def test_what_to_dump_and_extra_options_come_before_the_connection():
+    configured = database(
+        schemas=("public", "app_*"),
+        exclude_schemas=("audit",),
+        tables=("public.orders",),
+        exclude_tables=("public.log*", "tmp_*"),
+        pg_dump_args=("--exclude-table-data=events", "--no-comments"),
+    )
+    assert build_command(configured) == (
+        "/usr/lib/postgresql/16/bin/pg_dump",
+        "--format=plain",
+        "--no-owner",
+        "--no-privileges",
+        "--no-password",
+        "--lock-wait-timeout=300000",
+        "--schema=public",
+        "--schema=app_*",
+        "--exclude-schema=audit",
+        "--table=public.orders",
+        "--exclude-table=public.log*",
+        "--exclude-table=tmp_*",
+        "--exclude-table-data=events",
+        "--no-comments",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
+    )

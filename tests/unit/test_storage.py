@@ -155,3 +155,18 @@ def test_an_unwritable_directory_is_reported_with_what_to_do(tmp_path):
     blocker.write_text("")
     with pytest.raises(StorageError, match=r"set backup\.directory"):
         BackupDirectory(blocker / "backups", "db").ensure()
+
+
+def test_plain_and_custom_backups_of_a_prefix_are_one_series_whatever_their_compression(tmp_path):
+    directory = BackupDirectory(tmp_path, "db", ".dump.zst")
+    assert directory.unused_name(WHEN) == "db_backup_20251203_030000.dump.zst"
+    endings = [".sql.gz", ".sql.zst", ".dump.gz", ".dump.zst"]
+    ours = [f"db_backup_2025120{day}_030000{endings[day % 4]}" for day in range(1, 10)]
+    for name in [*ours, "db_backup_20250101_030000.dump"]:
+        (tmp_path / name).write_bytes(b"x")
+    assert directory.keeps_whole("db_backup_20251203_030000")
+
+    removed = directory.prune(7)
+
+    assert removed == ours[1::-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*ours[2:], "db_backup_20250101_030000.dump"])
