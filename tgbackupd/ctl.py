@@ -53,8 +53,9 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
-  64  wrong usage
-  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back)
+  64  wrong usage; restore/verify: the backup is encrypted and no --identity was given
+  65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back), or no
+      --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
       (also: it stayed busy with other clients for 5 s)
@@ -141,6 +142,15 @@ def _parser() -> argparse.ArgumentParser:
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
         command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        command.add_argument(
+            "--identity",
+            action="append",
+            type=Path,
+            default=[],
+            metavar="FILE",
+            help="an age identity (age-keygen's key.txt, or an SSH private key) to decrypt an encrypted "
+            "backup with; may be given several times",
+        )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
     restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
@@ -489,7 +499,7 @@ def _restore(args: argparse.Namespace) -> int:
     progress = Progress()
     target = None if args.output else _target(args, config)
     with _workdir(args) as workdir:
-        backup = _fetch(args, config, workdir, progress)
+        backup = restore.unlock(_fetch(args, config, workdir, progress), tuple(args.identity))
         if args.output:
             restore.write_sql(backup, args.output, progress)
             return 0
@@ -503,7 +513,7 @@ def _verify(args: argparse.Namespace) -> int:
     progress = Progress()
     server = _target(args, config)
     with _workdir(args) as workdir:
-        backup = _fetch(args, config, workdir, progress)
+        backup = restore.unlock(_fetch(args, config, workdir, progress), tuple(args.identity))
         report = restore.verify(server, backup, progress, on_left_behind=_warn)
     for table, rows in report.tables:
         print(f"{table:<60} {rows:>12}")

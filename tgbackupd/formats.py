@@ -105,9 +105,12 @@ class Format:
         return ZstdFrame() if self.name == "zstd" else GzipMember()
 
     def restore_hint(self, file: str) -> str:
-        """The restore steps with nothing but the format's own tool and psql."""
-        plain = file.removesuffix(self.suffix.removeprefix(".sql"))
+        """The restore steps with nothing but the format's own tool and psql (and age, when the file is
+        encrypted: the identity's file name is the one `age-keygen -o key.txt` makes)."""
         tool = "zstd -d" if self.name == "zstd" else "gunzip"
+        if file.endswith(ENCRYPTED_SUFFIX):
+            return f"age -d -i key.txt {file} | {tool} | psql -d DATABASE"
+        plain = file.removesuffix(self.suffix.removeprefix(".sql"))
         return f"{tool} {file} && psql -d DATABASE < {plain}"
 
 
@@ -116,8 +119,11 @@ GZIP = Format("gzip", ".sql.gz", b"\x1f\x8b", 1, 9, 6)
 # (zstd's own default) takes twice the CPU; level 3 is some 10% smaller on ordinary text.
 ZSTD = Format("zstd", ".sql.zst", b"\x28\xb5\x2f\xfd", 1, 19, 1)
 FORMATS = {GZIP.name: GZIP, ZSTD.name: ZSTD}
-# A backup file name's ending, whatever its format (a series may change format and stays one series).
-SUFFIX_PATTERN = r"\.sql\.(?:gz|zst)"
+# age-encrypted backups end in this after their format's suffix (see encryption.py).
+ENCRYPTED_SUFFIX = ".age"
+# A backup file name's ending, whatever its format (a series may change format and stays one series),
+# encrypted or not (the same: turning encryption on or off keeps the series).
+SUFFIX_PATTERN = r"\.sql\.(?:gz|zst)(?:\.age)?"
 _SUFFIX = re.compile(SUFFIX_PATTERN + "$")
 
 
@@ -132,5 +138,6 @@ def by_magic(head: bytes) -> Format | None:
 
 
 def by_name(name: str) -> Format:
-    """The format a backup is in, from its file name (gzip for names that do not say)."""
+    """The format a backup is in, from its file name (gzip for names that do not say), encrypted or not."""
+    name = name.removesuffix(ENCRYPTED_SUFFIX)
     return next((known for known in FORMATS.values() if name.endswith(known.suffix)), GZIP)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from .formats import FORMATS, SUFFIX_PATTERN, by_name, stem
+from .formats import ENCRYPTED_SUFFIX, FORMATS, SUFFIX_PATTERN, by_name, stem
 
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
@@ -21,6 +21,10 @@ MAX_MANIFEST_BYTES = 48 * 1024 * 1024
 MAX_BYTES = 2**53
 MAX_MESSAGE_ID = 2**53
 MAX_TEXT = 1000
+# An encrypted backup's recipients (public keys): as many as encryption.recipients may name, each at most
+# an SSH RSA key of 16384 bits with its comment.
+MAX_RECIPIENTS = 100
+MAX_RECIPIENT_TEXT = 4000
 # `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or `.sql.zst`), the prefix in the character class that
 # backup.prefix allows and the database names it falls back to are made of: never a path.
 _BACKUP_NAME = re.compile(
@@ -71,6 +75,8 @@ class Manifest:
     dump_format: str = "plain"
     compression: str = "gzip"
     verified: bool | None = None
+    encrypted: bool = False
+    recipients: tuple[str, ...] = ()  # the public keys an encrypted backup can be decrypted with
 
     @property
     def file_name(self) -> str:
@@ -104,11 +110,21 @@ class Manifest:
         if not is_backup_name(name):
             raise ManifestError(
                 f"the manifest's \"name\" is {_show(name)}, not a backup's name "
-                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz or .sql.zst)"
+                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz or .sql.zst, either with .age when encrypted)"
             )
         compression = document.choice("compression", tuple(FORMATS), default="gzip")
         if by_name(name).name != compression:
             raise ManifestError(f'the manifest\'s "compression" is {compression}, but {name} is not')
+        encrypted = document.optional_boolean("encrypted") or False
+        if encrypted != name.endswith(ENCRYPTED_SUFFIX):
+            raise ManifestError(
+                f'the manifest\'s "encrypted" is {_show(encrypted)}, but {name} '
+                + ("does not end" if encrypted else "ends")
+                + f" in {ENCRYPTED_SUFFIX}"
+            )
+        recipients = document.texts("recipients", MAX_RECIPIENTS, MAX_RECIPIENT_TEXT)
+        if recipients and not encrypted:
+            raise ManifestError('the manifest lists "recipients", but its backup is not encrypted')
         created_at = document.text("created_at")
         try:
             datetime.fromisoformat(created_at)
@@ -145,6 +161,8 @@ class Manifest:
             dump_format=document.choice("dump_format", DUMP_FORMATS, default="plain"),
             compression=compression,
             verified=document.optional_boolean("verified"),
+            encrypted=encrypted,
+            recipients=recipients,
         )
 
 
@@ -271,6 +289,20 @@ class _Object:
         if value is not None and not isinstance(value, bool):
             raise self._wrong(key, "true, false or null")
         return value
+
+    def texts(self, key: str, most: int, longest: int) -> tuple[str, ...]:
+        """An optional list of at most `most` texts of at most `longest` printable characters each."""
+        value = self._fields.get(key, [])
+        if (
+            not isinstance(value, list)
+            or len(value) > most
+            or not all(
+                isinstance(item, str) and 0 < len(item) <= longest and not _CONTROL.search(item)
+                for item in value
+            )
+        ):
+            raise self._wrong(key, f"a list of at most {most} texts of 1 to {longest} printable characters")
+        return tuple(value)
 
     def array(self, key: str, fewest: int, most: int) -> list[Any]:
         value = self._required(key)

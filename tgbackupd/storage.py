@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from .errors import StorageError
 from .files import FileSlice, open_for_reading, sync_directory, write_atomically
-from .formats import FORMATS, GZIP, SUFFIX_PATTERN, stem
+from .formats import ENCRYPTED_SUFFIX, FORMATS, GZIP, SUFFIX_PATTERN, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name, part_name
 
 _PARTIAL_SUFFIX = ".partial"
@@ -70,7 +70,8 @@ def _create(path: Path) -> BinaryIO:
 
 class BackupDirectory:
     """The backups of one database in one directory, named `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or
-    `.sql.zst`: new ones end in `suffix`, and retention counts both as one series)."""
+    `.sql.zst`, either with `.age` when encrypted: new ones end in `suffix`, and retention counts them all
+    as one series)."""
 
     def __init__(self, path: Path, prefix: str, suffix: str = GZIP.suffix) -> None:
         self.path = path
@@ -324,7 +325,11 @@ class BackupDirectory:
 
     def keeps_whole(self, backup_stem: str) -> bool:
         """Whether the backup of this name (without its format's ending) is kept here as one file."""
-        return any((self.path / f"{backup_stem}{known.suffix}").is_file() for known in FORMATS.values())
+        return any(
+            (self.path / f"{backup_stem}{known.suffix}{encrypted}").is_file()
+            for known in FORMATS.values()
+            for encrypted in ("", ENCRYPTED_SUFFIX)
+        )
 
     def note_newest_manifest(self, reference: ManifestRef) -> None:
         """Where the newest manifest in the chat is, kept here too: after a lost state file, the chain in
