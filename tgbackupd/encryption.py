@@ -320,3 +320,33 @@ def decrypt(chunks: Iterator[bytes], identities: Sequence[Path]) -> Iterator[byt
         if not finished:
             age.end()
     age.finish()
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def round_trip(recipients: Sequence[str], identity: Path | None) -> str:
+    """Encrypt a few bytes for the recipients as a backup would, and decrypt them with `identity` when
+    one is given, for `tgbackupd --check`. Return what worked; raise TgbackupdError saying what did not."""
+    sample = b"tgbackupd --check\n"
+    collected = _Collected()
+    stage = AgeEncryptor(recipients, collected)
+    stage.write(sample)
+    stage.close()
+    if identity is None:
+        return f"age encrypts for {len(recipients)} recipient(s)"
+    try:
+        decrypted = b"".join(decrypt(iter(collected.chunks), (identity,)))
+    except RestoreError as error:
+        raise EncryptionError(f"the identity {identity} cannot decrypt what age encrypts: {error}") from None
+    if decrypted != sample:
+        raise EncryptionError(f"the identity {identity} gave back other bytes than were encrypted")
+    return f"age encrypts for {len(recipients)} recipient(s); the identity {identity} decrypts"

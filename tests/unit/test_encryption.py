@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tgbackupd.checks import _encryption
 from tgbackupd.config import effective_config, load_config
 from tgbackupd.encryption import AgeEncryptor, EncryptionError, recipient_problem
 from tgbackupd.errors import ConfigError
@@ -227,3 +228,20 @@ def test_a_sink_that_fails_ends_age_and_its_own_error_comes_back(tmp_path):
         for _ in range(1000):
             stage.write(b"x" * 65536)
         stage.close()
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="needs age")
+def test_the_check_encrypts_as_a_backup_would_and_says_when_the_identity_is_not_a_recipient_s(tmp_path):
+    identity, other = tmp_path / "key.txt", tmp_path / "other.txt"
+    for path in (identity, other):
+        subprocess.run(["age-keygen", "-o", str(path)], check=True, capture_output=True)
+    public = subprocess.run(["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True)
+    settings = {**DATABASE, "TGBACKUPD_ENCRYPTION_RECIPIENTS": public.stdout.strip()}
+
+    (matching,) = _encryption(
+        load_config(None, {**settings, "TGBACKUPD_ENCRYPTION_IDENTITY_FILE": str(identity)})
+    )
+    (wrong,) = _encryption(load_config(None, {**settings, "TGBACKUPD_ENCRYPTION_IDENTITY_FILE": str(other)}))
+
+    assert matching.ok and f"the identity {identity} decrypts" in matching.detail
+    assert not wrong.ok and f"the identity {other} cannot decrypt" in wrong.detail
