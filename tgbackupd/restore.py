@@ -69,7 +69,7 @@ class CheckedBackup:
 
     @property
     def encrypted(self) -> bool:
-        return encryption.is_encrypted(self.name, self.head()[: len(encryption.MAGIC)])
+        return encryption.is_encrypted(self.name, self.head())
 
 
 def _read_piece(piece: Piece) -> Iterator[bytes]:
@@ -132,26 +132,29 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
     decompressor: Decompressor | None = None
     in_stream = False  # part of a member or frame was read, and its end was not
     done = 0
-    for label, block in _compressed_blocks(backup):
-        done += len(block)
-        data = block
-        while data:
-            if compression is None:
-                compression = by_magic(data)
+    for label, blocks in _compressed(backup):
+        for block in blocks:
+            done += len(block)
+            data = block
+            while data:
                 if compression is None:
-                    raise RestoreError(f"{label} is neither gzip nor zstd data: is it a tgbackupd backup?")
-            if decompressor is None:
-                decompressor = compression.decompressor()
-            try:
-                yield from decompressor.feed(data)
-            except (zlib.error, zstandard.ZstdError) as error:
-                raise RestoreError(f"{label} is not valid {compression.name} data ({error})") from None
-            if decompressor.eof:
-                data, decompressor, in_stream = decompressor.unused_data, None, False
-            else:
-                data, in_stream = b"", True
-        if progress is not None:
-            progress.update(done)
+                    compression = by_magic(data)
+                    if compression is None:
+                        raise RestoreError(
+                            f"{label} is neither gzip nor zstd data: is it a tgbackupd backup?"
+                        )
+                if decompressor is None:
+                    decompressor = compression.decompressor()
+                try:
+                    yield from decompressor.feed(data)
+                except (zlib.error, zstandard.ZstdError) as error:
+                    raise RestoreError(f"{label} is not valid {compression.name} data ({error})") from None
+                if decompressor.eof:
+                    data, decompressor, in_stream = decompressor.unused_data, None, False
+                else:
+                    data, in_stream = b"", True
+            if progress is not None:
+                progress.update(done)
     if in_stream or done == 0:
         name = compression.name if compression else "compressed"
         raise RestoreError(
@@ -159,15 +162,14 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
         )
 
 
-def _compressed_blocks(backup: CheckedBackup) -> Iterator[tuple[str, bytes]]:
-    """The backup's compressed bytes, each block with the label of the piece it comes from; decrypted
-    first when the backup is encrypted (the blocks are then the whole backup's)."""
-    stored = ((piece.label, block) for piece in backup.pieces for block in _read_piece(piece))
+def _compressed(backup: CheckedBackup) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """The backup's compressed bytes, piece by piece with each piece's label; when it is encrypted, one
+    stream, decrypted as it is read, labelled with the backup's name."""
     if not backup.encrypted:
-        yield from stored
+        yield from ((piece.label, _read_piece(piece)) for piece in backup.pieces)
         return
-    for block in encryption.decrypt((block for _, block in stored), backup.identities):
-        yield backup.name, block
+    stored = (block for piece in backup.pieces for block in _read_piece(piece))
+    yield backup.name, encryption.decrypt(stored, backup.identities)
 
 
 def unlock(backup: CheckedBackup, identities: tuple[Path, ...]) -> CheckedBackup:
@@ -176,7 +178,7 @@ def unlock(backup: CheckedBackup, identities: tuple[Path, ...]) -> CheckedBackup
     database sees any of it (encryption.check_identities says which of no identity, the wrong one or a
     damaged backup). One without a SHA-256 to compare with is read whole, as `check` does with others."""
     head = backup.head()
-    if not encryption.is_encrypted(backup.name, head[: len(encryption.MAGIC)]):
+    if not encryption.is_encrypted(backup.name, head):
         return backup
     encryption.check_identities(head, len(head) == backup.size_bytes, identities, backup.recipients)
     unlocked = replace(backup, identities=identities)
