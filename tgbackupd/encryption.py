@@ -190,7 +190,7 @@ class _Age:
             raise self._error(f"the backup could not be {self._doing}: age says {self.said()}")
 
     def end(self) -> None:
-        """Stop age now, whatever it is doing (its pipes closed, it is reaped)."""
+        """Stop age now, whatever it is doing (SIGTERM, then SIGKILL if it lingers), and reap it."""
         end(self.process, group=False)
 
 
