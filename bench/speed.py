@@ -6,6 +6,7 @@ hits all of them alike.
     python3 bench/speed.py --size-mb 100 --rounds 1
     python3 bench/speed.py --uplink-mbps 20      # the Bot API stand-in reads uploads at 20 MB/s
     python3 bench/speed.py --only "gzip -6,gzip-6"  # the modes whose names contain one of these
+    python3 bench/speed.py --size-mb 100 --only "tgbackupd gzip-6,tgbackupd zstd-1"  # with and without age
 
 Baselines: `pg_dump > /dev/null`, `pg_dump | gzip -6 > file`, `pg_dump > x.sql; gzip -6 x.sql`, and
 borgmatic with borg (zstd,3, local repository) when both are installed. tgbackupd runs as the real
@@ -39,6 +40,8 @@ from tgbackupd.errors import TgbackupdError
 
 PSQL = ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 MB = 1024 * 1024
+# A public key whose identity nobody keeps: the benchmark encrypts, and never decrypts.
+AGE_RECIPIENT = "age1ymkygj5xv2f78jsg5e875xz77z9f2x3cam033cn5fqs3tfts4e5sluxdnr"
 
 
 def psql(dbname: str, sql: str) -> str:
@@ -244,6 +247,17 @@ def tgbackupd_modes() -> dict[str, dict[str, str]]:
             "TGBACKUPD_BACKUP_COMPRESSION": "zstd",
             "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1",
             "TGBACKUPD_BACKUP_COMPRESSION_THREADS": "2",
+        },
+        # The same modes encrypted with age (encryption.recipients): the cost of encryption is the
+        # difference from the mode above without it.
+        "tgbackupd gzip-6 + age": {
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "6",
+            "TGBACKUPD_ENCRYPTION_RECIPIENTS": AGE_RECIPIENT,
+        },
+        "tgbackupd zstd-1 + age": {
+            "TGBACKUPD_BACKUP_COMPRESSION": "zstd",
+            "TGBACKUPD_BACKUP_COMPRESSION_LEVEL": "1",
+            "TGBACKUPD_ENCRYPTION_RECIPIENTS": AGE_RECIPIENT,
         },
     }
 

@@ -100,7 +100,7 @@ def backup_for(config: Config, **options) -> Backup:
     """A Backup built as tgbackupd builds it at start: the backup directory, and the state store opened
     (migrated, rebuilt) from the configuration."""
     backup = config.backup
-    directory = BackupDirectory(backup.directory, backup.prefix, backup.suffix)
+    directory = BackupDirectory(backup.directory, backup.prefix, config.backup_suffix)
     prepared = prepare_state(config, directory, structlog.get_logger())
     return Backup(config, prepared.store, directory, **options)
 

@@ -17,6 +17,7 @@ from . import messages, psql, restore
 from .clock import Clock
 from .config import Config
 from .delivery import EarlyUploader, Sending
+from .encryption import AgeEncryptor
 from .errors import Cancelled, StorageError, TgbackupdError
 from .files import write_atomically
 from .formats import DUMP_EXTENSIONS, stem
@@ -333,8 +334,12 @@ class Backup:
             parts = PartDigests(part_size, writer, part_done if early else None)
             digest = Digest(parts)
             backup = self._config.backup
+            recipients = self._config.encryption.recipients
+            encryptor = AgeEncryptor(recipients, digest) if recipients else None
             sql = Count(
-                backup.compression.compressor(backup.compression_level, backup.compression_threads, digest)
+                backup.compression.compressor(
+                    backup.compression_level, backup.compression_threads, encryptor or digest
+                )
             )
             try:
                 with run_pg_dump(self._config.database, stop=stop, dump_format=backup.dump_format) as dump:
@@ -345,6 +350,8 @@ class Backup:
                 if early is not None:
                     early.counted(len(parts.parts), digest.size)
             finally:
+                if encryptor is not None:
+                    encryptor.abort()  # age, when the dump failed before it was closed
                 # Before the file is renamed (or removed): the uploads read it under its partial name.
                 sent = early.finish() if early is not None else {}
             writer.counted(len(parts.parts))
@@ -375,6 +382,8 @@ class Backup:
                 previous=None,
                 dump_format=backup.dump_format,
                 compression=self._config.backup.compression.name,
+                encrypted=bool(recipients),
+                recipients=recipients,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
         return _Made(manifest, sql.size, frozenset(sent), mixed)
@@ -574,6 +583,8 @@ class Backup:
             else:
                 spooled = spooled_parts(self._directory.path, manifest)
                 checked = restore.from_parts(manifest, spooled, quiet)
+            identity = self._config.encryption.identity
+            checked = restore.unlock(checked, (identity,) if identity else ())
             report = restore.verify(self._config.database, checked, quiet, stop, left_behind)
         except Cancelled:
             bound.warning("Backup verification stopped because tgbackupd is stopping", file=manifest.name)

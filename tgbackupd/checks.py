@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import psql
+from . import encryption, psql
 from .config import Config
 from .errors import TgbackupdError
 from .pgdump import pg_dump_major
@@ -46,6 +46,7 @@ def run_checks(config: Config, directory: BackupDirectory, store: StateStore | N
     checks += _postgres(config)
     checks.append(_directory(directory))
     checks.append(_state_file(config, store))
+    checks += _encryption(config)
     checks += _telegram(config)
     return [Check(c.name, c.ok, scrub(c.detail, secrets), scrub(c.fix, secrets)) for c in checks]
 
@@ -86,6 +87,30 @@ def _postgres(config: Config) -> list[Check]:
             ),
         ]
     return [found, reached, Check("pg_dump version", True, f"{client_major} can dump server {server_major}")]
+
+
+def _encryption(config: Config) -> list[Check]:
+    """age, run as a backup (and verify_after) runs it, when backups are encrypted."""
+    if not config.encryption.enabled:
+        return []
+    try:
+        return [
+            Check(
+                "encryption",
+                True,
+                encryption.round_trip(config.encryption.recipients, config.encryption.identity),
+            )
+        ]
+    except TgbackupdError as error:
+        return [
+            Check(
+                "encryption",
+                False,
+                str(error),
+                "apt-get install age; check encryption.recipients, and that encryption.identity_file is the "
+                "identity of one of them",
+            )
+        ]
 
 
 def _directory(directory: BackupDirectory) -> Check:

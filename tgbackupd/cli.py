@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TgbackupdError as error:
         _print_error(error)
         return error.exit_code
-    directory = BackupDirectory(config.backup.directory, config.backup.prefix, config.backup.suffix)
+    directory = BackupDirectory(config.backup.directory, config.backup.prefix, config.backup_suffix)
     if args.check:
         checks = run_checks(config, directory)
         print(render_checks(checks))

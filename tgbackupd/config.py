@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .encryption import SUFFIX as ENCRYPTED_SUFFIX
+from .encryption import recipient_problem, recipients_file_entries
 from .errors import ConfigError
 from .formats import DUMP_EXTENSIONS, FORMATS, GZIP, ZSTD, Format, backup_suffix
+from .manifest import MAX_RECIPIENTS
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -25,6 +28,7 @@ DEFAULT_API_URL = "https://api.telegram.org"
 # with 20 << 20 bytes, and our MB is 1024 * 1024 bytes too, so a part of exactly 20 MB still comes back.
 PUBLIC_DOWNLOAD_LIMIT_MB = 20
 TOKEN_CREDENTIAL = "telegram-bot-token"
+IDENTITY_CREDENTIAL = "age-identity"
 REDACTED = "<redacted>"
 STATE_FILE_NAME = ".tgbackupd-state.db"
 
@@ -41,6 +45,14 @@ _URL_SCHEMES = ("postgresql", "postgres")
 
 class _Problem(Exception):
     """One value's problem; the loader adds the key and where the value came from."""
+
+
+class _EntryProblems(_Problem):
+    """Problems of some entries of a list value: (index, entry, problem) each, named one by one."""
+
+    def __init__(self, entries: list[tuple[int, str, str]]) -> None:
+        super().__init__("; ".join(problem for _, _, problem in entries))
+        self.entries = entries
 
 
 @dataclass(frozen=True)
@@ -156,20 +168,38 @@ def _compression(value: Any, from_env: bool) -> Format:
     return FORMATS[text]
 
 
+def _list(item: Callable[[str], str | None], most: int = 1000) -> Callable[[Any, bool], tuple[str, ...]]:
+    """A list: a TOML array of strings, or in the environment the strings separated by commas. Each entry
+    is checked by `item` (which returns its problem, or None); every bad entry is named."""
+
+    def parse(value: Any, from_env: bool) -> tuple[str, ...]:
+        if from_env:
+            value = [entry.strip() for entry in value.split(",") if entry.strip()]
+        elif not isinstance(value, list) or not all(isinstance(entry, str) for entry in value):
+            raise _Problem(f'expected a list of strings (["…", "…"]), got {type(value).__name__}')
+        entries = tuple(entry.strip() for entry in value)
+        bad = [(index, entry, problem) for index, entry in enumerate(entries) if (problem := item(entry))]
+        if bad:
+            raise _EntryProblems(bad)
+        if len(entries) > most:
+            raise _Problem(f"expected at most {most} entries, got {len(entries)}")
+        return entries
+
+    return parse
+
+
+def _pattern(entry: str) -> str | None:
+    return "an empty entry (remove it)" if not entry else None
+
+
+_strings = _list(_pattern)
+
+
 def _dump_format(value: Any, from_env: bool) -> str:
     text = (_text(value, from_env) or "plain").lower()
     if text not in DUMP_EXTENSIONS:
         raise _Problem(f"expected one of {', '.join(DUMP_EXTENSIONS)}, got {text!r}")
     return text
-
-
-def _strings(value: Any, from_env: bool) -> tuple[str, ...]:
-    """A list of strings: a TOML array, or comma-separated in an environment variable (`public,app`)."""
-    if from_env:
-        return tuple(item.strip() for item in value.split(",") if item.strip())
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _Problem(f'expected a list of strings (["public", "app"]), got {value!r}')
-    return tuple(item.strip() for item in value if item.strip())
 
 
 # pg_dump's options that tgbackupd sets itself or that would break the pipeline, and why; refused in
@@ -297,6 +327,9 @@ KEYS = (
     _Key("daemon", "control_group", _group),
     _Key("daemon", "state_file", _path),
     _Key("daemon", "log_level", _log_level, "info"),
+    _Key("encryption", "recipients", _list(recipient_problem, MAX_RECIPIENTS), ()),
+    _Key("encryption", "recipients_file", _path),
+    _Key("encryption", "identity_file", _path),
 )
 _KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
 _CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
@@ -400,6 +433,21 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class EncryptionConfig:
+    """`recipients`: every public key a backup is encrypted for (encryption.recipients, then those of
+    encryption.recipients_file); none: backups are not encrypted. `identity` decrypts them for
+    backup.verify_after: encryption.identity_file, else the systemd credential age-identity."""
+
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    identity: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients)
+
+
+@dataclass(frozen=True)
 class Config:
     telegram: TelegramConfig
     database: DatabaseConfig
@@ -407,6 +455,12 @@ class Config:
     daemon: DaemonConfig
     config_file: Path | None
     sources: Mapping[str, str]
+    encryption: EncryptionConfig = EncryptionConfig()
+
+    @property
+    def backup_suffix(self) -> str:
+        """How new backup files end: `.sql.gz`, or `.sql.gz.age` when they are encrypted."""
+        return self.backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
 
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
@@ -425,6 +479,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             f"backup.compression_level = {level} is not a {compression.name} level: {compression.name} "
             f"goes from {compression.lowest} (fastest) to {compression.highest} (smallest)"
         )
+    encryption = _encryption(values, sources, environ, problems)
     if values["backup.keep"] == 0 and not telegram.configured:
         problems.append(
             "backup.keep = 0 keeps no backup on this machine, so they must go to Telegram, which is not "
@@ -464,6 +519,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
         ),
         config_file=config_file if config_file.exists() else None,
         sources=sources,
+        encryption=encryption,
     )
 
 
@@ -552,6 +608,12 @@ def _collect(
         try:
             values[key.dotted] = key.parse(raw, from_env)
             sources[key.dotted] = source
+        except _EntryProblems as bad:
+            values[key.dotted] = key.default
+            problems.extend(
+                f"{key.dotted}[{index}] = {entry!r} (from {source}): {problem}"
+                for index, entry, problem in bad.entries
+            )
         except _Problem as problem:
             values[key.dotted] = key.default
             shown = "" if key.secret else f" = {raw!r}"
@@ -712,6 +774,57 @@ def _resolve_token(
     return None, None
 
 
+def _encryption(
+    values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str], problems: list[str]
+) -> EncryptionConfig:
+    """The recipients (encryption.recipients, then those of encryption.recipients_file, each checked) and
+    the identity verify_after decrypts with (encryption.identity_file, then the systemd credential)."""
+    recipients = list(values["encryption.recipients"])
+    recipients_file = values["encryption.recipients_file"]
+    if recipients_file is not None:
+        source = sources["encryption.recipients_file"]
+        where = f"encryption.recipients_file = '{recipients_file}' (from {source})"
+        try:
+            entries = recipients_file_entries(recipients_file.read_text(encoding="utf-8"))
+        except OSError as error:
+            problems.append(f"{where}: cannot read the recipients file: {error.strerror}")
+            entries = []
+        except UnicodeDecodeError:
+            problems.append(f"{where}: the recipients file is not text")
+            entries = []
+        else:
+            if not entries:
+                problems.append(f"{where}: the recipients file names no recipient (one public key a line)")
+        for number, entry in entries:
+            problem = recipient_problem(entry)
+            if problem:
+                problems.append(f"{where}: line {number} ({entry!r}) is {problem}")
+            elif entry not in recipients:
+                recipients.append(entry)
+    if len(recipients) > MAX_RECIPIENTS:
+        problems.append(f"encryption: {len(recipients)} recipients, more than the {MAX_RECIPIENTS} allowed")
+    identity = values["encryption.identity_file"]
+    if identity is not None:
+        if not os.access(identity, os.R_OK) or not identity.is_file():
+            problems.append(
+                f"encryption.identity_file = '{identity}' (from {sources['encryption.identity_file']}): "
+                "the identity file does not exist or cannot be read"
+            )
+    elif environ.get("CREDENTIALS_DIRECTORY"):
+        credential = Path(environ["CREDENTIALS_DIRECTORY"]) / IDENTITY_CREDENTIAL
+        if credential.is_file() and credential.stat().st_size > 0:
+            identity = credential
+            sources["encryption.identity_file"] = f"systemd credential {IDENTITY_CREDENTIAL}"
+    if recipients and values["backup.verify_after"] and identity is None:
+        problems.append(
+            "backup.verify_after = true restores each backup to check it, and backups are encrypted "
+            "(encryption.recipients): set encryption.identity_file to an age identity of one of the "
+            f"recipients, or pass it as the systemd credential {IDENTITY_CREDENTIAL}; or turn "
+            "backup.verify_after off"
+        )
+    return EncryptionConfig(recipients=tuple(recipients), recipients_file=recipients_file, identity=identity)
+
+
 def url_password(url: str) -> str | None:
     """Return the password a database URL carries, in its user info or as `?password=` (which libpq
     lets win), without judging the rest of the URL."""
@@ -838,6 +951,7 @@ def _runtime_directory(environ: Mapping[str, str]) -> Path:
 def effective_config(config: Config) -> dict[str, Any]:
     """Return the configuration as TOML-ready tables, secrets redacted, for `--check-config`."""
     database = config.database
+    encryption = config.encryption
     group = None
     if config.daemon.control_group is not None:
         group = grp.getgrgid(config.daemon.control_group).gr_name
@@ -892,6 +1006,11 @@ def effective_config(config: Config) -> dict[str, Any]:
             "control_group": group,
             "state_file": str(config.daemon.state_file),
             "log_level": config.daemon.log_level,
+        },
+        "encryption": {
+            "recipients": list(config.encryption.recipients) or None,
+            "recipients_file": str(encryption.recipients_file) if encryption.recipients_file else None,
+            "identity_file": str(encryption.identity) if encryption.identity else None,
         },
     }
     return {

@@ -53,9 +53,10 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
-  64  wrong usage (also: restore --jobs with a plain backup; it applies to custom-format ones)
-  65  restore/verify: a part is missing or corrupt, or the restore failed (and was rolled back; with
-      --jobs, what was restored before the failure stays)
+  64  wrong usage (also: restore --jobs with a plain backup; it applies to custom-format ones);
+      restore/verify: the backup is encrypted and no --identity was given
+  65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
+      --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
       (also: it stayed busy with other clients for 5 s)
@@ -158,6 +159,15 @@ def _parser() -> argparse.ArgumentParser:
             "connections commit each on their own: a failure leaves part of the data, so restore into an "
             "empty database; --clean then drops the schemas in a step of its own first. Without --jobs, "
             "a restore is one transaction and a failure leaves nothing",
+        )
+        command.add_argument(
+            "--identity",
+            action="append",
+            type=Path,
+            default=[],
+            metavar="FILE",
+            help="an age identity (age-keygen's key.txt, or an SSH private key) to decrypt an encrypted "
+            "backup with; may be given several times",
         )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
@@ -518,7 +528,7 @@ def _restore(args: argparse.Namespace) -> int:
     progress = Progress()
     target = None if args.output else _target(args, config)
     with _workdir(args) as workdir:
-        backup = _fetch(args, config, workdir, progress)
+        backup = restore.unlock(_fetch(args, config, workdir, progress), tuple(args.identity))
         if args.output:
             restore.write_sql(backup, args.output, progress)
             return 0
@@ -532,7 +542,7 @@ def _verify(args: argparse.Namespace) -> int:
     progress = Progress()
     server = _target(args, config)
     with _workdir(args) as workdir:
-        backup = _fetch(args, config, workdir, progress)
+        backup = restore.unlock(_fetch(args, config, workdir, progress), tuple(args.identity))
         report = restore.verify(
             server, backup, progress, on_left_behind=_warn, jobs=args.jobs, workdir=workdir
         )

@@ -113,8 +113,11 @@ ZSTD = Format("zstd", ".zst", b"\x28\xb5\x2f\xfd", 1, 19, 1)
 FORMATS = {GZIP.name: GZIP, ZSTD.name: ZSTD}
 # pg_dump's formats a backup may hold, and the ending each puts before the compression's.
 DUMP_EXTENSIONS = {"plain": ".sql", "custom": ".dump"}
-# A backup file name's ending, whatever its formats (a series may change format and stays one series).
-SUFFIX_PATTERN = r"\.(?:sql|dump)\.(?:gz|zst)"
+# age-encrypted backups end in this after the compression's suffix (see encryption.py).
+ENCRYPTED_SUFFIX = ".age"
+# A backup file name's ending, whatever its formats (a series may change format and stays one series),
+# encrypted or not (the same: turning encryption on or off keeps the series).
+SUFFIX_PATTERN = r"\.(?:sql|dump)\.(?:gz|zst)(?:\.age)?"
 _SUFFIX = re.compile(SUFFIX_PATTERN + "$")
 
 
@@ -142,7 +145,8 @@ def by_magic(head: bytes) -> Format | None:
 
 
 def by_name(name: str) -> Format:
-    """The format a backup is in, from its file name (gzip for names that do not say)."""
+    """The format a backup is in, from its file name (gzip for names that do not say), encrypted or not."""
+    name = name.removesuffix(ENCRYPTED_SUFFIX)
     return next((known for known in FORMATS.values() if name.endswith(known.suffix)), GZIP)
 
 
@@ -151,7 +155,12 @@ def restore_hint(file: str) -> str:
     custom-format archive (without owners and privileges, as tgbackupctl restores: the original roles
     may not exist on the new machine)."""
     compression = by_name(file)
-    if dump_format_by_name(file) == "custom":
+    custom = dump_format_by_name(file) == "custom"
+    if file.endswith(ENCRYPTED_SUFFIX):  # the identity's file name is the one `age-keygen -o key.txt` makes
+        tool = "zstd -d" if compression is ZSTD else "gunzip"  # from a pipe to a pipe
+        consumer = "pg_restore --no-owner -d DATABASE" if custom else "psql -d DATABASE"
+        return f"age -d -i key.txt {file} | {tool} | {consumer}"
+    if custom:
         tool = "zstd -dc" if compression is ZSTD else "gunzip -c"
         return f"{tool} {file} | pg_restore --no-owner -d DATABASE"
     tool = "zstd -d" if compression is ZSTD else "gunzip"

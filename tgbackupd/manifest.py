@@ -7,7 +7,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from .formats import DUMP_EXTENSIONS, FORMATS, SUFFIX_PATTERN, by_name, dump_format_by_name, stem
+from .formats import (
+    DUMP_EXTENSIONS,
+    ENCRYPTED_SUFFIX,
+    FORMATS,
+    SUFFIX_PATTERN,
+    by_name,
+    dump_format_by_name,
+    stem,
+)
 
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
@@ -21,9 +29,13 @@ MAX_MANIFEST_BYTES = 48 * 1024 * 1024
 MAX_BYTES = 2**53
 MAX_MESSAGE_ID = 2**53
 MAX_TEXT = 1000
-# `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or `.sql.zst`, `.dump.gz`, `.dump.zst`), the prefix in the
-# character class that backup.prefix allows and the database names it falls back to are made of: never a
-# path.
+# An encrypted backup's recipients (public keys): as many as encryption.recipients may name, each at most
+# an SSH RSA key of 16384 bits with its comment.
+MAX_RECIPIENTS = 100
+MAX_RECIPIENT_TEXT = 4000
+# `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or `.sql.zst`, `.dump.gz`,
+# `.dump.zst`, any with `.age`), the prefix in the character class that
+# backup.prefix allows and the database names it falls back to are made of: never a path.
 _BACKUP_NAME = re.compile(
     rf"^[A-Za-z0-9_.-]{{1,200}}_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}})(?P<suffix>{SUFFIX_PATTERN})?$"
 )
@@ -72,6 +84,8 @@ class Manifest:
     dump_format: str = "plain"
     compression: str = "gzip"
     verified: bool | None = None
+    encrypted: bool = False
+    recipients: tuple[str, ...] = ()  # the public keys an encrypted backup can be decrypted with
 
     @property
     def file_name(self) -> str:
@@ -105,7 +119,8 @@ class Manifest:
         if not is_backup_name(name):
             raise ManifestError(
                 f"the manifest's \"name\" is {_show(name)}, not a backup's name "
-                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz, .sql.zst, .dump.gz or .dump.zst)"
+                "(<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz, .sql.zst, .dump.gz or .dump.zst, any with .age "
+                "when encrypted)"
             )
         compression = document.choice("compression", tuple(FORMATS), default="gzip")
         if by_name(name).name != compression:
@@ -113,6 +128,16 @@ class Manifest:
         dump_format = document.choice("dump_format", DUMP_FORMATS, default="plain")
         if dump_format_by_name(name) != dump_format:
             raise ManifestError(f'the manifest\'s "dump_format" is {dump_format}, but {name} is not')
+        encrypted = document.optional_boolean("encrypted") or False
+        if encrypted != name.endswith(ENCRYPTED_SUFFIX):
+            raise ManifestError(
+                f'the manifest\'s "encrypted" is {_show(encrypted)}, but {name} '
+                + ("does not end" if encrypted else "ends")
+                + f" in {ENCRYPTED_SUFFIX}"
+            )
+        recipients = document.texts("recipients", MAX_RECIPIENTS, MAX_RECIPIENT_TEXT)
+        if recipients and not encrypted:
+            raise ManifestError('the manifest lists "recipients", but its backup is not encrypted')
         created_at = document.text("created_at")
         try:
             datetime.fromisoformat(created_at)
@@ -149,6 +174,8 @@ class Manifest:
             dump_format=dump_format,
             compression=compression,
             verified=document.optional_boolean("verified"),
+            encrypted=encrypted,
+            recipients=recipients,
         )
 
 
@@ -275,6 +302,20 @@ class _Object:
         if value is not None and not isinstance(value, bool):
             raise self._wrong(key, "true, false or null")
         return value
+
+    def texts(self, key: str, most: int, longest: int) -> tuple[str, ...]:
+        """An optional list of at most `most` texts of at most `longest` printable characters each."""
+        value = self._fields.get(key, [])
+        if (
+            not isinstance(value, list)
+            or len(value) > most
+            or not all(
+                isinstance(item, str) and 0 < len(item) <= longest and not _CONTROL.search(item)
+                for item in value
+            )
+        ):
+            raise self._wrong(key, f"a list of at most {most} texts of 1 to {longest} printable characters")
+        return tuple(value)
 
     def array(self, key: str, fewest: int, most: int) -> list[Any]:
         value = self._required(key)

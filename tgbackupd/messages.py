@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from .formats import restore_hint
+from .formats import ENCRYPTED_SUFFIX, restore_hint
 from .manifest import Manifest
 
 CAPTION_LIMIT = 1024
@@ -137,7 +137,8 @@ def manifest_caption(facts: BackupFacts, *, parts: int) -> str:
         f"🗂 Manifest of backup {facts.file}: {parts} part(s), {human_size(facts.size_bytes)}, "
         f"SHA-256 {facts.sha256}\n"
         f"{_notes(facts)}"
-        f"Restore from Telegram alone: tgbackupctl restore --from-telegram {facts.file} --dbname DATABASE",
+        f"Restore from Telegram alone: tgbackupctl restore --from-telegram {facts.file} --dbname DATABASE"
+        + (" --identity key.txt" if facts.file.endswith(ENCRYPTED_SUFFIX) else ""),
         CAPTION_LIMIT,
     )
 

@@ -12,13 +12,13 @@ import re
 import secrets
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import zstandard
 
-from . import chain, psql
+from . import chain, encryption, psql
 from .config import DatabaseConfig
 from .errors import RestoreError, UsageError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
@@ -53,6 +53,8 @@ class CheckedBackup:
     name: str
     pieces: tuple[Piece, ...]
     sha256: str | None
+    recipients: tuple[str, ...] = ()  # the public keys the manifest says it is encrypted for
+    identities: tuple[Path, ...] = ()  # the age identities it is decrypted with (see `unlock`)
 
     @property
     def size_bytes(self) -> int:
@@ -62,6 +64,20 @@ class CheckedBackup:
     def dump_format(self) -> str:
         """pg_dump's format the backup holds: its name says (a manifest that said otherwise was refused)."""
         return dump_format_by_name(self.name)
+
+    def head(self) -> bytes:
+        """The first bytes of the backup (of its first pieces), as many as encryption.PROBE_BYTES."""
+        head = b""
+        for piece in self.pieces:
+            for block in _read_piece(piece):
+                head += block[: encryption.PROBE_BYTES - len(head)]
+                if len(head) == encryption.PROBE_BYTES:
+                    return head
+        return head
+
+    @property
+    def encrypted(self) -> bool:
+        return encryption.is_encrypted(self.name, self.head())
 
 
 def _read_piece(piece: Piece) -> Iterator[bytes]:
@@ -76,7 +92,13 @@ def _read_piece(piece: Piece) -> Iterator[bytes]:
             yield block
 
 
-def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Progress) -> CheckedBackup:
+def check(
+    name: str,
+    pieces: list[Piece],
+    whole_sha256: str | None,
+    progress: Progress,
+    recipients: tuple[str, ...] = (),
+) -> CheckedBackup:
     """Hash every piece and the whole; raise RestoreError naming the first piece that does not match."""
     whole = hashlib.sha256()
     total = sum(piece.size for piece in pieces)
@@ -102,8 +124,8 @@ def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Pr
     progress.finish(
         f"Checked {name}: {len(pieces)} part(s), SHA-256 {'matches' if whole_sha256 else 'computed'}"
     )
-    checked = CheckedBackup(name, tuple(pieces), whole_sha256)
-    if whole_sha256 is None:
+    checked = CheckedBackup(name, tuple(pieces), whole_sha256, recipients)
+    if whole_sha256 is None and not checked.encrypted:  # an encrypted one: in `unlock`, with its identity
         # Nothing to compare with: make sure the gzip stream is whole before a database sees any of it.
         for _ in sql_chunks(checked):
             pass
@@ -118,8 +140,8 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
     decompressor: Decompressor | None = None
     in_stream = False  # part of a member or frame was read, and its end was not
     done = 0
-    for piece in backup.pieces:
-        for block in _read_piece(piece):
+    for label, blocks in _compressed(backup):
+        for block in blocks:
             done += len(block)
             data = block
             while data:
@@ -127,16 +149,14 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
                     compression = by_magic(data)
                     if compression is None:
                         raise RestoreError(
-                            f"{piece.label} is neither gzip nor zstd data: is it a tgbackupd backup?"
+                            f"{label} is neither gzip nor zstd data: is it a tgbackupd backup?"
                         )
                 if decompressor is None:
                     decompressor = compression.decompressor()
                 try:
                     yield from decompressor.feed(data)
                 except (zlib.error, zstandard.ZstdError) as error:
-                    raise RestoreError(
-                        f"{piece.label} is not valid {compression.name} data ({error})"
-                    ) from None
+                    raise RestoreError(f"{label} is not valid {compression.name} data ({error})") from None
                 if decompressor.eof:
                     data, decompressor, in_stream = decompressor.unused_data, None, False
                 else:
@@ -148,6 +168,32 @@ def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Itera
         raise RestoreError(
             f"{backup.name} ends in the middle of its {name} stream: the last part is missing or cut"
         )
+
+
+def _compressed(backup: CheckedBackup) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """The backup's compressed bytes, piece by piece with each piece's label; when it is encrypted, one
+    stream, decrypted as it is read, labelled with the backup's name."""
+    if not backup.encrypted:
+        yield from ((piece.label, _read_piece(piece)) for piece in backup.pieces)
+        return
+    stored = (block for piece in backup.pieces for block in _read_piece(piece))
+    yield backup.name, encryption.decrypt(stored, backup.identities)
+
+
+def unlock(backup: CheckedBackup, identities: tuple[Path, ...]) -> CheckedBackup:
+    """Given a checked backup and the age identities a person gave, return it ready to be read. When it
+    is encrypted, one of the identities must open it: found out now, from its first bytes, before a
+    database sees any of it (encryption.check_identities says which of no identity, the wrong one or a
+    damaged backup). One without a SHA-256 to compare with is read whole, as `check` does with others."""
+    head = backup.head()
+    if not encryption.is_encrypted(backup.name, head):
+        return backup
+    encryption.check_identities(head, len(head) == backup.size_bytes, identities, backup.recipients)
+    unlocked = replace(backup, identities=identities)
+    if backup.sha256 is None:
+        for _ in sql_chunks(unlocked):
+            pass
+    return unlocked
 
 
 # Sources
@@ -190,12 +236,19 @@ def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -
         )
     if manifest is None:
         return check(path.name, [Piece(path, 0, path.stat().st_size, path.name, None)], None, progress)
-    return check(manifest.name, _manifest_pieces(manifest, {}, whole_file=path), manifest.sha256, progress)
+    return check(
+        manifest.name,
+        _manifest_pieces(manifest, {}, whole_file=path),
+        manifest.sha256,
+        progress,
+        manifest.recipients,
+    )
 
 
 def from_parts(manifest: Manifest, located: dict[int, Path], progress: Progress) -> CheckedBackup:
     """A backup's parts, each a file of its own (a download, or the spool of a backup not kept here)."""
-    return check(manifest.name, _manifest_pieces(manifest, located), manifest.sha256, progress)
+    pieces = _manifest_pieces(manifest, located)
+    return check(manifest.name, pieces, manifest.sha256, progress, manifest.recipients)
 
 
 def from_folder(folder: Path, progress: Progress) -> CheckedBackup:

@@ -27,7 +27,7 @@ from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part
 from .states import DeliveryState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
@@ -85,6 +85,8 @@ MIGRATIONS = (
     CREATE TABLE results (database TEXT PRIMARY KEY, result TEXT NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # The public keys an encrypted backup was encrypted for (a JSON list; NULL: not encrypted).
+    "ALTER TABLE backups ADD COLUMN recipients TEXT",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -719,7 +721,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
     previous = manifest.previous
     reference = entry.manifest_ref
     connection.execute(
-        f"INSERT INTO backups VALUES ({', '.join('?' * 26)})",
+        f"INSERT INTO backups VALUES ({', '.join('?' * 27)})",
         (
             manifest.name,
             stem(manifest.name),
@@ -747,6 +749,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
             reference.file_id if reference else None,
             entry.pin_error,
             entry.lost_reason,
+            json.dumps(list(manifest.recipients)) if manifest.encrypted else None,
         ),
     )
     connection.executemany(
@@ -802,6 +805,8 @@ def _entry(row: sqlite3.Row, parts: list[sqlite3.Row]) -> Entry:
         dump_format=row["dump_format"],
         compression=row["compression"],
         verified=None if row["verified"] is None else bool(row["verified"]),
+        encrypted=row["recipients"] is not None,
+        recipients=tuple(json.loads(row["recipients"])) if row["recipients"] is not None else (),
     )
     reference = (
         ManifestRef(row["name"], row["manifest_message_id"], row["manifest_file_id"])

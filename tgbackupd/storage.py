@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from .errors import StorageError
 from .files import FileSlice, open_for_reading, sync_directory, write_atomically
-from .formats import DUMP_EXTENSIONS, FORMATS, GZIP, SUFFIX_PATTERN, backup_suffix, stem
+from .formats import DUMP_EXTENSIONS, ENCRYPTED_SUFFIX, FORMATS, GZIP, SUFFIX_PATTERN, backup_suffix, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name, part_name
 
 _PARTIAL_SUFFIX = ".partial"
@@ -70,8 +70,8 @@ def _create(path: Path) -> BinaryIO:
 
 class BackupDirectory:
     """The backups of one database in one directory, named `<prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` (or
-    `.sql.zst`, `.dump.gz`, `.dump.zst`: new ones end in `suffix`, and retention counts all as one
-    series)."""
+    `.sql.zst`, `.dump.gz`, `.dump.zst`, any with `.age` when encrypted: new ones end in `suffix`, and
+    retention counts them all as one series)."""
 
     def __init__(self, path: Path, prefix: str, suffix: str = backup_suffix("plain", GZIP)) -> None:
         self.path = path
@@ -326,9 +326,10 @@ class BackupDirectory:
     def keeps_whole(self, backup_stem: str) -> bool:
         """Whether the backup of this name (without its format's ending) is kept here as one file."""
         return any(
-            (self.path / f"{backup_stem}{backup_suffix(dump_format, known)}").is_file()
+            (self.path / f"{backup_stem}{backup_suffix(dump_format, known)}{encrypted}").is_file()
             for known in FORMATS.values()
             for dump_format in DUMP_EXTENSIONS
+            for encrypted in ("", ENCRYPTED_SUFFIX)
         )
 
     def note_newest_manifest(self, reference: ManifestRef) -> None:

@@ -17,6 +17,7 @@ from tests.conftest import (
     psql,
     run_tgbackupd,
 )
+from tests.end_to_end.test_encryption import age_key
 from tests.integration.test_parts_and_restore import backup_in_parts, new_machine
 from tgbackupd.config import load_config
 
@@ -196,10 +197,20 @@ def test_the_schema_and_table_options_restrict_what_is_dumped(tmp_path, awkward_
 
 @pytest.mark.parametrize("dump_format", ["plain", "custom"])
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "age"])
 def test_an_awkward_database_goes_to_telegram_and_comes_back_from_it_alone(
-    tmp_path, awkward_database, make_database, bot_api, dump_format, compression
+    tmp_path, awkward_database, make_database, bot_api, dump_format, compression, encrypted
 ):
     source = awkward_database()
+    encryption: dict[str, str] = {}
+    identity_options: list[str] = []
+    if encrypted:
+        identity, recipient = age_key(tmp_path)
+        encryption = {
+            "TGBACKUPD_ENCRYPTION_RECIPIENTS": recipient,
+            "TGBACKUPD_ENCRYPTION_IDENTITY_FILE": str(identity),  # for verify_after
+        }
+        identity_options = ["--identity", str(identity)]
     result = backup_in_parts(
         tmp_path,
         source,
@@ -207,19 +218,31 @@ def test_an_awkward_database_goes_to_telegram_and_comes_back_from_it_alone(
         TGBACKUPD_BACKUP_FORMAT=dump_format,
         TGBACKUPD_BACKUP_COMPRESSION=compression,
         TGBACKUPD_BACKUP_VERIFY_AFTER="true",
+        **encryption,
     )
     assert result.succeeded and result.delivery == "sent" and result.verified is True, result.error
     extension = {"plain": ".sql", "custom": ".dump"}[dump_format] + {"gzip": ".gz", "zstd": ".zst"}[
         compression
     ]
-    assert result.file.endswith(extension)
+    assert result.file.endswith(extension + (".age" if encrypted else ""))
     manifest = json.loads(bot_api.documents()[-1].content)
-    assert (manifest["dump_format"], manifest["compression"]) == (dump_format, compression)
+    assert (manifest["dump_format"], manifest["compression"], manifest["encrypted"]) == (
+        dump_format,
+        compression,
+        encrypted,
+    )
     assert "6 tables" in bot_api.documents()[0].fields["caption"]
+    if encrypted:  # what reached the chat is age's, not the dump's
+        assert (bot_api.documents()[0].content or b"").startswith(b"age-encryption.org/v1")
 
     target = make_database(empty=True)
     restored = ctl(
-        new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--dbname", database_url(target)
+        new_machine(tmp_path, bot_api),
+        "restore",
+        "--from-telegram",
+        "--dbname",
+        database_url(target),
+        *identity_options,
     )
 
     assert restored.returncode == 0, restored.stderr
