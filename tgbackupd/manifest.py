@@ -12,7 +12,11 @@ from .formats import FORMATS, SUFFIX_PATTERN, by_name, stem
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
 SUFFIX = ".manifest.json"
-DUMP_FORMATS = ("plain",)
+# A globals dump (pg_dumpall --globals-only: roles, tablespaces) is plain SQL too, restored without a
+# transaction (see restore.restore_globals).
+PLAIN_FORMAT = "plain"
+GLOBALS_FORMAT = "globals"
+DUMP_FORMATS = (PLAIN_FORMAT, GLOBALS_FORMAT)
 # Bounds on what a manifest read from the chat or a folder may claim: 100,000 parts is 1.9 TB at the
 # default part size; sizes stay within what every JSON reader holds exactly.
 MAX_PARTS = 100_000

@@ -17,14 +17,13 @@ QUERY_TIMEOUT_S = 3600
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
-def _argv(database: DatabaseConfig, dbname: str | None, *extra: str) -> list[str]:
+def _argv(database: DatabaseConfig, dbname: str | None, *extra: str, stop_on_error: bool = True) -> list[str]:
     return [
         "psql",
         "-X",
         "-q",
         "--no-password",
-        "-v",
-        "ON_ERROR_STOP=1",
+        *(("-v", "ON_ERROR_STOP=1") if stop_on_error else ()),
         "-d",
         conninfo(database, dbname),
         *extra,
@@ -137,20 +136,42 @@ def restore(
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
     leaves the database as it was. Return how many bytes of SQL went in. With a `stop`, psql is ended
     the moment the job must stop (the transaction is then rolled back), and that reason is raised."""
-    process = _start(
-        _argv(database, dbname, "--single-transaction"),
-        database,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    failed = (
+        f"the restore into {dbname or database.name} failed and was rolled back, so the database is as it "
+        "was before"
     )
+    written, _ = _feed(_argv(database, dbname, "--single-transaction"), database, sql_chunks, failed, stop)
+    return written
+
+
+def run_script(database: DatabaseConfig, sql_chunks: Iterable[bytes]) -> tuple[int, list[str]]:
+    """Feed SQL to psql as `psql -f` runs a script: each statement on its own, going on past errors.
+    Return how many bytes of SQL went in, and psql's ERROR lines."""
+    failed = f"psql could not run the script on {database.name}"
+    return _feed(_argv(database, None, stop_on_error=False), database, sql_chunks, failed, None)
+
+
+def _feed(
+    argv: list[str],
+    database: DatabaseConfig,
+    sql_chunks: Iterable[bytes],
+    failed: str,
+    stop: Stop | None,
+) -> tuple[int, list[str]]:
+    """Run psql with the SQL on its standard input: (bytes written, its ERROR lines). Raise RestoreError
+    saying `failed`, with the tail of its error output, if it fails."""
+    process = _start(argv, database, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     watch = _watch(process, stop)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+    errors: list[str] = []
 
     def read_stderr() -> None:
         assert process.stderr is not None
         for line in process.stderr:
-            tail.append(line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            tail.append(text)
+            if "ERROR:" in text:
+                errors.append(text)
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
@@ -171,8 +192,5 @@ def restore(
     _stopped(watch, returncode)
     if returncode != 0:
         detail = "\n".join(tail) or f"psql exited with status {returncode}"
-        raise RestoreError(
-            f"the restore into {dbname or database.name} failed and was rolled back, so the database is "
-            f"as it was before: {detail}"
-        )
-    return written
+        raise RestoreError(f"{failed}: {detail}")
+    return written, errors

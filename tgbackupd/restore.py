@@ -19,7 +19,17 @@ from . import chain, psql
 from .config import DatabaseConfig
 from .errors import RestoreError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
+from .manifest import (
+    PART_FILE,
+    PLAIN_FORMAT,
+    SUFFIX,
+    Manifest,
+    ManifestError,
+    ManifestRef,
+    Part,
+    manifest_name,
+    part_name,
+)
 from .progress import Progress
 from .signing import Keyring
 from .stopping import Stop
@@ -50,6 +60,7 @@ class CheckedBackup:
     name: str
     pieces: tuple[Piece, ...]
     sha256: str | None
+    dump_format: str = PLAIN_FORMAT  # as its manifest says; GLOBALS_FORMAT restores with restore_globals
 
     @property
     def size_bytes(self) -> int:
@@ -68,7 +79,13 @@ def _read_piece(piece: Piece) -> Iterator[bytes]:
             yield block
 
 
-def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Progress) -> CheckedBackup:
+def check(
+    name: str,
+    pieces: list[Piece],
+    whole_sha256: str | None,
+    progress: Progress,
+    dump_format: str = PLAIN_FORMAT,
+) -> CheckedBackup:
     """Hash every piece and the whole; raise RestoreError naming the first piece that does not match."""
     whole = hashlib.sha256()
     total = sum(piece.size for piece in pieces)
@@ -94,7 +111,7 @@ def check(name: str, pieces: list[Piece], whole_sha256: str | None, progress: Pr
     progress.finish(
         f"Checked {name}: {len(pieces)} part(s), SHA-256 {'matches' if whole_sha256 else 'computed'}"
     )
-    checked = CheckedBackup(name, tuple(pieces), whole_sha256)
+    checked = CheckedBackup(name, tuple(pieces), whole_sha256, dump_format)
     if whole_sha256 is None:
         # Nothing to compare with: make sure the gzip stream is whole before a database sees any of it.
         for _ in sql_chunks(checked):
@@ -182,12 +199,14 @@ def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -
         )
     if manifest is None:
         return check(path.name, [Piece(path, 0, path.stat().st_size, path.name, None)], None, progress)
-    return check(manifest.name, _manifest_pieces(manifest, {}, whole_file=path), manifest.sha256, progress)
+    pieces = _manifest_pieces(manifest, {}, whole_file=path)
+    return check(manifest.name, pieces, manifest.sha256, progress, manifest.dump_format)
 
 
 def from_parts(manifest: Manifest, located: dict[int, Path], progress: Progress) -> CheckedBackup:
     """A backup's parts, each a file of its own (a download, or the spool of a backup not kept here)."""
-    return check(manifest.name, _manifest_pieces(manifest, located), manifest.sha256, progress)
+    pieces = _manifest_pieces(manifest, located)
+    return check(manifest.name, pieces, manifest.sha256, progress, manifest.dump_format)
 
 
 def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
@@ -376,6 +395,26 @@ def restore_into(database: DatabaseConfig, backup: CheckedBackup, clean: bool, p
     written = psql.restore(database, itertools.chain(prologue, sql_chunks(backup, progress)))
     progress.finish(f"Restored {backup.name} into {database.name}: {written} bytes of SQL")
     return written
+
+
+def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> list[str]:
+    """Restore a server's roles and tablespaces (pg_dumpall --globals-only) as pg_dumpall means it: run
+    by psql statement by statement, with no transaction, going on past errors; for its `CREATE ROLE
+    postgres` (and every role the server has already) fails on any server. Return those errors, when each
+    says that something already exists. Raise RestoreError naming the others."""
+    progress.start(
+        f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
+    )
+    written, errors = psql.run_script(database, sql_chunks(backup, progress))
+    failed = [error for error in errors if "already exists" not in error]
+    if failed:
+        raise RestoreError(
+            f"the globals {backup.name} were restored in part: psql reported {len(failed)} error(s) other "
+            "than roles that exist already (the statements before and after them were run):\n"
+            + "\n".join(failed)
+        )
+    progress.finish(f"Restored the globals {backup.name}: {written} bytes of SQL")
+    return errors
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:

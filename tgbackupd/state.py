@@ -533,6 +533,13 @@ class StateStore:
         result = json.loads(row[0])
         return result if isinstance(result, dict) else None
 
+    def results(self) -> list[dict[str, Any]]:
+        """The last result of each database (of each series of backups), the most recent last."""
+        with self._reading("read the backups' results") as connection:
+            rows = connection.execute("SELECT result FROM results ORDER BY rowid").fetchall()
+        documents = (json.loads(row[0]) for row in rows)
+        return [document for document in documents if isinstance(document, dict)]
+
     def waiting(self) -> list[Waiting]:
         """The outbox, oldest backup first: the order they must reach the chat in."""
         with self._reading("read the outbox") as connection:
