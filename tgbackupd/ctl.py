@@ -149,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
             help="database name or postgresql:// URL (its password would show in ps: use PGPASSWORD)",
         )
         command.add_argument("--work-dir", type=Path, metavar="DIR", help="where downloaded parts are kept")
+        command.add_argument(
+            "--database",
+            metavar="NAME",
+            help="with latest: the newest backup of this database (its name or backup prefix); needed when "
+            "backups of several databases are kept",
+        )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
     restore_parser.add_argument("--output", type=Path, metavar="FILE", help="write the SQL to FILE instead")
@@ -472,7 +478,7 @@ def _fetch(
         if args.source:
             raise ConfigError(["give either SOURCE or --from-telegram, not both"])
         source = _telegram_source(args, config, progress)
-        manifest = source.find(args.from_telegram)
+        manifest = source.find(args.from_telegram, args.database)
         if args.from_telegram == "latest":
             _say_how_old(manifest)
         return source.fetch(manifest, workdir)
@@ -485,7 +491,14 @@ def _fetch(
         return restore.from_local_file(path, None, progress)
     store = open_reader(config.state_file)
     try:
-        found = store.find(args.source)
+        if args.source == "latest" and args.database is None and len(databases := store.databases()) > 1:
+            raise ConfigError(
+                [
+                    f"the catalogue holds backups of several databases ({', '.join(databases)}): say which "
+                    "with --database NAME, or name the backup (see `tgbackupctl list`)"
+                ]
+            )
+        found = store.find(args.source, args.database)
     finally:
         store.close()
     if found is None:

@@ -160,6 +160,12 @@ def load_json(data: bytes) -> Any:
         raise ManifestError(f"not a tgbackupd manifest (not JSON: {error})") from None
 
 
+def series_of(name: str) -> str:
+    """The prefix of a backup's name (`shop` of `shop_backup_20251203_030000.sql.gz`): which database's
+    series of backups it belongs to."""
+    return name.rsplit("_backup_", 1)[0]
+
+
 def is_backup_name(text: str, stem_only: bool = False) -> bool:
     """Whether `text` is a backup's file name (with `stem_only`: one without its `.sql.gz` ending, as a
     manifest's file name gives it), with a real date and time."""

@@ -17,7 +17,7 @@ import zstandard
 
 from . import chain, psql
 from .config import DatabaseConfig
-from .errors import RestoreError
+from .errors import ConfigError, RestoreError, TgbackupdError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, stem
 from .manifest import (
     PART_FILE,
@@ -29,6 +29,7 @@ from .manifest import (
     Part,
     manifest_name,
     part_name,
+    series_of,
 )
 from .progress import Progress
 from .signing import Keyring
@@ -286,10 +287,29 @@ class TelegramSource:
             )
         yield from chain.walk(self._bot, reference, self._keyring, limit)
 
-    def find(self, which: str) -> Manifest:
-        """The manifest of the backup called `which`, or of the newest for `latest`."""
-        for manifest, _ in self.history():
-            if which in ("latest", manifest.name, stem(manifest.name)):
+    def find(self, which: str, database: str | None = None) -> Manifest:
+        """The manifest of the backup called `which`, or of the newest for `latest` (of `database`, by its
+        name or prefix, when given). Raise ConfigError for `latest` without `database` when the two
+        newest backups in the chat are of different databases (one daemon backs up several)."""
+        history = self.history()
+        if which == "latest" and database is None:
+            for newest, _ in history:
+                try:
+                    following = next(history, None)
+                except TgbackupdError:
+                    following = None  # the walk ends there: nothing older to compare with
+                if following is not None and series_of(following[0].name) != series_of(newest.name):
+                    raise ConfigError(
+                        [
+                            f"the chat holds backups of several databases ({series_of(newest.name)}, "
+                            f"{series_of(following[0].name)}, …): say which with --database NAME (its "
+                            "name or prefix), or name the backup"
+                        ]
+                    )
+                return newest
+        for manifest, _ in history:
+            wanted = (manifest.database, series_of(manifest.name)) if which == "latest" else ()
+            if database in wanted or which in (manifest.name, stem(manifest.name)):
                 return manifest
         raise RestoreError(
             f"no backup called {which} in chat {self._chat_id} (see `tgbackupctl list --remote`)"

@@ -5,7 +5,7 @@ every database of a server (`all = true`)."""
 import json
 import uuid
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql, run_tgbackupd
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, fingerprint, psql, run_tgbackupd
 from tests.end_to_end.conftest import events, status
 
 
@@ -66,6 +66,25 @@ compression = "zstd"
     assert [event["database"] for event in failures] == [missing]
     listed = daemon.ctl("list").stdout
     assert "DATABASE" in listed and second in listed.split(sent[2])[1].splitlines()[0]
+
+    target = make_database(empty=True)
+    for where in (("latest",), ("--from-telegram", "latest")):
+        ambiguous = run_tgbackupd(
+            daemon.environment, "restore", *where, "--dbname", target, module="tgbackupd.ctl"
+        )
+        assert ambiguous.returncode == 78 and "--database NAME" in ambiguous.stderr, ambiguous.stderr
+    restored = run_tgbackupd(
+        daemon.environment,
+        "restore",
+        "latest",
+        "--database",
+        "first",
+        "--dbname",
+        target,
+        module="tgbackupd.ctl",
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(first)
 
     only = daemon.ctl("trigger", second, "--json")
     assert only.returncode == 0, only.stderr

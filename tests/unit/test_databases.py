@@ -2,6 +2,7 @@
 entry's own time of day."""
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
@@ -154,3 +155,12 @@ def test_a_run_backs_up_the_selected_databases_in_order_each_failure_its_own(tmp
         "pg_dump" in (result.error or "") or "pg_dumpall" in (result.error or "") for result in results
     )
     assert list(fleet.last) == expected
+
+
+def test_the_example_configurations_entries_are_valid_once_uncommented(tmp_path):
+    example = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    entries = example[example.index("# [[databases]]") :]
+    text = "\n".join(line.removeprefix("# ") for line in entries.splitlines())
+    config = load_config(write(tmp_path, text), {"PGHOST": "db.internal"})
+    shop, stats, server = config.databases
+    assert shop.globals and stats.backup.prefix == "stats" and server.all and server.exclude
