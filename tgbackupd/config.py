@@ -997,7 +997,32 @@ def effective_config(config: Config) -> dict[str, Any]:
             "log_level": config.daemon.log_level,
         },
     }
-    return {
+    effective: dict[str, Any] = {
         section: {name: value for name, value in table.items() if value is not None}
         for section, table in tables.items()
     }
+    if config.databases[0].label != "database":  # `[[databases]]` entries, each as it is resolved
+        effective["databases"] = [_effective_target(target) for target in config.databases]
+    return effective
+
+
+def _effective_target(target: Target) -> dict[str, Any]:
+    database, backup = target.database, target.backup
+    entry = {
+        "name": database.name,
+        "host": database.host,
+        "port": database.port,
+        "user": database.user,
+        "password": REDACTED if database.password else None,
+        "prefix": backup.prefix,
+        "compression": backup.compression.name,
+        "compression_level": backup.compression_level,
+        "compression_threads": backup.compression_threads,
+        "hour": backup.hour,
+        "minute": backup.minute,
+        "all": target.all or None,
+        "exclude": list(target.exclude) or None,
+        "globals": target.globals or None,
+        "globals_passwords": target.globals_passwords or None,
+    }
+    return {name: value for name, value in entry.items() if value is not None}

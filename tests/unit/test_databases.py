@@ -9,7 +9,7 @@ from freezegun import freeze_time
 
 from tests.unit.test_config import problems, write
 from tgbackupd.clock import Clock
-from tgbackupd.config import load_config
+from tgbackupd.config import effective_config, load_config
 from tgbackupd.daemon import Daemon
 from tgbackupd.fleet import Fleet
 from tgbackupd.runner import Selection
@@ -164,3 +164,12 @@ def test_the_example_configurations_entries_are_valid_once_uncommented(tmp_path)
     config = load_config(write(tmp_path, text), {"PGHOST": "db.internal"})
     shop, stats, server = config.databases
     assert shop.globals and stats.backup.prefix == "stats" and server.all and server.exclude
+
+
+def test_the_effective_configuration_shows_each_entry_resolved_with_its_password_redacted(tmp_path):
+    text = ENTRIES.replace("reporter@", "reporter:s3cret@")
+    effective = effective_config(load_config(write(tmp_path, text), {"PGHOST": "db.internal"}))
+    shop, stats = effective["databases"]
+    assert shop["host"] == "db.internal" and shop["port"] == 6432 and shop["compression"] == "zstd"
+    assert stats["password"] == "<redacted>" and "s3cret" not in repr(effective)
+    assert stats["globals"] is True and (stats["hour"], stats["minute"]) == (1, 30)
