@@ -50,6 +50,9 @@ compression = "zstd"
     ]
     assert [name.split("_backup_")[0] for name in sent] == ["first", "first_globals", second]
     assert sent[1].endswith(".sql.gz") and sent[2].endswith(".sql.zst")
+    captions = {d.file_name: d.fields.get("caption", "") for d in bot_api.documents()}
+    assert f"Database: {first} on " in captions[sent[0]] and f"Database: {second} on " in captions[sent[2]]
+    assert "Database: globals (roles, tablespaces) of " in captions[sent[1]]
     globals_sql = next(d for d in bot_api.documents() if d.file_name == sent[1]).content
     assert globals_sql is not None and len(globals_sql) > 0
     notices = [message.fields["text"] for message in bot_api.messages()]
@@ -62,6 +65,8 @@ compression = "zstd"
     assert data["databases"]["first_globals"]["database"].startswith("globals (roles, tablespaces) of ")
     assert all(each["next_run"] for each in data["databases"].values())
     assert data["last_backup"]["file"] == sent[2] and data["database"].startswith(f"{first} on ")
+    shown = daemon.ctl("status").stdout
+    assert f"  {missing} ({missing} on " in shown and "last: FAILED" in shown and f"  {second} (" in shown
     failures = [event for event in events(daemon.log_text()) if event["event"] == "Backup routine failed"]
     assert [event["database"] for event in failures] == [missing]
     listed = daemon.ctl("list").stdout
