@@ -14,7 +14,7 @@ from .control import Peer, error_reply
 from .errors import Cancelled
 from .fleet import Fleet, Slot
 from .outbox import Outbox
-from .runner import BackupBusy, BackupRunner, Selection
+from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
@@ -122,7 +122,7 @@ class Commands:
             "telegram_configured": config.telegram.configured,
             "telegram_chat_id": config.telegram.chat_id,
             "state": "running" if running else "idle",
-            "running": running.describe() if running else None,
+            "running": self._running(running) if running else None,
             "next_run": next_run.astimezone().isoformat(timespec="seconds") if next_run else None,
             "database": config.database.describe(),
             "backup_directory": str(config.backup.directory),
@@ -140,6 +140,11 @@ class Commands:
             "pid": os.getpid(),
             "started_at": self._started_at,
         }
+
+    def _running(self, running: RunningBackup) -> dict[str, Any]:
+        """What runs, and which database it is at (a run backs up several one after the other)."""
+        current = self._fleet.current if self._fleet else None
+        return {**running.describe(), **({"database": current.describe} if current else {})}
 
     def _spool(self) -> dict[str, int]:
         """Parts of backups not kept here (backup.keep = 0) that wait on this disk for Telegram."""
@@ -252,7 +257,8 @@ def status_line(status: dict[str, Any]) -> str:
         if running["trigger"] == Trigger.REDELIVERY:
             line = f"Sending backups that were waiting for Telegram (started {running['started_at']})"
         else:
-            line = f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
+            what = running.get("database") or status["database"]
+            line = f"Backing up {what} ({running['trigger']}, started {running['started_at']})"
     else:
         if status["next_run"]:
             schedule = f"next backup {_minutes(status['next_run'])}"

@@ -181,7 +181,10 @@ def _add_trust_options(command: argparse.ArgumentParser) -> None:
 
 def render_status(data: dict[str, Any]) -> str:
     if data["running"]:
-        state = f"running a {data['running']['trigger']} backup since {data['running']['started_at']}"
+        running = data["running"]
+        state = f"running a {running['trigger']} backup since {running['started_at']}"
+        if running.get("database"):
+            state += f", now of {running['database']}"
     else:
         state = "idle"
     if data["backup_enabled"]:

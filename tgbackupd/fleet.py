@@ -64,6 +64,7 @@ class Fleet:
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
         self.last: dict[str, dict[str, Any]] = {}  # each series' last result, by prefix
+        self.current: Backup | None = None  # the one being made now
         for target in config.databases:
             for prefix in self._fixed_prefixes(target):
                 self._slots[prefix] = slot_of(target)
@@ -91,7 +92,11 @@ class Fleet:
                 if self.first.cancel.is_set():
                     return results  # stopping: the rest wait for the next run
                 self._slots[prefix] = slot_of(target)
-                result = backup.fail(trigger, problem) if problem else backup.run(trigger)
+                self.current = backup
+                try:
+                    result = backup.fail(trigger, problem) if problem else backup.run(trigger)
+                finally:
+                    self.current = None
                 self.last[prefix] = result.to_dict()
                 results.append(result)
         return results
