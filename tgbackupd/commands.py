@@ -127,7 +127,7 @@ class Commands:
             "database": config.database.describe(),
             "backup_directory": str(config.backup.directory),
             "keep": config.backup.keep,
-            "backups_stored": len(self._directory.backups()) if count_backups else None,
+            "backups_stored": self._stored() if count_backups else None,
             "spool": self._spool() if count_backups else None,
             "pending_deliveries": self._outbox.pending_count,
             "pending": pending,
@@ -140,6 +140,9 @@ class Commands:
             "pid": os.getpid(),
             "started_at": self._started_at,
         }
+
+    def _stored(self) -> int:
+        return self._fleet.stored() if self._fleet else len(self._directory.backups())
 
     def _running(self, running: RunningBackup) -> dict[str, Any]:
         """What runs, and which database it is at (a run backs up several one after the other)."""

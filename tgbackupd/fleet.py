@@ -62,12 +62,20 @@ class Fleet:
             bot_factory=bot_factory,
         )
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
+        self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
         self.last: dict[str, dict[str, Any]] = {}  # each series' last result, by prefix
         self.current: Backup | None = None  # the one being made now
         for target in config.databases:
             for prefix in self._fixed_prefixes(target):
                 self._slots[prefix] = slot_of(target)
+        # The series known before any run, by prefix (those an `all` entry finds join when they run).
+        self._fixed: dict[str, Backup] = {
+            prefix: backup
+            for target in config.databases
+            if not target.all
+            for prefix, backup, _ in self._jobs(target, None)
+        }
         self._recall()
 
     @property
@@ -78,7 +86,7 @@ class Fleet:
         """Whether `tgbackupctl trigger NAME` may name a database: one configured (by its name or
         prefix), or any when an entry finds the databases of a server at run time."""
         return any(target.all for target in self._config.databases) or any(
-            name in (prefix, backup.series) for prefix, backup in self._backups_of_fixed()
+            name in (prefix, backup.series) for prefix, backup in self._fixed.items()
         )
 
     def run(self, trigger: Trigger, selection: Selection = EVERY_DATABASE) -> list[BackupResult]:
@@ -115,6 +123,10 @@ class Fleet:
                 "next_run": upcoming.astimezone().isoformat(timespec="seconds") if upcoming else None,
             }
         return databases
+
+    def stored(self) -> int:
+        """How many backups the directory keeps, of every series known (found ones once they ran)."""
+        return sum(len(directory.backups()) for directory in self._directories.values())
 
     def last_attempt(self, slot: Slot, fallback: dict[str, Any] | None) -> datetime | None:
         """When the databases scheduled at `slot` were last backed up; without a record of it (a state
@@ -197,10 +209,11 @@ class Fleet:
         role_passwords: bool = False,
     ) -> Backup:
         if prefix not in self._backups:
+            self._directories[prefix] = BackupDirectory(backup.directory, prefix, backup.compression.suffix)
             self._backups[prefix] = Backup(
                 self._config_for(database, dataclasses.replace(backup, prefix=prefix)),
                 self._store,
-                BackupDirectory(backup.directory, prefix, backup.compression.suffix),
+                self._directories[prefix],
                 clock=self._clock,
                 bot_factory=self._bot_factory,
                 shared_with=self.first,
@@ -208,11 +221,6 @@ class Fleet:
                 role_passwords=role_passwords,
             )
         return self._backups[prefix]
-
-    def _backups_of_fixed(self) -> Iterator[tuple[str, Backup]]:
-        for target in self._config.databases:
-            for prefix, backup, _ in self._jobs(target, None) if not target.all else ():
-                yield prefix, backup
 
     def _config_for(self, database: DatabaseConfig, backup: BackupConfig) -> Config:
         return dataclasses.replace(self._config, database=database, backup=backup)
@@ -230,7 +238,7 @@ class Fleet:
             results = self._store.results()
         except StateError:
             return  # status shows none; the store's problem is reported where it is used
-        by_series = {backup.series: prefix for prefix, backup in self._backups_of_fixed()}
+        by_series = {backup.series: prefix for prefix, backup in self._fixed.items()}
         for result in results:
             file = result.get("file")
             prefix = file.split("_backup_")[0] if isinstance(file, str) and "_backup_" in file else None

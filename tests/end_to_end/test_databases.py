@@ -64,6 +64,7 @@ compression = "zstd"
     assert data["databases"]["first"]["last_backup"]["delivery"] == "sent"
     assert data["databases"]["first_globals"]["database"].startswith("globals (roles, tablespaces) of ")
     assert all(each["next_run"] for each in data["databases"].values())
+    assert data["backups_stored"] == 3  # each database's series, in the one directory
     assert data["last_backup"]["file"] == sent[2] and data["database"].startswith(f"{first} on ")
     shown = daemon.ctl("status").stdout
     assert f"  {missing} ({missing} on " in shown and "last: FAILED" in shown and f"  {second} (" in shown
