@@ -1,6 +1,7 @@
 """One backup, start to end: pg_dump → gzip → file in place (hashed in parts as it is written) →
 retention → verification, when asked → the outbox, drained to the chat → one summary event."""
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -21,9 +22,9 @@ from .encryption import AgeEncryptor
 from .errors import Cancelled, StorageError, TgbackupdError
 from .files import write_atomically
 from .formats import DUMP_EXTENSIONS, stem
-from .manifest import Manifest, part_name, plan_parts
+from .manifest import GLOBALS_FORMAT, Manifest, part_name, plan_parts
 from .outbox import Outbox, delivery_text
-from .pgdump import run_pg_dump
+from .pgdump import DumpProcess, run_pg_dump, run_pg_dumpall_globals
 from .pipeline import Count, Digest, PartDigests
 from .progress import Progress
 from .redaction import scrub
@@ -110,28 +111,51 @@ class Backup:
         clock: Clock | None = None,
         cancel: threading.Event | None = None,
         bot_factory: Callable[[Config, threading.Event], BotApi | None] | None = None,
+        shared_with: "Backup | None" = None,
+        globals_only: bool = False,
+        role_passwords: bool = False,
     ) -> None:
+        """`shared_with`: the backup of another database whose chat pacer and outbox this one uses, so that
+        all databases' backups reach the chat in the order they were made, in one chain of manifests.
+        `globals_only`: the server's roles and tablespaces (pg_dumpall), with their password hashes when
+        `role_passwords`, instead of the database."""
         self._config = config
         self._clock = clock or Clock()
-        self.cancel = cancel or threading.Event()
+        self.cancel: threading.Event = shared_with.cancel if shared_with else cancel or threading.Event()
         # One pacer for every client this process makes: one delivery and the next share the chat's limits.
-        self._pacer = ChatPacer(config.telegram.messages_per_minute, self._clock)
+        self._pacer: ChatPacer = (
+            shared_with._pacer if shared_with else ChatPacer(config.telegram.messages_per_minute, self._clock)
+        )
         self._bot_factory = bot_factory or (
             lambda config, cancel: make_bot(config, cancel, self._pacer, self._clock)
         )
         self._directory = directory
         self.store = store
-        self.outbox = Outbox(config, store, directory, self._clock, log, Sending(self._pacer))
+        self.outbox: Outbox = (
+            shared_with.outbox
+            if shared_with
+            else Outbox(config, store, directory, self._clock, log, Sending(self._pacer))
+        )
         self._server = socket.gethostname()
+        self._globals = globals_only
+        self._role_passwords = role_passwords
+        # What results, size judgements and logs call this series of backups: its database, or its prefix
+        # for the server's globals (another series than the database it connects to).
+        self.series = config.backup.prefix if globals_only else config.database.name
+        self.describe = (
+            f"globals (roles, tablespaces) of {config.database.server()}"
+            if globals_only
+            else config.database.describe()
+        )
 
     def run(self, trigger: Trigger) -> BackupResult:
         started = self._clock.now()
         began = self._clock.monotonic()
-        bound = log.bind(trigger=trigger, database=self._config.database.name)
+        bound = log.bind(trigger=trigger, database=self.series)
         bound.info(_START_EVENTS.get(trigger, "Starting database backup..."))
         base: dict[str, Any] = {
             "trigger": trigger,
-            "database": self._config.database.name,
+            "database": self.series,
             "started_at": started.isoformat(timespec="seconds"),
         }
         bot = self._bot_factory(self._config, self.cancel)
@@ -145,6 +169,27 @@ class Backup:
             else:
                 result = self._after_dump(bot, made, base, began, bound, stop)
                 self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
+            result = self._record(result, bot, bound)
+        finally:
+            if bot is not None:
+                bot.close()
+        self._summarize(result, bound)
+        return result
+
+    def fail(self, trigger: Trigger, reason: str) -> BackupResult:
+        """Report a backup that could not start (its server's databases could not be listed) as a failed
+        one: its own result, chat notice and `Backup routine failed` event."""
+        bound = log.bind(trigger=trigger, database=self.series)
+        result = BackupResult(
+            trigger=trigger,
+            database=self.series,
+            started_at=self._clock.now().isoformat(timespec="seconds"),
+            duration_s=0.0,
+            error=self._text(reason),
+        )
+        bot = self._bot_factory(self._config, self.cancel)
+        try:
+            self._report_failure(bot, result.error or "", bound)
             result = self._record(result, bot, bound)
         finally:
             if bot is not None:
@@ -264,7 +309,9 @@ class Backup:
         ends (their numbers are as wide as the count, see manifest.part_name): as many as the newest
         backup of this database (a database grows slowly from one night to the next), else its size on
         the server over DATABASE_BYTES_PER_DUMP_BYTE. Raise StateError if the catalogue cannot be read."""
-        size = self.store.newest_size_bytes(self._config.database.name)
+        size = self.store.newest_size_bytes(self.series)
+        if size is None and self._globals:
+            return 1  # a few kilobytes of roles
         if size is None:
             try:
                 size = psql.database_size_bytes(self._config.database, stop) // DATABASE_BYTES_PER_DUMP_BYTE
@@ -296,7 +343,7 @@ class Backup:
             bot,
             telegram.chat_id,
             name,
-            self._config.database.describe(),
+            self.describe,
             bound,
             expected_parts,
             self.outbox.sending,
@@ -342,7 +389,7 @@ class Backup:
                 )
             )
             try:
-                with run_pg_dump(self._config.database, stop=stop, dump_format=backup.dump_format) as dump:
+                with self._run_dump(stop) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
                         sql.write(chunk)
                     dump.wait()  # raises the reason when it was ended: stopping, or backup.timeout
@@ -365,8 +412,8 @@ class Backup:
             planned = plan_parts(name, parts.parts)
             manifest = Manifest(
                 name=name,
-                database=self._config.database.name,
-                host=self._config.database.describe(),
+                database=self.series,
+                host=self.describe,
                 server=self._server,
                 created_at=started.isoformat(timespec="seconds"),
                 size_bytes=digest.size,
@@ -380,13 +427,18 @@ class Backup:
                     for part in planned
                 ),
                 previous=None,
-                dump_format=backup.dump_format,
+                dump_format=GLOBALS_FORMAT if self._globals else backup.dump_format,
                 compression=self._config.backup.compression.name,
                 encrypted=bool(recipients),
                 recipients=recipients,
             )
             write_atomically(self._directory.path / manifest.file_name, manifest.to_json())
         return _Made(manifest, sql.size, frozenset(sent), mixed)
+
+    def _run_dump(self, stop: Stop) -> contextlib.AbstractContextManager[DumpProcess]:
+        if self._globals:
+            return run_pg_dumpall_globals(self._config.database, self._role_passwords, stop=stop)
+        return run_pg_dump(self._config.database, stop=stop, dump_format=self._config.backup.dump_format)
 
     def _named_for_the_count(
         self, name: str, early: EarlyUploader, sent: dict[int, SentMessage], count: int, bound: Any
@@ -507,7 +559,7 @@ class Backup:
                 bound.warning("Backup looks wrong; it is kept and sent, but check it", warning=warning)
             facts = messages.BackupFacts(
                 file=made.manifest.name,
-                database=self._config.database.describe(),
+                database=self.describe,
                 server=self._server,
                 size_bytes=made.manifest.size_bytes,
                 sha256=made.manifest.sha256,
@@ -646,9 +698,7 @@ class Backup:
     def _report_failure(self, bot: BotApi | None, reason: str, bound: Any, retry: bool = True) -> None:
         if bot is None or self.cancel.is_set():
             return
-        notice = messages.failure_notice(
-            database=self._config.database.describe(), server=self._server, reason=reason
-        )
+        notice = messages.failure_notice(database=self.describe, server=self._server, reason=reason)
         self._send_notice(bot, notice, bound, retry)
 
     def _send_notice(self, bot: BotApi, text: str, bound: Any, retry: bool = True) -> None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import encryption, psql
-from .config import Config
+from .config import Config, DatabaseConfig
 from .errors import TgbackupdError
 from .pgdump import pg_dump_major
 from .redaction import scrub
@@ -43,7 +43,8 @@ def run_checks(config: Config, directory: BackupDirectory, store: StateStore | N
     secrets = config.secrets()
     source = str(config.config_file or "environment only")
     checks = [Check("configuration", True, f"valid ({source})")]
-    checks += _postgres(config)
+    for target in config.databases:  # each entry's server, as its backup connects to it
+        checks += _postgres(target.database)
     checks.append(_directory(directory))
     checks.append(_state_file(config, store))
     checks += _encryption(config)
@@ -51,8 +52,7 @@ def run_checks(config: Config, directory: BackupDirectory, store: StateStore | N
     return [Check(c.name, c.ok, scrub(c.detail, secrets), scrub(c.fix, secrets)) for c in checks]
 
 
-def _postgres(config: Config) -> list[Check]:
-    database = config.database
+def _postgres(database: DatabaseConfig) -> list[Check]:
     try:
         client_major, client_text = pg_dump_major(database.pg_dump)
     except TgbackupdError as error:

@@ -11,12 +11,12 @@ import structlog
 import tomli_w
 
 from . import __version__, messages
-from .backup import Backup
 from .checks import render as render_checks
 from .checks import run_checks
 from .config import Config, effective_config, load_config
 from .daemon import Daemon
 from .errors import TgbackupdError
+from .fleet import Fleet
 from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
 from .recovery import prepare_state
 from .state import NotTheOwner, StateError, StateStore, check_location
@@ -98,7 +98,9 @@ def _render_config(config: Config) -> str:
 
 
 def _run_once(config: Config, store: StateStore, directory: BackupDirectory, problem: str | None) -> int:
-    backup = Backup(config, store, directory)
+    """Back up every database once, one after the other; exit 1 if any failed."""
+    fleet = Fleet(config, store, directory)
+    backup = fleet.first
     if problem is not None:
         backup.tell_chat(problem)
 
@@ -107,20 +109,22 @@ def _run_once(config: Config, store: StateStore, directory: BackupDirectory, pro
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    result = backup.run(Trigger.MANUAL)
-    if result.succeeded:
-        where = (
-            ("sent to Telegram chat " + str(config.telegram.chat_id))
-            if result.delivery == "sent"
-            else "kept locally (Telegram is not configured)"
-        )
-        if result.path is None:
-            where += "; not kept on this machine (backup.keep = 0)"
-        size = messages.human_size(result.size_bytes or 0)
-        print(f"Backup created: {result.path or result.file} ({size}), {where}")
-        return 0
-    print(f"Backup failed: {result.error}", file=sys.stderr)
-    return 1
+    results = fleet.run(Trigger.MANUAL)
+    for result in results:
+        if result.succeeded:
+            where = (
+                ("sent to Telegram chat " + str(config.telegram.chat_id))
+                if result.delivery == "sent"
+                else "kept locally (Telegram is not configured)"
+            )
+            if result.path is None:
+                where += "; not kept on this machine (backup.keep = 0)"
+            size = messages.human_size(result.size_bytes or 0)
+            print(f"Backup created: {result.path or result.file} ({size}), {where}")
+        else:
+            named = f" ({result.database})" if len(results) > 1 else ""
+            print(f"Backup failed{named}: {result.error}", file=sys.stderr)
+    return 0 if results and all(result.succeeded for result in results) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

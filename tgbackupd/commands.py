@@ -12,8 +12,9 @@ from .checks import run_checks
 from .config import Config
 from .control import Peer, error_reply
 from .errors import Cancelled
+from .fleet import Fleet, Slot
 from .outbox import Outbox
-from .runner import BackupBusy, BackupRunner
+from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
@@ -61,7 +62,10 @@ class Commands:
         outbox: Outbox,
         store: StateStore,
         directory: BackupDirectory,
+        fleet: Fleet | None = None,
+        slot_next_run: Callable[[Slot], datetime | None] | None = None,
     ) -> None:
+        """`fleet`: the databases backed up, for status by database and `trigger DBNAME`; without it, one."""
         self._config = config
         self._runner = runner
         self._next_run = next_run
@@ -69,13 +73,18 @@ class Commands:
         self._outbox = outbox
         self._store = store
         self._directory = directory
+        self._fleet = fleet
+        self._slot_next_run = slot_next_run or (lambda slot: None)
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
             return {"data": self.status()}
         if command == "trigger":
-            return self.trigger(peer, wait=request.get("wait") is True)
+            database = request.get("database")
+            if database is not None and not isinstance(database, str):
+                return error_reply("bad_request", "database must be a database's name or prefix")
+            return self.trigger(peer, wait=request.get("wait") is True, database=database)
         if command == "check":
             if not peer_may_trigger(peer, self._config.daemon.control_group):
                 return error_reply(
@@ -113,12 +122,12 @@ class Commands:
             "telegram_configured": config.telegram.configured,
             "telegram_chat_id": config.telegram.chat_id,
             "state": "running" if running else "idle",
-            "running": running.describe() if running else None,
+            "running": self._running(running) if running else None,
             "next_run": next_run.astimezone().isoformat(timespec="seconds") if next_run else None,
             "database": config.database.describe(),
             "backup_directory": str(config.backup.directory),
             "keep": config.backup.keep,
-            "backups_stored": len(self._directory.backups()) if count_backups else None,
+            "backups_stored": self._stored() if count_backups else None,
             "spool": self._spool() if count_backups else None,
             "pending_deliveries": self._outbox.pending_count,
             "pending": pending,
@@ -126,10 +135,19 @@ class Commands:
             "state_file": str(config.daemon.state_file),
             "state_problem": state_problem,
             "last_backup": self._runner.last_backup,
+            "databases": self._fleet.status(self._slot_next_run) if self._fleet else None,
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self._started_at,
         }
+
+    def _stored(self) -> int:
+        return self._fleet.stored() if self._fleet else len(self._directory.backups())
+
+    def _running(self, running: RunningBackup) -> dict[str, Any]:
+        """What runs, and which database it is at (a run backs up several one after the other)."""
+        current = self._fleet.current if self._fleet else None
+        return {**running.describe(), **({"database": current.describe} if current else {})}
 
     def _spool(self) -> dict[str, int]:
         """Parts of backups not kept here (backup.keep = 0) that wait on this disk for Telegram."""
@@ -147,35 +165,50 @@ class Commands:
             for waiting in self._store.waiting()
         ]
 
-    def trigger(self, peer: Peer, wait: bool) -> dict[str, Any]:
+    def trigger(self, peer: Peer, wait: bool, database: str | None = None) -> dict[str, Any]:
+        """Back up every database (or the one named), one at a time; fail if any failed, naming each."""
         if not peer_may_trigger(peer, self._config.daemon.control_group):
             return error_reply("permission_denied", self._refusal(peer, "trigger backups"))
+        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
+            return error_reply("unknown_database", self._unknown(database))
+        selection = Selection(database=database)
         try:
             running = (
-                self._runner.start_when_free(Trigger.MANUAL) if wait else self._runner.start(Trigger.MANUAL)
+                self._runner.start_when_free(Trigger.MANUAL, selection)
+                if wait
+                else self._runner.start(Trigger.MANUAL, selection)
             )
         except BackupBusy as error:
             return error_reply("busy", str(error))
         except Cancelled as error:
             return error_reply("stopping", str(error))
         running.done.wait()
-        result = running.result
-        assert result is not None
+        results = running.results
+        assert results is not None
+        if not results:  # an `all = true` entry found no database of that name
+            return error_reply("unknown_database", self._unknown(database or ""))
         telegram_configured = self._config.telegram.configured
-        if result.succeeded:
-            return {
-                "data": {
-                    "message": "Manual backup completed successfully",
-                    "telegram_configured": telegram_configured,
-                    "backup": result.to_dict(),
-                }
-            }
-        return error_reply(
-            "backup_failed",
-            f"Manual backup failed: {result.error}",
-            telegram_configured=telegram_configured,
-            backup=result.to_dict(),
-        )
+        several = len(self._config.databases) > 1 or len(results) > 1
+        details = {
+            "telegram_configured": telegram_configured,
+            "backup": results[-1].to_dict(),
+            **({"backups": [result.to_dict() for result in results]} if several else {}),
+        }
+        failed = [result for result in results if not result.succeeded]
+        if not failed:
+            return {"data": {"message": "Manual backup completed successfully", **details}}
+        if several:
+            names = "; ".join(f"{result.database}: {result.error}" for result in failed)
+            return error_reply(
+                "backup_failed",
+                f"Manual backup failed for {len(failed)} of {len(results)} databases: {names}",
+                **details,
+            )
+        return error_reply("backup_failed", f"Manual backup failed: {failed[0].error}", **details)
+
+    def _unknown(self, database: str) -> str:
+        known = ", ".join(self._fleet.status(self._slot_next_run)) if self._fleet else ""
+        return f"no database named {database!r} is backed up here" + (f" (known: {known})" if known else "")
 
     def _refusal(self, peer: Peer, action: str) -> str:
         user = _user_name(peer.uid)
@@ -227,7 +260,8 @@ def status_line(status: dict[str, Any]) -> str:
         if running["trigger"] == Trigger.REDELIVERY:
             line = f"Sending backups that were waiting for Telegram (started {running['started_at']})"
         else:
-            line = f"Backing up {status['database']} ({running['trigger']}, started {running['started_at']})"
+            what = running.get("database") or status["database"]
+            line = f"Backing up {what} ({running['trigger']}, started {running['started_at']})"
     else:
         if status["next_run"]:
             schedule = f"next backup {_minutes(status['next_run'])}"

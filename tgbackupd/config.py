@@ -332,6 +332,20 @@ KEYS = (
     _Key("encryption", "identity_file", _path),
 )
 _KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
+# How the connection is named; the `database` section's other keys are settings of the DatabaseConfig of
+# the same name, so that keys added to the section reach `[[databases]]` entries too.
+_CONNECTION_KEYS = ("url", "host", "port", "user", "password", "name")
+_DATABASE_SETTINGS = tuple(name for name in _KEYS_BY_SECTION["database"] if name not in _CONNECTION_KEYS)
+# The `backup` section's keys an entry of `[[databases]]` may set for itself (the others are the daemon's).
+_ENTRY_BACKUP_KEYS = (
+    "prefix",
+    "format",
+    "compression",
+    "compression_level",
+    "compression_threads",
+    "hour",
+    "minute",
+)
 _CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
 
 
@@ -388,10 +402,12 @@ class DatabaseConfig:
 
     def describe(self) -> str:
         """Say which database this is, for people: `mydb on 127.0.0.1:5432`."""
+        return f"{self.name} on {self.server()}"
+
+    def server(self) -> str:
+        """Say which server this is, for people: `127.0.0.1:5432`, or `the local socket`."""
         where = self.host or "the local socket"
-        if self.port:
-            where = f"{where}:{self.port}"
-        return f"{self.name} on {where}"
+        return f"{where}:{self.port}" if self.port else where
 
 
 @dataclass(frozen=True)
@@ -425,6 +441,28 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One entry of `[[databases]]` (or, without that list, the `[database]` and `[backup]` sections): what
+    to connect to and how to back it up. With `all`, `database` names the server (its `name` is where to
+    connect) and each database found there at run time is backed up; with `globals`, the roles and
+    tablespaces are backed up too (pg_dumpall --globals-only), under `globals_prefix`."""
+
+    label: str  # how problems and logs name the entry: `databases[2]`, or `database` for the sections
+    database: DatabaseConfig
+    backup: BackupConfig
+    all: bool = False
+    exclude: tuple[str, ...] = ()
+    globals: bool = False
+    globals_passwords: bool = False
+
+    @property
+    def globals_prefix(self) -> str:
+        """`<prefix>_globals`, or `globals` for an `all` entry without a prefix."""
+        base = self.backup.prefix.rstrip("_.-") if self.backup.prefix else ""
+        return f"{base}_globals" if base else "globals"
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     socket: Path
     control_group: int | None
@@ -455,6 +493,8 @@ class Config:
     daemon: DaemonConfig
     config_file: Path | None
     sources: Mapping[str, str]
+    # What to back up, in order: the `[[databases]]` entries, else one made of `database` and `backup`.
+    databases: tuple[Target, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
 
     @property
@@ -464,21 +504,21 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
-        return secret_spellings(self.telegram.bot_token, self.database.password)
+        return secret_spellings(
+            self.telegram.bot_token,
+            self.database.password,
+            *(target.database.password for target in self.databases),
+        )
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Config:
     """Given a config path (or None for TGBACKUPD_CONFIG or the default) and the environment, return the
     validated configuration. Raise ConfigError listing every problem found."""
-    values, sources, problems, config_file = _collect(path, environ)
+    values, sources, problems, config_file, document = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
-    database = _resolve_database(values, problems, required=True)
-    compression, level = values["backup.compression"], values["backup.compression_level"]
-    if level is not None and not compression.lowest <= level <= compression.highest:
-        problems.append(
-            f"backup.compression_level = {level} is not a {compression.name} level: {compression.name} "
-            f"goes from {compression.lowest} (fastest) to {compression.highest} (smallest)"
-        )
+    entries = _entries(document, config_file, problems)
+    database = _resolve_database(values, problems, required=not entries)
+    _check_compression_level(values, "", problems)
     encryption = _encryption(values, sources, environ, problems)
     if values["backup.keep"] == 0 and not telegram.configured:
         problems.append(
@@ -486,31 +526,21 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             f"configured (set {' and '.join(telegram.missing)}): configure Telegram, or keep at least 1 "
             "backup here"
         )
+    directory = _backup_directory(values, environ)
+    targets = tuple(_target(values, entry, label, directory, problems) for label, entry in entries)
+    _check_prefixes(targets, problems)
     if problems:
         raise ConfigError(problems)
-    assert database is not None
-    directory = _backup_directory(values, environ)
+    if not targets:
+        assert database is not None
+        targets = (
+            Target("database", database, _backup_config(values, directory, _backup_prefix(values, database))),
+        )
     return Config(
         telegram=telegram,
-        database=database,
-        backup=BackupConfig(
-            enabled=values["backup.enabled"],
-            hour=values["backup.hour"],
-            minute=values["backup.minute"],
-            directory=directory,
-            prefix=_backup_prefix(values, database) or database.name,
-            keep=values["backup.keep"],
-            spool_parts=values["backup.spool_parts"],
-            dump_format=values["backup.format"],
-            compression=values["backup.compression"],
-            compression_level=values["backup.compression_level"]
-            or values["backup.compression"].default_level,
-            compression_threads=values["backup.compression_threads"],
-            verify_after=values["backup.verify_after"],
-            catch_up=values["backup.catch_up"],
-            catch_up_delay_s=values["backup.catch_up_delay_s"],
-            timeout=values["backup.timeout"],
-        ),
+        database=targets[0].database,
+        backup=_backup_config(values, directory, targets[0].backup.prefix),
+        databases=targets,
         daemon=DaemonConfig(
             socket=_socket(values, environ),
             control_group=values["daemon.control_group"],
@@ -563,8 +593,167 @@ def secret_spellings(*secrets: str | None) -> list[str]:
     return spellings
 
 
+def _backup_config(values: dict[str, Any], directory: Path, prefix: str | None) -> BackupConfig:
+    """The `backup` section's values (or an entry's, over them) as a BackupConfig."""
+    return BackupConfig(
+        enabled=values["backup.enabled"],
+        hour=values["backup.hour"],
+        minute=values["backup.minute"],
+        directory=directory,
+        prefix=prefix or "",
+        keep=values["backup.keep"],
+        spool_parts=values["backup.spool_parts"],
+        dump_format=values["backup.format"],
+        compression=values["backup.compression"],
+        compression_level=values["backup.compression_level"] or values["backup.compression"].default_level,
+        compression_threads=values["backup.compression_threads"],
+        verify_after=values["backup.verify_after"],
+        catch_up=values["backup.catch_up"],
+        catch_up_delay_s=values["backup.catch_up_delay_s"],
+        timeout=values["backup.timeout"],
+    )
+
+
+def _check_compression_level(values: dict[str, Any], label: str, problems: list[str]) -> None:
+    compression, level = values["backup.compression"], values["backup.compression_level"]
+    if level is not None and not compression.lowest <= level <= compression.highest:
+        problems.append(
+            f"{label}backup.compression_level = {level} is not a {compression.name} level: "
+            f"{compression.name} goes from {compression.lowest} (fastest) to {compression.highest} (smallest)"
+        )
+
+
+def _names(value: Any, from_env: bool) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise _Problem('expected a list of database names, such as ["template_app", "scratch"]')
+    return tuple(value)
+
+
+# Keys only an entry of `[[databases]]` has: what it backs up besides (or instead of) one database.
+_ENTRY_FLAGS: dict[str, Callable[[Any, bool], Any]] = {
+    "all": _boolean,
+    "exclude": _names,
+    "globals": _boolean,
+    "globals_passwords": _boolean,
+}
+
+
+def _entry_keys() -> dict[str, _Key]:
+    """The keys an entry of `[[databases]]` takes from the `database` and `backup` sections."""
+    backup = {name: key for name, key in _KEYS_BY_SECTION["backup"].items() if name in _ENTRY_BACKUP_KEYS}
+    return {**_KEYS_BY_SECTION["database"], **backup}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One `[[databases]]` table, each value checked: `values` by dotted key (`database.port`), over
+    the sections' values; `flags` the entry's own keys (all, exclude, globals, globals_passwords)."""
+
+    values: dict[str, Any]
+    flags: dict[str, Any]
+
+
+def _entries(document: dict[str, Any], config_file: Path, problems: list[str]) -> list[tuple[str, _Entry]]:
+    """The `[[databases]]` entries of the file, labelled `databases[1]` … (counted from 1, as people
+    count), each key checked by its section's rules; every problem named by its entry."""
+    tables = document.get("databases")
+    if tables is None:
+        return []
+    if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
+        problems.append(f"{config_file}: databases must be a list of tables ([[databases]] entries)")
+        return []
+    keys = _entry_keys()
+    entries = []
+    for number, table in enumerate(tables, start=1):
+        label = f"databases[{number}]"
+        entry = _Entry({}, {})
+        for name, raw in table.items():
+            key = keys.get(name)
+            parse = key.parse if key is not None else _ENTRY_FLAGS.get(name)
+            if parse is None:
+                hint = _suggest(name, [*keys, *_ENTRY_FLAGS])
+                problems.append(f"{config_file}: unknown key {label}.{name}{hint}")
+                continue
+            try:
+                value = parse(raw, False)
+            except _Problem as problem:
+                shown = "" if key is not None and key.secret else f" = {raw!r}"
+                problems.append(f"{label}.{name}{shown} (from {config_file}): {problem}")
+                continue
+            if key is not None:
+                entry.values[key.dotted] = value
+            else:
+                entry.flags[name] = value
+        entries.append((label, entry))
+    if not entries:
+        problems.append(f"{config_file}: databases is an empty list: add [[databases]] entries, or remove it")
+    return entries
+
+
+def _target(
+    values: dict[str, Any], entry: _Entry, label: str, directory: Path, problems: list[str]
+) -> Target:
+    """An entry over the sections: what it does not set, it inherits from them (and the environment)."""
+    merged = {**values, **entry.values}
+    server = bool(entry.flags.get("all"))
+    database = _resolve_database(values, problems, required=not server, entry=entry.values, label=label)
+    if server and (database is None or not _names_database(entry.values)):
+        # An entry for a whole server connects to its maintenance database unless it names one.
+        database = _resolve_database(
+            values,
+            [],
+            required=False,
+            entry={**entry.values, "database.name": merged["database.maintenance_db"]},
+        )
+    _check_compression_level(merged, f"{label}: ", problems)
+    if database is None:  # reported
+        database = DatabaseConfig("", None, None, None, None, (), "pg_dump")
+    if entry.values.get("backup.prefix"):
+        prefix = str(entry.values["backup.prefix"])
+    else:
+        prefix = "" if server else file_safe(database.name)
+    return Target(
+        label=label,
+        database=database,
+        backup=_backup_config(merged, directory, prefix),
+        all=server,
+        exclude=entry.flags.get("exclude", ()),
+        globals=bool(entry.flags.get("globals")),
+        globals_passwords=bool(entry.flags.get("globals_passwords")),
+    )
+
+
+def _names_database(entry_values: dict[str, Any]) -> bool:
+    """Whether an entry names its database itself (name, or the path of its url)."""
+    if entry_values.get("database.name"):
+        return True
+    url = entry_values.get("database.url")
+    return bool(url and _parse_database_url(url)["name"])
+
+
+def _check_prefixes(targets: tuple[Target, ...], problems: list[str]) -> None:
+    """Two entries writing the same file names would prune and replace each other's backups."""
+    seen: dict[str, str] = {}
+    for target in targets:
+        prefixes = [] if target.all else [target.backup.prefix]
+        if target.globals:
+            prefixes.append(target.globals_prefix)
+        for prefix in prefixes:
+            if prefix in seen:
+                problems.append(
+                    f"{seen[prefix]} and {target.label} both write backups named {prefix}_backup_…: give "
+                    "one of them another prefix"
+                )
+            seen[prefix] = target.label
+
+
+def file_safe(name: str) -> str:
+    """A database name made safe for a file name (what backup names start with)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> ClientConfig:
-    values, sources, problems, _ = _collect(path, environ)
+    values, sources, problems, _, _ = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
     database = _resolve_database(values, problems, required=False)
     if problems:
@@ -593,8 +782,9 @@ def database_from_url(url: str, pg_dump: str = "pg_dump") -> DatabaseConfig:
 
 def _collect(
     path: str | os.PathLike[str] | None, environ: Mapping[str, str]
-) -> tuple[dict[str, Any], dict[str, str], list[str], Path]:
-    """Read the file, apply the environment and check each value: (values, sources, problems, file)."""
+) -> tuple[dict[str, Any], dict[str, str], list[str], Path, dict[str, Any]]:
+    """Read the file, apply the environment and check each value: (values, sources, problems, file, the
+    file's tables)."""
     config_file, explicit = _choose_config_file(path, environ)
     problems = _unknown_environment(environ)
     file_values = _read_config_file(config_file, explicit, problems)
@@ -618,7 +808,7 @@ def _collect(
             values[key.dotted] = key.default
             shown = "" if key.secret else f" = {raw!r}"
             problems.append(f"{key.dotted}{shown} (from {source}): {problem}")
-    return values, sources, problems, config_file
+    return values, sources, problems, config_file, file_values
 
 
 def _telegram(
@@ -665,7 +855,7 @@ def _backup_prefix(values: dict[str, Any], database: DatabaseConfig | None) -> s
     """The start of backup file names: backup.prefix, else the database name made safe for a file name."""
     if values["backup.prefix"]:
         return str(values["backup.prefix"])
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", database.name) if database is not None else None
+    return file_safe(database.name) if database is not None else None
 
 
 def _backup_directory(values: dict[str, Any], environ: Mapping[str, str]) -> Path:
@@ -700,6 +890,8 @@ def _read_config_file(config_file: Path, explicit: bool, problems: list[str]) ->
         problems.append(f"{config_file} is not valid TOML: {error}")
         return {}
     for section, table in document.items():
+        if section == "databases":
+            continue  # entries, each checked by _entries
         if section not in _KEYS_BY_SECTION:
             hint = _suggest(section, _KEYS_BY_SECTION)
             problems.append(f"{config_file}: unknown section [{section}]{hint}")
@@ -901,21 +1093,36 @@ def _parse_database_url(url: str) -> dict[str, Any]:
     }
 
 
-def _resolve_database(values: dict[str, Any], problems: list[str], required: bool) -> DatabaseConfig | None:
-    """Return the database to dump: the URL's parts, each overridden by its own key when that is set."""
+def _resolve_database(
+    values: dict[str, Any],
+    problems: list[str],
+    required: bool,
+    entry: dict[str, Any] | None = None,
+    label: str = "",
+) -> DatabaseConfig | None:
+    """Return the database to dump: the URL's parts, each overridden by its own key when that is set; an
+    entry of `[[databases]]` (its values by dotted key) over the sections, in the same way."""
     parts: dict[str, Any] = {"options": ()}
-    if values["database.url"]:
-        parts = _parse_database_url(values["database.url"])  # valid: its key's own check passed
-    for name in ("host", "port", "user", "password", "name"):
-        if values[f"database.{name}"] is not None:
-            parts[name] = values[f"database.{name}"]
+    for layer in (values, entry or {}):
+        if layer.get("database.url"):  # valid: its key's own check passed
+            parsed = _parse_database_url(layer["database.url"])
+            parts.update({name: value for name, value in parsed.items() if value is not None})
+        for name in _CONNECTION_KEYS[1:]:
+            if layer.get(f"database.{name}") is not None:
+                parts[name] = layer[f"database.{name}"]
     if not parts.get("name"):
-        if required and not any(problem.startswith("database.") for problem in problems):
+        if entry is not None and required:
+            problems.append(
+                f"{label}: no database named: set name (or url) in the entry, or all = true to back up "
+                "every database of the server"
+            )
+        elif required and not any(problem.startswith("database.") for problem in problems):
             problems.append(
                 "no database to back up: set DATABASE_URL (postgresql://user@host:port/dbname), "
                 "PGDATABASE, or database.name in the configuration file"
             )
         return None
+    settings = {**values, **(entry or {})}
     return DatabaseConfig(
         name=parts["name"],
         host=parts.get("host"),
@@ -923,14 +1130,7 @@ def _resolve_database(values: dict[str, Any], problems: list[str], required: boo
         user=parts.get("user"),
         password=parts.get("password"),
         options=parts["options"],
-        pg_dump=values["database.pg_dump"],
-        lock_wait_timeout=values["database.lock_wait_timeout"],
-        maintenance_db=values["database.maintenance_db"],
-        schemas=values["database.schemas"],
-        exclude_schemas=values["database.exclude_schemas"],
-        tables=values["database.tables"],
-        exclude_tables=values["database.exclude_tables"],
-        pg_dump_args=values["database.pg_dump_args"],
+        **{name: settings[f"database.{name}"] for name in _DATABASE_SETTINGS},
     )
 
 
@@ -1013,7 +1213,32 @@ def effective_config(config: Config) -> dict[str, Any]:
             "identity_file": str(encryption.identity) if encryption.identity else None,
         },
     }
-    return {
+    effective: dict[str, Any] = {
         section: {name: value for name, value in table.items() if value is not None}
         for section, table in tables.items()
     }
+    if config.databases[0].label != "database":  # `[[databases]]` entries, each as it is resolved
+        effective["databases"] = [_effective_target(target) for target in config.databases]
+    return effective
+
+
+def _effective_target(target: Target) -> dict[str, Any]:
+    database, backup = target.database, target.backup
+    entry = {
+        "name": database.name,
+        "host": database.host,
+        "port": database.port,
+        "user": database.user,
+        "password": REDACTED if database.password else None,
+        "prefix": backup.prefix,
+        "compression": backup.compression.name,
+        "compression_level": backup.compression_level,
+        "compression_threads": backup.compression_threads,
+        "hour": backup.hour,
+        "minute": backup.minute,
+        "all": target.all or None,
+        "exclude": list(target.exclude) or None,
+        "globals": target.globals or None,
+        "globals_passwords": target.globals_passwords or None,
+    }
+    return {name: value for name, value in entry.items() if value is not None}

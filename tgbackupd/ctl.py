@@ -30,7 +30,7 @@ from .config import (
 )
 from .control import DaemonNotRunning, request
 from .errors import ConfigError, RestoreError, TgbackupdError
-from .manifest import Manifest
+from .manifest import GLOBALS_FORMAT, Manifest
 from .progress import Progress
 from .redaction import scrub
 from .signing import Keyring, ManifestKey
@@ -47,14 +47,16 @@ EXIT_REFUSED = {
     "busy": os.EX_TEMPFAIL,
     "stopping": os.EX_TEMPFAIL,
     "too_many_clients": os.EX_TEMPFAIL,
+    "unknown_database": os.EX_USAGE,
 }
 
 EPILOG = f"""\
 exit status:
   0   success
-  1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed
-  64  wrong usage (also: restore --jobs with a plain backup; it applies to custom-format ones);
-      restore/verify: the backup is encrypted and no --identity was given
+  1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed;
+      with several databases: any of them failed (each is named)
+  64  wrong usage; trigger DBNAME names no database backed up here; restore --jobs with a plain backup
+      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given
   65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
       --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
@@ -111,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         help="if a backup is already running, wait for it to finish, then make this one",
     )
     trigger.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    trigger.add_argument(
+        "database",
+        nargs="?",
+        metavar="DBNAME",
+        help="back up only this database (its name or prefix); default: every database configured",
+    )
     check = commands.add_parser(
         "check", help="have the daemon check its setup end to end: database, pg_dump, directory, Telegram"
     )
@@ -169,6 +177,12 @@ def _parser() -> argparse.ArgumentParser:
             help="an age identity (age-keygen's key.txt, or an SSH private key) to decrypt an encrypted "
             "backup with; may be given several times",
         )
+        command.add_argument(
+            "--database",
+            metavar="NAME",
+            help="with latest: the newest backup of this database (its name or backup prefix); needed when "
+            "backups of several databases are kept",
+        )
         _add_trust_options(command)
     restore_parser.add_argument("--clean", action="store_true", help="drop the target's schemas first")
     restore_parser.add_argument(
@@ -206,7 +220,10 @@ def _add_trust_options(command: argparse.ArgumentParser) -> None:
 
 def render_status(data: dict[str, Any]) -> str:
     if data["running"]:
-        state = f"running a {data['running']['trigger']} backup since {data['running']['started_at']}"
+        running = data["running"]
+        state = f"running a {running['trigger']} backup since {running['started_at']}"
+        if running.get("database"):
+            state += f", now of {running['database']}"
     else:
         state = "idle"
     if data["backup_enabled"]:
@@ -229,6 +246,13 @@ def render_status(data: dict[str, Any]) -> str:
         f"Local backups:     {_local_backups(data)}",
         f"Last backup:       {describe_last(data['last_backup'])}",
     ]
+    databases = data.get("databases") or {}
+    if len(databases) > 1:
+        for prefix, each in databases.items():
+            next_run = f"next {each['next_run'][:16].replace('T', ' ')}; " if each.get("next_run") else ""
+            lines.append(
+                f"  {prefix} ({each['database']}): {next_run}last: {describe_last(each['last_backup'])}"
+            )
     if data.get("sending"):
         sending = data["sending"]
         lines.append(f"Sending:           {sending['name']}: {messages.describe_sending(sending)}")
@@ -294,10 +318,22 @@ def render_backup(backup: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_backups(backups: list[dict[str, Any]]) -> str:
+    """The backups of one run over several databases, each under its database's name."""
+    blocks = []
+    for backup in backups:
+        outcome = f"FAILED: {backup['error']}" if backup.get("error") else "backed up"
+        details = render_backup(backup)
+        blocks.append(f"{backup['database']}: {outcome}" + (f"\n{details}" if details else ""))
+    return "\n\n".join(blocks)
+
+
 def render_listing(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No backups yet."
-    lines = [f"{'NAME':<48} {'SIZE':>10} {'PARTS':>5}  {'LOCAL':<5}  {'TELEGRAM':<16} VERIFIED"]
+    lines = [
+        f"{'NAME':<48} {'DATABASE':<16} {'SIZE':>10} {'PARTS':>5}  {'LOCAL':<5}  {'TELEGRAM':<16} VERIFIED"
+    ]
     for row in rows:
         size = messages.human_size(row["size_bytes"]) if row.get("size_bytes") is not None else "?"
         telegram = row.get("delivery") or "unknown"
@@ -306,7 +342,10 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
         verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
         local = {True: "yes", False: "no", None: "-"}.get(row.get("local"), str(row.get("local")))
         parts = row.get("parts") or "?"
-        lines.append(f"{row['name']:<48} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} {verified}")
+        database = row.get("database") or "?"
+        lines.append(
+            f"{row['name']:<48} {database:<16} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} {verified}"
+        )
     return "\n".join(lines)
 
 
@@ -314,6 +353,8 @@ def _ask_daemon(args: argparse.Namespace) -> int:
     message: dict[str, Any] = {"command": args.command}
     if args.command == "trigger":
         message["wait"] = args.wait
+        if args.database:
+            message["database"] = args.database
     reply = request(args.socket, message, timeout=args.timeout if args.command == "status" else None)
     if args.json:
         print(json.dumps(reply, indent=2, ensure_ascii=False))
@@ -321,7 +362,9 @@ def _ask_daemon(args: argparse.Namespace) -> int:
         error = reply["error"]
         if not args.json:
             print(f"tgbackupctl: {error.get('message')}", file=sys.stderr)
-            if error.get("backup"):
+            if error.get("backups"):
+                print(render_backups(error["backups"]), file=sys.stderr)
+            elif error.get("backup"):
                 print(render_backup(error["backup"]), file=sys.stderr)
         return EXIT_REFUSED.get(error.get("code"), EXIT_BACKUP_FAILED)
     if not args.json:
@@ -330,7 +373,7 @@ def _ask_daemon(args: argparse.Namespace) -> int:
             print(render_status(data))
         else:
             print(data["message"])
-            print(render_backup(data["backup"]))
+            print(render_backups(data["backups"]) if data.get("backups") else render_backup(data["backup"]))
     return 0
 
 
@@ -477,7 +520,7 @@ def _fetch(
         if args.source:
             raise ConfigError(["give either SOURCE or --from-telegram, not both"])
         source = _telegram_source(args, config, progress)
-        manifest = source.find(args.from_telegram)
+        manifest = source.find(args.from_telegram, args.database)
         if args.from_telegram == "latest":
             _say_how_old(manifest)
         return source.fetch(manifest, workdir)
@@ -490,7 +533,14 @@ def _fetch(
         return restore.from_local_file(path, None, progress)
     store = open_reader(config.state_file)
     try:
-        found = store.find(args.source)
+        if args.source == "latest" and args.database is None and len(databases := store.databases()) > 1:
+            raise ConfigError(
+                [
+                    f"the catalogue holds backups of several databases ({', '.join(databases)}): say which "
+                    "with --database NAME, or name the backup (see `tgbackupctl list`)"
+                ]
+            )
+        found = store.find(args.source, args.database)
     finally:
         store.close()
     if found is None:
@@ -533,7 +583,11 @@ def _restore(args: argparse.Namespace) -> int:
             restore.write_sql(backup, args.output, progress)
             return 0
         assert target is not None
-        restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)
+        if backup.dump_format == GLOBALS_FORMAT:
+            for note in restore.restore_globals(target, backup, progress):
+                print(f"tgbackupctl: note: {note}", file=sys.stderr)
+        else:
+            restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)
     return 0
 
 

@@ -6,20 +6,20 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import FrameType
 
 import structlog
 
 from . import __version__
-from .backup import Backup
 from .clock import Clock
 from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
-from .runner import BackupBusy, BackupRunner, RunningBackup
+from .fleet import Fleet, Slot
+from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .scheduling import DailySchedule, missed_run, repeated_slot
 from .state import StateStore
 from .states import Trigger
@@ -51,18 +51,23 @@ class Daemon:
         self._cancel = threading.Event()
         self.should_exit = False
         self.force_exit = False
-        self._backup = Backup(config, store, directory, clock=self._clock, cancel=self._cancel)
+        self._fleet = Fleet(config, store, directory, clock=self._clock, cancel=self._cancel)
+        self._backup = self._fleet.first
         self._outbox = self._backup.outbox
         self._runner = BackupRunner(
-            self._backup.run, store.last_result(), self._cancel, self._clock, redeliver=self._backup.redeliver
+            self._fleet.run, store.last_result(), self._cancel, self._clock, redeliver=self._backup.redeliver
         )
-        self._schedule = (
-            DailySchedule(config.backup.hour, config.backup.minute, self._run_scheduled)
+        # One timer for each time of day some database is backed up at (the `backup` section's, and
+        # each entry's own hour and minute).
+        self._schedules = (
+            {slot: DailySchedule(*slot, self._scheduled(slot)) for slot in self._fleet.slots}
             if config.backup.enabled
-            else None
+            else {}
         )
-        self._deferred: Trigger | None = None  # a scheduled backup waiting for a redelivery to finish
+        # A scheduled backup waiting for a redelivery to finish.
+        self._deferred: tuple[Trigger, Selection] | None = None
         self._catch_up_at: float | None = None
+        self._catch_up: tuple[Slot, ...] = ()
         self._commands = Commands(
             config,
             self._runner,
@@ -71,6 +76,8 @@ class Daemon:
             self._outbox,
             store,
             directory,
+            self._fleet,
+            self._slot_next_run,
         )
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
@@ -90,13 +97,20 @@ class Daemon:
         )
 
     def _next_run(self) -> datetime | None:
-        return self._schedule.next_run if self._schedule else None
+        runs = [run for run in map(self._slot_next_run, self._schedules) if run is not None]
+        return min(runs, default=None)
 
-    def _run_scheduled(self) -> None:
-        backup = self._config.backup
-        last_attempt = self._last_attempt()
+    def _slot_next_run(self, slot: Slot) -> datetime | None:
+        schedule = self._schedules.get(slot)
+        return schedule.next_run if schedule else None
+
+    def _scheduled(self, slot: Slot) -> Callable[[], None]:
+        return lambda: self._run_scheduled(slot)
+
+    def _run_scheduled(self, slot: Slot) -> None:
+        last_attempt = self._last_attempt(slot)
         now = self._clock.now()
-        if repeated_slot(now, backup.hour, backup.minute, last_attempt):
+        if repeated_slot(now, *slot, last_attempt):
             assert last_attempt is not None
             log.info(
                 "Scheduled backup skipped: a backup was made at this time already, before the clocks "
@@ -109,23 +123,19 @@ class Daemon:
                 "The last backup's time lies in the future: was the clock set back? Backing up as scheduled",
                 last_attempt=last_attempt.isoformat(timespec="seconds"),
             )
-        self._start(Trigger.SCHEDULED)
+        self._start(Trigger.SCHEDULED, Selection(slots=(slot,)))
 
-    def _last_attempt(self) -> datetime | None:
-        last = self._runner.last_backup
-        try:
-            return datetime.fromisoformat(last["started_at"]) if last and last.get("started_at") else None
-        except (TypeError, ValueError):
-            return None  # a state file from elsewhere: nothing to compare with
+    def _last_attempt(self, slot: Slot) -> datetime | None:
+        return self._fleet.last_attempt(slot, self._runner.last_backup)
 
-    def _start(self, trigger: Trigger) -> None:
+    def _start(self, trigger: Trigger, selection: Selection) -> None:
         """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
         try:
-            self._runner.start(trigger)
+            self._runner.start(trigger, selection)
         except BackupBusy:
             current = self._runner.current
             if current is not None and current.trigger == Trigger.REDELIVERY:
-                self._deferred = trigger
+                self._deferred = (trigger, selection)
             else:
                 self._report_skipped(trigger, current)
         except TgbackupdError as error:
@@ -179,15 +189,20 @@ class Daemon:
         backup = self._config.backup
         if not (backup.enabled and backup.catch_up):
             return
-        last_attempt = self._last_attempt()
-        missed = missed_run(self._clock.now(), backup.hour, backup.minute, last_attempt)
-        if missed is not None:
-            log.warning(
-                f"The backup scheduled for {missed:%Y-%m-%d %H:%M} did not run (tgbackupd or the host was "
-                f"down); catching up in {backup.catch_up_delay_s} s",
-                missed=missed.isoformat(timespec="minutes"),
-                last_attempt=last_attempt.isoformat(timespec="seconds") if last_attempt else None,
-            )
+        missed_slots = []
+        for slot in self._schedules:
+            last_attempt = self._last_attempt(slot)
+            missed = missed_run(self._clock.now(), *slot, last_attempt)
+            if missed is not None:
+                log.warning(
+                    f"The backup scheduled for {missed:%Y-%m-%d %H:%M} did not run (tgbackupd or the host "
+                    f"was down); catching up in {backup.catch_up_delay_s} s",
+                    missed=missed.isoformat(timespec="minutes"),
+                    last_attempt=last_attempt.isoformat(timespec="seconds") if last_attempt else None,
+                )
+                missed_slots.append(slot)
+        if missed_slots:
+            self._catch_up = tuple(missed_slots)
             self._catch_up_at = time.monotonic() + backup.catch_up_delay_s
 
     def _started(self) -> None:
@@ -217,8 +232,8 @@ class Daemon:
         last_ping = float("-inf")
         tick = min(TICK_S, self._watchdog_every or TICK_S)
         while not self.should_exit:
-            if self._schedule is not None:
-                self._schedule.run_pending()
+            for schedule in self._schedules.values():
+                schedule.run_pending()
             self._start_due_work()
             self._publish_status()
             now = time.monotonic()
@@ -232,11 +247,11 @@ class Daemon:
         if self._runner.current is not None:
             return
         if self._deferred is not None:
-            trigger, self._deferred = self._deferred, None
-            self._start(trigger)
+            (trigger, selection), self._deferred = self._deferred, None
+            self._start(trigger, selection)
         elif self._catch_up_at is not None and time.monotonic() >= self._catch_up_at:
             self._catch_up_at = None
-            self._start(Trigger.CATCH_UP)
+            self._start(Trigger.CATCH_UP, Selection(slots=self._catch_up))
         elif self._outbox.is_due():
             self._start_redelivery()
 

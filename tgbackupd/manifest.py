@@ -20,7 +20,11 @@ from .formats import (
 FORMAT = "tgbackupd-manifest"
 VERSION = 1
 SUFFIX = ".manifest.json"
-DUMP_FORMATS = tuple(DUMP_EXTENSIONS)
+# A globals dump (pg_dumpall --globals-only: roles, tablespaces) is plain SQL too, restored without a
+# transaction (see restore.restore_globals).
+PLAIN_FORMAT = "plain"
+GLOBALS_FORMAT = "globals"
+DUMP_FORMATS = (*DUMP_EXTENSIONS, GLOBALS_FORMAT)
 # Bounds on what a manifest read from the chat or a folder may claim: 100,000 parts is 1.9 TB at the
 # default part size; sizes stay within what every JSON reader holds exactly.
 MAX_PARTS = 100_000
@@ -126,7 +130,8 @@ class Manifest:
         if by_name(name).name != compression:
             raise ManifestError(f'the manifest\'s "compression" is {compression}, but {name} is not')
         dump_format = document.choice("dump_format", DUMP_FORMATS, default="plain")
-        if dump_format_by_name(name) != dump_format:
+        # A globals dump is plain SQL by its name (`.sql.gz`).
+        if dump_format_by_name(name) != (PLAIN_FORMAT if dump_format == GLOBALS_FORMAT else dump_format):
             raise ManifestError(f'the manifest\'s "dump_format" is {dump_format}, but {name} is not')
         encrypted = document.optional_boolean("encrypted") or False
         if encrypted != name.endswith(ENCRYPTED_SUFFIX):
@@ -185,6 +190,12 @@ def load_json(data: bytes) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise ManifestError(f"not a tgbackupd manifest (not JSON: {error})") from None
+
+
+def series_of(name: str) -> str:
+    """The prefix of a backup's name (`shop` of `shop_backup_20251203_030000.sql.gz`): which database's
+    series of backups it belongs to."""
+    return name.rsplit("_backup_", 1)[0]
 
 
 def is_backup_name(text: str, stem_only: bool = False) -> bool:

@@ -9,6 +9,7 @@ import select
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from .config import DatabaseConfig
 from .errors import DumpError
@@ -48,6 +49,23 @@ def build_command(database: DatabaseConfig, dump_format: str = "plain") -> tuple
     )
 
 
+def pg_dumpall_program(pg_dump: str) -> str:
+    """pg_dumpall of the same installation as database.pg_dump (beside it when that is a path)."""
+    return str(Path(pg_dump).with_name("pg_dumpall")) if "/" in pg_dump else "pg_dumpall"
+
+
+def build_globals_command(database: DatabaseConfig, role_passwords: bool) -> tuple[str, ...]:
+    """Return pg_dumpall's argv for the server's roles and tablespaces (what no pg_dump carries), as SQL
+    on standard output; without the roles' password hashes unless `role_passwords`."""
+    return (
+        pg_dumpall_program(database.pg_dump),
+        "--globals-only",
+        *(() if role_passwords else ("--no-role-passwords",)),
+        "--no-password",
+        f"--dbname={conninfo(database)}",
+    )
+
+
 def pg_dump_major(program: str) -> tuple[int, str]:
     """Return pg_dump's major version and its own words (`pg_dump (PostgreSQL) 15.20`)."""
     try:
@@ -71,8 +89,15 @@ class DumpProcess:
     """A running pg_dump whose standard output is read in chunks; keeps the tail of its standard error.
     With a `stop`, it is ended the moment the backup must stop, whether or not it is printing."""
 
-    def __init__(self, argv: tuple[str, ...], environment: dict[str, str], stop: Stop | None = None) -> None:
+    def __init__(
+        self,
+        argv: tuple[str, ...],
+        environment: dict[str, str],
+        stop: Stop | None = None,
+        name: str = "pg_dump",
+    ) -> None:
         self._program = argv[0]
+        self._name = name  # what errors call it
         try:
             # Its own session: a Ctrl-C meant for tgbackupd must not kill pg_dump behind our back.
             self._process = subprocess.Popen(
@@ -104,7 +129,7 @@ class DumpProcess:
                 stop,
                 lambda: self._process.poll() is None,
                 self.terminate,
-                "pg_dump was ended and the unfinished file removed",
+                f"{name} was ended and the unfinished file removed",
             )
             if stop is not None
             else None
@@ -174,7 +199,7 @@ class DumpProcess:
                 if returncode < 0
                 else f"exited with status {returncode}"
             )
-            raise DumpError(f"pg_dump {how}: {detail}")
+            raise DumpError(f"{self._name} {how}: {detail}")
 
     def terminate(self) -> None:
         """Stop pg_dump now (SIGTERM, then SIGKILL if it lingers) and reap it."""
@@ -200,8 +225,28 @@ def run_pg_dump(
 ) -> Iterator[DumpProcess]:
     """Start pg_dump for the database; on leaving early (an error, a cancel) it is stopped and reaped.
     With a `stop`, it is ended when the backup must stop, and `wait` raises that reason."""
-    argv = build_command(database, dump_format)
-    process = DumpProcess(argv, build_environment(database, base_environment), stop)
+    with _running(
+        DumpProcess(build_command(database, dump_format), build_environment(database, base_environment), stop)
+    ) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def run_pg_dumpall_globals(
+    database: DatabaseConfig,
+    role_passwords: bool,
+    base_environment: Mapping[str, str] = os.environ,
+    stop: Stop | None = None,
+) -> Iterator[DumpProcess]:
+    """As run_pg_dump, for pg_dumpall --globals-only on the database's server."""
+    argv = build_globals_command(database, role_passwords)
+    environment = build_environment(database, base_environment)
+    with _running(DumpProcess(argv, environment, stop, name="pg_dumpall")) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def _running(process: DumpProcess) -> Iterator[DumpProcess]:
     try:
         yield process
     finally:

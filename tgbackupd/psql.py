@@ -16,19 +16,19 @@ from .libpq import build_environment, conninfo
 from .stopping import Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
+ERROR_LINES = 1000
 QUERY_TIMEOUT_S = 3600
 _READ_BYTES = 1024 * 1024
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
-def _argv(database: DatabaseConfig, dbname: str | None, *extra: str) -> list[str]:
+def _argv(database: DatabaseConfig, dbname: str | None, *extra: str, stop_on_error: bool = True) -> list[str]:
     return [
         "psql",
         "-X",
         "-q",
         "--no-password",
-        "-v",
-        "ON_ERROR_STOP=1",
+        *(("-v", "ON_ERROR_STOP=1") if stop_on_error else ()),
         "-d",
         conninfo(database, dbname),
         *extra,
@@ -62,13 +62,17 @@ class _StderrTail:
         self._process = process
         self._program = program
         self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.errors: list[str] = []  # its ERROR lines (the first ERROR_LINES of them)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self._process.stderr is not None
         for line in self._process.stderr:
-            self._lines.append(line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            self._lines.append(text)
+            if "ERROR:" in text and len(self.errors) < ERROR_LINES:
+                self.errors.append(text)
 
     def text(self) -> str:
         """What it printed, once it has closed its standard error (it ended)."""
@@ -175,13 +179,31 @@ def restore(
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
     leaves the database as it was. Return how many bytes of SQL went in. With a `stop`, psql is ended
     the moment the job must stop (the transaction is then rolled back), and that reason is raised."""
-    process = _start(
-        _argv(database, dbname, "--single-transaction"),
-        database,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    failed = (
+        f"the restore into {dbname or database.name} failed and was rolled back, so the database is as it "
+        "was before"
     )
+    written, _ = _feed(_argv(database, dbname, "--single-transaction"), database, sql_chunks, failed, stop)
+    return written
+
+
+def run_script(database: DatabaseConfig, sql_chunks: Iterable[bytes]) -> tuple[int, list[str]]:
+    """Feed SQL to psql as `psql -f` runs a script: each statement on its own, going on past errors.
+    Return how many bytes of SQL went in, and psql's ERROR lines."""
+    failed = f"psql could not run the script on {database.name}"
+    return _feed(_argv(database, None, stop_on_error=False), database, sql_chunks, failed, None)
+
+
+def _feed(
+    argv: list[str],
+    database: DatabaseConfig,
+    sql_chunks: Iterable[bytes],
+    failed: str,
+    stop: Stop | None,
+) -> tuple[int, list[str]]:
+    """Run psql with the SQL on its standard input: (bytes written, its ERROR lines). Raise RestoreError
+    saying `failed`, with the tail of its error output, if it fails."""
+    process = _start(argv, database, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     watch = _watch(process, stop)
     tail = _StderrTail(process, "psql")
     assert process.stdin is not None
@@ -198,11 +220,8 @@ def restore(
         raise
     failure = _failure(process, watch, tail)
     if failure is not None:
-        raise RestoreError(
-            f"the restore into {dbname or database.name} failed and was rolled back, so the database is "
-            f"as it was before: {failure}"
-        )
-    return written
+        raise RestoreError(f"{failed}: {failure}")
+    return written, tail.errors
 
 
 # pg_restore leaves out what a plain dump leaves out (pg_dump cannot leave them out of an archive).

@@ -20,9 +20,19 @@ import zstandard
 
 from . import chain, encryption, psql
 from .config import DatabaseConfig
-from .errors import RestoreError, UsageError
+from .errors import ConfigError, RestoreError, TgbackupdError, UsageError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
-from .manifest import PART_FILE, SUFFIX, Manifest, ManifestError, ManifestRef, Part, manifest_name, part_name
+from .manifest import (
+    PART_FILE,
+    SUFFIX,
+    Manifest,
+    ManifestError,
+    ManifestRef,
+    Part,
+    manifest_name,
+    part_name,
+    series_of,
+)
 from .progress import Progress
 from .signing import Keyring
 from .stopping import Stop
@@ -55,6 +65,7 @@ class CheckedBackup:
     sha256: str | None
     recipients: tuple[str, ...] = ()  # the public keys the manifest says it is encrypted for
     identities: tuple[Path, ...] = ()  # the age identities it is decrypted with (see `unlock`)
+    declared_format: str | None = None  # as its manifest says (GLOBALS_FORMAT: see restore_globals)
 
     @property
     def size_bytes(self) -> int:
@@ -62,8 +73,9 @@ class CheckedBackup:
 
     @property
     def dump_format(self) -> str:
-        """pg_dump's format the backup holds: its name says (a manifest that said otherwise was refused)."""
-        return dump_format_by_name(self.name)
+        """pg_dump's format the backup holds: as its manifest says, else as its name says (a manifest that
+        disagreed with its name was refused)."""
+        return self.declared_format or dump_format_by_name(self.name)
 
     def head(self) -> bytes:
         """The first bytes of the backup (of its first pieces), as many as encryption.PROBE_BYTES."""
@@ -98,6 +110,7 @@ def check(
     whole_sha256: str | None,
     progress: Progress,
     recipients: tuple[str, ...] = (),
+    declared_format: str | None = None,
 ) -> CheckedBackup:
     """Hash every piece and the whole; raise RestoreError naming the first piece that does not match."""
     whole = hashlib.sha256()
@@ -124,7 +137,7 @@ def check(
     progress.finish(
         f"Checked {name}: {len(pieces)} part(s), SHA-256 {'matches' if whole_sha256 else 'computed'}"
     )
-    checked = CheckedBackup(name, tuple(pieces), whole_sha256, recipients)
+    checked = CheckedBackup(name, tuple(pieces), whole_sha256, recipients, declared_format=declared_format)
     if whole_sha256 is None and not checked.encrypted:  # an encrypted one: in `unlock`, with its identity
         # Nothing to compare with: make sure the gzip stream is whole before a database sees any of it.
         for _ in sql_chunks(checked):
@@ -242,13 +255,14 @@ def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -
         manifest.sha256,
         progress,
         manifest.recipients,
+        manifest.dump_format,
     )
 
 
 def from_parts(manifest: Manifest, located: dict[int, Path], progress: Progress) -> CheckedBackup:
     """A backup's parts, each a file of its own (a download, or the spool of a backup not kept here)."""
     pieces = _manifest_pieces(manifest, located)
-    return check(manifest.name, pieces, manifest.sha256, progress, manifest.recipients)
+    return check(manifest.name, pieces, manifest.sha256, progress, manifest.recipients, manifest.dump_format)
 
 
 def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
@@ -328,10 +342,29 @@ class TelegramSource:
             )
         yield from chain.walk(self._bot, reference, self._keyring, limit)
 
-    def find(self, which: str) -> Manifest:
-        """The manifest of the backup called `which`, or of the newest for `latest`."""
-        for manifest, _ in self.history():
-            if which in ("latest", manifest.name, stem(manifest.name)):
+    def find(self, which: str, database: str | None = None) -> Manifest:
+        """The manifest of the backup called `which`, or of the newest for `latest` (of `database`, by its
+        name or prefix, when given). Raise ConfigError for `latest` without `database` when the two
+        newest backups in the chat are of different databases (one daemon backs up several)."""
+        history = self.history()
+        if which == "latest" and database is None:
+            for newest, _ in history:
+                try:
+                    following = next(history, None)
+                except TgbackupdError:
+                    following = None  # the walk ends there: nothing older to compare with
+                if following is not None and series_of(following[0].name) != series_of(newest.name):
+                    raise ConfigError(
+                        [
+                            f"the chat holds backups of several databases ({series_of(newest.name)}, "
+                            f"{series_of(following[0].name)}, …): say which with --database NAME (its "
+                            "name or prefix), or name the backup"
+                        ]
+                    )
+                return newest
+        for manifest, _ in history:
+            wanted = (manifest.database, series_of(manifest.name)) if which == "latest" else ()
+            if database in wanted or which in (manifest.name, stem(manifest.name)):
                 return manifest
         raise RestoreError(
             f"no backup called {which} in chat {self._chat_id} (see `tgbackupctl list --remote`)"
@@ -502,6 +535,26 @@ def restore_into(
         with _psql_input(database, backup, progress) as sql:
             psql.restore(database, itertools.chain(prologue, sql))
     progress.finish(f"Restored {backup.name} into {database.name}")
+
+
+def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> list[str]:
+    """Restore a server's roles and tablespaces (pg_dumpall --globals-only) as pg_dumpall means it: run
+    by psql statement by statement, with no transaction, going on past errors; for its `CREATE ROLE
+    postgres` (and every role the server has already) fails on any server. Return those errors, when each
+    says that something already exists. Raise RestoreError naming the others."""
+    progress.start(
+        f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
+    )
+    written, errors = psql.run_script(database, sql_chunks(backup, progress))
+    failed = [error for error in errors if "already exists" not in error]
+    if failed:
+        raise RestoreError(
+            f"the globals {backup.name} were restored in part: psql reported {len(failed)} error(s) other "
+            "than roles that exist already (the statements before and after them were run):\n"
+            + "\n".join(failed)
+        )
+    progress.finish(f"Restored the globals {backup.name}: {written} bytes of SQL")
+    return errors
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:

@@ -3,6 +3,7 @@
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -19,12 +20,25 @@ class BackupBusy(TgbackupdError):
     exit_code = os.EX_TEMPFAIL
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which databases a run backs up: one by its name or prefix (`tgbackupctl trigger DBNAME`), those
+    scheduled at given times (hour, minute), or (both None) all of them."""
+
+    database: str | None = None
+    slots: tuple[tuple[int, int], ...] | None = None
+
+
+EVERY_DATABASE = Selection()
+
+
 class RunningBackup:
-    def __init__(self, trigger: Trigger, started_at: str) -> None:
+    def __init__(self, trigger: Trigger, started_at: str, selection: Selection = EVERY_DATABASE) -> None:
         self.trigger = trigger
         self.started_at = started_at
+        self.selection = selection
         self.done = threading.Event()
-        self.result: BackupResult | None = None
+        self.results: list[BackupResult] | None = None  # one per database, in the order they were made
 
     def describe(self) -> dict[str, Any]:
         return {"trigger": self.trigger, "started_at": self.started_at}
@@ -33,7 +47,7 @@ class RunningBackup:
 class BackupRunner:
     def __init__(
         self,
-        run_backup: Callable[[Trigger], BackupResult],
+        run_backup: Callable[[Trigger, Selection], list[BackupResult]],
         last_backup: dict[str, Any] | None,
         cancel: threading.Event,
         clock: Clock | None = None,
@@ -52,8 +66,9 @@ class BackupRunner:
     def current(self) -> RunningBackup | None:
         return self._current
 
-    def start(self, trigger: Trigger) -> RunningBackup:
-        """Start a backup now. Raise BackupBusy if one is running, Cancelled if the daemon is stopping."""
+    def start(self, trigger: Trigger, selection: Selection = EVERY_DATABASE) -> RunningBackup:
+        """Start backing up the selected databases now. Raise BackupBusy if a backup is running, Cancelled
+        if the daemon is stopping."""
         with self._lock:
             if self._cancel.is_set():
                 raise Cancelled("tgbackupd is stopping; no new backup is started")
@@ -68,17 +83,17 @@ class BackupRunner:
                     f"{doing} (started {current.started_at}); try again when it has finished, or use "
                     "`tgbackupctl trigger --wait`"
                 )
-            running = RunningBackup(trigger, self._clock.now().isoformat(timespec="seconds"))
+            running = RunningBackup(trigger, self._clock.now().isoformat(timespec="seconds"), selection)
             self._current = running
             self._thread = threading.Thread(target=self._work, args=(running,), name="backup", daemon=True)
             self._thread.start()
             return running
 
-    def start_when_free(self, trigger: Trigger) -> RunningBackup:
+    def start_when_free(self, trigger: Trigger, selection: Selection = EVERY_DATABASE) -> RunningBackup:
         """Wait for the running backup (if any) to finish, then start this one."""
         while True:
             try:
-                return self.start(trigger)
+                return self.start(trigger, selection)
             except BackupBusy:
                 current = self._current
                 if current is not None:
@@ -89,18 +104,21 @@ class BackupRunner:
             self._finish_redelivery(running)
             return
         try:
-            result = self._run_backup(running.trigger)
+            results = self._run_backup(running.trigger, running.selection)
         except Exception as error:  # a bug must not take the daemon down with it, nor hang the waiters
             log.exception("Backup crashed unexpectedly; please report this", error=type(error).__name__)
-            result = BackupResult(
-                trigger=running.trigger,
-                database="",
-                started_at=running.started_at,
-                duration_s=0.0,
-                error=f"internal error: {type(error).__name__}",
-            )
-        self.last_backup = result.to_dict()
-        running.result = result
+            results = [
+                BackupResult(
+                    trigger=running.trigger,
+                    database="",
+                    started_at=running.started_at,
+                    duration_s=0.0,
+                    error=f"internal error: {type(error).__name__}",
+                )
+            ]
+        if results:
+            self.last_backup = results[-1].to_dict()
+        running.results = results
         with self._lock:
             self._current = None
         running.done.set()

@@ -535,6 +535,13 @@ class StateStore:
         result = json.loads(row[0])
         return result if isinstance(result, dict) else None
 
+    def results(self) -> list[dict[str, Any]]:
+        """The last result of each database (of each series of backups), the most recent last."""
+        with self._reading("read the backups' results") as connection:
+            rows = connection.execute("SELECT result FROM results ORDER BY rowid").fetchall()
+        documents = (json.loads(row[0]) for row in rows)
+        return [document for document in documents if isinstance(document, dict)]
+
     def waiting(self) -> list[Waiting]:
         """The outbox, oldest backup first: the order they must reach the chat in."""
         with self._reading("read the outbox") as connection:
@@ -575,10 +582,18 @@ class StateStore:
             ).fetchall()
         return _entry(row, parts)
 
-    def find(self, which: str) -> Entry | None:
-        """The backup called `which` (or its name without the format's suffix), or the newest for `latest`."""
+    def find(self, which: str, database: str | None = None) -> Entry | None:
+        """The backup called `which` (or its name without the format's suffix), or the newest for `latest`
+        (of `database`, by its name or prefix, when given)."""
         with self._reading(f"look up {which}") as connection:
-            if which == "latest":
+            if which == "latest" and database is not None:
+                row = connection.execute(
+                    # Prefixes are letters, digits, '_', '.' and '-': nothing GLOB would read as a pattern.
+                    "SELECT name FROM backups WHERE database = ? OR name GLOB ? "
+                    "ORDER BY stamp DESC, name DESC LIMIT 1",
+                    (database, f"{database}_backup_*"),
+                ).fetchone()
+            elif which == "latest":
                 row = connection.execute(
                     "SELECT name FROM backups ORDER BY stamp DESC, name DESC LIMIT 1"
                 ).fetchone()
@@ -587,6 +602,11 @@ class StateStore:
                     "SELECT name FROM backups WHERE name = ? OR stem = ?", (which, which)
                 ).fetchone()
         return self.entry(row[0]) if row else None
+
+    def databases(self) -> list[str]:
+        """The databases (series of backups) the catalogue holds backups of."""
+        with self._reading("read the catalogue") as connection:
+            return [row[0] for row in connection.execute("SELECT DISTINCT database FROM backups ORDER BY 1")]
 
     def stem_taken(self, name: str) -> bool:
         """Whether a backup of this name, in any format, is known (the manifest file is named by the stem)."""

@@ -71,7 +71,9 @@ def commands(
     )
     store = open_store(tmp_path / "state.db").store
     directory = BackupDirectory(config.backup.directory, config.backup.prefix)
-    runner = BackupRunner(backup.run, store.last_result(), threading.Event())
+    runner = BackupRunner(
+        lambda trigger, selection: [backup.run(trigger)], store.last_result(), threading.Event()
+    )
     sending = sending or Sending(ChatPacer(20, Clock()))
     outbox = Outbox(config, store, directory, Clock(), structlog.get_logger(), sending)
     return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox, store, directory)

@@ -1,0 +1,175 @@
+"""Several databases: `[[databases]]` entries over the sections, their problems named by entry, and each
+entry's own time of day."""
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from tests.unit.test_config import problems, write
+from tgbackupd.clock import Clock
+from tgbackupd.config import effective_config, load_config
+from tgbackupd.daemon import Daemon
+from tgbackupd.fleet import Fleet
+from tgbackupd.runner import Selection
+from tgbackupd.statefile import open_store
+from tgbackupd.states import Trigger
+from tgbackupd.storage import BackupDirectory
+
+ENTRIES = """
+[database]
+port = 6432
+
+[backup]
+compression = "zstd"
+
+[[databases]]
+name = "shop"
+
+[[databases]]
+url = "postgresql://reporter@reports.internal/analytics"
+prefix = "stats"
+compression = "gzip"
+hour = 1
+minute = 30
+globals = true
+"""
+
+
+def test_without_entries_the_sections_are_the_one_database_as_before(tmp_path):
+    config = load_config(write(tmp_path, ""), {"DATABASE_URL": "postgresql://app@h:5433/shop"})
+    (only,) = config.databases
+    assert only.database == config.database and only.backup == config.backup
+    assert only.label == "database" and config.backup.prefix == "shop"
+    assert not (only.all or only.globals)
+
+
+def test_entries_inherit_what_they_do_not_set_from_the_sections_and_the_environment(tmp_path):
+    config = load_config(write(tmp_path, ENTRIES), {"PGHOST": "db.internal", "PGUSER": "backup"})
+    shop, stats = config.databases
+    assert (shop.database.name, shop.database.host, shop.database.port, shop.database.user) == (
+        "shop",
+        "db.internal",
+        6432,
+        "backup",
+    )
+    assert shop.backup.prefix == "shop" and shop.backup.compression.name == "zstd"
+    assert (shop.backup.hour, shop.backup.minute) == (3, 0)
+    # The entry's URL wins over the sections' connection, key by key, as DATABASE_URL does over them.
+    assert (stats.database.name, stats.database.host, stats.database.user) == (
+        "analytics",
+        "reports.internal",
+        "reporter",
+    )
+    assert stats.backup.prefix == "stats" and stats.backup.compression.name == "gzip"
+    assert (stats.backup.hour, stats.backup.minute) == (1, 30)
+    assert stats.globals and stats.globals_prefix == "stats_globals"
+    assert config.database == shop.database  # what status calls `database`: the first entry
+
+
+def test_each_problem_of_an_entry_names_the_entry_and_where_it_came_from(tmp_path):
+    found = problems(
+        tmp_path,
+        """
+[[databases]]
+name = "shop"
+port = "x"
+
+[[databases]]
+name = "shop"
+compresion = "zstd"
+
+[[databases]]
+prefix = "other"
+
+[[databases]]
+name = "logs"
+compression = "gzip"
+compression_level = 19
+""",
+    )
+    config_file = tmp_path / "config.toml"
+    assert f"databases[1].port = 'x' (from {config_file}): expected a TCP port from 1 to 65535" in found[0]
+    assert any("unknown key databases[2].compresion (did you mean compression?)" in p for p in found)
+    assert any(p.startswith("databases[3]: no database named") for p in found)
+    assert any(p.startswith("databases[4]: backup.compression_level = 19 is not a gzip level") for p in found)
+    assert any("databases[1] and databases[2] both write backups named shop_backup_" in p for p in found)
+    assert not any("no database to back up" in p for p in found)  # the entries name them
+
+
+def test_an_entry_for_a_whole_server_connects_to_its_maintenance_database(tmp_path):
+    text = '[[databases]]\nall = true\nexclude = ["scratch"]\n[[databases]]\nall = true\nprefix = "b_"\n'
+    config = load_config(write(tmp_path, text), {"PGHOST": "h", "PGDATABASE": "app"})
+    first, second = config.databases
+    assert first.all and first.database.name == "postgres" and first.exclude == ("scratch",)
+    assert first.backup.prefix == "" and second.backup.prefix == "b_"
+    assert problems(tmp_path, '[[databases]]\nname = "a"\nexclude = "scratch"\n')[0].startswith(
+        "databases[1].exclude = 'scratch'"
+    )
+
+
+def test_a_per_entry_hour_is_scheduled_at_its_hour_and_backs_up_only_that_entry(tmp_path):
+    text = '[[databases]]\nname = "early"\nhour = 2\n[[databases]]\nname = "late"\n'
+    # Port 1: nothing listens there, so each backup fails at once, naming its database.
+    environ = {"PGHOST": "127.0.0.1", "PGPORT": "1", "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "b")}
+    config = load_config(write(tmp_path, text), environ)
+    store = open_store(tmp_path / "state.db").store
+    directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+    with freeze_time("2025-12-02 01:30:00", tick=True) as frozen:
+        daemon = Daemon(config, store, directory, environ={}, clock=Clock())
+        databases = daemon._commands.status()["databases"]
+        assert databases["early"]["next_run"].startswith("2025-12-02T02:00")
+        assert databases["late"]["next_run"].startswith("2025-12-02T03:00")
+        assert daemon._next_run() == datetime(2025, 12, 2, 2, 0)
+
+        frozen.move_to("2025-12-02 02:00:01")
+        daemon._schedules[(2, 0)].run_pending()
+        daemon._schedules[(3, 0)].run_pending()
+        assert daemon._runner.join(60)
+
+    assert [result["database"] for result in store.results()] == ["early"]
+    assert daemon._runner.last_backup is not None and daemon._runner.last_backup["trigger"] == "scheduled"
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        (Selection(), ["early", "late", "late_globals"]),
+        (Selection(slots=((3, 0),)), ["late", "late_globals"]),
+        (Selection(database="late_globals"), ["late_globals"]),
+        (Selection(database="early"), ["early"]),
+    ],
+)
+def test_a_run_backs_up_the_selected_databases_in_order_each_failure_its_own(tmp_path, selection, expected):
+    text = '[[databases]]\nname = "early"\nhour = 2\n[[databases]]\nname = "late"\nglobals = true\n'
+    environ = {"PGHOST": "127.0.0.1", "PGPORT": "1", "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "b")}
+    config = load_config(write(tmp_path, text), environ)
+    store = open_store(tmp_path / "state.db").store
+    fleet = Fleet(config, store, BackupDirectory(config.backup.directory, config.backup.prefix))
+
+    results = fleet.run(Trigger.MANUAL, selection)
+
+    assert [result.database for result in results] == expected
+    assert all(
+        "pg_dump" in (result.error or "") or "pg_dumpall" in (result.error or "") for result in results
+    )
+    assert list(fleet.last) == expected
+
+
+def test_the_example_configurations_entries_are_valid_once_uncommented(tmp_path):
+    example = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    entries = example[example.index("# [[databases]]") :]
+    text = "\n".join(line.removeprefix("# ") for line in entries.splitlines())
+    config = load_config(write(tmp_path, text), {"PGHOST": "db.internal"})
+    shop, stats, server = config.databases
+    assert shop.globals and stats.backup.prefix == "stats" and server.all and server.exclude
+
+
+def test_the_effective_configuration_shows_each_entry_resolved_with_its_password_redacted(tmp_path):
+    text = ENTRIES.replace("reporter@", "reporter:s3cret@")
+    effective = effective_config(load_config(write(tmp_path, text), {"PGHOST": "db.internal"}))
+    shop, stats = effective["databases"]
+    assert shop["host"] == "db.internal" and shop["port"] == 6432 and shop["compression"] == "zstd"
+    assert stats["password"] == "<redacted>" and "s3cret" not in repr(effective)
+    assert stats["globals"] is True and (stats["hour"], stats["minute"]) == (1, 30)
