@@ -1,7 +1,9 @@
 """psql: the one place that runs it, to restore a dump into a database and to ask the server questions."""
 
 import collections
+import contextlib
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Iterable
@@ -14,6 +16,9 @@ from .stopping import Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
 QUERY_TIMEOUT_S = 3600
+# Chunks of SQL (up to 4 MB each) made ahead of what psql has read.
+_QUEUED_CHUNKS = 4
+_WRITER_POLL_S = 0.1
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
@@ -135,8 +140,11 @@ def restore(
     database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None, stop: Stop | None = None
 ) -> int:
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
-    leaves the database as it was. Return how many bytes of SQL went in. With a `stop`, psql is ended
-    the moment the job must stop (the transaction is then rolled back), and that reason is raised."""
+    leaves the database as it was. psql commits when its input ends, which happens only once
+    `sql_chunks` is exhausted: if taking a chunk raises, psql is ended instead (the server then rolls the
+    transaction back) and the error raised. A thread writes to psql, so that making the next chunks
+    (reading, hashing, decompressing) goes on while psql reads. Return how many bytes of SQL went in.
+    With a `stop`, psql is ended the moment the job must stop, and that reason is raised."""
     process = _start(
         _argv(database, dbname, "--single-transaction"),
         database,
@@ -154,17 +162,17 @@ def restore(
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    assert process.stdin is not None
+    writer = _Writer(process)
     written = 0
     try:
         for chunk in sql_chunks:
-            process.stdin.write(chunk)
+            if not writer.put(chunk):
+                break  # psql stopped at an error; its message says which
             written += len(chunk)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass  # psql stopped at an error; its message says which
+        writer.finish()
     except BaseException:
-        end(process, group=False)
+        end(process, group=False)  # before its input could end: nothing is committed
+        writer.abandon()
         raise
     returncode = process.wait()
     reader.join()
@@ -176,3 +184,58 @@ def restore(
             f"as it was before: {detail}"
         )
     return written
+
+
+class _Writer:
+    """Writes chunks to psql's input from a thread of its own, a few chunks behind whoever puts them;
+    closes that input (so psql commits) only when told to `finish`."""
+
+    def __init__(self, process: subprocess.Popen[Any]) -> None:
+        assert process.stdin is not None
+        self._stdin = process.stdin
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(_QUEUED_CHUNKS)
+        self._broken = threading.Event()
+        self._thread = threading.Thread(target=self._write, name="psql-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue a chunk; False once psql no longer reads."""
+        while not self._broken.is_set():
+            try:
+                self._chunks.put(chunk, timeout=_WRITER_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def finish(self) -> None:
+        """Let psql's input end after the chunks queued, and wait until it did."""
+        self._put_end()
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """psql was ended: stop writing, without ending its input."""
+        self._broken.set()
+        with contextlib.suppress(queue.Full):  # full: the thread is writing, and the write fails
+            self._chunks.put_nowait(b"")  # wakes the thread if it waits for a chunk
+        self._thread.join()
+
+    def _put_end(self) -> None:
+        while not self._broken.is_set():
+            try:
+                self._chunks.put(None, timeout=_WRITER_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _write(self) -> None:
+        try:
+            while (chunk := self._chunks.get()) is not None:
+                if self._broken.is_set():
+                    return
+                self._stdin.write(chunk)
+            self._stdin.close()
+        except BrokenPipeError:
+            pass
+        finally:
+            self._broken.set()
