@@ -7,6 +7,7 @@ hits all of them alike.
     python3 bench/speed.py --uplink-mbps 20      # the Bot API stand-in reads uploads at 20 MB/s
     python3 bench/speed.py --only "gzip -6,gzip-6"  # the modes whose names contain one of these
     python3 bench/speed.py --size-mb 100 --only "tgbackupd gzip-6,tgbackupd zstd-1"  # with and without age
+    python3 bench/speed.py --size-mb 200 --rounds 3 --only restore   # restores only
 
 Baselines: `pg_dump > /dev/null`, `pg_dump | gzip -6 > file`, `pg_dump > x.sql; gzip -6 x.sql`, and
 borgmatic with borg (zstd,3, local repository) when both are installed. tgbackupd runs as the real
@@ -15,8 +16,13 @@ round times one `trigger --wait` over its control socket: the dump, compression,
 every part to a Bot API stand-in on 127.0.0.1 and the manifest, up to the reply. CPU time is the
 daemon's and pg_dump's; peak RSS is the daemon's high-water mark. For tgbackupd the table also gives the
 most disk the backup directory held at once (sampled), which with `keep 0` is the spool of parts not
-sent yet. Loopback only; creates a database named tgbackupd_speed_* and drops it afterwards (unless
---keep-database).
+sent yet.
+
+Restores: one backup made by the daemon (defaults: gzip-6, parts of 19 MB, a copy kept) is restored
+with `gunzip -c FILE | psql` (the baseline: the README's manual steps), `tgbackupctl restore FILE` and
+`tgbackupctl restore --from-telegram` (from the stand-in), each into a database of its own created
+empty just before (not timed) and dropped after. Loopback only; creates databases named
+tgbackupd_speed_* and drops them afterwards (the source only unless --keep-database).
 """
 
 import argparse
@@ -262,6 +268,80 @@ def tgbackupd_modes() -> dict[str, dict[str, str]]:
     }
 
 
+RESTORE_BASELINE = "gunzip -c FILE | psql"
+
+
+def restore_modes(backup: Path, environment: dict[str, str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """How each restore mode is run, given the database URL to restore into as its last argument."""
+    ctl = [sys.executable, "-m", "tgbackupd.ctl", "restore"]
+    return {
+        RESTORE_BASELINE: (
+            ["bash", "-c", f'set -o pipefail; gunzip -c {backup} | psql -X -q -d "$0"'],
+            child_environment(),
+        ),
+        "tgbackupctl restore FILE": ([*ctl, str(backup), "--dbname"], environment),
+        "tgbackupctl restore --from-telegram": ([*ctl, "--from-telegram", "--dbname"], environment),
+    }
+
+
+def make_backup_to_restore(dbname: str, workdir: Path, api: BotApiStandIn) -> tuple[Path, dict[str, str]]:
+    """One backup by the daemon with its defaults, kept here and sent to the stand-in; and the
+    environment tgbackupctl finds both with."""
+    backups = workdir / "restore-backups"
+    environment = child_environment(
+        TGBACKUPD_CONFIG=str(workdir / "config.toml"),
+        DATABASE_URL=f"postgresql://postgres@127.0.0.1/{dbname}",
+        TGBACKUPD_BACKUP_DIRECTORY=str(backups),
+        TGBACKUPD_BACKUP_ENABLED="false",
+        TGBACKUPD_DAEMON_SOCKET=str(workdir / "control.sock"),
+        TGBACKUPD_DAEMON_STATE_FILE=str(workdir / "restore-state.db"),
+        TELEGRAM_BOT_TOKEN=FAKE_TOKEN,
+        TELEGRAM_CHAT_ID=CHAT_ID,
+        TGBACKUPD_TELEGRAM_API_URL=api.url,
+        TGBACKUPD_TELEGRAM_MESSAGES_PER_MINUTE="60000",
+    )
+    daemon = DaemonUnderTest(environment, workdir)
+    try:
+        daemon.backup(backups)
+    finally:
+        daemon.stop()
+    (backup,) = backups.glob("*.sql.gz")
+    return backup, environment
+
+
+def restore_round(
+    backup: Path, environment: dict[str, str], only: str | None, results: dict[str, list[dict[str, float]]]
+) -> None:
+    """Each restore mode once, each into a new empty database, dropped afterwards."""
+    modes = restore_modes(backup, environment)
+    for name in [RESTORE_BASELINE, *selected([n for n in modes if n != RESTORE_BASELINE], only)]:
+        command, mode_environment = modes[name]
+        target = f"tgbackupd_speed_restore_{uuid.uuid4().hex[:8]}"
+        psql("postgres", f"CREATE DATABASE {target}")
+        try:
+            figures = measure([*command, f"postgresql://postgres@127.0.0.1/{target}"], mode_environment)
+        finally:
+            psql("postgres", f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
+        figures["size"] = backup.stat().st_size
+        results.setdefault(name, []).append(figures)
+
+
+def print_restores(best: dict[str, dict[str, float]], sql_bytes: int) -> None:
+    baseline = best[RESTORE_BASELINE]["wall"]
+    print(
+        f"{'restore':<36} {'wall s':>7} {'CPU s':>7} {'SQL MB/s':>9} {'peak RSS MB':>12} {'× baseline':>11}"
+    )
+    for name, run in best.items():
+        print(
+            f"{name:<36} {run['wall']:>7.1f} {run['cpu']:>7.1f} {sql_bytes / MB / run['wall']:>9.0f} "
+            f"{run['rss_mb']:>12.1f} {baseline / run['wall']:>11.2f}"
+        )
+    print(
+        "× baseline: the baseline's time over the mode's (at least 0.95 for a file, 0.9 from Telegram is "
+        "the target). CPU s: the command and all it waited for (psql included), not the server's."
+    )
+
+
 def selected(names: list[str], only: str | None) -> list[str]:
     """The modes to run: all, or those whose names contain one of the comma-separated `only`."""
     if not only:
@@ -295,6 +375,10 @@ def main() -> None:
     args = parser.parse_args()
     dbname = args.database or make_database(args.size_mb)
     results: dict[str, list[dict[str, float]]] = {}
+    restores: dict[str, list[dict[str, float]]] = {}
+    modes = tgbackupd_modes()
+    backup_modes = selected(list(modes), args.only)
+    restoring = not args.only or bool(selected(["tgbackupctl restore"], args.only))
     try:
         database_mb = int(psql(dbname, "SELECT pg_database_size(current_database())")) / MB
         sql_bytes = int(
@@ -305,21 +389,26 @@ def main() -> None:
                 check=True,
             ).stdout
         )
-        with tempfile.TemporaryDirectory() as directory, BotApiStandIn(upload_limit=2000 * MB) as api:
+        with (
+            tempfile.TemporaryDirectory() as directory,
+            BotApiStandIn(upload_limit=2000 * MB) as api,
+            BotApiStandIn() as restore_api,
+        ):
             workdir = Path(directory)
             if args.uplink_mbps:
                 api.state.uplink_bytes_per_s = args.uplink_mbps * MB
             (workdir / "config.toml").write_text("")
+            if restoring:
+                backup, restore_environment = make_backup_to_restore(dbname, workdir, restore_api)
             reference = ["pg_dump > /dev/null", "pg_dump | gzip -6"]
             for _ in range(args.rounds):
                 for name, (command, output) in baselines(dbname, workdir).items():
-                    if name not in reference and name not in selected([name], args.only):
+                    if not (name in reference and backup_modes) and name not in selected([name], args.only):
                         continue
                     figures = measure(command, child_environment())
                     figures["size"] = size_of(output)
                     results.setdefault(name, []).append(figures)
-                modes = tgbackupd_modes()
-                for name in selected(list(modes), args.only):
+                for name in backup_modes:
                     backups = workdir / "backups"
                     shutil.rmtree(backups, ignore_errors=True)
                     environment = child_environment(
@@ -348,17 +437,29 @@ def main() -> None:
                     results.setdefault(name, []).append(figures)
                     api.state.files.clear()
                     api.state.received.clear()
+                if restoring:
+                    restore_round(backup, restore_environment, args.only, restores)
     finally:
         if not args.keep_database and not args.database:
             psql("postgres", f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
 
-    best = {name: min(runs, key=lambda run: run["wall"]) for name, runs in results.items()}
-    gzip6 = best["pg_dump | gzip -6"]["wall"]
-    raw = best["pg_dump > /dev/null"]["wall"]
     print(
         f"database {database_mb:.0f} MB on disk, {sql_bytes / MB:.0f} MB of SQL; best of {args.rounds} "
         f"round(s); uplink {'unthrottled' if not args.uplink_mbps else f'{args.uplink_mbps} MB/s'}"
     )
+    if results:
+        print_backups(
+            {name: min(runs, key=lambda run: run["wall"]) for name, runs in results.items()}, sql_bytes
+        )
+    if restores:
+        print_restores(
+            {name: min(runs, key=lambda run: run["wall"]) for name, runs in restores.items()}, sql_bytes
+        )
+
+
+def print_backups(best: dict[str, dict[str, float]], sql_bytes: int) -> None:
+    gzip6 = best["pg_dump | gzip -6"]["wall"]
+    raw = best["pg_dump > /dev/null"]["wall"]
     print(
         f"{'mode':<30} {'wall s':>7} {'CPU s':>7} {'output MB':>10} {'SQL MB/s':>9} {'peak RSS MB':>12} "
         f"{'× gzip -6':>10} {'× raw dump':>11} {'disk MB':>8}"

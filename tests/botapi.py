@@ -34,8 +34,9 @@ class Received:
 @dataclass
 class Fault:
     """What to do instead of answering the next request: an HTTP status with a Bot API error body,
-    `reset` (close the connection), `stall`, `truncate` (a file download cut in half), or `pass`
-    (answer as usual: it lets a fault land on a later request)."""
+    `reset` (close the connection), `stall`, `truncate` (a file download cut in half), `damage` (a file
+    download with one byte changed), or `pass` (answer as usual: it lets a fault land on a later
+    request)."""
 
     status: int = 500
     description: str = "Internal Server Error"
@@ -63,6 +64,7 @@ class BotApiState:
     uplink_bytes_per_s: float | None = None  # read uploads no faster than this, like a slow uplink
     clock: Callable[[], float] = time.monotonic  # what stamps `posts` (a test may give its own clock)
     posts: list[tuple[float, str]] = field(default_factory=list)  # (when, method) of every POST
+    on_download: Callable[[str], None] | None = None  # told the file id of each download before it is sent
 
 
 def _error(status: int, description: str, retry_after: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -111,7 +113,11 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) != 5 or parts[2] != f"bot{state.token}" or parts[4] not in state.files:
             self._reply(*_error(404, "Not Found"))
             return
+        if state.on_download is not None:
+            state.on_download(parts[4])
         content = state.files[parts[4]]
+        if fault is not None and fault.action == "damage":
+            content = content[:-1] + bytes([content[-1] ^ 0xFF])
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(content)))

@@ -515,7 +515,8 @@ def _say_how_old(manifest: Manifest) -> None:
 def _fetch(
     args: argparse.Namespace, config: ClientConfig, workdir: Path, progress: Progress
 ) -> restore.CheckedBackup:
-    """Find the backup SOURCE names, and check it, before any database sees it."""
+    """Find the backup SOURCE names, and check what is cheap to check (every part there, of its size)
+    before any database sees it; its hashes are checked as it is restored."""
     if args.from_telegram:
         if args.source:
             raise ConfigError(["give either SOURCE or --from-telegram, not both"])

@@ -1,6 +1,9 @@
-"""Progress for people: a bar redrawn in place on a terminal, plain lines otherwise (logs, pipes)."""
+"""Progress for people: a bar redrawn in place on a terminal, plain lines otherwise (logs, pipes). Notes
+may come from another thread (a restore's downloads) while the bar is drawn: each goes on a line of its
+own, and the bar is drawn again below it."""
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -16,9 +19,14 @@ class Progress:
         self._label = ""
         self._total = 0
         self._last_draw = 0.0
+        self._lock = threading.Lock()
 
     def note(self, text: str) -> None:
-        print(text, file=self._stream, flush=True)
+        with self._lock:
+            if self._terminal:
+                self._stream.write("\r\033[K")
+            print(text, file=self._stream, flush=True)
+            self._last_draw = 0.0
 
     def start(self, label: str, total: int) -> None:
         self._label, self._total = label, total
@@ -36,10 +44,9 @@ class Progress:
             text = f"\r{self._label} [{bar:<30}] {fraction:4.0%} {human_size(done)}"
         else:
             text = f"\r{self._label} {human_size(done)}"
-        self._stream.write(text)
-        self._stream.flush()
+        with self._lock:
+            self._stream.write(text)
+            self._stream.flush()
 
     def finish(self, text: str) -> None:
-        if self._terminal:
-            self._stream.write("\r\033[K")
         self.note(text)

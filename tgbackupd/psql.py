@@ -4,6 +4,7 @@ server questions."""
 import collections
 import contextlib
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Generator, Iterable
@@ -19,6 +20,9 @@ STDERR_TAIL_LINES = 20
 ERROR_LINES = 1000
 QUERY_TIMEOUT_S = 3600
 _READ_BYTES = 1024 * 1024
+# Chunks of SQL (up to 4 MB each) made ahead of what psql has read.
+_QUEUED_CHUNKS = 4
+_WRITER_POLL_S = 0.1
 _SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
 
 
@@ -177,8 +181,10 @@ def restore(
     database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None, stop: Stop | None = None
 ) -> int:
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
-    leaves the database as it was. Return how many bytes of SQL went in. With a `stop`, psql is ended
-    the moment the job must stop (the transaction is then rolled back), and that reason is raised."""
+    leaves the database as it was. psql commits when its input ends, which happens only once
+    `sql_chunks` is exhausted: if taking a chunk raises, psql is ended instead (the server then rolls the
+    transaction back) and the error raised. Return how many bytes of SQL went in. With a `stop`, psql is
+    ended the moment the job must stop, and that reason is raised."""
     failed = (
         f"the restore into {dbname or database.name} failed and was rolled back, so the database is as it "
         "was before"
@@ -206,17 +212,17 @@ def _feed(
     process = _start(argv, database, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     watch = _watch(process, stop)
     tail = _StderrTail(process, "psql")
-    assert process.stdin is not None
+    writer = _Writer(process)
     written = 0
     try:
         for chunk in sql_chunks:
-            process.stdin.write(chunk)
+            if not writer.put(chunk):
+                break  # psql stopped at an error; its message says which
             written += len(chunk)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass  # psql stopped at an error; its message says which
+        writer.finish()
     except BaseException:
-        end(process, group=False)
+        end(process, group=False)  # before its input could end: nothing is committed
+        writer.abandon()
         raise
     failure = _failure(process, watch, tail)
     if failure is not None:
@@ -309,3 +315,58 @@ def restore_archive_in_parallel(
             f"failure is still there ({jobs} connections each commit on their own): drop the database, "
             f"create it empty and restore again (without --jobs, a failure leaves nothing): {failure}"
         )
+
+
+class _Writer:
+    """Writes chunks to psql's input from a thread of its own, a few chunks behind whoever puts them;
+    closes that input (so psql commits) only when told to `finish`."""
+
+    def __init__(self, process: subprocess.Popen[Any]) -> None:
+        assert process.stdin is not None
+        self._stdin = process.stdin
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(_QUEUED_CHUNKS)
+        self._broken = threading.Event()
+        self._thread = threading.Thread(target=self._write, name="psql-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> bool:
+        """Queue a chunk; False once psql no longer reads."""
+        while not self._broken.is_set():
+            try:
+                self._chunks.put(chunk, timeout=_WRITER_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def finish(self) -> None:
+        """Let psql's input end after the chunks queued, and wait until it did."""
+        self._put_end()
+        self._thread.join()
+
+    def abandon(self) -> None:
+        """psql was ended: stop writing, without ending its input."""
+        self._broken.set()
+        with contextlib.suppress(queue.Full):  # full: the thread is writing, and the write fails
+            self._chunks.put_nowait(b"")  # wakes the thread if it waits for a chunk
+        self._thread.join()
+
+    def _put_end(self) -> None:
+        while not self._broken.is_set():
+            try:
+                self._chunks.put(None, timeout=_WRITER_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _write(self) -> None:
+        try:
+            while (chunk := self._chunks.get()) is not None:
+                if self._broken.is_set():
+                    return
+                self._stdin.write(chunk)
+            self._stdin.close()
+        except BrokenPipeError:
+            pass
+        finally:
+            self._broken.set()

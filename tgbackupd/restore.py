@@ -1,8 +1,9 @@
 """Getting a database back: find a backup (a local file, a folder of parts, the catalogue, or Telegram
-alone), check every part's and the whole's SHA-256 before anything touches a database, then stream
-the SQL through gunzip into psql in one transaction, or into a scratch database to verify it. A
-custom-format archive goes through pg_restore on its way to psql, or, on several connections, from a
-file."""
+alone), check before anything touches a database what is cheap to check (every part there, of its size;
+the age identity, for an encrypted one), then read it once: each piece's bytes are hashed (the part's and
+the whole's SHA-256) on their way through decryption and decompression into psql (through pg_restore, for
+a custom-format archive), in one transaction that is committed only once every hash matched (or into a
+scratch database to verify it, or into a file; on several connections, from a file)."""
 
 import contextlib
 import hashlib
@@ -10,17 +11,18 @@ import itertools
 import os
 import re
 import secrets
+import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import zstandard
 
 from . import chain, encryption, psql
 from .config import DatabaseConfig
-from .errors import ConfigError, RestoreError, TgbackupdError, UsageError
+from .errors import Cancelled, ConfigError, RestoreError, TgbackupdError, UsageError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
 from .manifest import (
     PART_FILE,
@@ -40,9 +42,13 @@ from .telegram import BotApi, TelegramError, TelegramRejected
 
 READ_BYTES = 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
+# Parts downloaded from Telegram ahead of the one being restored: the work directory holds at most this
+# many and the one being read (each removed once read), and a slow part download rarely stalls psql.
+PARTS_AHEAD = 2
 # Dropping a scratch database happens also while tgbackupd stops: it may not hold the stop up for long.
 _DROP_TIMEOUT_S = 60
 _WHOLE_FILE = re.compile(rf"^.+{SUFFIX_PATTERN}$")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,9 @@ class Piece:
 
 @dataclass(frozen=True)
 class CheckedBackup:
-    """A backup whose pieces are all present and, where their hashes are known, match them."""
+    """A backup whose pieces were all found, each of the size the manifest says: what can be checked
+    before reading it. Their hashes, and the whole's, are checked as it is read (`read_sql`). Pieces
+    that `downloads` brings arrive while the earlier ones are read."""
 
     name: str
     pieces: tuple[Piece, ...]
@@ -66,6 +74,7 @@ class CheckedBackup:
     recipients: tuple[str, ...] = ()  # the public keys the manifest says it is encrypted for
     identities: tuple[Path, ...] = ()  # the age identities it is decrypted with (see `unlock`)
     declared_format: str | None = None  # as its manifest says (GLOBALS_FORMAT: see restore_globals)
+    downloads: "Downloads | None" = None  # parts still being downloaded (TelegramSource.fetch)
 
     @property
     def size_bytes(self) -> int:
@@ -78,143 +87,268 @@ class CheckedBackup:
         return self.declared_format or dump_format_by_name(self.name)
 
     def head(self) -> bytes:
-        """The first bytes of the backup (of its first pieces), as many as encryption.PROBE_BYTES."""
+        """The first bytes of the backup, as many as encryption.PROBE_BYTES (of its first pieces; those not
+        downloaded yet are waited for)."""
         head = b""
         for piece in self.pieces:
-            for block in _read_piece(piece):
-                head += block[: encryption.PROBE_BYTES - len(head)]
-                if len(head) == encryption.PROBE_BYTES:
-                    return head
+            if self.downloads is not None:
+                self.downloads.wait(piece.path)
+            with piece.path.open("rb") as stream:
+                stream.seek(piece.offset)
+                head += stream.read(min(piece.size, encryption.PROBE_BYTES - len(head)))
+            if len(head) == encryption.PROBE_BYTES:
+                break
         return head
 
     @property
     def encrypted(self) -> bool:
-        return encryption.is_encrypted(self.name, self.head())
+        return self.name.endswith(encryption.SUFFIX) or self.head().startswith(encryption.MAGIC)
 
 
-def _read_piece(piece: Piece) -> Iterator[bytes]:
-    with piece.path.open("rb") as stream:
-        stream.seek(piece.offset)
-        remaining = piece.size
-        while remaining:
-            block = stream.read(min(READ_BYTES, remaining))
-            if not block:
-                raise RestoreError(f"{piece.label} ({piece.path}) ends early: the file is truncated")
-            remaining -= len(block)
-            yield block
+class _Reading:
+    """One pass over a backup: pieces → hash → decompress. Each piece is read once; its SHA-256 is
+    checked when its last byte has passed, the whole's after the last piece, and the stream raises
+    RestoreError there, before its end: what it fed (psql, in one transaction) must then end without
+    committing."""
 
+    def __init__(self, backup: CheckedBackup, progress: Progress | None) -> None:
+        self._backup = backup
+        self._progress = progress
+        # The piece being read, its open file and its hash so far: what `cause` finishes reading.
+        self._current: tuple[Piece, BinaryIO, hashlib._Hash] | None = None
+        self._decrypting = False
 
-def check(
-    name: str,
-    pieces: list[Piece],
-    whole_sha256: str | None,
-    progress: Progress,
-    recipients: tuple[str, ...] = (),
-    declared_format: str | None = None,
-) -> CheckedBackup:
-    """Hash every piece and the whole; raise RestoreError naming the first piece that does not match."""
-    whole = hashlib.sha256()
-    total = sum(piece.size for piece in pieces)
-    done = 0
-    progress.start(f"Checking {name}", total)
-    for piece in pieces:
-        part_hash = hashlib.sha256()
-        for block in _read_piece(piece):
-            part_hash.update(block)
-            whole.update(block)
-            done += len(block)
-            progress.update(done)
-        if piece.sha256 and part_hash.hexdigest() != piece.sha256:
+    def sql(self) -> Generator[bytes]:
+        """The backup's SQL, decompressed as it is read, in the format its first bytes say (gzip or zstd).
+        A file compressed on several threads is several gzip members in a row (as gunzip reads them).
+        Raise RestoreError if a hash does not match or the stream is cut short."""
+        blocks = self._blocks()
+        if self._backup.encrypted:
+            # age reads the blocks on a thread of its own, which also closes them: `cause` must not read
+            # the piece under it. What the hashes find is raised through age's stream all the same.
+            self._decrypting = True
+            whole = Piece(self._backup.pieces[0].path, 0, self._backup.size_bytes, self._backup.name, None)
+            stored = (block for _, block in blocks)
+            decrypted = ((whole, block) for block in encryption.decrypt(stored, self._backup.identities))
+            yield from _decompressed(decrypted, self._backup.name)
+            return
+        try:
+            yield from _decompressed(blocks, self._backup.name)
+        except RestoreError as error:
+            raise self.cause(error) from None
+        finally:
+            blocks.close()
+
+    def _blocks(self) -> Generator[tuple[Piece, bytes]]:
+        whole = hashlib.sha256()
+        done = 0
+        downloads = self._backup.downloads
+        for piece in self._backup.pieces:
+            if downloads is not None:
+                downloads.wait(piece.path)
+            part_hash = hashlib.sha256()
+            with piece.path.open("rb") as stream:
+                stream.seek(piece.offset)
+                self._current = (piece, stream, part_hash)
+                try:
+                    remaining = piece.size
+                    while remaining:
+                        block = _read_block(piece, stream, remaining)
+                        remaining -= len(block)
+                        part_hash.update(block)
+                        whole.update(block)
+                        yield piece, block
+                        done += len(block)
+                        if self._progress is not None:
+                            self._progress.update(done)
+                finally:
+                    self._current = None
+            _check_part(piece, part_hash)
+            if downloads is not None:
+                downloads.release(piece.path)
+        if self._backup.sha256 and whole.hexdigest() != self._backup.sha256:
             raise RestoreError(
-                f"{piece.label} is corrupt: its SHA-256 is {part_hash.hexdigest()}, the manifest says "
-                f"{piece.sha256}. Nothing was restored"
+                f"{self._backup.name} as a whole does not match its SHA-256 ({whole.hexdigest()} instead of "
+                f"{self._backup.sha256}): a part is missing, extra or out of order. Nothing was restored"
             )
-    if whole_sha256 and whole.hexdigest() != whole_sha256:
+
+    def cause(self, error: RestoreError) -> RestoreError:
+        """Why the SQL could not be decompressed, or psql stopped at an error: the piece being read then,
+        if it turns out corrupt once read to its end (its garbage reaches psql before its hash can tell),
+        else `error` itself."""
+        if self._current is None or self._decrypting:
+            return error
+        piece, stream, part_hash = self._current
+        self._current = None
+        remaining = piece.size - (stream.tell() - piece.offset)
+        try:
+            while remaining:
+                block = _read_block(piece, stream, remaining)
+                remaining -= len(block)
+                part_hash.update(block)
+            _check_part(piece, part_hash)
+        except RestoreError as corrupt:
+            return corrupt
+        return error
+
+
+def _read_block(piece: Piece, stream: BinaryIO, remaining: int) -> bytes:
+    block = stream.read(min(READ_BYTES, remaining))
+    if not block:
         raise RestoreError(
-            f"{name} as a whole does not match its SHA-256 ({whole.hexdigest()} instead of {whole_sha256}): "
-            "a part is missing, extra or out of order. Nothing was restored"
+            f"{piece.label} ({piece.path}) ends early: the file is truncated. Nothing was restored"
         )
-    progress.finish(
-        f"Checked {name}: {len(pieces)} part(s), SHA-256 {'matches' if whole_sha256 else 'computed'}"
-    )
-    checked = CheckedBackup(name, tuple(pieces), whole_sha256, recipients, declared_format=declared_format)
-    if whole_sha256 is None and not checked.encrypted:  # an encrypted one: in `unlock`, with its identity
-        # Nothing to compare with: make sure the gzip stream is whole before a database sees any of it.
-        for _ in sql_chunks(checked):
-            pass
-    return checked
+    return block
 
 
-def sql_chunks(backup: CheckedBackup, progress: Progress | None = None) -> Iterator[bytes]:
-    """The backup's SQL, decompressed as it is read, in the format its first bytes say (gzip or zstd).
-    A file compressed on several threads is several gzip members in a row (as gunzip reads them).
-    Raise RestoreError if the stream is cut short."""
+def _check_part(piece: Piece, part_hash: "hashlib._Hash") -> None:
+    if piece.sha256 and part_hash.hexdigest() != piece.sha256:
+        raise RestoreError(
+            f"{piece.label} is corrupt: its SHA-256 is {part_hash.hexdigest()}, the manifest says "
+            f"{piece.sha256}. Nothing was restored"
+        )
+
+
+def _decompressed(blocks: Iterator[tuple[Piece, bytes]], name: str) -> Iterator[bytes]:
     compression: Format | None = None
     decompressor: Decompressor | None = None
     in_stream = False  # part of a member or frame was read, and its end was not
-    done = 0
-    for label, blocks in _compressed(backup):
-        for block in blocks:
-            done += len(block)
-            data = block
-            while data:
+    for piece, data in blocks:
+        while data:
+            if compression is None:
+                compression = by_magic(data)
                 if compression is None:
-                    compression = by_magic(data)
-                    if compression is None:
-                        raise RestoreError(
-                            f"{label} is neither gzip nor zstd data: is it a tgbackupd backup?"
-                        )
-                if decompressor is None:
-                    decompressor = compression.decompressor()
-                try:
-                    yield from decompressor.feed(data)
-                except (zlib.error, zstandard.ZstdError) as error:
-                    raise RestoreError(f"{label} is not valid {compression.name} data ({error})") from None
-                if decompressor.eof:
-                    data, decompressor, in_stream = decompressor.unused_data, None, False
-                else:
-                    data, in_stream = b"", True
-            if progress is not None:
-                progress.update(done)
-    if in_stream or done == 0:
-        name = compression.name if compression else "compressed"
+                    raise RestoreError(
+                        f"{piece.label} is neither gzip nor zstd data: is it a tgbackupd backup?"
+                    )
+            if decompressor is None:
+                decompressor = compression.decompressor()
+            try:
+                yield from decompressor.feed(data)
+            except (zlib.error, zstandard.ZstdError) as error:
+                raise RestoreError(f"{piece.label} is not valid {compression.name} data ({error})") from None
+            if decompressor.eof:
+                data, decompressor, in_stream = decompressor.unused_data, None, False
+            else:
+                data, in_stream = b"", True
+    if in_stream or compression is None:
         raise RestoreError(
-            f"{backup.name} ends in the middle of its {name} stream: the last part is missing or cut"
+            f"{name} ends in the middle of its {compression.name if compression else 'compressed'} stream: "
+            "the last part is missing or cut. Nothing was restored"
         )
 
 
-def _compressed(backup: CheckedBackup) -> Iterator[tuple[str, Iterator[bytes]]]:
-    """The backup's compressed bytes, piece by piece with each piece's label; when it is encrypted, one
-    stream, decrypted as it is read, labelled with the backup's name."""
-    if not backup.encrypted:
-        yield from ((piece.label, _read_piece(piece)) for piece in backup.pieces)
-        return
-    stored = (block for piece in backup.pieces for block in _read_piece(piece))
-    yield backup.name, encryption.decrypt(stored, backup.identities)
+def read_sql(
+    backup: CheckedBackup, progress: Progress | None, consume: Callable[[Iterator[bytes]], _T]
+) -> _T:
+    """Give the backup's SQL, read once and checked on the way (see `_Reading`), to `consume`, whose
+    result is returned. If consuming fails, a corrupt piece is reported as the cause when there is one.
+    Downloads still running are stopped, whatever happens."""
+    reading = _Reading(backup, progress)
+    chunks = reading.sql()
+    try:
+        return consume(chunks)
+    except RestoreError as error:
+        raise reading.cause(error) from None
+    finally:
+        chunks.close()
+        if backup.downloads is not None:
+            backup.downloads.close()
+
+
+class Downloads:
+    """Parts that a thread downloads while the restore reads the ones before them. At most PARTS_AHEAD
+    besides the one being read are on disk at once; each is removed once it was read. A download that
+    failed is raised to the reader when it comes to that part."""
+
+    def __init__(
+        self, download: Callable[[Part, Path, Callable[[], bool]], None], wanted: list[tuple[Part, Path]]
+    ):
+        self._download = download
+        self._wanted = wanted
+        self._paths = {path for _, path in wanted}
+        self._condition = threading.Condition()
+        self._arrived: set[Path] = set()
+        self._on_disk = 0
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def wait(self, path: Path) -> None:
+        """Return once `path` is downloaded (at once for a part that was not to be); the first call starts
+        the downloads. Raise what made its download fail."""
+        if path not in self._paths:
+            return
+        with self._condition:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="download", daemon=True)
+                self._thread.start()
+            self._condition.wait_for(lambda: path in self._arrived or self._failure is not None)
+            if path not in self._arrived:
+                assert self._failure is not None
+                raise self._failure
+
+    def release(self, path: Path) -> None:
+        """The part at `path` was read: remove it, and let the next download start."""
+        if path not in self._paths:
+            return
+        path.unlink(missing_ok=True)
+        with self._condition:
+            self._on_disk -= 1
+            self._condition.notify_all()
+
+    def close(self) -> None:
+        """Stop downloading (a download under way stops at its next block) and wait for the thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _stopping(self) -> bool:
+        return self._closed
+
+    def _run(self) -> None:
+        try:
+            for part, path in self._wanted:
+                with self._condition:
+                    self._condition.wait_for(lambda: self._on_disk <= PARTS_AHEAD or self._closed)
+                    if self._closed:
+                        return
+                    self._on_disk += 1
+                self._download(part, path, self._stopping)
+                with self._condition:
+                    self._arrived.add(path)
+                    self._condition.notify_all()
+        except BaseException as error:  # raised in the reader's thread, where it is handled
+            with self._condition:
+                self._failure = error
+                self._condition.notify_all()
 
 
 def unlock(backup: CheckedBackup, identities: tuple[Path, ...]) -> CheckedBackup:
-    """Given a checked backup and the age identities a person gave, return it ready to be read. When it
-    is encrypted, one of the identities must open it: found out now, from its first bytes, before a
-    database sees any of it (encryption.check_identities says which of no identity, the wrong one or a
-    damaged backup). One without a SHA-256 to compare with is read whole, as `check` does with others."""
-    head = backup.head()
-    if not encryption.is_encrypted(backup.name, head):
+    """Given a found backup and the age identities a person gave, return it ready to be read. When it is
+    encrypted, one of the identities must open it: found out now, from its first bytes, before a database
+    sees any of it (encryption.check_identities says which of no identity, the wrong one or a damaged
+    backup)."""
+    if not backup.encrypted:
         return backup
+    head = backup.head()
     encryption.check_identities(head, len(head) == backup.size_bytes, identities, backup.recipients)
-    unlocked = replace(backup, identities=identities)
-    if backup.sha256 is None:
-        for _ in sql_chunks(unlocked):
-            pass
-    return unlocked
+    return replace(backup, identities=identities)
 
 
 # Sources
 
 
 def _manifest_pieces(
-    manifest: Manifest, locate: dict[int, Path], whole_file: Path | None = None
+    manifest: Manifest,
+    locate: dict[int, Path],
+    whole_file: Path | None = None,
+    arriving: frozenset[Path] = frozenset(),
 ) -> list[Piece]:
+    """The manifest's parts, each found where `locate` says (in `whole_file` when given) and of the size
+    it says; those `arriving` are still being downloaded (a download checks its size and hash itself)."""
     pieces = []
     count = len(manifest.parts)
     for part in manifest.parts:
@@ -225,7 +359,7 @@ def _manifest_pieces(
         path = locate.get(part.index)
         if path is None:
             raise RestoreError(f"{label} is missing. Nothing was restored")
-        if path.stat().st_size != part.size_bytes:
+        if path not in arriving and path.stat().st_size != part.size_bytes:
             raise RestoreError(
                 f"{label} is {path.stat().st_size} bytes, the manifest says {part.size_bytes}: the file is "
                 "truncated or not that part. Nothing was restored"
@@ -248,21 +382,15 @@ def from_local_file(path: Path, manifest: Manifest | None, progress: Progress) -
             "or not that backup"
         )
     if manifest is None:
-        return check(path.name, [Piece(path, 0, path.stat().st_size, path.name, None)], None, progress)
-    return check(
-        manifest.name,
-        _manifest_pieces(manifest, {}, whole_file=path),
-        manifest.sha256,
-        progress,
-        manifest.recipients,
-        manifest.dump_format,
+        return _found(path.name, [Piece(path, 0, path.stat().st_size, path.name, None)], None, progress)
+    return _found(
+        manifest.name, _manifest_pieces(manifest, {}, whole_file=path), manifest.sha256, progress, manifest
     )
 
 
 def from_parts(manifest: Manifest, located: dict[int, Path], progress: Progress) -> CheckedBackup:
     """A backup's parts, each a file of its own (a download, or the spool of a backup not kept here)."""
-    pieces = _manifest_pieces(manifest, located)
-    return check(manifest.name, pieces, manifest.sha256, progress, manifest.recipients, manifest.dump_format)
+    return _found(manifest.name, _manifest_pieces(manifest, located), manifest.sha256, progress, manifest)
 
 
 def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
@@ -302,12 +430,34 @@ def from_folder(folder: Path, progress: Progress) -> CheckedBackup:
             )
             for n in numbers
         ]
-        return check(name, pieces, None, progress)
+        return _found(name, pieces, None, progress)
     if len(wholes) == 1 and not parts:
         return from_local_file(wholes[0], None, progress)
     raise RestoreError(
         f"{folder} does not hold exactly one backup (found {len(wholes)} backup file(s) and parts of "
         f"{len(parts)} backup(s)): point at one file instead"
+    )
+
+
+def _found(
+    name: str,
+    pieces: list[Piece],
+    sha256: str | None,
+    progress: Progress,
+    manifest: Manifest | None = None,
+    downloads: Downloads | None = None,
+) -> CheckedBackup:
+    hashes = "each part's and the whole's SHA-256 are checked as it is read" if sha256 else "no SHA-256 known"
+    progress.note(f"Found {name}: {len(pieces)} part(s); {hashes}")
+    if manifest is None:
+        return CheckedBackup(name, tuple(pieces), sha256, downloads=downloads)
+    return CheckedBackup(
+        name,
+        tuple(pieces),
+        sha256,
+        recipients=manifest.recipients,
+        declared_format=manifest.dump_format,
+        downloads=downloads,
     )
 
 
@@ -371,45 +521,68 @@ class TelegramSource:
         )
 
     def fetch(self, manifest: Manifest, workdir: Path, local: dict[int, Path] | None = None) -> CheckedBackup:
-        """Download every part not found `local`ly into `workdir`, each checked as it arrives (and
-        downloaded again when it came truncated or damaged), then check the whole."""
+        """The backup, with the parts not found `local`ly downloaded into `workdir` while the restore reads
+        the earlier ones (see Downloads), each checked as it arrives (and downloaded again when it came
+        truncated or damaged). Telegram is asked first for every such part, so that one deleted from the
+        chat stops the restore before any database sees it."""
         located = dict(local or {})
+        count = len(manifest.parts)
+        wanted = []
+        file_paths = {}
         for part in manifest.parts:
             if part.index not in located:
-                located[part.index] = self._download_part(manifest, part, workdir)
-        return from_parts(manifest, located, self._progress)
+                name = part_name(manifest.name, part.index, count)  # from the checked name, not from the chat
+                file_paths[part.index] = self._file_path(part, f"part {part.index} of {count} ({name})")
+                located[part.index] = workdir / name
+                wanted.append((part, workdir / name))
 
-    def _download_part(self, manifest: Manifest, part: Part, workdir: Path) -> Path:
-        count = len(manifest.parts)
-        name = part_name(manifest.name, part.index, count)  # from the checked name, not a name from the chat
-        label = f"part {part.index} of {count} ({name})"
+        def download(part: Part, target: Path, stopping: Callable[[], bool]) -> None:
+            self._download_part(manifest, part, target, file_paths[part.index], stopping)
+
+        pieces = _manifest_pieces(manifest, located, arriving=frozenset(target for _, target in wanted))
+        return _found(
+            manifest.name, pieces, manifest.sha256, self._progress, manifest, Downloads(download, wanted)
+        )
+
+    def _file_path(self, part: Part, label: str) -> str:
+        """Where the Bot API serves the part from (Telegram keeps such a path valid for an hour at least)."""
         if not part.file_id:
             raise RestoreError(f"{label} was never delivered to Telegram (no file id in the manifest)")
-        target = workdir / name
+        try:
+            return str(self._bot.get_file(part.file_id)["file_path"])
+        except TelegramRejected as error:
+            if "too big" in str(error).lower():
+                raise RestoreError(
+                    f"{label} is larger than the 20 MB a bot may download from the public Bot API: "
+                    "this backup was made with telegram.part_size_mb above 20. Download it through a "
+                    "self-hosted Bot API server (telegram.api_url)"
+                ) from None
+            raise RestoreError(
+                f"{label} is missing from Telegram (was its message deleted?): {error}"
+            ) from None
+        except TelegramError as error:
+            raise RestoreError(f"cannot download {label}: {error}") from None
+
+    def _download_part(
+        self, manifest: Manifest, part: Part, target: Path, file_path: str, stopping: Callable[[], bool]
+    ) -> None:
+        """Download a part into `target` from `file_path` (asked for again after a failed attempt), until
+        it comes whole and matching its SHA-256. Raise Cancelled as soon as `stopping` says so."""
+        label = f"part {part.index} of {len(manifest.parts)} ({target.name})"
+
+        def received_so_far(_: int) -> None:
+            if stopping():
+                raise Cancelled(f"the download of {label} was stopped")
+
         problem = ""
         with _new_file(target) as sink:
             for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-                try:
-                    file = self._bot.get_file(part.file_id)
-                except TelegramRejected as error:
-                    if "too big" in str(error).lower():
-                        raise RestoreError(
-                            f"{label} is larger than the 20 MB a bot may download from the public Bot API: "
-                            "this backup was made with telegram.part_size_mb above 20. Download it through a "
-                            "self-hosted Bot API server (telegram.api_url)"
-                        ) from None
-                    raise RestoreError(
-                        f"{label} is missing from Telegram (was its message deleted?): {error}"
-                    ) from None
-                except TelegramError as error:
-                    raise RestoreError(f"cannot download {label}: {error}") from None
-                self._progress.start(f"Downloading {label}", part.size_bytes)
+                if attempt > 1:
+                    file_path = self._file_path(part, label)
                 sink.seek(0)
                 sink.truncate()  # an attempt that came short or damaged is replaced in the same file
                 try:
-                    received = self._bot.download(
-                        file["file_path"], sink, self._progress.update, limit=part.size_bytes
-                    )
+                    received = self._bot.download(file_path, sink, received_so_far, limit=part.size_bytes)
                 except TelegramError as error:
                     received, problem = -1, str(error)
                 if received >= 0:
@@ -421,9 +594,9 @@ class TelegramSource:
                     elif digest != part.sha256:
                         problem = f"its SHA-256 is {digest}, the manifest says {part.sha256}"
                     else:
-                        self._progress.finish(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
-                        return target
-                self._progress.finish(
+                        self._progress.note(f"Downloaded {label}: {part.size_bytes} bytes, SHA-256 matches")
+                        return
+                self._progress.note(
                     f"Downloaded {label} again: {problem} (attempt {attempt} of {DOWNLOAD_ATTEMPTS})"
                 )
         raise RestoreError(f"{label} could not be downloaded intact: {problem}. Nothing was restored")
@@ -455,21 +628,30 @@ def _stream_sha256(stream: BinaryIO) -> str:
 # Targets
 
 
-@contextlib.contextmanager
 def _psql_input(
-    database: DatabaseConfig, backup: CheckedBackup, progress: Progress
-) -> Iterator[Iterator[bytes]]:
-    """The SQL psql runs for the backup: its own, or the SQL pg_restore makes of a custom-format archive
-    (closed when psql is done with it, so that a pg_restore left behind by a failed restore ends then)."""
-    chunks = sql_chunks(backup, progress)
+    database: DatabaseConfig, backup: CheckedBackup, chunks: Iterator[bytes]
+) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+    """The SQL psql runs for the backup's `chunks`: those, or the SQL pg_restore makes of a custom-format
+    archive (closed when psql is done with it, so that a pg_restore left behind by a failed restore ends
+    then)."""
     if backup.dump_format != "custom":
-        yield chunks
-        return
-    archive = psql.archive_sql(database, chunks)
-    try:
-        yield archive
-    finally:
-        archive.close()
+        return contextlib.nullcontext(chunks)
+    return contextlib.closing(psql.archive_sql(database, chunks))
+
+
+def _restore_in_one_transaction(
+    database: DatabaseConfig,
+    backup: CheckedBackup,
+    progress: Progress,
+    prologue: tuple[bytes, ...],
+    dbname: str | None = None,
+    stop: Stop | None = None,
+) -> int:
+    def run(chunks: Iterator[bytes]) -> int:
+        with _psql_input(database, backup, chunks) as sql:
+            return psql.restore(database, itertools.chain(prologue, sql), dbname=dbname, stop=stop)
+
+    return read_sql(backup, progress, run)
 
 
 def check_jobs(backup: CheckedBackup, jobs: int) -> None:
@@ -489,15 +671,29 @@ def _restore_in_parallel(
     progress: Progress,
     dbname: str | None = None,
     stop: Stop | None = None,
+    before: Callable[[], object] = lambda: None,
 ) -> None:
     """pg_restore restores on several connections only from a file it can seek in: the archive is
     written decompressed into `workdir` (as large as the backup decompressed), readable by its owner
-    only, and removed afterwards, whatever happens."""
+    only, and removed afterwards, whatever happens. `before` runs once the archive is whole and matched
+    its hashes, and not at all if it could not be written: nothing is dropped for an archive never read."""
     archive = workdir / f"{stem(backup.name)}.dump"
-    try:
+
+    def write(chunks: Iterator[bytes]) -> None:
         with _new_file(archive) as sink:
-            for chunk in sql_chunks(backup, progress):
+            for chunk in chunks:
                 sink.write(chunk)
+
+    try:
+        try:
+            read_sql(backup, progress, write)
+        except OSError as error:
+            raise RestoreError(
+                f"the archive could not be written into the work directory {workdir}: "
+                f"{error.strerror or error} (it needs as much free space as the backup decompressed; "
+                "choose another with --work-dir). Nothing was restored"
+            ) from None
+        before()
         psql.restore_archive_in_parallel(database, archive, jobs, dbname, stop)
     finally:
         archive.unlink(missing_ok=True)
@@ -511,11 +707,12 @@ def restore_into(
     jobs: int = 1,
     workdir: Path | None = None,
 ) -> None:
-    """Restore into the database in one transaction; with `clean`, its schemas are dropped first in that
-    same transaction, so that a failure leaves it exactly as it was. With `jobs` > 1 (a custom-format
-    backup, its archive written in `workdir`), pg_restore restores on that many connections, each in a
-    transaction of its own, after `clean` dropped the schemas in a step of its own: a failure then
-    leaves part of the data. Raise UsageError for `jobs` with a plain backup."""
+    """Restore into the database in one transaction, committed only once the whole backup was read and
+    matched its hashes; with `clean`, its schemas are dropped first in that same transaction, so that a
+    failure leaves it exactly as it was. With `jobs` > 1 (a custom-format backup, its archive written in
+    `workdir`), pg_restore restores on that many connections, each in a transaction of its own, after
+    `clean` dropped the schemas in a step of its own (once the archive is whole): a failure then leaves
+    part of the data. Raise UsageError for `jobs` with a plain backup."""
     check_jobs(backup, jobs)
     relations = psql.user_relations(database)
     if relations and not clean:
@@ -528,12 +725,11 @@ def restore_into(
     progress.start(f"Restoring {backup.name} into {database.name}", backup.size_bytes)
     if jobs > 1:
         assert workdir is not None
-        if clean:
-            psql.restore(database, prologue)
-        _restore_in_parallel(database, backup, jobs, workdir, progress)
+        _restore_in_parallel(
+            database, backup, jobs, workdir, progress, before=lambda: psql.restore(database, prologue)
+        )
     else:
-        with _psql_input(database, backup, progress) as sql:
-            psql.restore(database, itertools.chain(prologue, sql))
+        _restore_in_one_transaction(database, backup, progress, tuple(prologue))
     progress.finish(f"Restored {backup.name} into {database.name}")
 
 
@@ -545,7 +741,7 @@ def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: P
     progress.start(
         f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
     )
-    written, errors = psql.run_script(database, sql_chunks(backup, progress))
+    written, errors = read_sql(backup, progress, lambda chunks: psql.run_script(database, chunks))
     failed = [error for error in errors if "already exists" not in error]
     if failed:
         raise RestoreError(
@@ -559,13 +755,24 @@ def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: P
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
     """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it (for a custom-format
-    backup, the archive, as `pg_restore` reads it)."""
-    written = 0
+    backup, the archive, as `pg_restore` reads it). A file left incomplete by a failure is removed."""
+
+    def write(chunks: Iterator[bytes]) -> int:
+        written = 0
+        with output.open("wb") as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+                written += len(chunk)
+        return written
+
     progress.start(f"Writing {output}", backup.size_bytes)
-    with output.open("wb") as sink:
-        for chunk in sql_chunks(backup, progress):
-            sink.write(chunk)
-            written += len(chunk)
+    try:
+        written = read_sql(backup, progress, write)
+    except RestoreError as error:
+        if not output.is_file():
+            raise
+        output.unlink()
+        raise RestoreError(f"{error}; the incomplete {output} was removed") from None
     what = "a pg_restore archive" if backup.dump_format == "custom" else "SQL"
     progress.finish(f"Wrote {output}: {written} bytes of {what}")
     return written
@@ -606,8 +813,7 @@ def verify(
             assert workdir is not None
             _restore_in_parallel(database, backup, jobs, workdir, progress, scratch, stop)
         else:
-            with _psql_input(database, backup, progress) as sql:
-                psql.restore(database, sql, dbname=scratch, stop=stop)
+            _restore_in_one_transaction(database, backup, progress, (), scratch, stop)
         tables = psql.table_row_counts(database, scratch, stop=stop)
     finally:
         left_behind = _drop_scratch(database, scratch)

@@ -119,6 +119,175 @@ def test_a_corrupt_part_is_named_and_nothing_touches_the_database(
     assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
 
 
+def downloaded_folder(tmp_path: Path, bot_api) -> Path:
+    """Every document of the chat (the parts and the manifest) in a folder, as a person downloads them."""
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    for document in bot_api.documents():
+        (folder / document.file_name).write_bytes(document.content)
+    return folder
+
+
+def target_with_old_contents(make_database) -> str:
+    target = make_database(empty=True)
+    psql(target, "CREATE SCHEMA keep_me; CREATE TABLE keep_me.t (x int); INSERT INTO keep_me.t VALUES (1)")
+    return target
+
+
+def assert_untouched(target: str, clean: bool) -> None:
+    if clean:
+        assert psql(target, "SELECT x FROM keep_me.t") == "1"
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+@pytest.mark.parametrize(
+    ("where", "clean"),
+    [("middle", False), ("crc", True)],
+    ids=["middle-into-an-empty-target", "crc-with-clean-on-old-contents"],
+)
+def test_a_last_part_corrupted_with_its_size_kept_is_named_and_the_restore_rolled_back(
+    tmp_path, big_source, make_database, bot_api, where, clean
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    folder = downloaded_folder(tmp_path, bot_api)
+    last = folder / f"{result.file}.{result.parts:03d}"
+    damaged = bytearray(last.read_bytes())
+    # The size check passes, and the earlier parts restore meanwhile. In the middle, garbage reaches
+    # psql; in gzip's CRC-32 at the end, the SQL is good, and only gzip's check at its end fails.
+    damaged[len(damaged) // 2 if where == "middle" else -5] ^= 0xFF
+    last.write_bytes(bytes(damaged))
+    target = target_with_old_contents(make_database) if clean else make_database(empty=True)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api),
+        "restore",
+        str(folder),
+        "--dbname",
+        database_url(target),
+        *(["--clean"] if clean else []),
+    )
+
+    assert restored.returncode == 65, restored.stderr
+    named = f"part {result.parts} of {result.parts} ({result.file}.{result.parts:03d}) is corrupt"
+    assert named in restored.stderr and "Nothing was restored" in restored.stderr
+    assert_untouched(target, clean)
+
+
+def test_a_whole_that_does_not_match_while_every_part_does_is_rolled_back(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    folder = downloaded_folder(tmp_path, bot_api)
+    (manifest_file,) = folder.glob("*.json")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["sha256"] = hashlib.sha256(b"another backup").hexdigest()  # the parts' hashes still match
+    manifest_file.write_text(json.dumps(manifest))
+    target = target_with_old_contents(make_database)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api), "restore", str(folder), "--dbname", database_url(target), "--clean"
+    )
+
+    assert restored.returncode == 65, restored.stderr
+    assert f"{result.file} as a whole does not match its SHA-256" in restored.stderr
+    assert "Nothing was restored" in restored.stderr
+    assert_untouched(target, clean=True)
+
+
+def test_a_bare_gzip_file_cut_short_restores_nothing(tmp_path, big_source, make_database, bot_api):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    cut = tmp_path / "cut" / result.file  # no manifest beside it: no hash to check, only the gzip stream
+    cut.parent.mkdir()
+    cut.write_bytes(Path(result.path).read_bytes()[:-4])  # all the SQL, but not gzip's end
+    target = make_database(empty=True)
+
+    restored = ctl(new_machine(tmp_path, bot_api), "restore", str(cut), "--dbname", database_url(target))
+
+    assert restored.returncode == 65, restored.stderr
+    assert "ends in the middle of its gzip stream" in restored.stderr
+    assert_untouched(target, clean=False)
+
+
+def test_parts_download_while_the_earlier_ones_restore_and_at_most_a_few_are_on_disk(
+    tmp_path, big_source, make_database, bot_api
+):
+    from tgbackupd.restore import PARTS_AHEAD
+
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    assert result.parts > PARTS_AHEAD + 1, result.parts
+    last_file_id = f"doc{result.parts}"
+    work = tmp_path / "work"
+    work.mkdir()
+    target = make_database(empty=True)
+    on_disk: list[int] = []
+    restoring_before_the_last_part: list[bool] = []
+
+    def on_download(file_id: str) -> None:
+        on_disk.append(len(list(work.rglob(f"{result.file}.*"))))  # this part's file already made
+        if file_id == last_file_id:  # has psql run SQL of the earlier parts yet? Wait for it a while
+            deadline = time.monotonic() + 60
+            seen = False
+            while not seen and time.monotonic() < deadline:
+                seen = (
+                    psql(
+                        "postgres",
+                        f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{target}' "
+                        "AND backend_xid IS NOT NULL",
+                    )
+                    != "0"
+                )
+                time.sleep(0.05)
+            restoring_before_the_last_part.append(seen)
+
+    bot_api.state.on_download = on_download
+    # The second part arrives damaged once: it is downloaded again, and the restore goes on.
+    bot_api.fail_next(*[Fault(action="pass")] * (3 + result.parts + 1), Fault(action="damage"))
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api),
+        "restore",
+        "--from-telegram",
+        "--dbname",
+        database_url(target),
+        "--work-dir",
+        str(work),
+    )
+
+    assert restored.returncode == 0, restored.stderr
+    assert f"Downloaded part 2 of {result.parts} ({result.file}.002) again: its SHA-256" in restored.stderr
+    assert restoring_before_the_last_part == [True]
+    assert len(on_disk) == result.parts + 2  # the manifest, every part, the second one twice
+    assert max(on_disk) <= PARTS_AHEAD + 1
+    assert fingerprint(target) == fingerprint(big_source)
+    assert list(work.iterdir()) == []
+
+
+def test_a_last_part_that_cannot_be_downloaded_intact_rolls_back_what_was_restored(
+    tmp_path, big_source, make_database, bot_api
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    last = f"doc{result.parts}"
+    damaged = bytearray(bot_api.state.files[last])
+    damaged[-1] ^= 0xFF
+    bot_api.state.files[last] = bytes(damaged)
+    target = target_with_old_contents(make_database)
+
+    restored = ctl(
+        new_machine(tmp_path, bot_api),
+        "restore",
+        "--from-telegram",
+        "--dbname",
+        database_url(target),
+        "--clean",
+    )
+
+    assert restored.returncode == 65, restored.stderr
+    named = f"part {result.parts} of {result.parts} ({result.file}.{result.parts:03d})"
+    assert f"{named} could not be downloaded intact" in restored.stderr
+    assert "Nothing was restored" in restored.stderr
+    assert_untouched(target, clean=True)
+
+
 def test_a_missing_part_is_named(tmp_path, big_source, make_database, bot_api):
     result = backup_in_parts(tmp_path, big_source, bot_api)
     del bot_api.state.files["doc3"]
@@ -132,14 +301,9 @@ def test_a_missing_part_is_named(tmp_path, big_source, make_database, bot_api):
 def test_a_download_cut_short_is_downloaded_again(tmp_path, big_source, bot_api):
     result = backup_in_parts(tmp_path, big_source, bot_api)
     output = tmp_path / "restored.sql"
-    # getChat, getFile and the download of the manifest pass; the first part's download is cut in half.
-    bot_api.fail_next(
-        Fault(action="pass"),
-        Fault(action="pass"),
-        Fault(action="pass"),
-        Fault(action="pass"),
-        Fault(action="truncate"),
-    )
+    # getChat, getFile and the download of the manifest pass, then getFile of every part (each is asked
+    # for before the restore begins); the first part's download is cut in half.
+    bot_api.fail_next(*[Fault(action="pass")] * (3 + result.parts), Fault(action="truncate"))
 
     restored = ctl(new_machine(tmp_path, bot_api), "restore", "--from-telegram", "--output", str(output))
 

@@ -21,7 +21,7 @@ from tgbackupd.errors import RestoreError
 from tgbackupd.files import FileSlice
 from tgbackupd.manifest import Manifest, ManifestRef, Part, manifest_name, plan_parts
 from tgbackupd.progress import Progress
-from tgbackupd.restore import TelegramSource
+from tgbackupd.restore import TelegramSource, read_sql
 from tgbackupd.signing import Keyring, ManifestKey, signed_json
 from tgbackupd.statefile import open_reader
 from tgbackupd.telegram import BotApi
@@ -75,6 +75,12 @@ def manifest_of_parts(bot: BotApi, tmp_path: Path, name: str, contents: list[byt
     )
 
 
+def fetched_sql(bot: BotApi, manifest: Manifest, workdir: Path) -> bytes:
+    """The backup's SQL from the chat, its parts downloaded while it is read, as a restore does."""
+    source = TelegramSource(bot, CHAT_ID, Keyring((ManifestKey.from_token(FAKE_TOKEN),)), Progress())
+    return read_sql(source.fetch(manifest, workdir), None, b"".join)
+
+
 def test_a_download_never_writes_through_a_link_or_over_a_file_in_the_work_directory(tmp_path, bot):
     manifest = manifest_of_parts(bot, tmp_path, NAME, [gzip.compress(HOSTILE_SQL)])
     workdir = tmp_path / "work"
@@ -84,9 +90,7 @@ def test_a_download_never_writes_through_a_link_or_over_a_file_in_the_work_direc
     (workdir / NAME).symlink_to(victim)
 
     with pytest.raises(RestoreError, match=f"cannot create {NAME} in the work directory {workdir}"):
-        TelegramSource(bot, CHAT_ID, Keyring((ManifestKey.from_token(FAKE_TOKEN),)), Progress()).fetch(
-            manifest, workdir
-        )
+        fetched_sql(bot, manifest, workdir)
 
     assert victim.read_text() == "keep me"
 
@@ -356,9 +360,7 @@ def test_a_part_larger_than_its_manifest_says_is_refused_without_being_taken_in_
     workdir.mkdir()
 
     with pytest.raises(RestoreError, match=f"larger than the {manifest.parts[0].size_bytes} bytes"):
-        TelegramSource(bot, CHAT_ID, Keyring((ManifestKey.from_token(FAKE_TOKEN),)), Progress()).fetch(
-            manifest, workdir
-        )
+        fetched_sql(bot, manifest, workdir)
 
     assert all(path.stat().st_size <= manifest.parts[0].size_bytes + 1 for path in workdir.iterdir())
 

@@ -9,7 +9,7 @@ import zstandard
 
 from tgbackupd.errors import RestoreError
 from tgbackupd.formats import OUTPUT_BYTES
-from tgbackupd.restore import CheckedBackup, Piece, sql_chunks
+from tgbackupd.restore import CheckedBackup, Piece, read_sql
 
 SIZE = 300 * 1024 * 1024  # of zeros: some 300 KB of gzip, some 10 KB of zstd
 
@@ -18,6 +18,15 @@ def _backup(tmp_path, data: bytes) -> CheckedBackup:
     path = tmp_path / "backup"
     path.write_bytes(data)
     return CheckedBackup("backup", (Piece(path, 0, len(data), "backup", None),), None)
+
+
+def chunk_sizes(backup: CheckedBackup) -> list[int]:
+    """The sizes of the pieces the SQL comes out in."""
+    return read_sql(backup, None, lambda chunks: [len(chunk) for chunk in chunks])
+
+
+def sql_of(backup: CheckedBackup) -> bytes:
+    return read_sql(backup, None, b"".join)
 
 
 def _zeros_gzip() -> bytes:
@@ -37,19 +46,19 @@ def test_a_stream_that_expands_a_thousandfold_comes_out_in_bounded_pieces(tmp_pa
     compressed = make()
     assert len(compressed) < SIZE // 500
     total, largest = 0, 0
-    for chunk in sql_chunks(_backup(tmp_path, compressed)):
-        total += len(chunk)
-        largest = max(largest, len(chunk))
+    for size in chunk_sizes(_backup(tmp_path, compressed)):
+        total += size
+        largest = max(largest, size)
     assert total == SIZE
     assert largest <= 40 * 1024 * 1024  # zstd's first slice: at most 32 MB; then about OUTPUT_BYTES
 
 
 def test_members_and_frames_in_a_row_are_all_read_and_a_cut_one_is_refused(tmp_path):
     two_members = gzip.compress(b"one;\n") + gzip.compress(b"two;\n")
-    assert b"".join(sql_chunks(_backup(tmp_path, two_members))) == b"one;\ntwo;\n"
+    assert sql_of(_backup(tmp_path, two_members)) == b"one;\ntwo;\n"
     frames = zstandard.ZstdCompressor().compress(b"one;\n") + zstandard.ZstdCompressor().compress(b"two;\n")
-    assert b"".join(sql_chunks(_backup(tmp_path, frames))) == b"one;\ntwo;\n"
+    assert sql_of(_backup(tmp_path, frames)) == b"one;\ntwo;\n"
     big = zstandard.ZstdCompressor().compress(bytes(range(256)) * 40_000)
     with pytest.raises(RestoreError, match="ends in the middle of its zstd stream"):
-        b"".join(sql_chunks(_backup(tmp_path, big[: len(big) // 2])))
+        sql_of(_backup(tmp_path, big[: len(big) // 2]))
     assert OUTPUT_BYTES <= 8 * 1024 * 1024
