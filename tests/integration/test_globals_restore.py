@@ -11,14 +11,14 @@ from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tgbackupd.config import database_from_url
 from tgbackupd.errors import RestoreError
 from tgbackupd.progress import Progress
-from tgbackupd.restore import Piece, check, restore_globals
+from tgbackupd.restore import CheckedBackup, Piece, restore_globals
 
 
 def globals_backup(tmp_path, sql: str):
     path = tmp_path / "srv_globals_backup_20251203_030000.sql.gz"
     path.write_bytes(gzip.compress(sql.encode()))
     pieces = [Piece(path, 0, path.stat().st_size, path.name, None)]
-    return check(path.name, pieces, None, Progress(io.StringIO()), "globals")
+    return CheckedBackup(path.name, tuple(pieces), None, declared_format="globals")
 
 
 @pytest.fixture
