@@ -90,8 +90,10 @@ class CheckedBackup:
         """The first bytes of the backup, as many as encryption.PROBE_BYTES (of its first pieces; those not
         downloaded yet are waited for)."""
         head = b""
-        for piece in self.pieces:
+        for position, piece in enumerate(self.pieces):
             if self.downloads is not None:
+                if position > PARTS_AHEAD:
+                    break  # the downloads wait for the reading to free the disk: no more are on it
                 self.downloads.wait(piece.path)
             with piece.path.open("rb") as stream:
                 stream.seek(piece.offset)
@@ -102,7 +104,11 @@ class CheckedBackup:
 
     @property
     def encrypted(self) -> bool:
-        return self.name.endswith(encryption.SUFFIX) or self.head().startswith(encryption.MAGIC)
+        """As its name says (a manifest's name ends in .age exactly when it says it is encrypted), else,
+        for a file found without a manifest, as its first bytes say."""
+        if self.name.endswith(encryption.SUFFIX):
+            return True
+        return self.declared_format is None and self.head().startswith(encryption.MAGIC)
 
 
 class _Reading:
@@ -333,8 +339,13 @@ def unlock(backup: CheckedBackup, identities: tuple[Path, ...]) -> CheckedBackup
     backup)."""
     if not backup.encrypted:
         return backup
-    head = backup.head()
-    encryption.check_identities(head, len(head) == backup.size_bytes, identities, backup.recipients)
+    try:
+        head = backup.head()
+        encryption.check_identities(head, len(head) == backup.size_bytes, identities, backup.recipients)
+    except BaseException:
+        if backup.downloads is not None:
+            backup.downloads.close()  # before the work directory is removed under them
+        raise
     return replace(backup, identities=identities)
 
 
