@@ -418,8 +418,11 @@ class BackupDirectory:
         the spooled parts (and their receipts) of a dump that never finished, which has no manifest. Parts
         of a finished dump stay even when the catalogue does not know it (its recording failed), and so
         do those of backups `waiting` to be sent: they may be the only copy."""
+        # Anchored on the date and time like the names, so that no other series' files match (`shop`'s
+        # clean-up never reaches `.shop_backup_archive_backup_…partial`, a database so named).
         partial = re.compile(
-            rf"^\.{re.escape(self.prefix)}_backup_.*{SUFFIX_PATTERN}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
+            rf"^\.{re.escape(self.prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}{SUFFIX_PATTERN}(\.[0-9]{{3,}})?"
+            rf"{re.escape(_PARTIAL_SUFFIX)}$"
         )
         receipts = re.compile(rf"^\.(?P<stem>.+){re.escape(_RECEIPTS_SUFFIX)}$")
         waiting_stems = {stem(name) for name in waiting}
