@@ -360,7 +360,8 @@ class BackupDirectory:
         return (self.path / _LOCK_NAME).exists()
 
     def spooled(self) -> list[StoredBackup]:
-        """The part files waiting in the spool for Telegram."""
+        """The part files waiting in the spool for Telegram, of every database (as every_manifest): the
+        status of the one spool they share."""
         try:
             entries = list(os.scandir(self.path))
         except OSError:
@@ -368,7 +369,7 @@ class BackupDirectory:
         waiting = []
         for entry in entries:
             match = PART_FILE.match(entry.name)
-            if match and self._pattern.match(match["name"]):
+            if match and is_backup_name(match["name"]):
                 with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
                     waiting.append(StoredBackup(entry.name, Path(entry.path), entry.stat().st_size))
         return waiting

@@ -205,3 +205,15 @@ def test_series_sharing_the_directory_never_prune_nor_clean_up_each_others_files
             f"{prefix}_backup_20251206_030000.sql.gz.001",
             f".{prefix}_backup_20251206_030000.sent",
         }
+
+
+def test_the_spool_is_every_databases_parts_waiting_and_only_those(tmp_path):
+    waiting = [
+        "shop_backup_20251201_030000.sql.gz.001",
+        "shop_globals_backup_20251201_030001.sql.gz.002",
+        "srv_crm_backup_20251201_030002.dump.zst.age.0001",
+    ]
+    for name in [*waiting, ".shop_backup_20251201_030003.sql.gz.001.partial", "notes.txt.001"]:
+        (tmp_path / name).write_bytes(b"x")
+
+    assert sorted(part.name for part in BackupDirectory(tmp_path, "shop").spooled()) == waiting
