@@ -275,7 +275,7 @@ class Backup:
         with self._directory.lock():
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
-            name = self._directory.unused_name(started, self.store.stem_taken)
+            name = self._directory.unused_name(started, self.store.second_taken)
             dumped = stem(name) + DUMP_EXTENSIONS[self._config.backup.dump_format]
             bound.info(f"Creating database backup: {dumped}", file=dumped)
             bound.info(

@@ -227,14 +227,14 @@ class Commands:
 
 def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any]]:
     """Every backup known here, newest first: those in the catalogue, with whether they are on this
-    machine, and any other backup file in the directory (made before the catalogue existed, or by the
-    system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
+    machine, and any other backup file in the directory, of any database (made before the catalogue
+    existed, or by the system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
     rows = {row["name"]: row for row in store.listing()}
     for row in rows.values():
         row["local"] = directory.where_kept(
             row["name"], row["spooled"], row["delivery"] == DeliveryState.SENT, row["parts"]
         )
-    for backup in directory.backups():
+    for backup in directory.every_backup():
         if backup.name not in rows:
             rows[backup.name] = {
                 "name": backup.name,

@@ -456,8 +456,9 @@ def _list(args: argparse.Namespace) -> int:
             config = _client_config(args)
             store = open_reader(config.state_file)
             try:
-                # Without the database's name (the daemon's may be in a file only it reads), the prefix
-                # of backups not in the catalogue is unknown: only catalogued ones are listed then.
+                # Every database's backup files are listed, whatever their prefix: the prefix given here
+                # (unknown without the database's name, which may be in a file only the daemon reads)
+                # names no series that is listed alone.
                 directory = BackupDirectory(config.backup_directory, config.backup_prefix or "")
                 rows = listing(store, directory)
             finally:

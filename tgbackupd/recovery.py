@@ -1,7 +1,8 @@
 """Opening the state where a process starts, and reading back into the catalogue what exists on disk: the
-manifests and spooled parts in the backup directory, after a damaged or lost state file, or when a backup
-was made but could not be recorded. Backups not known to have reached the chat come back pending, to be
-looked for in the chat's chain of manifests before they are sent (outbox.py)."""
+manifests and spooled parts in the backup directory, of every database whose backups it holds, after a
+damaged or lost state file, or when a backup was made but could not be recorded. Backups not known to have
+reached the chat come back pending, to be looked for in the chat's chain of manifests before they are sent
+(outbox.py)."""
 
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,7 +39,7 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
         )
     if opened.skipped:
         log.warning("Some entries of the old state file could not be imported", skipped=opened.skipped)
-    if opened.created and directory.manifests():
+    if opened.created and directory.every_manifest():
         # No state file, but backups made by tgbackupd: it was lost (removed, or a disk replaced).
         store.set_meta(REBUILD_KEY, "it was missing, but the backup directory holds backups of tgbackupd")
     rebuilding = store.meta(REBUILD_KEY)
@@ -69,11 +70,11 @@ def prepare_state(config: Config, directory: BackupDirectory, log: Any) -> Prepa
 
 def read_back(store: StateStore, directory: BackupDirectory, telegram: bool, log: Any) -> list[str]:
     """Record every backup whose manifest is in the directory and not in the catalogue (a rebuild, or a
-    backup whose recording failed); return their names. The parts of each that wait in the spool under
-    the names of older versions take today's first. What cannot be read is skipped and logged: it must
-    not stop tgbackupd, nor be taken for a backup."""
+    backup whose recording failed), whichever database's it is; return their names. The parts of each
+    that wait in the spool under the names of older versions take today's first. What cannot be read is
+    skipped and logged: it must not stop tgbackupd, nor be taken for a backup."""
     entries = []
-    for path in directory.manifests():  # a few files: each looked up, not the whole catalogue read
+    for path in directory.every_manifest():  # a few files: each looked up, not the whole catalogue read
         backup_stem = path.name.removesuffix(SUFFIX)
         kept_whole = directory.keeps_whole(backup_stem)
         known = store.stem_taken(backup_stem)

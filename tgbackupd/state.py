@@ -616,6 +616,18 @@ class StateStore:
                 is not None
             )
 
+    def second_taken(self, name: str) -> bool:
+        """Whether a backup of any database is known made in the second this name gives. Several
+        databases share the catalogue, the outbox and the chain, all ordered by (time, name): one
+        backup a second keeps that order the order in which they were made, so that each manifest's
+        `previous` is the one sent before it (by name alone, `srv_…` made before `shop_…` in the same
+        second would come after it, and drop it out of the chain)."""
+        with self._reading("look up a backup name") as connection:
+            return (
+                connection.execute("SELECT 1 FROM backups WHERE stamp = ?", (backup_stamp(name),)).fetchone()
+                is not None
+            )
+
     def known(self) -> set[str]:
         with self._reading("read the catalogue") as connection:
             return {row[0] for row in connection.execute("SELECT name FROM backups")}

@@ -294,8 +294,10 @@ class BackupDirectory:
         self._receipts(name).unlink(missing_ok=True)
         (self.path / manifest_name(name)).unlink(missing_ok=True)
 
-    def manifests(self) -> list[Path]:
-        """The manifest files of this database's backups in the directory."""
+    def every_manifest(self) -> list[Path]:
+        """The manifest files of every database's backups in the directory, whatever their prefix: the
+        directory is tgbackupd's own, and several databases (`[[databases]]`, those an `all = true` entry
+        finds, a server's globals) keep their backups in it, all of which a rebuilt catalogue must know."""
         try:
             entries = list(os.scandir(self.path))
         except OSError:
@@ -303,7 +305,7 @@ class BackupDirectory:
         return sorted(
             Path(entry.path)
             for entry in entries
-            if entry.name.endswith(SUFFIX) and self._stem_pattern.match(entry.name.removesuffix(SUFFIX))
+            if entry.name.endswith(SUFFIX) and is_backup_name(entry.name.removesuffix(SUFFIX), stem_only=True)
         )
 
     def where_kept(self, name: str, spooled: bool, delivered: bool, part_count: int) -> bool | str:
@@ -358,7 +360,8 @@ class BackupDirectory:
         return (self.path / _LOCK_NAME).exists()
 
     def spooled(self) -> list[StoredBackup]:
-        """The part files waiting in the spool for Telegram."""
+        """The part files waiting in the spool for Telegram, of every database (as every_manifest): the
+        status of the one spool they share."""
         try:
             entries = list(os.scandir(self.path))
         except OSError:
@@ -366,13 +369,21 @@ class BackupDirectory:
         waiting = []
         for entry in entries:
             match = PART_FILE.match(entry.name)
-            if match and self._pattern.match(match["name"]):
+            if match and is_backup_name(match["name"]):
                 with contextlib.suppress(FileNotFoundError):  # sent and removed meanwhile
                     waiting.append(StoredBackup(entry.name, Path(entry.path), entry.stat().st_size))
         return waiting
 
     def backups(self) -> list[StoredBackup]:
         """Return this database's backups, newest first (the timestamp in the name orders them)."""
+        return self._backup_files(lambda name: self._pattern.match(name) is not None)
+
+    def every_backup(self) -> list[StoredBackup]:
+        """The backup files of every database in the directory, whatever their prefix (as every_manifest),
+        by name: what `tgbackupctl list` shows. Retention and clean-up keep to backups(), one series."""
+        return self._backup_files(is_backup_name)
+
+    def _backup_files(self, ours: Callable[[str], bool]) -> list[StoredBackup]:
         try:
             entries = list(os.scandir(self.path))
         except OSError:  # missing or unusable: reported where it matters, when a backup is made
@@ -380,7 +391,7 @@ class BackupDirectory:
         found = [
             StoredBackup(entry.name, Path(entry.path), entry.stat().st_size)
             for entry in entries
-            if self._pattern.match(entry.name) and entry.is_file(follow_symlinks=False)
+            if ours(entry.name) and entry.is_file(follow_symlinks=False)
         ]
         return sorted(found, key=lambda backup: backup.name, reverse=True)
 
@@ -408,8 +419,11 @@ class BackupDirectory:
         the spooled parts (and their receipts) of a dump that never finished, which has no manifest. Parts
         of a finished dump stay even when the catalogue does not know it (its recording failed), and so
         do those of backups `waiting` to be sent: they may be the only copy."""
+        # Anchored on the date and time like the names, so that no other series' files match (`shop`'s
+        # clean-up never reaches `.shop_backup_archive_backup_…partial`, a database so named).
         partial = re.compile(
-            rf"^\.{re.escape(self.prefix)}_backup_.*{SUFFIX_PATTERN}(\.[0-9]{{3,}})?{_PARTIAL_SUFFIX}$"
+            rf"^\.{re.escape(self.prefix)}_backup_[0-9]{{8}}_[0-9]{{6}}{SUFFIX_PATTERN}(\.[0-9]{{3,}})?"
+            rf"{re.escape(_PARTIAL_SUFFIX)}$"
         )
         receipts = re.compile(rf"^\.(?P<stem>.+){re.escape(_RECEIPTS_SUFFIX)}$")
         waiting_stems = {stem(name) for name in waiting}

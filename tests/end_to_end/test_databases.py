@@ -5,8 +5,9 @@ every database of a server (`all = true`)."""
 import json
 import uuid
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, fingerprint, psql, run_tgbackupd
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, base_environment, fingerprint, psql, run_tgbackupd
 from tests.end_to_end.conftest import events, status
+from tgbackupd.statefile import open_store
 
 
 def write_config(tmp_path, text: str) -> None:
@@ -141,3 +142,28 @@ def test_all_finds_the_databases_of_the_server_at_run_time_less_those_excluded(
     sent = [d.file_name for d in bot_api.documents() if not d.file_name.endswith(".json")]
     assert [name.split("_backup_")[0] for name in sent] == [f"srv_{kept}", f"srv_{later}"]
     assert set(status(daemon)["databases"]) == {f"srv_{kept}", f"srv_{later}"}
+
+
+def test_list_without_the_daemon_shows_every_databases_backups_not_in_the_catalogue(tmp_path, make_database):
+    source = make_database(empty=True)
+    write_config(
+        tmp_path,
+        f'[[databases]]\nname = "{source}"\nprefix = "shop"\nglobals = true\n\n'
+        '[[databases]]\nall = true\nprefix = "srv_"\n',
+    )
+    environment = base_environment(tmp_path, source)
+    open_store(tmp_path / "state.db").store.close()  # a catalogue that knows none of them
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    found = [
+        "shop_backup_20251201_030000.sql.gz",
+        "shop_globals_backup_20251202_030000.sql.gz",
+        "srv_crm_backup_20251203_030000.dump.zst.age",
+    ]
+    for name in [*found, "notes_backup_manual.sql.gz", ".shop_backup_20251204_030000.sql.gz.partial"]:
+        (backups / name).write_bytes(b"x")
+
+    listed = run_tgbackupd(environment, "list", "--json", module="tgbackupd.ctl")
+
+    assert listed.returncode == 0, listed.stderr
+    assert [row["name"] for row in json.loads(listed.stdout)] == found[::-1]

@@ -369,3 +369,43 @@ def test_the_daemon_and_a_once_from_cron_never_deliver_one_backup_twice(
     assert daemon.stop() == 0
     assert open_reader(tmp_path / "state.db").undelivered() == set()
     assert fingerprint(source)  # the source is untouched
+
+
+@pytest.mark.parametrize("damage", [Path.unlink, _random_bytes], ids=["missing", "random-bytes"])
+def test_a_lost_or_damaged_state_file_is_rebuilt_with_every_databases_backups(
+    tmp_path, make_database, bot_api, daemon_for, damage
+):
+    # The first entry finds its databases at run time: no backup has the prefix of the configuration's
+    # first database, so only a read-back of every prefix finds them (and sees that the file was lost).
+    found, named = make_database(rows=10), make_database(rows=10)
+    (tmp_path / "config.toml").write_text(
+        f'[[databases]]\nall = true\nprefix = "srv_"\nexclude = ["{named}"]\n\n'
+        f'[[databases]]\nname = "{named}"\nprefix = "shop"\nglobals = true\n'
+    )
+    daemon = daemon_for(named)
+    # One at a time by name: a trigger of all would dump every database of the shared test server.
+    assert daemon.ctl("trigger", found).returncode == 0
+    assert daemon.ctl("trigger", "shop").returncode == 0
+    bot_api.state.kicked_from.add(CHAT_ID)
+    assert daemon.ctl("trigger", "shop_globals").returncode == 1  # made, waiting for Telegram
+    assert daemon.ctl("trigger", found).returncode == 1
+    assert daemon.stop() == 0
+    backups = tmp_path / "backups"
+    made = sorted(p.name for p in backups.glob("*.sql.gz"))
+    assert sorted({name.split("_backup_")[0] for name in made}) == sorted(
+        [f"srv_{found}", "shop", "shop_globals"]
+    )
+    damage(tmp_path / "state.db")
+    bot_api.state.kicked_from.clear()
+
+    again = daemon_for(named)
+    wait_until(lambda: status(again)["pending_deliveries"] == 0)
+
+    assert Counter(m["name"] for m in manifests_in_chat(bot_api)) == dict.fromkeys(made, 1)
+    # One chain, through every database's backups in the order they were made (one a second).
+    assert chain_from_pin(bot_api) == sorted(made, key=lambda name: name.split("_backup_")[1], reverse=True)
+    assert all(intact(bot_api, manifest) for manifest in manifests_in_chat(bot_api))
+    assert "the catalogue is rebuilt" in bot_api.messages()[-1].fields["text"]
+    listed = json.loads(again.ctl("list", "--json").stdout)
+    assert sorted((row["name"], row["delivery"]) for row in listed) == [(name, "sent") for name in made]
+    assert again.stop() == 0

@@ -170,3 +170,50 @@ def test_plain_and_custom_backups_of_a_prefix_are_one_series_whatever_their_comp
 
     assert removed == ours[1::-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*ours[2:], "db_backup_20250101_030000.dump"])
+
+
+def test_series_sharing_the_directory_never_prune_nor_clean_up_each_others_files(tmp_path):
+    # Prefixes that begin with another: a database's globals, and an `all = true` entry's `db2_` + names
+    # (a database may be named `shop_backup_archive`).
+    prefixes = ["shop", "shop_globals", "db2_shop", "db2_shop_backup_archive"]
+    for prefix in prefixes:
+        for day in range(1, 4):
+            (tmp_path / f"{prefix}_backup_2025120{day}_030000.sql.gz").write_bytes(b"x")
+            (tmp_path / f"{prefix}_backup_2025120{day}_030000.manifest.json").write_bytes(b"{}")
+        (tmp_path / f".{prefix}_backup_20251205_030000.sql.gz.partial").write_bytes(b"x")
+        (tmp_path / f".{prefix}_backup_20251205_030000.sql.gz.002.partial").write_bytes(b"x")
+        (tmp_path / f"{prefix}_backup_20251206_030000.sql.gz.001").write_bytes(b"x")
+        (tmp_path / f".{prefix}_backup_20251206_030000.sent").write_bytes(b"x")
+
+    for prefix in prefixes:
+        before = {path.name for path in tmp_path.iterdir()}
+        directory = BackupDirectory(tmp_path, prefix)
+
+        assert [backup.name for backup in directory.backups()] == [
+            f"{prefix}_backup_2025120{day}_030000.sql.gz" for day in (3, 2, 1)
+        ]
+        directory.prune(1)
+        directory.remove_leftovers(frozenset())
+
+        assert {path.name for path in tmp_path.iterdir()} == before - {
+            f"{prefix}_backup_2025120{day}_030000.{ending}"
+            for day in (1, 2)
+            for ending in ("sql.gz", "manifest.json")
+        } - {
+            f".{prefix}_backup_20251205_030000.sql.gz.partial",
+            f".{prefix}_backup_20251205_030000.sql.gz.002.partial",
+            f"{prefix}_backup_20251206_030000.sql.gz.001",
+            f".{prefix}_backup_20251206_030000.sent",
+        }
+
+
+def test_the_spool_is_every_databases_parts_waiting_and_only_those(tmp_path):
+    waiting = [
+        "shop_backup_20251201_030000.sql.gz.001",
+        "shop_globals_backup_20251201_030001.sql.gz.002",
+        "srv_crm_backup_20251201_030002.dump.zst.age.0001",
+    ]
+    for name in [*waiting, ".shop_backup_20251201_030003.sql.gz.001.partial", "notes.txt.001"]:
+        (tmp_path / name).write_bytes(b"x")
+
+    assert sorted(part.name for part in BackupDirectory(tmp_path, "shop").spooled()) == waiting
