@@ -220,7 +220,17 @@ _REFUSED_PG_DUMP_OPTIONS = {
     ("c", "clean"): "a dump that drops its objects first fails on an empty database (tgbackupctl restore "
     "--clean drops the target's schemas instead)",
 }
+# pg_dump's options that take a value (pg_dump --help, PostgreSQL 15 to 17): in database.pg_dump_args
+# the value must be attached (`--section=data`, `-nPUBLIC`), or pg_dump would take the next argument
+# as the value, or fail for want of one.
 _PG_DUMP_SHORT_WITH_VALUE = set("defFhjnNpStTUZ")
+_PG_DUMP_LONG_WITH_VALUE = (
+    "file format jobs compress lock-wait-timeout extension exclude-extension encoding schema "
+    "exclude-schema superuser table exclude-table exclude-table-data include-foreign-data "
+    "extra-float-digits restrict-key rows-per-insert section snapshot filter sync-method "
+    "table-and-children exclude-table-and-children exclude-table-data-and-children dbname host port "
+    "username role"
+).split()
 
 
 def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
@@ -228,16 +238,35 @@ def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
     problems = []
     for argument in arguments:
         refused = _refused_pg_dump_option(argument)
-        if not argument.startswith("-"):
+        if argument in ("-", "--") or not argument.startswith("-"):
             problems.append(
                 f"{argument!r} is not an option: write each option with its value as one item "
                 "(--exclude-table-data=log, -nPUBLIC)"
             )
         elif refused is not None:
             problems.append(f"{argument!r} is not allowed: {refused}")
+        elif _lacks_its_value(argument):
+            problems.append(
+                f"{argument!r} needs its value in the same item (--section=data, -nPUBLIC): pg_dump "
+                "would take the next argument as its value"
+            )
     if problems:
         raise _Problem("; ".join(problems))
     return arguments
+
+
+def _lacks_its_value(argument: str) -> bool:
+    """Whether pg_dump would read `argument` as an option that takes a value, given none: a long one
+    without `=` (or an abbreviation that could be one: pg_dump takes unambiguous prefixes), a short
+    one last in its item (`-n`, `-On`)."""
+    if argument.startswith("--"):
+        if "=" in argument:
+            return False
+        return any(option.startswith(argument[2:]) for option in _PG_DUMP_LONG_WITH_VALUE)
+    for position, letter in enumerate(argument[1:], start=2):
+        if letter in _PG_DUMP_SHORT_WITH_VALUE:
+            return position == len(argument)
+    return False
 
 
 def _refused_pg_dump_option(argument: str) -> str | None:
