@@ -224,13 +224,38 @@ _REFUSED_PG_DUMP_OPTIONS = {
 # the value must be attached (`--section=data`, `-nPUBLIC`), or pg_dump would take the next argument
 # as the value, or fail for want of one.
 _PG_DUMP_SHORT_WITH_VALUE = set("defFhjnNpStTUZ")
-_PG_DUMP_LONG_WITH_VALUE = (
-    "file format jobs compress lock-wait-timeout extension exclude-extension encoding schema "
-    "exclude-schema superuser table exclude-table exclude-table-data include-foreign-data "
-    "extra-float-digits restrict-key rows-per-insert section snapshot filter sync-method "
-    "table-and-children exclude-table-and-children exclude-table-data-and-children dbname host port "
-    "username role"
-).split()
+_PG_DUMP_LONG_WITH_VALUE = [
+    "file",
+    "format",
+    "jobs",
+    "compress",
+    "lock-wait-timeout",
+    "extension",
+    "exclude-extension",
+    "encoding",
+    "schema",
+    "exclude-schema",
+    "superuser",
+    "table",
+    "exclude-table",
+    "exclude-table-data",
+    "include-foreign-data",
+    "extra-float-digits",
+    "restrict-key",
+    "rows-per-insert",
+    "section",
+    "snapshot",
+    "filter",
+    "sync-method",
+    "table-and-children",
+    "exclude-table-and-children",
+    "exclude-table-data-and-children",
+    "dbname",
+    "host",
+    "port",
+    "username",
+    "role",
+]
 
 
 def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
