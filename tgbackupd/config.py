@@ -554,7 +554,12 @@ class Config:
     @property
     def backup_suffix(self) -> str:
         """How new backup files end: `.sql.gz`, or `.sql.gz.age` when they are encrypted."""
-        return self.backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
+        return self.suffix_of(self.backup)
+
+    def suffix_of(self, backup: BackupConfig) -> str:
+        """How new backup files of an entry end: its own format and compression, and `.age` when backups
+        are encrypted (`backup` is the sections' only without entries: never name an entry's files by it)."""
+        return backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
 
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""

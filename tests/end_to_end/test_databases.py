@@ -5,7 +5,7 @@ every database of a server (`all = true`)."""
 import json
 import uuid
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, fingerprint, psql, run_tgbackupd
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, base_environment, fingerprint, psql, run_tgbackupd
 from tests.end_to_end.conftest import events, status
 
 
@@ -141,3 +141,24 @@ def test_all_finds_the_databases_of_the_server_at_run_time_less_those_excluded(
     sent = [d.file_name for d in bot_api.documents() if not d.file_name.endswith(".json")]
     assert [name.split("_backup_")[0] for name in sent] == [f"srv_{kept}", f"srv_{later}"]
     assert set(status(daemon)["databases"]) == {f"srv_{kept}", f"srv_{later}"}
+
+
+def test_the_first_entry_names_its_files_by_its_own_format_and_compression_not_the_sections(
+    tmp_path, make_database
+):
+    source, target = make_database(rows=20), make_database(empty=True)
+    write_config(
+        tmp_path,
+        f'[backup]\ncompression = "zstd"\n\n[[databases]]\nname = "{source}"\ncompression = "gzip"\n'
+        'format = "custom"\n',
+    )
+    environment = base_environment(tmp_path, source)
+
+    once = run_tgbackupd(environment, "--once")
+
+    assert once.returncode == 0, once.stderr
+    (made,) = (path for path in (tmp_path / "backups").glob(f"{source}_backup_*") if path.suffix != ".json")
+    assert made.name.endswith(".dump.gz") and made.read_bytes()[:2] == b"\x1f\x8b", made.name
+    restored = run_tgbackupd(environment, "restore", made.name, "--dbname", target, module="tgbackupd.ctl")
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(source)
