@@ -1160,9 +1160,14 @@ def _resolve_database(
     label: str = "",
 ) -> DatabaseConfig | None:
     """Return the database to dump: the URL's parts, each overridden by its own key when that is set; an
-    entry of `[[databases]]` (its values by dotted key) over the sections, in the same way."""
+    entry of `[[databases]]` (its values by dotted key) over the sections, in the same way; but an entry
+    that names its own server (url or host) does not inherit the sections' password, which belongs to
+    another server (it may still inherit the user; a passfile, PGPASSFILE, serves several servers)."""
     parts: dict[str, Any] = {"options": ()}
+    own_server = bool(entry and (entry.get("database.url") or entry.get("database.host")))
     for layer in (values, entry or {}):
+        if own_server and layer is entry:
+            parts.pop("password", None)
         if layer.get("database.url"):  # valid: its key's own check passed
             parsed = _parse_database_url(layer["database.url"])
             parts.update({name: value for name, value in parsed.items() if value is not None})

@@ -68,6 +68,32 @@ def test_entries_inherit_what_they_do_not_set_from_the_sections_and_the_environm
     assert config.database == shop.database  # what status calls `database`: the first entry
 
 
+def test_an_entry_on_another_server_does_not_inherit_the_sections_password(tmp_path):
+    text = """
+[database]
+url = "postgresql://app:db1-secret@db1.internal/shop"
+
+[[databases]]
+name = "orders"
+
+[[databases]]
+url = "postgresql://reports.partner.example/stats"
+
+[[databases]]
+host = "db2.internal"
+name = "logs"
+
+[[databases]]
+url = "postgresql://other:own-secret@db3.internal/crm"
+"""
+    for environ, sections in (({}, "db1-secret"), ({"PGPASSWORD": "env-secret"}, "env-secret")):
+        orders, stats, logs, crm = load_config(write(tmp_path, text), environ).databases
+        assert orders.database.password == sections  # the same server: inherited
+        assert (stats.database.password, logs.database.password) == (None, None)
+        assert (stats.database.user, logs.database.user) == ("app", "app")  # the user is inherited
+        assert crm.database.password == "own-secret"
+
+
 def test_each_problem_of_an_entry_names_the_entry_and_where_it_came_from(tmp_path):
     found = problems(
         tmp_path,
