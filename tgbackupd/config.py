@@ -791,9 +791,19 @@ def _names_database(entry_values: dict[str, Any]) -> bool:
 
 
 def _check_prefixes(targets: tuple[Target, ...], problems: list[str]) -> None:
-    """Two entries writing the same file names would prune and replace each other's backups."""
+    """Two entries writing the same file names would prune and replace each other's backups; two entries
+    for whole servers under one prefix would name the databases of both alike."""
     seen: dict[str, str] = {}
+    servers: dict[str, str] = {}
     for target in targets:
+        if target.all and target.backup.prefix in servers:
+            problems.append(
+                f"{servers[target.backup.prefix]} and {target.label} both back up every database of a server "
+                f"under the prefix {target.backup.prefix!r}, so the databases of one would be taken for "
+                'those of the other: give each its own prefix (prefix = "db2_")'
+            )
+        if target.all:
+            servers[target.backup.prefix] = target.label
         prefixes = [] if target.all else [target.backup.prefix]
         if target.globals:
             prefixes.append(target.globals_prefix)

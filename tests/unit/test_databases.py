@@ -1,17 +1,19 @@
 """Several databases: `[[databases]]` entries over the sections, their problems named by entry, and each
 entry's own time of day."""
 
+import uuid
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
 
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.unit.test_config import problems, write
 from tgbackupd.clock import Clock
-from tgbackupd.config import effective_config, load_config
+from tgbackupd.config import effective_config, file_safe, load_config
 from tgbackupd.daemon import Daemon
-from tgbackupd.fleet import Fleet
+from tgbackupd.fleet import Fleet, _digest
 from tgbackupd.runner import Selection
 from tgbackupd.statefile import open_store
 from tgbackupd.states import Trigger
@@ -199,3 +201,50 @@ def test_the_effective_configuration_shows_each_entry_resolved_with_its_password
     assert shop["host"] == "db.internal" and shop["port"] == 6432 and shop["compression"] == "zstd"
     assert stats["password"] == "<redacted>" and "s3cret" not in repr(effective)
     assert stats["globals"] is True and (stats["hour"], stats["minute"]) == (1, 30)
+
+
+def test_two_entries_for_whole_servers_under_one_prefix_are_refused(tmp_path):
+    text = '[[databases]]\nall = true\nhost = "a"\n[[databases]]\nall = true\nhost = "b"\n'
+    found = problems(tmp_path, text)
+    assert any(
+        "databases[1] and databases[2] both back up every database of a server under the prefix ''" in p
+        and "give each its own prefix" in p
+        for p in found
+    ), found
+    load_config(write(tmp_path, text.replace('host = "b"', 'host = "b"\nprefix = "b_"')), {})
+
+
+@pytest.fixture
+def odd_databases():
+    """Databases of the test server whose names collide once made safe for a file name."""
+    tag = uuid.uuid4().hex[:8]
+    names = [f"магазин_{tag}", f"продажи_{tag}", f"shop_{tag}"]
+    for name in names:
+        psql("postgres", f'CREATE DATABASE "{name}"')
+    yield names
+    for name in names:
+        psql("postgres", f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_each_database_a_server_entry_finds_has_its_own_series_and_only_the_same_one_is_skipped(
+    tmp_path, odd_databases
+):
+    shop_ru, sales_ru, shop = odd_databases
+    here = f"host = '{PG_HOST}'\nport = {PG_PORT}\nuser = '{PG_USER}'\n"
+    text = (
+        f"[[databases]]\nname = '{shop}'\nhost = 'elsewhere.internal'\n"  # another server's `shop`
+        f"[[databases]]\nname = '{shop_ru}'\nprefix = 'ru'\n{here}"  # this server's, by another entry
+        f"[[databases]]\nall = true\n{here}"
+    )
+    config = load_config(write(tmp_path, text), {"TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "b")})
+    store = open_store(tmp_path / "state.db").store
+    fleet = Fleet(config, store, BackupDirectory(tmp_path / "b", shop))
+
+    found = {backup.series: prefix for prefix, backup, _ in fleet._jobs(config.databases[2], None)}
+
+    assert shop_ru not in found  # backed up by the second entry: the same server and database
+    assert found[sales_ru] == f"{file_safe(sales_ru)}-{_digest(sales_ru)}"
+    assert found[shop].startswith(f"{shop}-") and found[shop] != shop  # not the other server's series
+    assert len(set(found.values())) == len(found)
+    again = {backup.series: prefix for prefix, backup, _ in fleet._jobs(config.databases[2], None)}
+    assert again == found
