@@ -248,3 +248,29 @@ def test_each_database_a_server_entry_finds_has_its_own_series_and_only_the_same
     assert len(set(found.values())) == len(found)
     again = {backup.series: prefix for prefix, backup, _ in fleet._jobs(config.databases[2], None)}
     assert again == found
+
+
+def test_a_time_that_comes_due_while_another_times_backup_runs_waits_for_it_the_same_night(tmp_path):
+    slow = tmp_path / "slow_pg_dump"
+    slow.write_text("#!/bin/sh\nsleep 2\necho 'slow pg_dump gave up' >&2\nexit 1\n")
+    slow.chmod(0o755)
+    text = f'[[databases]]\nname = "early"\nhour = 1\npg_dump = "{slow}"\n[[databases]]\nname = "late"\n'
+    text += "hour = 1\nminute = 30\n"
+    environ = {"PGHOST": "127.0.0.1", "PGPORT": "1", "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "b")}
+    config = load_config(write(tmp_path, text), environ)
+    store = open_store(tmp_path / "state.db").store
+    directory = BackupDirectory(config.backup.directory, config.backup.prefix)
+    with freeze_time("2025-12-02 00:59:00", tick=True) as frozen:
+        daemon = Daemon(config, store, directory, environ={}, clock=Clock())
+        frozen.move_to("2025-12-02 01:00:01")
+        daemon._schedules[(1, 0)].run_pending()
+        frozen.move_to("2025-12-02 01:30:01")
+        daemon._schedules[(1, 30)].run_pending()  # the 01:00 backup still dumps
+        assert daemon._runner.current is not None and daemon._runner.current.selection.slots == ((1, 0),)
+        assert daemon._runner.join(60)
+        daemon._start_due_work()
+        assert daemon._runner.join(60)
+        attempt = daemon._fleet.last_attempt((1, 30), None)  # recorded: no catch-up, no double
+        assert attempt is not None and attempt.replace(tzinfo=None) >= datetime(2025, 12, 2, 1, 30, 1)
+
+    assert [result["database"] for result in store.results()] == ["early", "late"]
