@@ -24,7 +24,7 @@ from typing import Any
 from .errors import TgbackupdError
 from .files import open_lock_file, wait_for_lock
 from .formats import SUFFIX_PATTERN, stem
-from .manifest import Manifest, ManifestRef, Part
+from .manifest import Manifest, ManifestRef, Part, series_of
 from .states import DeliveryState
 
 SCHEMA_VERSION = 2
@@ -587,12 +587,15 @@ class StateStore:
         (of `database`, by its name or prefix, when given)."""
         with self._reading(f"look up {which}") as connection:
             if which == "latest" and database is not None:
-                row = connection.execute(
+                rows = connection.execute(
                     # Prefixes are letters, digits, '_', '.' and '-': nothing GLOB would read as a pattern.
-                    "SELECT name FROM backups WHERE database = ? OR name GLOB ? "
-                    "ORDER BY stamp DESC, name DESC LIMIT 1",
+                    # It also finds another series that begins so (`shop_backup_old_backup_…` for
+                    # `shop`): the series is compared exactly, newest first, stopping at the first.
+                    "SELECT name, database FROM backups WHERE database = ? OR name GLOB ? "
+                    "ORDER BY stamp DESC, name DESC",
                     (database, f"{database}_backup_*"),
-                ).fetchone()
+                )
+                row = next((row for row in rows if database in (row[1], series_of(row[0]))), None)
             elif which == "latest":
                 row = connection.execute(
                     "SELECT name FROM backups ORDER BY stamp DESC, name DESC LIMIT 1"

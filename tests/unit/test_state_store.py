@@ -154,6 +154,15 @@ def test_find_takes_a_name_its_stem_or_latest_and_a_name_is_taken_in_any_format(
     assert store.stem_taken("shop_backup_20251203_030000.sql.zst")
 
 
+def test_latest_of_a_database_is_of_its_own_series_not_of_one_whose_prefix_begins_alike(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000"))
+    store.add(Entry(manifest("20251205_030000", prefix="shop_backup_old"), DeliveryState.PENDING))
+    assert store.find("latest", "shop").manifest.name == "shop_backup_20251203_030000.sql.gz"
+    newest = "shop_backup_old_backup_20251205_030000.sql.gz"
+    assert store.find("latest", "shop_backup_old").manifest.name == newest
+
+
 def test_results_and_listing_come_back_as_recorded(tmp_path):
     store = open_store(tmp_path / "state.db").store
     assert store.last_result() is None and store.listing() == []
