@@ -27,7 +27,7 @@ from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part, series_of
 from .states import DeliveryState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
@@ -87,6 +87,10 @@ MIGRATIONS = (
     """,
     # The public keys an encrypted backup was encrypted for (a JSON list; NULL: not encrypted).
     "ALTER TABLE backups ADD COLUMN recipients TEXT",
+    # The last results by series (the prefix of the file names), not by database name: two entries for
+    # databases of one name on two servers kept one result between them. Rows written before keep the
+    # database's name, which is its prefix unless an entry set another.
+    "ALTER TABLE results RENAME COLUMN database TO series",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -460,7 +464,7 @@ class StateStore:
             )
             connection.execute("DELETE FROM outbox WHERE backup = ?", (manifest.name,))
             row = connection.execute(
-                "SELECT result FROM results WHERE database = ?", (manifest.database,)
+                "SELECT result FROM results WHERE series = ?", (series_of(manifest.name),)
             ).fetchone()
             result = json.loads(row[0]) if row else None
             if (
@@ -469,8 +473,8 @@ class StateStore:
                 and result.get("delivery") == DeliveryState.PENDING
             ):
                 connection.execute(
-                    "UPDATE results SET result = ? WHERE database = ?",
-                    (json.dumps(_delivered_result(result, reference, pin_error)), manifest.database),
+                    "UPDATE results SET result = ? WHERE series = ?",
+                    (json.dumps(_delivered_result(result, reference, pin_error)), series_of(manifest.name)),
                 )
 
     def record_verified(self, name: str, verified: bool, facts: dict[str, Any]) -> None:
@@ -501,12 +505,14 @@ class StateStore:
         with self._writing(f"record {name} as not in the chat") as connection:
             connection.execute("UPDATE outbox SET unconfirmed = 0 WHERE backup = ?", (name,))
 
-    def record_result(self, result: dict[str, Any]) -> None:
-        """The last result of the database's backup (what status and catch-up read)."""
+    def record_result(self, result: dict[str, Any], series: str | None = None) -> None:
+        """The last result of a series' backup (what status and catch-up read): `series` is the prefix of
+        its file names; without it, that of the result's file, else the database's name (0.1's)."""
+        file = result.get("file")
+        key = series or (series_of(file) if isinstance(file, str) else str(result.get("database") or ""))
         with self._writing("record the backup's result") as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO results (database, result) VALUES (?, ?)",
-                (str(result.get("database") or ""), json.dumps(result)),
+                "INSERT OR REPLACE INTO results (series, result) VALUES (?, ?)", (key, json.dumps(result))
             )
 
     def set_meta(self, key: str, value: str | None) -> None:
