@@ -264,19 +264,20 @@ class Fleet:
         return [*prefixes, target.globals_prefix] if target.globals else prefixes
 
     def _recall(self) -> None:
-        """Each series' last result from the catalogue, by the prefix of its file name, else by the
-        database it names (a failure has no file)."""
+        """Each series' last result from the catalogue, by the prefix of its file name, else by the series
+        it was recorded for (a failure has no file); one recorded by its database's name (before schema
+        3) goes to the entry of that database."""
         try:
-            results = self._store.results()
+            results = self._store.results_by_series()
         except StateError:
             return  # status shows none; the store's problem is reported where it is used
         by_series = {backup.series: prefix for prefix, backup in self._fixed.items()}
-        for result in results:
+        for series, result in results.items():
             file = result.get("file")
             prefix = file.split("_backup_")[0] if isinstance(file, str) and "_backup_" in file else None
-            prefix = prefix or by_series.get(str(result.get("database")))
-            if prefix is not None:
-                self.last[prefix] = result
+            if prefix is None:
+                prefix = series if series in self._fixed or series not in by_series else by_series[series]
+            self.last[prefix] = result
 
 
 def _identity(database: DatabaseConfig, name: str) -> tuple[str, str]:

@@ -543,10 +543,15 @@ class StateStore:
 
     def results(self) -> list[dict[str, Any]]:
         """The last result of each database (of each series of backups), the most recent last."""
+        return list(self.results_by_series().values())
+
+    def results_by_series(self) -> dict[str, dict[str, Any]]:
+        """The last result of each series of backups by its prefix (by its database's name when written
+        before schema 3), the most recent last."""
         with self._reading("read the backups' results") as connection:
-            rows = connection.execute("SELECT result FROM results ORDER BY rowid").fetchall()
-        documents = (json.loads(row[0]) for row in rows)
-        return [document for document in documents if isinstance(document, dict)]
+            rows = connection.execute("SELECT series, result FROM results ORDER BY rowid").fetchall()
+        documents = ((row[0], json.loads(row[1])) for row in rows)
+        return {series: document for series, document in documents if isinstance(document, dict)}
 
     def waiting(self) -> list[Waiting]:
         """The outbox, oldest backup first: the order they must reach the chat in."""

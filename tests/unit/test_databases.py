@@ -274,3 +274,19 @@ def test_a_time_that_comes_due_while_another_times_backup_runs_waits_for_it_the_
         assert attempt is not None and attempt.replace(tzinfo=None) >= datetime(2025, 12, 2, 1, 30, 1)
 
     assert [result["database"] for result in store.results()] == ["early", "late"]
+
+
+def test_two_entries_for_databases_of_one_name_on_two_servers_keep_their_own_last_result(tmp_path):
+    text = (
+        '[[databases]]\nname = "shop"\nhost = "127.0.0.1"\nport = 1\nprefix = "a"\n'
+        '[[databases]]\nname = "shop"\nhost = "127.0.0.2"\nport = 1\nprefix = "b"\n'
+    )
+    config = load_config(write(tmp_path, text), {"TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path / "b")})
+    store = open_store(tmp_path / "state.db").store
+    directory = BackupDirectory(tmp_path / "b", "a")
+
+    Fleet(config, store, directory).run(Trigger.MANUAL)  # both fail: nothing listens on port 1
+    recalled = Fleet(config, store, directory).last  # as after a restart
+
+    assert set(recalled) == {"a", "b"}
+    assert "127.0.0.1" in recalled["a"]["error"] and "127.0.0.2" in recalled["b"]["error"]
