@@ -200,7 +200,7 @@ class Backup:
     def _record(self, result: BackupResult, bot: BotApi | None, bound: Any) -> BackupResult:
         """Save the result for status and catch-up; a result that cannot be saved makes the backup fail."""
         try:
-            self.store.record_result(result.to_dict())
+            self.store.record_result(result.to_dict(), self._config.backup.prefix)
         except StateError as error:
             reason = self._text(error)
             if result.succeeded:  # else the chat heard of this backup's failure already

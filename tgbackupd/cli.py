@@ -144,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TgbackupdError as error:
         _print_error(error)
         return error.exit_code
-    directory = BackupDirectory(config.backup.directory, config.backup.prefix, config.backup_suffix)
+    first = config.databases[0].backup  # the first entry's own format and compression name its files
+    directory = BackupDirectory(first.directory, first.prefix, config.suffix_of(first))
     if args.check:
         checks = run_checks(config, directory)
         print(render_checks(checks))

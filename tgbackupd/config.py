@@ -220,7 +220,42 @@ _REFUSED_PG_DUMP_OPTIONS = {
     ("c", "clean"): "a dump that drops its objects first fails on an empty database (tgbackupctl restore "
     "--clean drops the target's schemas instead)",
 }
+# pg_dump's options that take a value (pg_dump --help, PostgreSQL 15 to 17): in database.pg_dump_args
+# the value must be attached (`--section=data`, `-nPUBLIC`), or pg_dump would take the next argument
+# as the value, or fail for want of one.
 _PG_DUMP_SHORT_WITH_VALUE = set("defFhjnNpStTUZ")
+_PG_DUMP_LONG_WITH_VALUE = [
+    "file",
+    "format",
+    "jobs",
+    "compress",
+    "lock-wait-timeout",
+    "extension",
+    "exclude-extension",
+    "encoding",
+    "schema",
+    "exclude-schema",
+    "superuser",
+    "table",
+    "exclude-table",
+    "exclude-table-data",
+    "include-foreign-data",
+    "extra-float-digits",
+    "restrict-key",
+    "rows-per-insert",
+    "section",
+    "snapshot",
+    "filter",
+    "sync-method",
+    "table-and-children",
+    "exclude-table-and-children",
+    "exclude-table-data-and-children",
+    "dbname",
+    "host",
+    "port",
+    "username",
+    "role",
+]
 
 
 def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
@@ -228,16 +263,35 @@ def _pg_dump_args(value: Any, from_env: bool) -> tuple[str, ...]:
     problems = []
     for argument in arguments:
         refused = _refused_pg_dump_option(argument)
-        if not argument.startswith("-"):
+        if argument in ("-", "--") or not argument.startswith("-"):
             problems.append(
                 f"{argument!r} is not an option: write each option with its value as one item "
                 "(--exclude-table-data=log, -nPUBLIC)"
             )
         elif refused is not None:
             problems.append(f"{argument!r} is not allowed: {refused}")
+        elif _lacks_its_value(argument):
+            problems.append(
+                f"{argument!r} needs its value in the same item (--section=data, -nPUBLIC): pg_dump "
+                "would take the next argument as its value"
+            )
     if problems:
         raise _Problem("; ".join(problems))
     return arguments
+
+
+def _lacks_its_value(argument: str) -> bool:
+    """Whether pg_dump would read `argument` as an option that takes a value, given none: a long one
+    without `=` (or an abbreviation that could be one: pg_dump takes unambiguous prefixes), a short
+    one last in its item (`-n`, `-On`)."""
+    if argument.startswith("--"):
+        if "=" in argument:
+            return False
+        return any(option.startswith(argument[2:]) for option in _PG_DUMP_LONG_WITH_VALUE)
+    for position, letter in enumerate(argument[1:], start=2):
+        if letter in _PG_DUMP_SHORT_WITH_VALUE:
+            return position == len(argument)
+    return False
 
 
 def _refused_pg_dump_option(argument: str) -> str | None:
@@ -500,7 +554,12 @@ class Config:
     @property
     def backup_suffix(self) -> str:
         """How new backup files end: `.sql.gz`, or `.sql.gz.age` when they are encrypted."""
-        return self.backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
+        return self.suffix_of(self.backup)
+
+    def suffix_of(self, backup: BackupConfig) -> str:
+        """How new backup files of an entry end: its own format and compression, and `.age` when backups
+        are encrypted (`backup` is the sections' only without entries: never name an entry's files by it)."""
+        return backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
 
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
@@ -732,9 +791,19 @@ def _names_database(entry_values: dict[str, Any]) -> bool:
 
 
 def _check_prefixes(targets: tuple[Target, ...], problems: list[str]) -> None:
-    """Two entries writing the same file names would prune and replace each other's backups."""
+    """Two entries writing the same file names would prune and replace each other's backups; two entries
+    for whole servers under one prefix would name the databases of both alike."""
     seen: dict[str, str] = {}
+    servers: dict[str, str] = {}
     for target in targets:
+        if target.all and target.backup.prefix in servers:
+            problems.append(
+                f"{servers[target.backup.prefix]} and {target.label} both back up every database of a server "
+                f"under the prefix {target.backup.prefix!r}, so the databases of one would be taken for "
+                'those of the other: give each its own prefix (prefix = "db2_")'
+            )
+        if target.all:
+            servers[target.backup.prefix] = target.label
         prefixes = [] if target.all else [target.backup.prefix]
         if target.globals:
             prefixes.append(target.globals_prefix)
@@ -1101,9 +1170,14 @@ def _resolve_database(
     label: str = "",
 ) -> DatabaseConfig | None:
     """Return the database to dump: the URL's parts, each overridden by its own key when that is set; an
-    entry of `[[databases]]` (its values by dotted key) over the sections, in the same way."""
+    entry of `[[databases]]` (its values by dotted key) over the sections, in the same way; but an entry
+    that names its own server (url or host) does not inherit the sections' password, which belongs to
+    another server (it may still inherit the user; a passfile, PGPASSFILE, serves several servers)."""
     parts: dict[str, Any] = {"options": ()}
+    own_server = bool(entry and (entry.get("database.url") or entry.get("database.host")))
     for layer in (values, entry or {}):
+        if own_server and layer is entry:
+            parts.pop("password", None)
         if layer.get("database.url"):  # valid: its key's own check passed
             parsed = _parse_database_url(layer["database.url"])
             parts.update({name: value for name, value in parsed.items() if value is not None})

@@ -64,8 +64,9 @@ class Daemon:
             if config.backup.enabled
             else {}
         )
-        # A scheduled backup waiting for a redelivery to finish.
-        self._deferred: tuple[Trigger, Selection] | None = None
+        # Scheduled and catch-up backups that came due while another job ran, in the order they came:
+        # each starts when the one before it ends, the same day, instead of being lost for the day.
+        self._waiting: list[tuple[Trigger, Selection]] = []
         self._catch_up_at: float | None = None
         self._catch_up: tuple[Slot, ...] = ()
         self._commands = Commands(
@@ -129,15 +130,21 @@ class Daemon:
         return self._fleet.last_attempt(slot, self._runner.last_backup)
 
     def _start(self, trigger: Trigger, selection: Selection) -> None:
-        """Start a scheduled or catch-up backup; after a running redelivery, not instead of it."""
+        """Start a scheduled or catch-up backup; after the running job (a redelivery, a manual backup,
+        another time's databases), not instead of it. Skipped only when the same one waits already."""
         try:
             self._runner.start(trigger, selection)
         except BackupBusy:
             current = self._runner.current
-            if current is not None and current.trigger == Trigger.REDELIVERY:
-                self._deferred = (trigger, selection)
-            else:
+            if (trigger, selection) in self._waiting:
                 self._report_skipped(trigger, current)
+            else:
+                self._waiting.append((trigger, selection))
+                log.info(
+                    "Scheduled backup waits for the running one to end",
+                    trigger=trigger,
+                    running=current.trigger if current else None,
+                )
         except TgbackupdError as error:
             log.warning("Scheduled backup not started", error=str(error))
 
@@ -146,8 +153,9 @@ class Daemon:
         the chat from a thread of its own (the main loop must go on pinging the watchdog meanwhile)."""
         what = f"a {running.trigger} backup started {running.started_at}" if running else "another backup"
         problem = (
-            f"the {trigger} backup did not start because {what} was still running, so none was made "
-            "for this time; if that one fails, make one with `tgbackupctl trigger --wait`"
+            f"the {trigger} backup did not start because {what} was still running and the same backup "
+            "already waits for it, so none more was made for this time; if they fail, make one with "
+            "`tgbackupctl trigger --wait`"
         )
         log.error("Scheduled backup skipped: a backup is already running", trigger=trigger, error=problem)
         threading.Thread(target=self._backup.tell_chat, args=(problem,), name="notice", daemon=True).start()
@@ -243,12 +251,11 @@ class Daemon:
             time.sleep(tick)
 
     def _start_due_work(self) -> None:
-        """Deferred and catch-up backups first, then what waits in the outbox; one job at a time."""
+        """Waiting and catch-up backups first, then what waits in the outbox; one job at a time."""
         if self._runner.current is not None:
             return
-        if self._deferred is not None:
-            (trigger, selection), self._deferred = self._deferred, None
-            self._start(trigger, selection)
+        if self._waiting:
+            self._start(*self._waiting.pop(0))
         elif self._catch_up_at is not None and time.monotonic() >= self._catch_up_at:
             self._catch_up_at = None
             self._start(Trigger.CATCH_UP, Selection(slots=self._catch_up))

@@ -4,6 +4,7 @@ does not stop the others: each has its own result, chat notice and `Backup routi
 share one outbox, so their backups reach the chat in the order they were made, in one chain."""
 
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -64,6 +65,12 @@ class Fleet:
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
+        # Which database (server, name) each prefix is the series of: a prefix is never shared.
+        self._owners: dict[str, tuple[str, str]] = {
+            prefix: _identity(target.database, target.database.name if prefix == target.backup.prefix else "")
+            for target in config.databases
+            for prefix in self._fixed_prefixes(target)
+        }
         self.last: dict[str, dict[str, Any]] = {}  # each series' last result, by prefix
         self.current: Backup | None = None  # the one being made now
         for target in config.databases:
@@ -187,19 +194,42 @@ class Fleet:
             )
             yield target.backup.prefix or "all", server, problem
             return
-        fixed = {prefix for entry in self._config.databases for prefix in self._fixed_prefixes(entry)}
+        fixed = {
+            _identity(entry.database, entry.database.name)
+            for entry in self._config.databases
+            if not entry.all
+        }
         for name in names:
-            prefix = target.backup.prefix + file_safe(name)
-            if name in target.exclude or only not in (None, name, prefix):
+            if name in target.exclude:
                 continue
-            if prefix in fixed:
-                log.info("Database backed up by another entry; not twice", database=name, entry=target.label)
+            if _identity(target.database, name) in fixed:
+                if only in (None, name):
+                    log.info(
+                        "Database backed up by another entry; not twice", database=name, entry=target.label
+                    )
+                continue
+            prefix = self._prefix_of(target, name)
+            if only not in (None, name, prefix):
                 continue
             yield (
                 prefix,
                 self._backup(prefix, dataclasses.replace(target.database, name=name), target.backup),
                 None,
             )
+
+    def _prefix_of(self, target: Target, name: str) -> str:
+        """The prefix of a database an `all` entry found: `<prefix><name>`, made safe for a file name.
+        A name that had to be changed for that (`магазин` is `_______`, as `продажи` is) ends in a digest
+        of itself, and a prefix that is another database's series already (a fixed entry's on another
+        server, another `all` entry's) in a digest of the server and name: each database its own series,
+        the same every night, never one skipped nor backed up twice under one name."""
+        safe = file_safe(name)
+        prefix = target.backup.prefix + safe + ("" if safe == name else f"-{_digest(name)}")
+        identity = _identity(target.database, name)
+        if self._owners.setdefault(prefix, identity) != identity:
+            prefix += f"-{_digest(' '.join(identity))}"
+            self._owners.setdefault(prefix, identity)
+        return prefix
 
     def _backup(
         self,
@@ -234,16 +264,27 @@ class Fleet:
         return [*prefixes, target.globals_prefix] if target.globals else prefixes
 
     def _recall(self) -> None:
-        """Each series' last result from the catalogue, by the prefix of its file name, else by the
-        database it names (a failure has no file)."""
+        """Each series' last result from the catalogue, by the prefix of its file name, else by the series
+        it was recorded for (a failure has no file); one recorded by its database's name (before schema
+        3) goes to the entry of that database."""
         try:
-            results = self._store.results()
+            results = self._store.results_by_series()
         except StateError:
             return  # status shows none; the store's problem is reported where it is used
         by_series = {backup.series: prefix for prefix, backup in self._fixed.items()}
-        for result in results:
+        for series, result in results.items():
             file = result.get("file")
             prefix = file.split("_backup_")[0] if isinstance(file, str) and "_backup_" in file else None
-            prefix = prefix or by_series.get(str(result.get("database")))
-            if prefix is not None:
-                self.last[prefix] = result
+            if prefix is None:
+                prefix = series if series in self._fixed or series not in by_series else by_series[series]
+            self.last[prefix] = result
+
+
+def _identity(database: DatabaseConfig, name: str) -> tuple[str, str]:
+    """Which database of which server: what a series is of (`name` "" for the server's globals)."""
+    return (database.server(), name)
+
+
+def _digest(text: str) -> str:
+    """A short name for a text that stays the same from run to run: 8 hexadecimal digits of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -30,10 +30,14 @@ def build_command(database: DatabaseConfig, dump_format: str = "plain") -> tuple
     (an archive keeps them anyway: pg_restore leaves them out). A table it cannot lock within
     database.lock_wait_timeout fails the dump, instead of leaving it (and every session queued behind
     its lock request) waiting for as long as an ALTER TABLE or a VACUUM FULL runs; in milliseconds, which
-    every pg_dump understands. Then what the configuration chooses to dump, and its own options."""
+    every pg_dump understands. Then what the configuration chooses to dump, and its own options. The
+    connection comes first: an option of database.pg_dump_args left without its value would otherwise
+    take `--dbname=…` as that value, and pg_dump would dump libpq's default database instead (the
+    configuration refuses such options too)."""
     compress = ("--compress=0",) if dump_format == "custom" else ()
     return (
         database.pg_dump,
+        f"--dbname={conninfo(database)}",
         f"--format={dump_format}",
         *compress,
         "--no-owner",
@@ -45,7 +49,6 @@ def build_command(database: DatabaseConfig, dump_format: str = "plain") -> tuple
         *(f"--table={pattern}" for pattern in database.tables),
         *(f"--exclude-table={pattern}" for pattern in database.exclude_tables),
         *database.pg_dump_args,
-        f"--dbname={conninfo(database)}",
     )
 
 

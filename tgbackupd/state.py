@@ -24,10 +24,10 @@ from typing import Any
 from .errors import TgbackupdError
 from .files import open_lock_file, wait_for_lock
 from .formats import SUFFIX_PATTERN, stem
-from .manifest import Manifest, ManifestRef, Part
+from .manifest import Manifest, ManifestRef, Part, series_of
 from .states import DeliveryState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
@@ -87,6 +87,10 @@ MIGRATIONS = (
     """,
     # The public keys an encrypted backup was encrypted for (a JSON list; NULL: not encrypted).
     "ALTER TABLE backups ADD COLUMN recipients TEXT",
+    # The last results by series (the prefix of the file names), not by database name: two entries for
+    # databases of one name on two servers kept one result between them. Rows written before keep the
+    # database's name, which is its prefix unless an entry set another.
+    "ALTER TABLE results RENAME COLUMN database TO series",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -460,7 +464,7 @@ class StateStore:
             )
             connection.execute("DELETE FROM outbox WHERE backup = ?", (manifest.name,))
             row = connection.execute(
-                "SELECT result FROM results WHERE database = ?", (manifest.database,)
+                "SELECT result FROM results WHERE series = ?", (series_of(manifest.name),)
             ).fetchone()
             result = json.loads(row[0]) if row else None
             if (
@@ -469,8 +473,8 @@ class StateStore:
                 and result.get("delivery") == DeliveryState.PENDING
             ):
                 connection.execute(
-                    "UPDATE results SET result = ? WHERE database = ?",
-                    (json.dumps(_delivered_result(result, reference, pin_error)), manifest.database),
+                    "UPDATE results SET result = ? WHERE series = ?",
+                    (json.dumps(_delivered_result(result, reference, pin_error)), series_of(manifest.name)),
                 )
 
     def record_verified(self, name: str, verified: bool, facts: dict[str, Any]) -> None:
@@ -501,12 +505,14 @@ class StateStore:
         with self._writing(f"record {name} as not in the chat") as connection:
             connection.execute("UPDATE outbox SET unconfirmed = 0 WHERE backup = ?", (name,))
 
-    def record_result(self, result: dict[str, Any]) -> None:
-        """The last result of the database's backup (what status and catch-up read)."""
+    def record_result(self, result: dict[str, Any], series: str | None = None) -> None:
+        """The last result of a series' backup (what status and catch-up read): `series` is the prefix of
+        its file names; without it, that of the result's file, else the database's name (0.1's)."""
+        file = result.get("file")
+        key = series or (series_of(file) if isinstance(file, str) else str(result.get("database") or ""))
         with self._writing("record the backup's result") as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO results (database, result) VALUES (?, ?)",
-                (str(result.get("database") or ""), json.dumps(result)),
+                "INSERT OR REPLACE INTO results (series, result) VALUES (?, ?)", (key, json.dumps(result))
             )
 
     def set_meta(self, key: str, value: str | None) -> None:
@@ -537,10 +543,15 @@ class StateStore:
 
     def results(self) -> list[dict[str, Any]]:
         """The last result of each database (of each series of backups), the most recent last."""
+        return list(self.results_by_series().values())
+
+    def results_by_series(self) -> dict[str, dict[str, Any]]:
+        """The last result of each series of backups by its prefix (by its database's name when written
+        before schema 3), the most recent last."""
         with self._reading("read the backups' results") as connection:
-            rows = connection.execute("SELECT result FROM results ORDER BY rowid").fetchall()
-        documents = (json.loads(row[0]) for row in rows)
-        return [document for document in documents if isinstance(document, dict)]
+            rows = connection.execute("SELECT series, result FROM results ORDER BY rowid").fetchall()
+        documents = ((row[0], json.loads(row[1])) for row in rows)
+        return {series: document for series, document in documents if isinstance(document, dict)}
 
     def waiting(self) -> list[Waiting]:
         """The outbox, oldest backup first: the order they must reach the chat in."""
@@ -587,12 +598,15 @@ class StateStore:
         (of `database`, by its name or prefix, when given)."""
         with self._reading(f"look up {which}") as connection:
             if which == "latest" and database is not None:
-                row = connection.execute(
+                rows = connection.execute(
                     # Prefixes are letters, digits, '_', '.' and '-': nothing GLOB would read as a pattern.
-                    "SELECT name FROM backups WHERE database = ? OR name GLOB ? "
-                    "ORDER BY stamp DESC, name DESC LIMIT 1",
+                    # It also finds another series that begins so (`shop_backup_old_backup_…` for
+                    # `shop`): the series is compared exactly, newest first, stopping at the first.
+                    "SELECT name, database FROM backups WHERE database = ? OR name GLOB ? "
+                    "ORDER BY stamp DESC, name DESC",
                     (database, f"{database}_backup_*"),
-                ).fetchone()
+                )
+                row = next((row for row in rows if database in (row[1], series_of(row[0]))), None)
             elif which == "latest":
                 row = connection.execute(
                     "SELECT name FROM backups ORDER BY stamp DESC, name DESC LIMIT 1"

@@ -167,3 +167,24 @@ def test_list_without_the_daemon_shows_every_databases_backups_not_in_the_catalo
 
     assert listed.returncode == 0, listed.stderr
     assert [row["name"] for row in json.loads(listed.stdout)] == found[::-1]
+
+
+def test_the_first_entry_names_its_files_by_its_own_format_and_compression_not_the_sections(
+    tmp_path, make_database
+):
+    source, target = make_database(rows=20), make_database(empty=True)
+    write_config(
+        tmp_path,
+        f'[backup]\ncompression = "zstd"\n\n[[databases]]\nname = "{source}"\ncompression = "gzip"\n'
+        'format = "custom"\n',
+    )
+    environment = base_environment(tmp_path, source)
+
+    once = run_tgbackupd(environment, "--once")
+
+    assert once.returncode == 0, once.stderr
+    (made,) = (path for path in (tmp_path / "backups").glob(f"{source}_backup_*") if path.suffix != ".json")
+    assert made.name.endswith(".dump.gz") and made.read_bytes()[:2] == b"\x1f\x8b", made.name
+    restored = run_tgbackupd(environment, "restore", made.name, "--dbname", target, module="tgbackupd.ctl")
+    assert restored.returncode == 0, restored.stderr
+    assert fingerprint(target) == fingerprint(source)

@@ -391,7 +391,7 @@ def test_the_dump_format_and_what_to_dump_come_from_the_file_or_the_environment(
 url = "postgresql://h/db"
 schemas = ["public", "app_*"]
 exclude_tables = ["public.log*"]
-pg_dump_args = ["--exclude-table-data=events", "-nPUBLIC2", "--no-password"]
+pg_dump_args = ["--exclude-table-data=events", "-nPUBLIC2", "--no-password", "--schema-only", "-xTlog"]
 [backup]
 format = "custom"
 compression = "zstd"
@@ -401,7 +401,13 @@ compression = "zstd"
     assert (config.backup.dump_format, config.backup.suffix) == ("custom", ".dump.zst")
     assert database.schemas == ("public", "app_*") and database.exclude_tables == ("public.log*",)
     assert database.exclude_schemas == ("audit", "tmp") and database.tables == ()
-    assert database.pg_dump_args == ("--exclude-table-data=events", "-nPUBLIC2", "--no-password")
+    assert database.pg_dump_args == (
+        "--exclude-table-data=events",
+        "-nPUBLIC2",
+        "--no-password",
+        "--schema-only",
+        "-xTlog",
+    )
     effective = effective_config(config)
     assert effective["backup"]["format"] == "custom"
     assert effective["database"]["exclude_schemas"] == ["audit", "tmp"]
@@ -428,6 +434,15 @@ compression = "zstd"
         ("--create", "in one transaction"),
         ("-c", "fails on an empty database"),
         ("public", "not an option: write each option with its value as one item"),
+        ("--", "not an option"),
+        ("-", "not an option"),
+        ("--exclude-table-data", "needs its value in the same item"),
+        ("--section", "needs its value in the same item"),
+        ("--sect", "needs its value in the same item"),
+        ("--schema", "needs its value in the same item"),
+        ("-T", "needs its value in the same item"),
+        ("-n", "needs its value in the same item"),
+        ("-xN", "needs its value in the same item"),
     ],
 )
 def test_pg_dump_arguments_that_would_break_the_backup_are_refused_with_the_reason(

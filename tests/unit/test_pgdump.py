@@ -20,12 +20,12 @@ def database(**overrides) -> DatabaseConfig:
 def test_command_is_a_plain_sql_dump_without_the_password_that_waits_5_minutes_at_most_for_a_lock():
     assert build_command(database()) == (
         "/usr/lib/postgresql/16/bin/pg_dump",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
         "--format=plain",
         "--no-owner",
         "--no-privileges",
         "--no-password",
         "--lock-wait-timeout=300000",
-        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
     )
 
 
@@ -78,17 +78,17 @@ def test_a_client_sees_only_what_libpq_needs_of_the_daemons_environment():
 def test_a_custom_format_dump_is_left_uncompressed_for_tgbackupds_own_compression():
     assert build_command(database(), "custom") == (
         "/usr/lib/postgresql/16/bin/pg_dump",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
         "--format=custom",
         "--compress=0",
         "--no-owner",
         "--no-privileges",
         "--no-password",
         "--lock-wait-timeout=300000",
-        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
     )
 
 
-def test_what_to_dump_and_extra_options_come_before_the_connection():
+def test_the_connection_comes_before_what_to_dump_and_extra_options():
     configured = database(
         schemas=("public", "app_*"),
         exclude_schemas=("audit",),
@@ -98,6 +98,7 @@ def test_what_to_dump_and_extra_options_come_before_the_connection():
     )
     assert build_command(configured) == (
         "/usr/lib/postgresql/16/bin/pg_dump",
+        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
         "--format=plain",
         "--no-owner",
         "--no-privileges",
@@ -111,5 +112,4 @@ def test_what_to_dump_and_extra_options_come_before_the_connection():
         "--exclude-table=tmp_*",
         "--exclude-table-data=events",
         "--no-comments",
-        "--dbname=dbname=shop host=db.internal port=6432 user=app sslmode=require application_name=tgbackupd",
     )

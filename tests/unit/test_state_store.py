@@ -27,6 +27,7 @@ from tgbackupd.recovery import read_back
 from tgbackupd.state import (
     CHAIN_HISTORY,
     CHAIN_KEY,
+    MIGRATIONS,
     SCHEMA_VERSION,
     SQLITE_HEADER,
     Entry,
@@ -152,6 +153,46 @@ def test_find_takes_a_name_its_stem_or_latest_and_a_name_is_taken_in_any_format(
     assert store.find("shop_backup_20251203_030000").manifest.name == "shop_backup_20251203_030000.sql.gz"
     assert store.find("shop_backup_20251209_030000.sql.gz") is None
     assert store.stem_taken("shop_backup_20251203_030000.sql.zst")
+
+
+def test_latest_of_a_database_is_of_its_own_series_not_of_one_whose_prefix_begins_alike(tmp_path):
+    store = open_store(tmp_path / "state.db").store
+    store.add(pending("20251203_030000"))
+    store.add(Entry(manifest("20251205_030000", prefix="shop_backup_old"), DeliveryState.PENDING))
+    assert store.find("latest", "shop").manifest.name == "shop_backup_20251203_030000.sql.gz"
+    newest = "shop_backup_old_backup_20251205_030000.sql.gz"
+    assert store.find("latest", "shop_backup_old").manifest.name == newest
+
+
+def test_two_series_of_one_database_name_keep_a_result_each_and_a_schema_2_store_is_migrated(tmp_path):
+    path = tmp_path / "state.db"
+    connection = sqlite3.connect(path)
+    connection.executescript(f"{MIGRATIONS[0]}; {MIGRATIONS[1]}; PRAGMA user_version = 2;")
+    connection.execute("INSERT INTO results VALUES ('shop', ?)", (json.dumps({"database": "shop"}),))
+    connection.commit()
+    connection.close()
+    store = open_store(path).store
+    store.record_result({"database": "shop", "file": None, "error": "a down"}, "a_shop")
+    store.record_result({"database": "shop", "file": None, "error": "b down"}, "b_shop")
+    store.add(pending("20251203_030000"))
+    store.record_result(
+        {"database": "shop", "file": "shop_backup_20251203_030000.sql.gz", "delivery": "pending"}
+    )
+
+    errors = [result.get("error") for result in store.results()]
+    assert errors == ["a down", "b down", None]  # the row of schema 2 was replaced by its series' newer one
+    sent = manifest("20251203_030000")
+    store.record_delivered(
+        Manifest(
+            **{
+                **sent.__dict__,
+                "parts": tuple(Part(**{**p.__dict__, "message_id": p.index}) for p in sent.parts),
+            }
+        ),
+        ManifestRef("shop_backup_20251203_030000.sql.gz", 9, "file-9"),
+        None,
+    )
+    assert store.results()[-1]["delivery"] == "sent"
 
 
 def test_results_and_listing_come_back_as_recorded(tmp_path):
