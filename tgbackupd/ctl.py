@@ -56,7 +56,8 @@ exit status:
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed;
       with several databases: any of them failed (each is named)
   64  wrong usage; trigger DBNAME names no database backed up here; restore --jobs with a plain backup
-      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given
+      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given,
+      or age cannot use an --identity file (a public key, a damaged or empty key file)
   65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
       --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
