@@ -736,21 +736,26 @@ def restore_into(
 def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> list[str]:
     """Restore a server's roles and tablespaces (pg_dumpall --globals-only) as pg_dumpall means it: run
     by psql statement by statement, with no transaction, going on past errors; for its `CREATE ROLE
-    postgres` (and every role the server has already) fails on any server. Return those errors, when each
-    says that something already exists. Raise RestoreError naming the others."""
+    postgres` (and every role the server has already) fails on any server. Return notes on those errors
+    (SQLSTATE 42710, duplicate_object: however many, in whatever language). Raise RestoreError naming
+    the others."""
     progress.start(
         f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
     )
     written, errors = read_sql(backup, progress, lambda chunks: psql.run_script(database, chunks))
-    failed = [error for error in errors if "already exists" not in error]
-    if failed:
+    if errors.failed_count:
         raise RestoreError(
-            f"the globals {backup.name} were restored in part: psql reported {len(failed)} error(s) other "
-            "than roles that exist already (the statements before and after them were run):\n"
-            + "\n".join(failed)
+            f"the globals {backup.name} were restored in part: psql reported {errors.failed_count} error(s) "
+            "other than roles that exist already (the statements before and after them were run):\n"
+            + "\n".join(errors.failed + _more(errors.failed_count, errors.failed))
         )
     progress.finish(f"Restored the globals {backup.name}: {written} bytes of SQL")
-    return errors
+    return errors.existing + _more(errors.existing_count, errors.existing)
+
+
+def _more(count: int, shown: list[str]) -> list[str]:
+    """A line saying how many of `count` errors `shown` leaves out, if any."""
+    return [f"(and {count - len(shown)} more)"] if count > len(shown) else []
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
