@@ -586,7 +586,7 @@ def _restore(args: argparse.Namespace) -> int:
             return 0
         assert target is not None
         if backup.dump_format == GLOBALS_FORMAT:
-            for note in restore.restore_globals(target, backup, progress):
+            for note in restore.restore_globals(target, backup, progress, args.clean, args.jobs):
                 print(f"tgbackupctl: note: {note}", file=sys.stderr)
         else:
             restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)

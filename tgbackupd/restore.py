@@ -25,6 +25,7 @@ from .config import DatabaseConfig
 from .errors import Cancelled, ConfigError, RestoreError, TgbackupdError, UsageError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
 from .manifest import (
+    GLOBALS_FORMAT,
     PART_FILE,
     SUFFIX,
     Manifest,
@@ -656,6 +657,11 @@ def _restore_in_one_transaction(
 
 def check_jobs(backup: CheckedBackup, jobs: int) -> None:
     """Raise UsageError if `jobs` asks for a parallel restore of a backup that cannot have one."""
+    if jobs > 1 and backup.dump_format == GLOBALS_FORMAT:
+        raise UsageError(
+            f"--jobs applies to custom-format backups: {backup.name} is a server's globals, which psql runs "
+            "on one connection. Leave --jobs out"
+        )
     if jobs > 1 and backup.dump_format != "custom":
         raise UsageError(
             f'--jobs applies to custom-format backups (.dump.gz, .dump.zst; backup.format = "custom"): '
@@ -733,12 +739,20 @@ def restore_into(
     progress.finish(f"Restored {backup.name} into {database.name}")
 
 
-def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> list[str]:
+def restore_globals(
+    database: DatabaseConfig, backup: CheckedBackup, progress: Progress, clean: bool = False, jobs: int = 1
+) -> list[str]:
     """Restore a server's roles and tablespaces (pg_dumpall --globals-only) as pg_dumpall means it: run
     by psql statement by statement, with no transaction, going on past errors; for its `CREATE ROLE
     postgres` (and every role the server has already) fails on any server. Return notes on those errors
     (SQLSTATE 42710, duplicate_object: however many, in whatever language). Raise RestoreError naming
-    the others."""
+    the others. Raise UsageError for `clean` (the script drops nothing) or `jobs`."""
+    if clean:
+        raise UsageError(
+            f"--clean applies to a database's backups: {backup.name} is a server's globals, which add and "
+            "alter roles and drop none. Leave --clean out"
+        )
+    check_jobs(backup, jobs)
     progress.start(
         f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
     )
@@ -808,7 +822,13 @@ def verify(
     """Restore into a scratch database created for the purpose (from database.maintenance_db) and
     dropped afterwards, whatever happens: also when `stop` ends the restore. A scratch database that
     cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead.
-    With `jobs` > 1, as restore_into."""
+    With `jobs` > 1, as restore_into. Raise UsageError for a globals backup."""
+    if backup.dump_format == GLOBALS_FORMAT:
+        raise UsageError(
+            f"{backup.name} holds a server's roles and tablespaces, which belong to the whole server: they "
+            "are not verified in a scratch database. Restore them with tgbackupctl restore "
+            f"{backup.name} --dbname postgres"
+        )
     check_jobs(backup, jobs)
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
     psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)

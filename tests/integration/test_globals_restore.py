@@ -9,10 +9,10 @@ import pytest
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tgbackupd.config import database_from_url
-from tgbackupd.errors import RestoreError
+from tgbackupd.errors import RestoreError, UsageError
 from tgbackupd.progress import Progress
 from tgbackupd.psql import ScriptErrors
-from tgbackupd.restore import CheckedBackup, Piece, restore_globals
+from tgbackupd.restore import CheckedBackup, Piece, restore_globals, verify
 
 
 def globals_backup(tmp_path, sql: str):
@@ -94,3 +94,22 @@ def test_a_server_speaking_german_is_understood_by_its_sqlstates():
 
     assert (errors.existing_count, errors.failed_count) == (1, 1)
     assert "42704" in errors.failed[0]
+
+
+def test_globals_are_not_verified_in_a_scratch_database_nor_restored_with_clean_or_jobs(tmp_path, server):
+    role = f"tgb_role_{uuid.uuid4().hex[:8]}"
+    backup = globals_backup(tmp_path, f"CREATE ROLE {role} NOLOGIN;\n")
+    scratch_databases = "SELECT count(*) FROM pg_database WHERE datname LIKE 'tgbackupd_verify_%'"
+    before = psql("postgres", scratch_databases)
+
+    with pytest.raises(UsageError) as verifying:
+        verify(server, backup, Progress(io.StringIO()))
+    with pytest.raises(UsageError) as cleaning:
+        restore_globals(server, backup, Progress(io.StringIO()), clean=True)
+    with pytest.raises(UsageError) as parallel:
+        restore_globals(server, backup, Progress(io.StringIO()), jobs=2)
+
+    assert verifying.value.exit_code == 64 and "not verified in a scratch database" in str(verifying.value)
+    assert "Leave --clean out" in str(cleaning.value) and "Leave --jobs out" in str(parallel.value)
+    assert psql("postgres", scratch_databases) == before
+    assert psql("postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{role}'") == "0"
