@@ -772,26 +772,50 @@ def _more(count: int, shown: list[str]) -> list[str]:
     return [f"(and {count - len(shown)} more)"] if count > len(shown) else []
 
 
+def check_output(output: Path) -> None:
+    """Raise UsageError if `output` exists (also as a symbolic link): write_sql would refuse it, and
+    this says so before the backup is downloaded."""
+    if os.path.lexists(output):
+        raise _output_exists(output)
+
+
+def _output_exists(output: Path) -> UsageError:
+    return UsageError(
+        f"{output} exists already: --output writes a new file and overwrites nothing (nor writes through a "
+        "symbolic link). Remove it or give another name"
+    )
+
+
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
     """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it (for a custom-format
-    backup, the archive, as `pg_restore` reads it). A file left incomplete by a failure is removed."""
+    backup, the archive, as `pg_restore` reads it). The file is a new one that only its owner may read
+    (the backup decrypted is the whole database): raise UsageError if it exists. A file left incomplete
+    by a failure is removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(output, flags, 0o600)
+    except FileExistsError:
+        raise _output_exists(output) from None
+    except OSError as error:
+        raise UsageError(f"cannot create {output}: {error.strerror}") from None
 
-    def write(chunks: Iterator[bytes]) -> int:
-        written = 0
-        with output.open("wb") as sink:
+    with os.fdopen(descriptor, "wb") as sink:
+
+        def write(chunks: Iterator[bytes]) -> int:
+            written = 0
             for chunk in chunks:
                 sink.write(chunk)
                 written += len(chunk)
-        return written
+            return written
 
-    progress.start(f"Writing {output}", backup.size_bytes)
-    try:
-        written = read_sql(backup, progress, write)
-    except RestoreError as error:
-        if not output.is_file():
+        progress.start(f"Writing {output}", backup.size_bytes)
+        try:
+            written = read_sql(backup, progress, write)
+        except BaseException as error:  # also an interruption: no partial plain text is left behind
+            output.unlink()
+            if isinstance(error, RestoreError):
+                raise RestoreError(f"{error}; the incomplete {output} was removed") from None
             raise
-        output.unlink()
-        raise RestoreError(f"{error}; the incomplete {output} was removed") from None
     what = "a pg_restore archive" if backup.dump_format == "custom" else "SQL"
     progress.finish(f"Wrote {output}: {written} bytes of {what}")
     return written
