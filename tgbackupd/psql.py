@@ -344,7 +344,7 @@ def restore_archive_in_parallel(
             "--no-password",
             f"--jobs={jobs}",
             f"--dbname={conninfo(database, dbname)}",
-            str(archive),
+            str(archive.resolve()),  # absolute: a --work-dir such as -x is no option
         ],
         database,
         stdin=subprocess.DEVNULL,
