@@ -383,12 +383,12 @@ class Backup:
             backup = self._config.backup
             recipients = self._config.encryption.recipients
             encryptor = AgeEncryptor(recipients, digest) if recipients else None
-            sql = Count(
-                backup.compression.compressor(
-                    backup.compression_level, backup.compression_threads, encryptor or digest
+            try:  # from here on, age runs: the `finally` ends it, also if the compressor cannot start
+                sql = Count(
+                    backup.compression.compressor(
+                        backup.compression_level, backup.compression_threads, encryptor or digest
+                    )
                 )
-            )
-            try:
                 with self._run_dump(stop) as dump:
                     for chunk in dump.chunks(CHUNK_BYTES):
                         sql.write(chunk)

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -56,7 +57,8 @@ exit status:
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed;
       with several databases: any of them failed (each is named)
   64  wrong usage; trigger DBNAME names no database backed up here; restore --jobs with a plain backup
-      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given
+      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given,
+      or age cannot use an --identity file (a public key, a damaged or empty key file)
   65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
       --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
@@ -64,6 +66,8 @@ exit status:
       (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
   78  the configuration is invalid, or restore does not know which database to restore into
+  129, 143  restore/verify ended by SIGHUP, SIGTERM (130: Ctrl-C): rolled back, the work directory and an
+      incomplete --output removed
 
 The socket is --socket, else $TGBACKUPD_DAEMON_SOCKET, else {DEFAULT_SOCKET}.
 restore, verify and list --remote read the same configuration as tgbackupd (--config, TGBACKUPD_CONFIG,
@@ -154,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
             "--work-dir",
             type=Path,
             metavar="DIR",
-            help="where downloaded parts (and the archive for --jobs) are kept",
+            help="where downloaded parts (and the archive for --jobs) are kept, in a directory of its own "
+            "(mode 0700, files 0600) removed afterwards; default: $TMPDIR, else /tmp",
         )
         command.add_argument(
             "--jobs",
@@ -162,8 +167,9 @@ def _parser() -> argparse.ArgumentParser:
             default=1,
             metavar="N",
             help="custom-format backups (.dump.*) only: restore on N connections with pg_restore --jobs. "
-            "The archive is first written decompressed into the work directory (free space there: the "
-            "backup's size decompressed, about the size of a plain dump) and removed afterwards. The "
+            "The archive is first written decompressed (and decrypted: the plain data) into the work "
+            "directory (free space there: the backup's size decompressed, about the size of a plain dump) "
+            "and removed afterwards. The "
             "connections commit each on their own: a failure leaves part of the data, so restore into an "
             "empty database; --clean then drops the schemas in a step of its own first. Without --jobs, "
             "a restore is one transaction and a failure leaves nothing",
@@ -189,7 +195,8 @@ def _parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         metavar="FILE",
-        help="write the SQL to FILE instead (a custom-format backup: its archive, for pg_restore)",
+        help="write the SQL to FILE instead (a custom-format backup: its archive, for pg_restore): a new "
+        "file, mode 0600; an existing one is refused",
     )
     return parser
 
@@ -579,6 +586,8 @@ def _restore(args: argparse.Namespace) -> int:
     config = _client_config(args)
     progress = Progress()
     target = None if args.output else _target(args, config)
+    if args.output:
+        restore.check_output(args.output)
     with _workdir(args) as workdir:
         backup = restore.unlock(_fetch(args, config, workdir, progress), tuple(args.identity))
         if args.output:
@@ -586,7 +595,7 @@ def _restore(args: argparse.Namespace) -> int:
             return 0
         assert target is not None
         if backup.dump_format == GLOBALS_FORMAT:
-            for note in restore.restore_globals(target, backup, progress):
+            for note in restore.restore_globals(target, backup, progress, args.clean, args.jobs):
                 print(f"tgbackupctl: note: {note}", file=sys.stderr)
         else:
             restore.restore_into(target, backup, args.clean, progress, args.jobs, workdir)
@@ -622,8 +631,25 @@ def _warn(problem: str) -> None:
     print(f"tgbackupctl: {scrub(problem, secrets_in_environment(os.environ))}", file=sys.stderr)
 
 
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a `kill`, a closed terminal): ended as Ctrl-C ends a restore, through every
+    `finally` on the way, so that psql is ended before it commits, the work directory (parts, the
+    decrypted archive) and an incomplete --output are removed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, _frame: object) -> None:
+    raise _Signalled(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("restore", "verify"):
+        for ending in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(ending, _raise_signalled)
     handlers = {
         "status": _ask_daemon,
         "trigger": _ask_daemon,
@@ -637,9 +663,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TgbackupdError as error:
         print(f"tgbackupctl: {scrub(str(error), _secrets(args))}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("tgbackupctl: interrupted (a restore in progress was rolled back)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        signum = interruption.signum if isinstance(interruption, _Signalled) else signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"ended by {signal.Signals(signum).name}"
+        print(f"tgbackupctl: {how} (a restore in progress was rolled back)", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ STDERR_TAIL_LINES = 10
 # restored: the header (one stanza per recipient, a few hundred bytes each) and the first payload chunk.
 PROBE_BYTES = 256 * 1024
 _NO_MATCH = "no identity matched any of the recipients"
+_READING_IDENTITY = 'reading "'  # how age starts what it says about an identity file it cannot use
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _SSH_TYPES = ("ssh-ed25519", "ssh-rsa")
 
@@ -254,7 +255,9 @@ def is_encrypted(name: str, head: bytes) -> bool:
 
 def check_identities(head: bytes, whole: bool, identities: Sequence[Path], recipients: Sequence[str]) -> None:
     """Given the first bytes of an encrypted backup (`whole` when they are all of it), make sure one of
-    the identities opens it, before anything is restored. Raise IdentityNeeded when none was given,
+    the identities opens it, before anything is restored: age printed plain text (all of it, without an
+    error, when `whole`), which it does only once an identity opened the header. Raise IdentityNeeded when
+    none was given or age cannot use a file given (a public key, a damaged or empty key file),
     WrongIdentity when none matches (naming the `recipients` the manifest lists), RestoreError when the
     stream is damaged."""
     encrypted_for = f" for {', '.join(recipients)}" if recipients else ""
@@ -267,14 +270,28 @@ def check_identities(head: bytes, whole: bool, identities: Sequence[Path], recip
         if not os.access(identity, os.R_OK) or not identity.is_file():
             raise IdentityNeeded(f"the identity file {identity} does not exist or cannot be read")
     age = _Age(decrypt_arguments(identities), "decrypted", RestoreError)
-    age.in_thread(lambda: _drain(age.stdout), "age-out")
+    printed = 0
+
+    def drain() -> None:
+        nonlocal printed
+        while block := os.read(age.stdout, CHUNK_BYTES):
+            printed += len(block)
+
+    age.in_thread(drain, "age-out")
     with contextlib.suppress(BrokenPipeError):
         age.stdin.write(head)
         age.stdin.close()
     try:
         age.finish()
     except RestoreError:
+        if printed and not whole:
+            return  # the identity opened the header; the probe was cut inside the payload, checked as read
         said = age.said()
+        if said.startswith(_READING_IDENTITY):  # age could not use an identity file: it names it
+            raise IdentityNeeded(
+                f"age cannot use the identity given: {said}. Pass an age identity (age-keygen's key.txt, "
+                "not its public key, or an SSH private key). Nothing was restored"
+            ) from None
         if _NO_MATCH in said:
             given = ", ".join(str(identity) for identity in identities)
             raise WrongIdentity(
@@ -282,16 +299,7 @@ def check_identities(head: bytes, whole: bool, identities: Sequence[Path], recip
                 f"{encrypted_for or ' for other keys'}. Pass the identity of one of those. Nothing was "
                 "restored"
             ) from None
-        if whole or "header" in said:
-            raise RestoreError(
-                f"the backup's age encryption is damaged: {said}. Nothing was restored"
-            ) from None
-        # The identity opened the header; the probe was cut inside the payload, which is checked as read.
-
-
-def _drain(descriptor: int) -> None:
-    while os.read(descriptor, CHUNK_BYTES):
-        pass
+        raise RestoreError(f"the backup's age encryption is damaged: {said}. Nothing was restored") from None
 
 
 def decrypt(chunks: Iterator[bytes], identities: Sequence[Path]) -> Iterator[bytes]:

@@ -133,6 +133,12 @@ class Manifest:
         # A globals dump is plain SQL by its name (`.sql.gz`).
         if dump_format_by_name(name) != (PLAIN_FORMAT if dump_format == GLOBALS_FORMAT else dump_format):
             raise ManifestError(f'the manifest\'s "dump_format" is {dump_format}, but {name} is not')
+        if dump_format == GLOBALS_FORMAT and not is_globals_series(series_of(name)):
+            # A globals backup is restored without a transaction and past errors: only its own series.
+            raise ManifestError(
+                f"the manifest's \"dump_format\" is globals, but {name} is not a globals backup's name "
+                "(<prefix>_globals_backup_…)"
+            )
         encrypted = document.optional_boolean("encrypted") or False
         if encrypted != name.endswith(ENCRYPTED_SUFFIX):
             raise ManifestError(
@@ -196,6 +202,11 @@ def series_of(name: str) -> str:
     """The prefix of a backup's name (`shop` of `shop_backup_20251203_030000.sql.gz`): which database's
     series of backups it belongs to."""
     return name.rsplit("_backup_", 1)[0]
+
+
+def is_globals_series(series: str) -> bool:
+    """Whether a series holds a server's globals (config's globals_prefix: `<prefix>_globals`)."""
+    return series == GLOBALS_FORMAT or series.endswith(f"_{GLOBALS_FORMAT}")
 
 
 def is_backup_name(text: str, stem_only: bool = False) -> bool:

@@ -5,9 +5,10 @@ import collections
 import contextlib
 import os
 import queue
+import re
 import subprocess
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .libpq import build_environment, conninfo
 from .stopping import Stop, Watch, end
 
 STDERR_TAIL_LINES = 20
-ERROR_LINES = 1000
+SHOWN_ERRORS = 20
 QUERY_TIMEOUT_S = 3600
 _READ_BYTES = 1024 * 1024
 # Chunks of SQL (up to 4 MB each) made ahead of what psql has read.
@@ -39,9 +40,12 @@ def _argv(database: DatabaseConfig, dbname: str | None, *extra: str, stop_on_err
     ]
 
 
-def _start(argv: list[str], database: DatabaseConfig, **streams: Any) -> subprocess.Popen[Any]:
+def _start(
+    argv: list[str], database: DatabaseConfig, extra_environment: Mapping[str, str] = {}, **streams: Any
+) -> subprocess.Popen[Any]:
+    environment = {**build_environment(database, os.environ), **extra_environment}
     try:
-        return subprocess.Popen(argv, env=build_environment(database, os.environ), **streams)
+        return subprocess.Popen(argv, env=environment, **streams)
     except FileNotFoundError:
         raise RestoreError(
             f"{argv[0]} was not found: install the PostgreSQL client tools (postgresql-client)"
@@ -62,11 +66,13 @@ class _StderrTail:
     """The last lines a program prints on its standard error, read as they come (so that it never waits
     for a full pipe)."""
 
-    def __init__(self, process: subprocess.Popen[Any], program: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[Any], program: str, errors: "ScriptErrors | None" = None
+    ) -> None:
         self._process = process
         self._program = program
         self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self.errors: list[str] = []  # its ERROR lines (the first ERROR_LINES of them)
+        self._errors = errors  # where each line goes to be sorted, for a script run past its errors
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -75,8 +81,8 @@ class _StderrTail:
         for line in self._process.stderr:
             text = line.decode("utf-8", "replace").rstrip()
             self._lines.append(text)
-            if "ERROR:" in text and len(self.errors) < ERROR_LINES:
-                self.errors.append(text)
+            if self._errors is not None:
+                self._errors.note(text)
 
     def text(self) -> str:
         """What it printed, once it has closed its standard error (it ended)."""
@@ -189,15 +195,54 @@ def restore(
         f"the restore into {dbname or database.name} failed and was rolled back, so the database is as it "
         "was before"
     )
-    written, _ = _feed(_argv(database, dbname, "--single-transaction"), database, sql_chunks, failed, stop)
+    written = _feed(_argv(database, dbname, "--single-transaction"), database, sql_chunks, failed, stop)
     return written
 
 
-def run_script(database: DatabaseConfig, sql_chunks: Iterable[bytes]) -> tuple[int, list[str]]:
+# A message psql prints from the server running a script (`-f -`, VERBOSITY verbose): where, the severity
+# (in the server's language), then the SQLSTATE, which no language changes. Classes 00, 01 and 02 are
+# notices and warnings; every other is an error. psql's own errors (LC_ALL=C: in English) say "error:".
+_SERVER_MESSAGE = re.compile(r"psql:<stdin>:\d+: [^:]+:  ([0-9A-Z]{5}): ")
+_PSQL_ERROR = re.compile(r"psql:<stdin>:\d+: error: ")
+_NOT_ERRORS = ("00", "01", "02")
+DUPLICATE_OBJECT = "42710"  # CREATE ROLE of a role the server has: what a globals script always meets
+
+
+class ScriptErrors:
+    """The errors psql reported running a script, counted without limit: those saying an object exists
+    already (DUPLICATE_OBJECT) apart from all others; the first SHOWN_ERRORS lines of each are kept."""
+
+    def __init__(self) -> None:
+        self.existing: list[str] = []
+        self.existing_count = 0
+        self.failed: list[str] = []
+        self.failed_count = 0
+
+    def note(self, line: str) -> None:
+        server = _SERVER_MESSAGE.match(line)
+        if server is None and not _PSQL_ERROR.match(line):
+            return
+        if server is not None and server.group(1).startswith(_NOT_ERRORS):
+            return
+        if server is not None and server.group(1) == DUPLICATE_OBJECT:
+            self.existing_count += 1
+            if len(self.existing) < SHOWN_ERRORS:
+                self.existing.append(line)
+        else:
+            self.failed_count += 1
+            if len(self.failed) < SHOWN_ERRORS:
+                self.failed.append(line)
+
+
+def run_script(database: DatabaseConfig, sql_chunks: Iterable[bytes]) -> tuple[int, ScriptErrors]:
     """Feed SQL to psql as `psql -f` runs a script: each statement on its own, going on past errors.
-    Return how many bytes of SQL went in, and psql's ERROR lines."""
+    Return how many bytes of SQL went in, and the errors psql reported, each told by its SQLSTATE."""
     failed = f"psql could not run the script on {database.name}"
-    return _feed(_argv(database, None, stop_on_error=False), database, sql_chunks, failed, None)
+    errors = ScriptErrors()
+    argv = _argv(database, None, "-v", "VERBOSITY=verbose", "-f", "-", stop_on_error=False)
+    # psql's own messages in English; the server's may be in any language: their SQLSTATE tells them.
+    english = {"LC_ALL": "C", "LC_MESSAGES": "C"}
+    return _feed(argv, database, sql_chunks, failed, None, errors, english), errors
 
 
 def _feed(
@@ -206,12 +251,16 @@ def _feed(
     sql_chunks: Iterable[bytes],
     failed: str,
     stop: Stop | None,
-) -> tuple[int, list[str]]:
-    """Run psql with the SQL on its standard input: (bytes written, its ERROR lines). Raise RestoreError
-    saying `failed`, with the tail of its error output, if it fails."""
-    process = _start(argv, database, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors: ScriptErrors | None = None,
+    extra_environment: Mapping[str, str] = {},
+) -> int:
+    """Run psql with the SQL on its standard input; return how many bytes went in. Each line it prints
+    on its standard error goes to `errors`, if given. Raise RestoreError saying `failed`, with the tail
+    of its error output, if it fails."""
+    streams = {"stdin": subprocess.PIPE, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    process = _start(argv, database, extra_environment, **streams)
     watch = _watch(process, stop)
-    tail = _StderrTail(process, "psql")
+    tail = _StderrTail(process, "psql", errors)
     writer = _Writer(process)
     written = 0
     try:
@@ -227,7 +276,7 @@ def _feed(
     failure = _failure(process, watch, tail)
     if failure is not None:
         raise RestoreError(f"{failed}: {failure}")
-    return written, tail.errors
+    return written
 
 
 # pg_restore leaves out what a plain dump leaves out (pg_dump cannot leave them out of an archive).
@@ -295,7 +344,7 @@ def restore_archive_in_parallel(
             "--no-password",
             f"--jobs={jobs}",
             f"--dbname={conninfo(database, dbname)}",
-            str(archive),
+            str(archive.resolve()),  # absolute: a --work-dir such as -x is no option
         ],
         database,
         stdin=subprocess.DEVNULL,

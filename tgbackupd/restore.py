@@ -25,6 +25,7 @@ from .config import DatabaseConfig
 from .errors import Cancelled, ConfigError, RestoreError, TgbackupdError, UsageError
 from .formats import SUFFIX_PATTERN, Decompressor, Format, by_magic, dump_format_by_name, stem
 from .manifest import (
+    GLOBALS_FORMAT,
     PART_FILE,
     SUFFIX,
     Manifest,
@@ -667,6 +668,11 @@ def _restore_in_one_transaction(
 
 def check_jobs(backup: CheckedBackup, jobs: int) -> None:
     """Raise UsageError if `jobs` asks for a parallel restore of a backup that cannot have one."""
+    if jobs > 1 and backup.dump_format == GLOBALS_FORMAT:
+        raise UsageError(
+            f"--jobs applies to custom-format backups: {backup.name} is a server's globals, which psql runs "
+            "on one connection. Leave --jobs out"
+        )
     if jobs > 1 and backup.dump_format != "custom":
         raise UsageError(
             f'--jobs applies to custom-format backups (.dump.gz, .dump.zst; backup.format = "custom"): '
@@ -744,46 +750,83 @@ def restore_into(
     progress.finish(f"Restored {backup.name} into {database.name}")
 
 
-def restore_globals(database: DatabaseConfig, backup: CheckedBackup, progress: Progress) -> list[str]:
+def restore_globals(
+    database: DatabaseConfig, backup: CheckedBackup, progress: Progress, clean: bool = False, jobs: int = 1
+) -> list[str]:
     """Restore a server's roles and tablespaces (pg_dumpall --globals-only) as pg_dumpall means it: run
     by psql statement by statement, with no transaction, going on past errors; for its `CREATE ROLE
-    postgres` (and every role the server has already) fails on any server. Return those errors, when each
-    says that something already exists. Raise RestoreError naming the others."""
+    postgres` (and every role the server has already) fails on any server. Return notes on those errors
+    (SQLSTATE 42710, duplicate_object: however many, in whatever language). Raise RestoreError naming
+    the others. Raise UsageError for `clean` (the script drops nothing) or `jobs`."""
+    if clean:
+        raise UsageError(
+            f"--clean applies to a database's backups: {backup.name} is a server's globals, which add and "
+            "alter roles and drop none. Leave --clean out"
+        )
+    check_jobs(backup, jobs)
     progress.start(
         f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
     )
     written, errors = read_sql(backup, progress, lambda chunks: psql.run_script(database, chunks))
-    failed = [error for error in errors if "already exists" not in error]
-    if failed:
+    if errors.failed_count:
         raise RestoreError(
-            f"the globals {backup.name} were restored in part: psql reported {len(failed)} error(s) other "
-            "than roles that exist already (the statements before and after them were run):\n"
-            + "\n".join(failed)
+            f"the globals {backup.name} were restored in part: psql reported {errors.failed_count} error(s) "
+            "other than roles that exist already (the statements before and after them were run):\n"
+            + "\n".join(errors.failed + _more(errors.failed_count, errors.failed))
         )
     progress.finish(f"Restored the globals {backup.name}: {written} bytes of SQL")
-    return errors
+    return errors.existing + _more(errors.existing_count, errors.existing)
+
+
+def _more(count: int, shown: list[str]) -> list[str]:
+    """A line saying how many of `count` errors `shown` leaves out, if any."""
+    return [f"(and {count - len(shown)} more)"] if count > len(shown) else []
+
+
+def check_output(output: Path) -> None:
+    """Raise UsageError if `output` exists (also as a symbolic link): write_sql would refuse it, and
+    this says so before the backup is downloaded."""
+    if os.path.lexists(output):
+        raise _output_exists(output)
+
+
+def _output_exists(output: Path) -> UsageError:
+    return UsageError(
+        f"{output} exists already: --output writes a new file and overwrites nothing (nor writes through a "
+        "symbolic link). Remove it or give another name"
+    )
 
 
 def write_sql(backup: CheckedBackup, output: Path, progress: Progress) -> int:
     """Reassemble and decompress only: the SQL into a file, as `gunzip` would give it (for a custom-format
-    backup, the archive, as `pg_restore` reads it). A file left incomplete by a failure is removed."""
+    backup, the archive, as `pg_restore` reads it). The file is a new one that only its owner may read
+    (the backup decrypted is the whole database): raise UsageError if it exists. A file left incomplete
+    by a failure is removed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(output, flags, 0o600)
+    except FileExistsError:
+        raise _output_exists(output) from None
+    except OSError as error:
+        raise UsageError(f"cannot create {output}: {error.strerror}") from None
 
-    def write(chunks: Iterator[bytes]) -> int:
-        written = 0
-        with output.open("wb") as sink:
+    with os.fdopen(descriptor, "wb") as sink:
+
+        def write(chunks: Iterator[bytes]) -> int:
+            written = 0
             for chunk in chunks:
                 sink.write(chunk)
                 written += len(chunk)
-        return written
+            return written
 
-    progress.start(f"Writing {output}", backup.size_bytes)
-    try:
-        written = read_sql(backup, progress, write)
-    except RestoreError as error:
-        if not output.is_file():
+        progress.start(f"Writing {output}", backup.size_bytes)
+        try:
+            written = read_sql(backup, progress, write)
+        except BaseException as error:  # also an interruption: no partial plain text is left behind
+            output.unlink()
+            if isinstance(error, RestoreError):
+                raise RestoreError(f"{error}; the incomplete {output} was removed") from None
             raise
-        output.unlink()
-        raise RestoreError(f"{error}; the incomplete {output} was removed") from None
     what = "a pg_restore archive" if backup.dump_format == "custom" else "SQL"
     progress.finish(f"Wrote {output}: {written} bytes of {what}")
     return written
@@ -814,7 +857,13 @@ def verify(
     """Restore into a scratch database created for the purpose (from database.maintenance_db) and
     dropped afterwards, whatever happens: also when `stop` ends the restore. A scratch database that
     cannot be dropped is told to `on_left_behind`, beside the verification's own outcome, never instead.
-    With `jobs` > 1, as restore_into."""
+    With `jobs` > 1, as restore_into. Raise UsageError for a globals backup."""
+    if backup.dump_format == GLOBALS_FORMAT:
+        raise UsageError(
+            f"{backup.name} holds a server's roles and tablespaces, which belong to the whole server: they "
+            "are not verified in a scratch database. Restore them with tgbackupctl restore "
+            f"{backup.name} --dbname postgres"
+        )
     check_jobs(backup, jobs)
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
     psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)

@@ -120,6 +120,14 @@ def test_the_globals_restore_into_the_same_server_with_already_exists_as_notes(
 
         assert restored.returncode == 0, restored.stderr
         assert f'role "{role}" already exists' in restored.stderr
+
+        verified, cleaned = (
+            run_tgbackupd(daemon.environment, *args, "--dbname", url, module="tgbackupd.ctl")
+            for args in (("verify", globals_name), ("restore", globals_name, "--clean"))
+        )
+
+        assert verified.returncode == 64 and "not verified in a scratch database" in verified.stderr
+        assert cleaned.returncode == 64 and "Leave --clean out" in cleaned.stderr
     finally:
         psql("postgres", f"DROP ROLE IF EXISTS {role}")
 

@@ -154,3 +154,36 @@ def test_an_ssh_ed25519_key_is_a_recipient_and_its_private_key_the_identity(tmp_
 
     assert written.returncode == 0, written.stderr
     assert without_restrict_keys(output.read_bytes()) == without_restrict_keys(plain_dump(source, tmp_path))
+
+
+@pytest.mark.parametrize("noise_megabytes", [0, 1], ids=["under-the-probe", "over-the-probe"])
+def test_an_identity_file_age_cannot_use_is_refused_by_name_and_nothing_is_restored(
+    tmp_path, make_database, noise_megabytes
+):
+    source = make_database(rows=20)
+    if noise_megabytes:
+        add_noise(source, noise_megabytes)
+    identity, recipient = age_key(tmp_path)
+    environment = base_environment(tmp_path, source, TGBACKUPD_ENCRYPTION_RECIPIENTS=recipient)
+    result = backup_for(load_config(None, environment)).run("manual")
+    assert result.succeeded, result.error
+    assert (Path(result.path).stat().st_size > 256 * 1024) == bool(noise_megabytes)
+    public = tmp_path / "key.pub"
+    public.write_text(recipient + "\n")
+    damaged = tmp_path / "damaged.txt"
+    damaged.write_text(re.sub(r"AGE-SECRET-KEY-1(.)", "AGE-SECRET-KEY-1Q", identity.read_text()))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    target = make_database(empty=True)
+
+    for unusable, words in (
+        (public, "unknown identity type"),
+        (damaged, "malformed secret key"),
+        (empty, "no secret keys found"),
+    ):
+        refused = ctl(environment, "restore", result.path, "--identity", str(unusable), "--dbname", target)
+
+        assert refused.returncode == 64, (unusable, refused.stderr)
+        assert f'age cannot use the identity given: reading "{unusable}"' in refused.stderr
+        assert words in refused.stderr and "Nothing was restored" in refused.stderr
+        assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"

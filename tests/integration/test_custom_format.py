@@ -5,6 +5,7 @@ database.* options really choose what is dumped."""
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,26 @@ def test_an_awkward_database_goes_to_telegram_and_comes_back_from_it_alone(
 
     assert restored.returncode == 0, restored.stderr
     assert contents(target) == contents(source)
+
+
+def test_a_work_dir_that_starts_with_a_dash_is_no_option_of_pg_restore(
+    tmp_path, custom_backup, make_database
+):
+    source, environment, result = custom_backup
+    (tmp_path / "-x").mkdir()
+    target = make_database(empty=True)
+
+    command = ["restore", result.path, "--dbname", target, "--jobs", "2", "--work-dir=-x"]
+
+    restored = subprocess.run(
+        [sys.executable, "-m", "tgbackupd.ctl", *command],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert restored.returncode == 0, restored.stderr
+    assert contents(target) == contents(source)
+    assert list((tmp_path / "-x").iterdir()) == []

@@ -6,7 +6,9 @@ import itertools
 import json
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -262,6 +264,56 @@ def test_parts_download_while_the_earlier_ones_restore_and_at_most_a_few_are_on_
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_restore_ended_by_a_signal_rolls_back_and_leaves_no_part_on_disk(
+    tmp_path, big_source, make_database, bot_api, ending
+):
+    result = backup_in_parts(tmp_path, big_source, bot_api)
+    assert result.parts >= 3, result.parts
+    work = tmp_path / "work"
+    work.mkdir()
+    target = make_database(empty=True)
+    in_target = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{target}'"
+    held = threading.Event()
+    released = threading.Event()
+
+    def on_download(file_id: str) -> None:
+        if file_id == f"doc{result.parts}":  # the last part waits: the earlier ones are in psql
+            held.set()
+            released.wait(60)
+
+    bot_api.state.on_download = on_download
+    command = ["restore", "--from-telegram", "--dbname", database_url(target), "--work-dir", str(work)]
+    restoring = subprocess.Popen(
+        [sys.executable, "-m", "tgbackupd.ctl", *command],
+        env=new_machine(tmp_path, bot_api),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert held.wait(60)
+        deadline = time.monotonic() + 60
+        while psql("postgres", f"{in_target} AND backend_xid IS NOT NULL") == "0":
+            assert time.monotonic() < deadline, "psql never began to restore"
+            time.sleep(0.05)
+        assert list(work.rglob(f"{result.file}.*"))  # parts are on disk
+
+        restoring.send_signal(ending)
+        released.set()  # the download under way ends (the stand-in would hold it for a minute)
+        _, stderr = restoring.communicate(timeout=60)
+    finally:
+        released.set()
+        restoring.kill()
+
+    assert restoring.returncode == 128 + ending, stderr
+    assert f"ended by {ending.name} (a restore in progress was rolled back)" in stderr
+    assert list(work.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while psql("postgres", in_target) != "0" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
 def test_a_last_part_that_cannot_be_downloaded_intact_rolls_back_what_was_restored(
     tmp_path, big_source, make_database, bot_api
 ):
@@ -360,7 +412,7 @@ def test_a_folder_of_parts_without_a_manifest_restores_as_cat_would(tmp_path, bi
     assert restored.returncode == 0, restored.stderr
     assert output.read_bytes() == subprocess.run(["gzip", "-dc", result.path], capture_output=True).stdout
     (folder / f"{result.file}.002").unlink()
-    missing = ctl(new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(output))
+    missing = ctl(new_machine(tmp_path, bot_api), "restore", str(folder), "--output", str(tmp_path / "y.sql"))
     assert missing.returncode == 65 and "part(s) 002 are missing" in missing.stderr
 
 
@@ -890,3 +942,28 @@ def test_many_parts_pace_themselves_to_20_messages_a_minute_a_second_apart_inste
     assert all(paced[index + 20] - paced[index] >= 60 for index in range(len(paced) - 20))
     assert paced[-1] - paced[0] <= (len(paced) - 1) // 20 * 60 + 19  # and no slower than that
     assert time.monotonic() - began < 60  # minutes of pacing passed on the test's clock
+
+
+def test_output_is_a_new_file_only_its_owner_reads_and_an_existing_one_or_a_link_is_refused(
+    tmp_path, make_database
+):
+    environment = base_environment(tmp_path, make_database(rows=20))
+    result = backup_for(load_config(None, environment)).run("manual")
+    assert result.succeeded, result.error
+    output = tmp_path / "shop.sql"
+    victim = tmp_path / "victim"
+    victim.write_text("kept")
+    link = tmp_path / "link.sql"
+    link.symlink_to(victim)
+
+    written = ctl(environment, "restore", result.path, "--output", str(output))
+    again = ctl(environment, "restore", result.path, "--output", str(output))
+    through_link = ctl(environment, "restore", result.path, "--output", str(link))
+
+    assert written.returncode == 0, written.stderr
+    assert output.stat().st_mode & 0o777 == 0o600
+    assert output.read_bytes() == gzip.decompress(Path(result.path).read_bytes())
+    assert again.returncode == 64 and f"{output} exists already" in again.stderr
+    assert through_link.returncode == 64 and f"{link} exists already" in through_link.stderr
+    assert output.read_bytes() == gzip.decompress(Path(result.path).read_bytes())
+    assert victim.read_text() == "kept"

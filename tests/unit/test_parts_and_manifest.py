@@ -100,6 +100,16 @@ def test_a_manifest_survives_its_round_trip():
     assert Manifest.from_json(manifest().to_json()) == manifest()
 
 
+@pytest.mark.parametrize("series", ["shop_globals", "globals"])
+def test_a_globals_series_may_say_its_dump_is_globals(series):
+    name = f"{series}_backup_20251203_030000.sql.gz"
+    globals_manifest = dataclasses.replace(
+        manifest(), name=name, dump_format="globals", parts=plan_parts(name, [(23, "a" * 64)]), previous=None
+    )
+
+    assert Manifest.from_json(globals_manifest.to_json()).dump_format == "globals"
+
+
 def test_a_manifest_from_0_1_and_one_with_fields_added_later_are_read():
     document = json.loads(manifest().to_json())
     for key in ("dump_format", "compression", "verified"):
@@ -163,6 +173,10 @@ def _drop(*path):
         (
             _set("dump_format", "custom"),
             '"dump_format" is custom, but shop_backup_20251203_030000.sql.gz is not',
+        ),
+        (
+            _set("dump_format", "globals"),
+            '"dump_format" is globals, but shop_backup_20251203_030000.sql.gz is not a globals backup',
         ),
         (_set("verified", "yes"), '"verified" is "yes", not true, false or null'),
         (_set("parts", []), '"parts" is [], not a list of 1 to 100000 items'),
