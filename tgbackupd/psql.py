@@ -3,9 +3,11 @@ server questions."""
 
 import collections
 import contextlib
+import itertools
 import os
 import queue
 import re
+import secrets
 import subprocess
 import threading
 from collections.abc import Generator, Iterable, Mapping
@@ -88,6 +90,31 @@ class _StderrTail:
         """What it printed, once it has closed its standard error (it ended)."""
         self._reader.join()
         return "\n".join(self._lines) or f"{self._program} exited with status {self._process.returncode}"
+
+
+class _EndMarker:
+    """A line psql is given to print after the SQL (`\\echo` of a random word), and whether it did:
+    proof that it ran to the end of its input. Its standard output (the rows of the dump's few SELECTs)
+    is read as it comes, keeping nothing but that."""
+
+    def __init__(self, process: subprocess.Popen[Any]) -> None:
+        self._process = process
+        self._word = f"tgbackupd-end-{secrets.token_hex(16)}"
+        self.command = f"\n\\echo {self._word}\n".encode()
+        self._seen = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            if line.strip() == self._word.encode():
+                self._seen = True
+
+    def seen(self) -> bool:
+        """Whether psql printed it, once psql has ended."""
+        self._reader.join()
+        return self._seen
 
 
 def _stopped(watch: Watch | None, returncode: int) -> None:
@@ -187,16 +214,18 @@ def restore(
     database: DatabaseConfig, sql_chunks: Iterable[bytes], dbname: str | None = None, stop: Stop | None = None
 ) -> int:
     """Feed SQL to psql in one transaction that stops at the first error, so that a failed restore
-    leaves the database as it was. psql commits when its input ends, which happens only once
-    `sql_chunks` is exhausted: if taking a chunk raises, psql is ended instead (the server then rolls the
-    transaction back) and the error raised. Return how many bytes of SQL went in. With a `stop`, psql is
-    ended the moment the job must stop, and that reason is raised."""
+    leaves the database as it was. The transaction is ours (BEGIN first, not psql's --single-transaction,
+    which commits at the end of its input, however it ends): COMMIT is sent only once `sql_chunks` is
+    exhausted (every check it makes passed). If taking a chunk raises, psql is ended instead; if
+    tgbackupctl dies, psql's input ends without COMMIT: either way the server rolls the transaction back.
+    Return how many bytes of SQL went in. With a `stop`, psql is ended the moment the job must stop, and
+    that reason is raised."""
     failed = (
         f"the restore into {dbname or database.name} failed and was rolled back, so the database is as it "
         "was before"
     )
-    written = _feed(_argv(database, dbname, "--single-transaction"), database, sql_chunks, failed, stop)
-    return written
+    statements = itertools.chain((_BEGIN,), sql_chunks)
+    return _feed(_argv(database, dbname), database, statements, failed, stop, commit=_COMMIT) - len(_BEGIN)
 
 
 # A message psql prints from the server running a script (`-f -`, VERBOSITY verbose): where, the severity
@@ -234,6 +263,10 @@ class ScriptErrors:
                 self.failed.append(line)
 
 
+_BEGIN = b"BEGIN;\n"
+_COMMIT = b"\nCOMMIT;\n"
+
+
 def run_script(database: DatabaseConfig, sql_chunks: Iterable[bytes]) -> tuple[int, ScriptErrors]:
     """Feed SQL to psql as `psql -f` runs a script: each statement on its own, going on past errors.
     Return how many bytes of SQL went in, and the errors psql reported, each told by its SQLSTATE."""
@@ -253,21 +286,27 @@ def _feed(
     stop: Stop | None,
     errors: ScriptErrors | None = None,
     extra_environment: Mapping[str, str] = {},
+    commit: bytes = b"",
 ) -> int:
-    """Run psql with the SQL on its standard input; return how many bytes went in. Each line it prints
-    on its standard error goes to `errors`, if given. Raise RestoreError saying `failed`, with the tail
-    of its error output, if it fails."""
-    streams = {"stdin": subprocess.PIPE, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    """Run psql with the SQL on its standard input, then `commit`; return how many bytes of SQL went in.
+    Each line it prints on its standard error goes to `errors`, if given. Raise RestoreError saying
+    `failed`, with the tail of its error output, if it fails, or if it stopped reading before the end (a
+    `\\q` in the SQL: what came after it, and its checks, never ran)."""
+    streams = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     process = _start(argv, database, extra_environment, **streams)
     watch = _watch(process, stop)
     tail = _StderrTail(process, "psql", errors)
+    # psql says this once it has run everything before it (and `commit`): a `\q` in the SQL cannot.
+    reached = _EndMarker(process)
     writer = _Writer(process)
     written = 0
     try:
         for chunk in sql_chunks:
             if not writer.put(chunk):
-                break  # psql stopped at an error; its message says which
+                break  # psql stopped reading; its exit status and message say why
             written += len(chunk)
+        else:
+            writer.put(commit + reached.command)
         writer.finish()
     except BaseException:
         end(process, group=False)  # before its input could end: nothing is committed
@@ -276,6 +315,11 @@ def _feed(
     failure = _failure(process, watch, tail)
     if failure is not None:
         raise RestoreError(f"{failed}: {failure}")
+    if not reached.seen():
+        raise RestoreError(
+            f"{failed}: psql ended before the end of the backup (a \\q in it?), so the rest of it was not "
+            "read nor checked"
+        )
     return written
 
 
@@ -298,14 +342,23 @@ def archive_sql(database: DatabaseConfig, archive_chunks: Iterable[bytes]) -> Ge
     )
     tail = _StderrTail(process, "pg_restore")
     failures: list[BaseException] = []
+    ending = threading.Event()
 
     def feed() -> None:
+        """Give pg_restore the archive, and read it to its end even when pg_restore stopped reading
+        early: the checks made as it is read (each part's hash, the whole's) must all run before psql
+        may commit what pg_restore made of it."""
         assert process.stdin is not None
+        reading = True
         try:
             for chunk in archive_chunks:
-                process.stdin.write(chunk)
-        except BrokenPipeError:
-            pass  # pg_restore stopped reading: its exit status says why
+                if ending.is_set():
+                    return  # the restore failed or was stopped: no need to read further
+                if reading:
+                    try:
+                        process.stdin.write(chunk)
+                    except BrokenPipeError:
+                        reading = False  # its exit status says why; the rest is still checked
         except BaseException as error:
             failures.append(error)
             end(process, group=False)
@@ -320,10 +373,12 @@ def archive_sql(database: DatabaseConfig, archive_chunks: Iterable[bytes]) -> Ge
         while block := os.read(process.stdout.fileno(), _READ_BYTES):
             yield block
         returncode = process.wait()
-        feeder.join()
     finally:
         if process.poll() is None:  # left early: the restore failed or was stopped
+            ending.set()
             end(process, group=False)
+        # Before the archive's reader is closed by whoever gave it: never close it under this thread.
+        feeder.join()
         process.stdout.close()
     if failures:
         raise failures[0]
@@ -375,6 +430,7 @@ class _Writer:
         self._stdin = process.stdin
         self._chunks: queue.Queue[bytes | None] = queue.Queue(_QUEUED_CHUNKS)
         self._broken = threading.Event()
+        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="psql-writer", daemon=True)
         self._thread.start()
 
@@ -389,9 +445,12 @@ class _Writer:
         return False
 
     def finish(self) -> None:
-        """Let psql's input end after the chunks queued, and wait until it did."""
+        """Let psql's input end after the chunks queued, and wait until it did. Raise what writing
+        raised, other than psql no longer reading."""
         self._put_end()
         self._thread.join()
+        if self._failure is not None:
+            raise self._failure
 
     def abandon(self) -> None:
         """psql was ended: stop writing, without ending its input."""
@@ -417,5 +476,7 @@ class _Writer:
             self._stdin.close()
         except BrokenPipeError:
             pass
+        except BaseException as error:  # raised again by finish, on the caller's thread
+            self._failure = error
         finally:
             self._broken.set()

@@ -290,10 +290,13 @@ class Downloads:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="download", daemon=True)
                 self._thread.start()
-            self._condition.wait_for(lambda: path in self._arrived or self._failure is not None)
+            self._condition.wait_for(
+                lambda: path in self._arrived or self._failure is not None or self._closed
+            )
             if path not in self._arrived:
-                assert self._failure is not None
-                raise self._failure
+                if self._failure is not None:
+                    raise self._failure
+                raise Cancelled("the restore stopped before this part was downloaded")
 
     def release(self, path: Path) -> None:
         """The part at `path` was read: remove it, and let the next download start."""
@@ -767,7 +770,10 @@ def restore_globals(
     progress.start(
         f"Restoring the globals {backup.name} into the server of {database.name}", backup.size_bytes
     )
-    written, errors = read_sql(backup, progress, lambda chunks: psql.run_script(database, chunks))
+    # Read whole and checked before psql runs any of it: no transaction would undo a role a damaged or
+    # forged part altered. Globals are small (roles and tablespaces, not data).
+    script = read_sql(backup, progress, b"".join)
+    written, errors = psql.run_script(database, [script])
     if errors.failed_count:
         raise RestoreError(
             f"the globals {backup.name} were restored in part: psql reported {errors.failed_count} error(s) "

@@ -264,7 +264,9 @@ def test_parts_download_while_the_earlier_ones_restore_and_at_most_a_few_are_on_
     assert list(work.iterdir()) == []
 
 
-@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "ending", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["SIGTERM", "SIGHUP", "SIGKILL"]
+)
 def test_a_restore_ended_by_a_signal_rolls_back_and_leaves_no_part_on_disk(
     tmp_path, big_source, make_database, bot_api, ending
 ):
@@ -305,12 +307,29 @@ def test_a_restore_ended_by_a_signal_rolls_back_and_leaves_no_part_on_disk(
         released.set()
         restoring.kill()
 
-    assert restoring.returncode == 128 + ending, stderr
-    assert f"ended by {ending.name} (a restore in progress was rolled back)" in stderr
-    assert list(work.iterdir()) == []
+    if ending == signal.SIGKILL:
+        # Nothing of tgbackupctl runs to clean up, and psql's input simply ends: without the COMMIT that
+        # only comes after every check, the server rolls back (psql --single-transaction committed here).
+        assert restoring.returncode == -ending
+    else:
+        assert restoring.returncode == 128 + ending, stderr
+        assert f"ended by {ending.name} (a restore in progress was rolled back)" in stderr
+        assert list(work.iterdir()) == []
     deadline = time.monotonic() + 10
     while psql("postgres", in_target) != "0" and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
+
+
+def test_a_backup_whose_sql_quits_psql_early_restores_nothing_and_says_so(tmp_path, make_database):
+    forged = tmp_path / "shop_backup_20251203_030000.sql.gz"
+    forged.write_bytes(gzip.compress(b"CREATE TABLE first (x int);\n\\q\nCREATE TABLE second (x int);\n"))
+    target = make_database(empty=True)
+
+    restored = ctl(child_environment(), "restore", str(forged), "--dbname", database_url(target))
+
+    assert restored.returncode == 65, restored.stderr
+    assert "psql ended before the end of the backup" in restored.stderr
     assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
 
 
@@ -967,3 +986,30 @@ def test_output_is_a_new_file_only_its_owner_reads_and_an_existing_one_or_a_link
     assert through_link.returncode == 64 and f"{link} exists already" in through_link.stderr
     assert output.read_bytes() == gzip.decompress(Path(result.path).read_bytes())
     assert victim.read_text() == "kept"
+
+
+def test_a_restore_whose_process_dies_between_statements_commits_nothing(make_database):
+    """psql's input ending is no commit: only the COMMIT sent after every check is. The feeding process
+    dies (os._exit: no clean-up runs) right after whole statements went in, where psql --single-transaction
+    would have committed them."""
+    target = make_database(empty=True)
+    script = (
+        "import os, time\n"
+        "from tgbackupd import psql\n"
+        "from tgbackupd.config import database_from_url\n"
+        "def chunks():  # one chunk larger than any buffer, so that it reaches psql\n"
+        "    yield b'CREATE TABLE restored_in_part (x int);\\n-- ' + b'x' * 65536 + b'\\n'\n"
+        "    time.sleep(1)  # the statement reaches psql and runs\n"
+        "    os._exit(9)\n"
+        f"psql.restore(database_from_url({database_url(target)!r}), chunks())\n"
+    )
+    dying = subprocess.run(
+        [sys.executable, "-c", script], env=child_environment(), capture_output=True, timeout=60
+    )
+
+    assert dying.returncode == 9, dying.stderr
+    in_target = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{target}'"
+    deadline = time.monotonic() + 10
+    while psql("postgres", in_target) != "0" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert psql(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == "0"
