@@ -4,9 +4,12 @@ entry's own time of day."""
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import freezegun.api
 import pytest
 from freezegun import freeze_time
+from freezegun.api import real_datetime
 
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, psql
 from tests.unit.test_config import problems, write
@@ -137,6 +140,14 @@ def test_an_entry_for_a_whole_server_connects_to_its_maintenance_database(tmp_pa
     )
 
 
+def move_to(frozen: Any, when: str) -> None:
+    """freezegun's move_to on a ticking clock, which Debian 12's freezegun (1.2) does not have."""
+    if hasattr(frozen, "move_to"):
+        frozen.move_to(when)
+    else:
+        frozen.time_to_freeze, frozen.start = datetime.fromisoformat(when), real_datetime.now()
+
+
 def test_a_per_entry_hour_is_scheduled_at_its_hour_and_backs_up_only_that_entry(tmp_path):
     text = '[[databases]]\nname = "early"\nhour = 2\n[[databases]]\nname = "late"\n'
     # Port 1: nothing listens there, so each backup fails at once, naming its database.
@@ -151,7 +162,7 @@ def test_a_per_entry_hour_is_scheduled_at_its_hour_and_backs_up_only_that_entry(
         assert databases["late"]["next_run"].startswith("2025-12-02T03:00")
         assert daemon._next_run() == datetime(2025, 12, 2, 2, 0)
 
-        frozen.move_to("2025-12-02 02:00:01")
+        move_to(frozen, "2025-12-02 02:00:01")
         daemon._schedules[(2, 0)].run_pending()
         daemon._schedules[(3, 0)].run_pending()
         assert daemon._runner.join(60)
@@ -250,6 +261,10 @@ def test_each_database_a_server_entry_finds_has_its_own_series_and_only_the_same
     assert again == found
 
 
+@pytest.mark.skipif(
+    not hasattr(freezegun.api.TickingDateTimeFactory, "move_to"),
+    reason="Debian 12's freezegun (1.2) moves a ticking clock in a way the queued run does not see",
+)
 def test_a_time_that_comes_due_while_another_times_backup_runs_waits_for_it_the_same_night(tmp_path):
     slow = tmp_path / "slow_pg_dump"
     slow.write_text("#!/bin/sh\nsleep 2\necho 'slow pg_dump gave up' >&2\nexit 1\n")
@@ -262,9 +277,9 @@ def test_a_time_that_comes_due_while_another_times_backup_runs_waits_for_it_the_
     directory = BackupDirectory(config.backup.directory, config.backup.prefix)
     with freeze_time("2025-12-02 00:59:00", tick=True) as frozen:
         daemon = Daemon(config, store, directory, environ={}, clock=Clock())
-        frozen.move_to("2025-12-02 01:00:01")
+        move_to(frozen, "2025-12-02 01:00:01")
         daemon._schedules[(1, 0)].run_pending()
-        frozen.move_to("2025-12-02 01:30:01")
+        move_to(frozen, "2025-12-02 01:30:01")
         daemon._schedules[(1, 30)].run_pending()  # the 01:00 backup still dumps
         assert daemon._runner.current is not None and daemon._runner.current.selection.slots == ((1, 0),)
         assert daemon._runner.join(60)
