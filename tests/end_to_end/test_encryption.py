@@ -171,7 +171,14 @@ def test_an_identity_file_age_cannot_use_is_refused_by_name_and_nothing_is_resto
     public = tmp_path / "key.pub"
     public.write_text(recipient + "\n")
     damaged = tmp_path / "damaged.txt"
-    damaged.write_text(re.sub(r"AGE-SECRET-KEY-1(.)", "AGE-SECRET-KEY-1Q", identity.read_text()))
+    # One character of the key changed (to another one: a Q stays no Q), so its checksum fails.
+    damaged.write_text(
+        re.sub(
+            r"AGE-SECRET-KEY-1(.)",
+            lambda key: "AGE-SECRET-KEY-1" + ("P" if key.group(1) == "Q" else "Q"),
+            identity.read_text(),
+        )
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     target = make_database(empty=True)
