@@ -20,6 +20,7 @@ from .config import Config
 from .delivery import EarlyUploader, Sending
 from .encryption import AgeEncryptor
 from .errors import Cancelled, StorageError, TgbackupdError
+from .events import Events, Finished, Started
 from .files import write_atomically
 from .formats import DUMP_EXTENSIONS, stem
 from .manifest import GLOBALS_FORMAT, Manifest, part_name, plan_parts
@@ -114,12 +115,15 @@ class Backup:
         shared_with: "Backup | None" = None,
         globals_only: bool = False,
         role_passwords: bool = False,
+        events: Events | None = None,
     ) -> None:
         """`shared_with`: the backup of another database whose chat pacer and outbox this one uses, so that
         all databases' backups reach the chat in the order they were made, in one chain of manifests.
         `globals_only`: the server's roles and tablespaces (pg_dumpall), with their password hashes when
-        `role_passwords`, instead of the database."""
+        `role_passwords`, instead of the database. `events`: who hears this backup's events (pings, the
+        metrics file); one for all the backups that share `shared_with`'s outbox."""
         self._config = config
+        self.events: Events = shared_with.events if shared_with else events or Events()
         self._clock = clock or Clock()
         self.cancel: threading.Event = shared_with.cancel if shared_with else cancel or threading.Event()
         # One pacer for every client this process makes: one delivery and the next share the chat's limits.
@@ -134,7 +138,7 @@ class Backup:
         self.outbox: Outbox = (
             shared_with.outbox
             if shared_with
-            else Outbox(config, store, directory, self._clock, log, Sending(self._pacer))
+            else Outbox(config, store, directory, self._clock, log, Sending(self._pacer), self.events)
         )
         self._server = socket.gethostname()
         self._globals = globals_only
@@ -142,6 +146,7 @@ class Backup:
         # What results, size judgements and logs call this series of backups: its database, or its prefix
         # for the server's globals (another series than the database it connects to).
         self.series = config.backup.prefix if globals_only else config.database.name
+        self.prefix = config.backup.prefix  # what status, metrics and file names call the series
         self.describe = (
             f"globals (roles, tablespaces) of {config.database.server()}"
             if globals_only
@@ -158,6 +163,7 @@ class Backup:
             "database": self.series,
             "started_at": started.isoformat(timespec="seconds"),
         }
+        self.events.started(Started(self.prefix, self.series, self.describe, trigger, base["started_at"]))
         bot = self._bot_factory(self._config, self.cancel)
         stop = Stop(self.cancel, self._config.backup.timeout, self._clock)
         try:
@@ -174,6 +180,7 @@ class Backup:
             if bot is not None:
                 bot.close()
         self._summarize(result, bound)
+        self.events.finished(Finished(self.prefix, result))
         return result
 
     def fail(self, trigger: Trigger, reason: str) -> BackupResult:
@@ -195,6 +202,7 @@ class Backup:
             if bot is not None:
                 bot.close()
         self._summarize(result, bound)
+        self.events.finished(Finished(self.prefix, result))
         return result
 
     def _record(self, result: BackupResult, bot: BotApi | None, bound: Any) -> BackupResult:

@@ -17,6 +17,7 @@ from .backup import Backup, BackupResult
 from .clock import Clock
 from .config import BackupConfig, Config, DatabaseConfig, Target, file_safe
 from .errors import TgbackupdError
+from .events import Events
 from .runner import EVERY_DATABASE, Selection
 from .state import StateError, StateStore
 from .states import Trigger
@@ -47,8 +48,9 @@ class Fleet:
         clock: Clock | None = None,
         cancel: threading.Event | None = None,
         bot_factory: Callable[[Config, threading.Event], BotApi | None] | None = None,
+        events: Events | None = None,
     ) -> None:
-        """`directory` is the first entry's: its Backup holds the outbox the others share."""
+        """`directory` is the first entry's: its Backup holds the outbox (and the events) the others share."""
         self._config = config
         self._store = store
         self._clock = clock or Clock()
@@ -61,7 +63,9 @@ class Fleet:
             clock=self._clock,
             cancel=cancel,
             bot_factory=bot_factory,
+            events=events,
         )
+        self.events = self.first.events
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix

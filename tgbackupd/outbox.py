@@ -14,6 +14,7 @@ from .clock import Clock
 from .config import Config
 from .delivery import Delivery, Sending
 from .errors import Cancelled, StorageError, TgbackupdError
+from .events import Delivered, Events
 from .manifest import Manifest, ManifestRef, Part
 from .recovery import read_back
 from .redaction import scrub
@@ -50,8 +51,10 @@ class Outbox:
         clock: Clock,
         log: Any,
         sending: Sending,
+        events: Events | None = None,
     ) -> None:
         self._config = config
+        self._events = events or Events()
         self.sending = sending  # what is on its way to the chat, for status
         self._store = store
         self._directory = directory
@@ -246,6 +249,7 @@ class Outbox:
             self._directory.remove_spooled(name)
         if attempts > 1:
             bound.info("A backup that was waiting has been delivered", attempts=attempts)
+        self._events.delivered(Delivered(name, manifest.database, delivered.manifest_ref.message_id or 0))
         return DeliveryState.SENT
 
     def _postpone(self, entry: Entry, error: BaseException | str, bound: Any) -> DeliveryState:
