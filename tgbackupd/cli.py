@@ -16,7 +16,9 @@ from .checks import run_checks
 from .config import Config, effective_config, load_config
 from .daemon import Daemon
 from .errors import TgbackupdError
+from .events import Events
 from .fleet import Fleet
+from .integrations import listeners
 from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
 from .recovery import prepare_state
 from .state import NotTheOwner, StateError, StateStore, check_location
@@ -99,7 +101,7 @@ def _render_config(config: Config) -> str:
 
 def _run_once(config: Config, store: StateStore, directory: BackupDirectory, problem: str | None) -> int:
     """Back up every database once, one after the other; exit 1 if any failed."""
-    fleet = Fleet(config, store, directory)
+    fleet = Fleet(config, store, directory, events=Events(listeners(config, store)))
     backup = fleet.first
     if problem is not None:
         backup.tell_chat(problem)

@@ -18,7 +18,9 @@ from .commands import Commands, status_line
 from .config import Config
 from .control import ControlServer
 from .errors import TgbackupdError
+from .events import Events
 from .fleet import Fleet, Slot
+from .integrations import listeners
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .scheduling import DailySchedule, missed_run, repeated_slot
 from .state import StateStore
@@ -51,7 +53,14 @@ class Daemon:
         self._cancel = threading.Event()
         self.should_exit = False
         self.force_exit = False
-        self._fleet = Fleet(config, store, directory, clock=self._clock, cancel=self._cancel)
+        self._fleet = Fleet(
+            config,
+            store,
+            directory,
+            clock=self._clock,
+            cancel=self._cancel,
+            events=Events(listeners(config, store)),
+        )
         self._backup = self._fleet.first
         self._outbox = self._backup.outbox
         self._runner = BackupRunner(

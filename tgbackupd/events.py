@@ -1,7 +1,8 @@
 """What a backup announces, and who hears it. The backup only announces (started, succeeded, failed,
-delivered); each outside integration (pings, the metrics file, the chat's commands) is a Listener of its
-own, so adding one never means editing the backup. A listener that fails is logged, never fails the
-backup; a listener must return quickly (one that talks to a network does so from a thread of its own)."""
+delivered; and a restore drill's end, drilled); each outside integration (pings, the metrics file, the
+chat's commands) is a Listener of its own, so adding one never means editing the backup. A listener that
+fails is logged, never fails the backup; a listener must return quickly (one that talks to a network does
+so from a thread of its own)."""
 
 import threading
 from collections.abc import Iterable
@@ -51,6 +52,24 @@ class Delivered:
     message_id: int
 
 
+@dataclass(frozen=True)
+class Drilled:
+    """A restore drill ended: the latest backup of a series, downloaded from the chat as a new machine
+    would, restored into a scratch database and counted (or not: `error` says why)."""
+
+    prefix: str
+    file: str | None
+    finished_at: str
+    duration_s: float
+    tables: int | None = None
+    rows: int | None = None
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
 class Listener:
     """Hears a backup's events; override what is needed. Each call runs in the backup's thread."""
 
@@ -67,6 +86,9 @@ class Listener:
 
     def delivered(self, event: Delivered) -> None:
         """A backup reached the chat."""
+
+    def drilled(self, event: Drilled) -> None:
+        """A restore drill from the chat ended, well or not."""
 
 
 class Events:
@@ -93,6 +115,9 @@ class Events:
 
     def delivered(self, event: Delivered) -> None:
         self._tell("delivered", event)
+
+    def drilled(self, event: Drilled) -> None:
+        self._tell("drilled", event)
 
     def _tell(self, what: str, event: Any) -> None:
         for listener in self._listeners:
