@@ -4,7 +4,6 @@ retention → verification, when asked → the outbox, drained to the chat → o
 import contextlib
 import dataclasses
 import errno
-import io
 import socket
 import threading
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from . import messages, psql, restore
+from . import messages, psql
 from .clock import Clock
 from .config import Config
 from .delivery import EarlyUploader, Sending
@@ -24,16 +23,17 @@ from .events import Events, Finished, Started
 from .files import write_atomically
 from .formats import DUMP_EXTENSIONS, stem
 from .manifest import GLOBALS_FORMAT, Manifest, part_name, plan_parts
+from .notices import ChatNotices
 from .outbox import Outbox, delivery_text
 from .pgdump import DumpProcess, run_pg_dump, run_pg_dumpall_globals
 from .pipeline import Count, Digest, PartDigests
-from .progress import Progress
 from .redaction import scrub
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
 from .stopping import Stop
-from .storage import BackupDirectory, spooled_parts
-from .telegram import BotApi, ChatPacer, SentMessage, TelegramError
+from .storage import BackupDirectory
+from .telegram import BotApi, ChatPacer, SentMessage
+from .verification import Verification
 
 CHUNK_BYTES = 1024 * 1024
 # A dump this much smaller than the previous one of the same database is flagged: tools that reported
@@ -141,6 +141,8 @@ class Backup:
             else Outbox(config, store, directory, self._clock, log, Sending(self._pacer), self.events)
         )
         self._server = socket.gethostname()
+        self._notices = ChatNotices(config.telegram.chat_id, self._server, self._text)
+        self._verification = Verification(config, directory, self._text)
         self._globals = globals_only
         self._role_passwords = role_passwords
         # What results, size judgements and logs call this series of backups: its database, or its prefix
@@ -265,8 +267,7 @@ class Backup:
             return
         try:
             # One attempt: this runs before the daemon reports ready, and Telegram may be down too.
-            notice = messages.problem_notice(server=self._server, problem=self._text(problem))
-            self._send_notice(bot, notice, log, retry=False)
+            self._notices.problem(bot, self._text(problem), log)
         finally:
             bot.close()
 
@@ -523,7 +524,7 @@ class Backup:
         facts = self._queue(bot, made, began, errors, bound)
         verified = None
         if self._config.backup.verify_after:
-            verified, verification = self._verify(manifest, bound, stop, errors)
+            verified, verification = self._verification.run(manifest, bound, stop, errors)
             if verified is not None and facts is not None:
                 self._record_verified(
                     manifest.name,
@@ -625,38 +626,6 @@ class Backup:
             )
         return None
 
-    def _verify(
-        self, manifest: Manifest, bound: Any, stop: Stop, errors: list[str]
-    ) -> tuple[bool | None, str | None]:
-        """Restore the backup into a scratch database: (whether it restored, what its captions say), or
-        (None, None) when tgbackupd stopped meanwhile. What goes wrong is added to `errors`."""
-        bound.info(f"Verifying backup: {manifest.name}", file=manifest.name)
-        quiet = Progress(io.StringIO())  # inside the daemon, the log reports instead
-
-        def left_behind(problem: str) -> None:
-            errors.append(self._text(problem))
-            bound.error("The verification's scratch database was left behind", error=errors[-1])
-
-        try:
-            if self._config.backup.keep_local:
-                checked = restore.from_local_file(self._directory.path / manifest.name, manifest, quiet)
-            else:
-                spooled = spooled_parts(self._directory.path, manifest)
-                checked = restore.from_parts(manifest, spooled, quiet)
-            identity = self._config.encryption.identity
-            checked = restore.unlock(checked, (identity,) if identity else ())
-            report = restore.verify(self._config.database, checked, quiet, stop, left_behind)
-        except Cancelled:
-            bound.warning("Backup verification stopped because tgbackupd is stopping", file=manifest.name)
-            return None, None
-        except TgbackupdError as error:
-            reason = self._text(error)
-            bound.error("Backup verification failed", file=manifest.name, error=reason)
-            errors.append(f"verification failed: {reason}")
-            return False, f"NOT VERIFIED: {reason}"[:300]
-        bound.info("Backup verified", file=manifest.name, tables=len(report.tables), rows=report.rows)
-        return True, report.summary()
-
     def _deliver(
         self, bot: BotApi | None, name: str, errors: list[str], bound: Any
     ) -> tuple[DeliveryState, int | None, str | None]:
@@ -704,18 +673,8 @@ class Backup:
         return delivery, None, None
 
     def _report_failure(self, bot: BotApi | None, reason: str, bound: Any, retry: bool = True) -> None:
-        if bot is None or self.cancel.is_set():
-            return
-        notice = messages.failure_notice(database=self.describe, server=self._server, reason=reason)
-        self._send_notice(bot, notice, bound, retry)
-
-    def _send_notice(self, bot: BotApi, text: str, bound: Any, retry: bool = True) -> None:
-        chat_id = self._config.telegram.chat_id
-        assert chat_id is not None
-        try:
-            bot.send_message(chat_id, text, retry=retry)
-        except (TelegramError, Cancelled) as error:
-            bound.warning("Could not tell the Telegram chat", chat_id=chat_id, error=self._text(error))
+        if not self.cancel.is_set():
+            self._notices.failure(bot, self.describe, reason, bound, retry)
 
     def _summarize(self, result: BackupResult, bound: Any) -> None:
         """One event per backup carrying everything a person filters on."""
