@@ -223,12 +223,13 @@ class ChatCommands:
         failures = 0
         while True:
             try:
-                self._bot_name = str(self._poll_bot.get_me().get("username") or "") or None
+                name = self._poll_bot.get_me().get("username")
+                self._bot_name = name if isinstance(name, str) and name else None
                 webhook = self._poll_bot.get_webhook_info().get("url")
                 break
             except TelegramError as error:
                 failures += 1
-                self._back_off("Chat commands cannot start yet: Telegram did not answer", error, failures)
+                self._back_off("Chat commands not started: getMe or getWebhookInfo failed", error, failures)
         if isinstance(webhook, str) and webhook:
             self._state = "webhook_set"
             self._problem = (
@@ -264,7 +265,10 @@ class ChatCommands:
     def _handle_batch(self, updates: list[Any], offset: int | None) -> int | None:
         """Record the offset past this batch before acting on it (a restart must never run a /backup
         again), then act; return the next offset. The next offset follows the batch's own ids: after a
-        week without updates, Telegram numbers them anew, possibly lower."""
+        week without updates, Telegram numbers them anew, possibly lower. Once tgbackupd is stopping, the
+        batch is left unconfirmed: nothing could be started now, and the next start sees it again."""
+        if self._cancel.is_set():
+            return offset
         ids = [update_id for update_id in map(update_id_of, updates) if update_id is not None]
         if not ids:
             if updates:

@@ -2,12 +2,13 @@
 getUpdates, answers, and backs up the real PostgreSQL database; everyone else is ignored and logged."""
 
 import gzip
+import itertools
 import shutil
 import time
 
 import pytest
 
-from tests.botapi import CHAT_ID
+from tests.botapi import CHAT_ID, Fault
 from tests.end_to_end.conftest import events, status, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -165,3 +166,21 @@ def test_a_conflict_is_reported_and_retried_with_growing_delays_until_it_ends(
     stopping = time.monotonic()
     assert daemon.stop() == 0
     assert time.monotonic() - stopping < 10  # a long poll in flight does not hold the shutdown up
+
+
+def test_network_errors_are_retried_after_growing_delays_then_commands_are_answered(
+    make_database, bot_api, daemon_for
+):
+    bot_api.fail_next(*[Fault(action="reset")] * 3)  # the first three requests: getMe, getMe, getMe
+    daemon = daemon_for(make_database(rows=5), **COMMANDS_ON)
+
+    wait_until(lambda: polling(daemon), timeout=30)
+    asked = [when for when, method in bot_api.state.posts if method == "getMe"]
+    assert len(asked) == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(asked)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9 and gaps[2] >= 3.9  # 1, 2, 4 s: never a busy loop
+    failed = [e for e in events(daemon.log_text()) if e["event"].startswith("Chat commands not started")]
+    assert [e["retry_in_s"] for e in failed] == [1.0, 2.0, 4.0]
+    bot_api.write("/status", ADMIN)
+    assert answers(bot_api, CHAT_ID, 1)[0].startswith("tgbackupd ")
+    assert daemon.stop() == 0
