@@ -73,6 +73,7 @@ class BotApiState:
     next_update_id: int = 700_000_000
     updates_changed: threading.Condition = field(default_factory=threading.Condition)
     webhook_url: str = ""
+    polls: int = 0  # getUpdates requests so far: a newer one ends the one waiting
     closing: bool = False
 
 
@@ -324,7 +325,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_updates(self, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """Confirm the updates below `offset`, then hand out the rest of the kinds asked for, waiting up to
-        `timeout` seconds for one to come (long polling)."""
+        `timeout` seconds for one to come (long polling). A getUpdates that comes meanwhile (another poller
+        with the same token) ends the waiting one with 409, as the real server does."""
         state = self.server.state
         if state.webhook_url:
             return _error(
@@ -342,6 +344,9 @@ class _Handler(BaseHTTPRequestHandler):
             return _error(400, "Bad Request: wrong parameter value")
         deadline = time.monotonic() + min(timeout, 120)
         with state.updates_changed:
+            state.polls += 1
+            this_poll = state.polls
+            state.updates_changed.notify_all()
             if offset:
                 state.updates = [update for update in state.updates if update["update_id"] >= offset]
             while True:
@@ -349,6 +354,12 @@ class _Handler(BaseHTTPRequestHandler):
                 remaining = deadline - time.monotonic()
                 if state.webhook_url:
                     return _error(409, "Conflict: terminated by setWebhook request")
+                if state.polls != this_poll:
+                    return _error(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that only one bot "
+                        "instance is running",
+                    )
                 if found or remaining <= 0 or state.closing:
                     return 200, {"ok": True, "result": found[:100]}
                 state.updates_changed.wait(remaining)

@@ -1,15 +1,18 @@
 """Commands in the chat against the real daemon: admins write in the stand-in's chat, the daemon long-polls
 getUpdates, answers, and backs up the real PostgreSQL database; everyone else is ignored and logged."""
 
+import contextlib
 import gzip
 import itertools
 import shutil
+import threading
 import time
 
 import pytest
 
-from tests.botapi import CHAT_ID, Fault
+from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.end_to_end.conftest import events, status, wait_until
+from tgbackupd.telegram import BotApi, TelegramConflict
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
 
@@ -183,4 +186,33 @@ def test_network_errors_are_retried_after_growing_delays_then_commands_are_answe
     assert [e["retry_in_s"] for e in failed] == [1.0, 2.0, 4.0]
     bot_api.write("/status", ADMIN)
     assert answers(bot_api, CHAT_ID, 1)[0].startswith("tgbackupd ")
+    assert daemon.stop() == 0
+
+
+def test_a_second_poller_on_the_same_token_is_a_conflict_reported_until_it_goes(
+    make_database, bot_api, daemon_for
+):
+    daemon = daemon_for(make_database(rows=5), **COMMANDS_ON)
+    wait_until(lambda: polling(daemon))
+    other = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=30, retries=0)
+    other_got: list = []
+
+    def poll_as_another_program() -> None:  # long polls of its own for a few seconds
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TelegramConflict):
+                other_got.extend(other.get_updates(None, 1, ["message"]))
+
+    poller = threading.Thread(target=poll_as_another_program)
+    poller.start()
+    wait_until(lambda: (status(daemon)["chat_commands"] or {}).get("state") == "failing", timeout=10)
+    problem = status(daemon)["chat_commands"]["problem"]
+    assert "409 Conflict: terminated by other getUpdates request" in problem
+    assert "another program polls getUpdates with this bot token" in problem
+    poller.join(10)
+    other.close()
+
+    bot_api.write("/status", ADMIN)
+    assert answers(bot_api, CHAT_ID, 1, timeout=40)[0].startswith("tgbackupd ")
+    assert polling(daemon)
     assert daemon.stop() == 0
