@@ -41,6 +41,7 @@ def test_an_admin_gets_status_a_real_backup_the_list_and_the_last_error(make_dat
     (answer,) = answers(bot_api, CHAT_ID, 1)
     assert answer.startswith("tgbackupd ") and ": idle" in answer.splitlines()[0]
     assert f"Database:          {source} on " in answer
+    assert "Chat commands:     answered to 1 admin(s)" in answer
 
     bot_api.write("/backup@backup_test_bot", ADMIN)
     started, result = answers(bot_api, CHAT_ID, 3, timeout=60)[1:]
