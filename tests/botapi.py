@@ -1,7 +1,10 @@
 """A Bot API stand-in on 127.0.0.1: answers sendDocument, sendMessage, pinChatMessage, getChat, getFile
 and file downloads as the real server does, with its size limits (50 MB up, 20 MB down) and its error
 replies, and can be told to fail (5xx, 429 with retry_after, 4xx, a reset connection, a stall, a
-download cut short). Tests read what it received and may damage what it stores."""
+download cut short). Tests read what it received and may damage what it stores. Tests also write in the
+chat (`write`): getUpdates hands those messages out as the real server does (long polling, `offset`
+confirming what came before, `allowed_updates`), and refuses with 409 while a webhook is set
+(`webhook_url`, which getWebhookInfo tells)."""
 
 import json
 import re
@@ -65,6 +68,13 @@ class BotApiState:
     clock: Callable[[], float] = time.monotonic  # what stamps `posts` (a test may give its own clock)
     posts: list[tuple[float, str]] = field(default_factory=list)  # (when, method) of every POST
     on_download: Callable[[str], None] | None = None  # told the file id of each download before it is sent
+    updates: list[dict[str, Any]] = field(default_factory=list)  # not confirmed yet, oldest first
+    written: dict[int, dict[str, Any]] = field(default_factory=dict)  # every update ever, by update_id
+    next_update_id: int = 700_000_000
+    updates_changed: threading.Condition = field(default_factory=threading.Condition)
+    webhook_url: str = ""
+    polls: int = 0  # getUpdates requests so far: a newer one ends the one waiting
+    closing: bool = False
 
 
 def _error(status: int, description: str, retry_after: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -198,6 +208,19 @@ class _Handler(BaseHTTPRequestHandler):
             }
         if method == "getFile":
             return self._get_file(fields.get("file_id", ""))
+        if method == "getWebhookInfo":
+            with state.updates_changed:
+                pending = len(state.updates)
+            return 200, {
+                "ok": True,
+                "result": {
+                    "url": state.webhook_url,
+                    "has_custom_certificate": False,
+                    "pending_update_count": pending,
+                },
+            }
+        if method == "getUpdates":
+            return self._get_updates(fields)
         if method not in (
             "sendDocument",
             "sendMessage",
@@ -300,6 +323,47 @@ class _Handler(BaseHTTPRequestHandler):
                     received.fields["caption"] = caption
         return 200, {"ok": True, "result": message}
 
+    def _get_updates(self, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Confirm the updates below `offset`, then hand out the rest of the kinds asked for, waiting up to
+        `timeout` seconds for one to come (long polling). A getUpdates that comes meanwhile (another poller
+        with the same token) ends the waiting one with 409, as the real server does."""
+        state = self.server.state
+        if state.webhook_url:
+            return _error(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
+                "the webhook first",
+            )
+        try:
+            offset = int(fields.get("offset", "0"))
+            timeout = int(fields.get("timeout", "0"))
+            allowed = json.loads(fields.get("allowed_updates", "[]"))
+        except ValueError:
+            return _error(400, "Bad Request: wrong parameter value")
+        if timeout < 0 or not isinstance(allowed, list):
+            return _error(400, "Bad Request: wrong parameter value")
+        deadline = time.monotonic() + min(timeout, 120)
+        with state.updates_changed:
+            state.polls += 1
+            this_poll = state.polls
+            state.updates_changed.notify_all()
+            if offset:
+                state.updates = [update for update in state.updates if update["update_id"] >= offset]
+            while True:
+                found = [update for update in state.updates if not allowed or update.keys() & allowed]
+                remaining = deadline - time.monotonic()
+                if state.webhook_url:
+                    return _error(409, "Conflict: terminated by setWebhook request")
+                if state.polls != this_poll:
+                    return _error(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that only one bot "
+                        "instance is running",
+                    )
+                if found or remaining <= 0 or state.closing:
+                    return 200, {"ok": True, "result": found[:100]}
+                state.updates_changed.wait(remaining)
+
     def _get_file(self, file_id: str) -> tuple[int, dict[str, Any]]:
         state = self.server.state
         if file_id not in state.files:
@@ -382,6 +446,9 @@ class BotApiStandIn:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with self.state.updates_changed:
+            self.state.closing = True
+            self.state.updates_changed.notify_all()
         self._server.shutdown()
         self._server.server_close()
 
@@ -394,3 +461,58 @@ class BotApiStandIn:
 
     def messages(self) -> list[Received]:
         return [item for item in self.state.received if item.method == "sendMessage"]
+
+    def messages_to(self, chat_id: str | int) -> list[str]:
+        """The texts the bot sent to one chat, in order."""
+        return [item.fields["text"] for item in self.messages() if item.fields["chat_id"] == str(chat_id)]
+
+    def write(
+        self,
+        text: str,
+        user_id: int | None,
+        chat_id: str | int = CHAT_ID,
+        chat_type: str = "supergroup",
+        sent_at: int | None = None,
+    ) -> int:
+        """A message someone writes where the bot sees it, as getUpdates hands it out: in a group, a
+        private chat with the bot (chat_type "private", chat_id the user's id: the bot may then answer
+        there) or a channel (a channel post, which names no sender: user_id None). Return its update_id."""
+        message: dict[str, Any] = {
+            "message_id": 0,
+            "date": int(time.time()) if sent_at is None else sent_at,
+            "chat": {"id": int(chat_id), "type": chat_type},
+            "text": text,
+        }
+        if user_id is not None:
+            message["from"] = {"id": user_id, "is_bot": False, "first_name": f"User {user_id}"}
+        kind = "channel_post" if chat_type == "channel" else "message"
+        with self.state.lock:
+            message["message_id"] = self.state.next_message_id
+            self.state.next_message_id += 1
+            if chat_type == "private":
+                self.state.chats.add(str(chat_id))
+        with self.state.updates_changed:
+            update_id = self.state.next_update_id
+            self.state.next_update_id += 1
+            self.state.updates.append({"update_id": update_id, kind: message})
+            self.state.written[update_id] = self.state.updates[-1]
+            self.state.updates_changed.notify_all()
+        return update_id
+
+    def hand_out_again(self, update_id: int) -> None:
+        """Make a confirmed update unconfirmed, as if the confirmation had never reached the server (the
+        poller crashed between handling an update and its next getUpdates)."""
+        with self.state.updates_changed:
+            self.state.updates.insert(0, self.state.written[update_id])
+            self.state.updates_changed.notify_all()
+
+    def set_webhook(self, url: str) -> None:
+        """setWebhook (an empty url: deleteWebhook); a getUpdates waiting meanwhile ends with 409."""
+        with self.state.updates_changed:
+            self.state.webhook_url = url
+            self.state.updates_changed.notify_all()
+
+    def pending_updates(self) -> list[int]:
+        """The update_ids not confirmed yet (a getUpdates with a higher offset confirms them)."""
+        with self.state.updates_changed:
+            return [update["update_id"] for update in self.state.updates]

@@ -171,6 +171,8 @@ def _telegram(config: Config) -> list[Check]:
     checks: list[Check] = []
     try:
         _ask_bot_api(bot, telegram.chat_id, checks)
+        if telegram.commands and checks[0].ok:  # the token works: ask about its webhook
+            checks.append(_webhook(bot))
     except TelegramUnreachable as error:
         checks.append(
             Check(
@@ -218,6 +220,20 @@ def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check]) -> None:
         )
         return
     checks.extend(_rights(chat.get("type"), member))
+
+
+def _webhook(bot: BotApi) -> Check:
+    """Chat commands long-poll getUpdates, which Telegram refuses while the token has a webhook. The
+    webhook's address is not shown: it may hold a secret of whatever receives it."""
+    if bot.get_webhook_info().get("url"):
+        return Check(
+            "chat commands",
+            False,
+            "the bot token has a webhook set, so Telegram refuses getUpdates: chat commands cannot work",
+            "if nothing needs the webhook, remove it (https://api.telegram.org/bot<TOKEN>/deleteWebhook) and "
+            "restart tgbackupd; else give tgbackupd a bot of its own",
+        )
+    return Check("chat commands", True, "no webhook set, so the bot's updates can be polled")
 
 
 def _rights(chat_type: str | None, member: dict[str, Any]) -> list[Check]:

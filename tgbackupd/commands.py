@@ -64,8 +64,10 @@ class Commands:
         directory: BackupDirectory,
         fleet: Fleet | None = None,
         slot_next_run: Callable[[Slot], datetime | None] | None = None,
+        chat_commands: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
-        """`fleet`: the databases backed up, for status by database and `trigger DBNAME`; without it, one."""
+        """`fleet`: the databases backed up, for status by database and `trigger DBNAME`; without it, one.
+        `chat_commands`: how the chat's commands fare (telegram.commands), for status."""
         self._config = config
         self._runner = runner
         self._next_run = next_run
@@ -75,6 +77,7 @@ class Commands:
         self._directory = directory
         self._fleet = fleet
         self._slot_next_run = slot_next_run or (lambda slot: None)
+        self._chat_commands = chat_commands or (lambda: None)
 
     def handle(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         command = request.get("command")
@@ -96,13 +99,16 @@ class Commands:
                 "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
             }
         if command == "list":
-            try:
-                return {"data": {"backups": listing(self._store, self._directory)}}
-            except StateError as error:
-                return error_reply("state_unreadable", str(error))
+            return self.list_backups()
         return error_reply(
             "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
         )
+
+    def list_backups(self) -> dict[str, Any]:
+        try:
+            return {"data": {"backups": listing(self._store, self._directory)}}
+        except StateError as error:
+            return error_reply("state_unreadable", str(error))
 
     def status(self, count_backups: bool = True) -> dict[str, Any]:
         """The status reply; `count_backups=False` spares the directory scan when only a summary is needed."""
@@ -139,6 +145,7 @@ class Commands:
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self._started_at,
+            "chat_commands": self._chat_commands(),
         }
 
     def _stored(self) -> int:
@@ -169,11 +176,20 @@ class Commands:
         """Back up every database (or the one named), one at a time; fail if any failed, naming each."""
         if not peer_may_trigger(peer, self._config.daemon.control_group):
             return error_reply("permission_denied", self._refusal(peer, "trigger backups"))
+        started = self.start_manual(database, wait)
+        if not isinstance(started, RunningBackup):
+            return started
+        started.done.wait()
+        return self.outcome(started, database)
+
+    def start_manual(self, database: str | None, wait: bool = False) -> RunningBackup | dict[str, Any]:
+        """Start a manual backup of every database (or the one named), after the running one with `wait`;
+        return it, or the error reply saying why it did not start (unknown_database, busy, stopping)."""
         if database is not None and (self._fleet is None or not self._fleet.knows(database)):
             return error_reply("unknown_database", self._unknown(database))
         selection = Selection(database=database)
         try:
-            running = (
+            return (
                 self._runner.start_when_free(Trigger.MANUAL, selection)
                 if wait
                 else self._runner.start(Trigger.MANUAL, selection)
@@ -182,7 +198,9 @@ class Commands:
             return error_reply("busy", str(error))
         except Cancelled as error:
             return error_reply("stopping", str(error))
-        running.done.wait()
+
+    def outcome(self, running: RunningBackup, database: str | None) -> dict[str, Any]:
+        """The reply for a manual backup that has ended: fail if any database failed, naming each."""
         results = running.results
         assert results is not None
         if not results:  # an `all = true` entry found no database of that name

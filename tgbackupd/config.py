@@ -188,6 +188,27 @@ def _list(item: Callable[[str], str | None], most: int = 1000) -> Callable[[Any,
     return parse
 
 
+def _user_ids(value: Any, from_env: bool) -> tuple[int, ...]:
+    """Telegram user ids: a TOML array of integers, or in the environment integers separated by commas."""
+    if from_env:
+        entries: list[Any] = [entry.strip() for entry in _INLINE_COMMENT.sub("", value).split(",")]
+        entries = [int(entry) if re.fullmatch(r"[0-9]{1,16}", entry) else entry for entry in entries if entry]
+    elif isinstance(value, list):
+        entries = value
+    else:
+        raise _Problem(f"expected a list of Telegram user ids ([123456789, …]), got {type(value).__name__}")
+    bad = [
+        (index, str(entry), "expected a Telegram user id (a positive integer, as @userinfobot tells it)")
+        for index, entry in enumerate(entries)
+        if isinstance(entry, bool) or not isinstance(entry, int) or not 0 < entry < 2**53
+    ]
+    if bad:
+        raise _EntryProblems(bad)
+    if len(entries) > 1000:
+        raise _Problem(f"expected at most 1000 user ids, got {len(entries)}")
+    return tuple(dict.fromkeys(entries))
+
+
 def _pattern(entry: str) -> str | None:
     return "an empty entry (remove it)" if not entry else None
 
@@ -348,6 +369,8 @@ KEYS = (
     _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
     _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
     _Key("telegram", "messages_per_minute", _integer(1, 60000, "a number of messages"), 20),
+    _Key("telegram", "commands", _boolean, False),
+    _Key("telegram", "admin_user_ids", _user_ids, ()),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
     _Key("database", "host", _text, legacy_env=("PGHOST",)),
     _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
@@ -417,6 +440,9 @@ class TelegramConfig:
     redeliver_min_s: int
     redeliver_max_s: int
     messages_per_minute: int
+    # Answer /status, /backup, /list and /last_error from these Telegram users (telegram.commands).
+    commands: bool = False
+    admin_user_ids: tuple[int, ...] = ()
 
     @property
     def configured(self) -> bool:
@@ -904,6 +930,18 @@ def _telegram(
             "margin), or set telegram.api_url to a self-hosted Bot API server (telegram-bot-api --local), "
             "which hands back files up to 2000 MB"
         )
+    if values["telegram.commands"]:
+        if not values["telegram.admin_user_ids"]:
+            problems.append(
+                "telegram.commands = true, but telegram.admin_user_ids is empty: the bot would answer "
+                "nobody. List the Telegram user ids allowed to send commands (admin_user_ids = [123456789]; "
+                "a user learns theirs from @userinfobot), or set telegram.commands = false"
+            )
+        if not (token and values["telegram.chat_id"]):
+            problems.append(
+                "telegram.commands = true, but Telegram is not configured: chat commands need the bot "
+                "token and telegram.chat_id too"
+            )
     return TelegramConfig(
         bot_token=token,
         bot_token_source=token_source,
@@ -917,6 +955,8 @@ def _telegram(
         redeliver_min_s=values["telegram.redeliver_min_s"],
         redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
         messages_per_minute=values["telegram.messages_per_minute"],
+        commands=values["telegram.commands"],
+        admin_user_ids=values["telegram.admin_user_ids"],
     )
 
 
@@ -1242,6 +1282,8 @@ def effective_config(config: Config) -> dict[str, Any]:
             "redeliver_min_s": config.telegram.redeliver_min_s,
             "redeliver_max_s": config.telegram.redeliver_max_s,
             "messages_per_minute": config.telegram.messages_per_minute,
+            "commands": config.telegram.commands,
+            "admin_user_ids": list(config.telegram.admin_user_ids),
         },
         "database": {
             "host": database.host,

@@ -260,6 +260,13 @@ def render_status(data: dict[str, Any]) -> str:
             lines.append(
                 f"  {prefix} ({each['database']}): {next_run}last: {describe_last(each['last_backup'])}"
             )
+    chat = data.get("chat_commands")
+    if chat:
+        if chat["state"] == "polling":
+            lines.append(f"Chat commands:     answered to {chat['admin_user_ids']} admin(s)")
+        else:
+            problem = chat["problem"] or "not answered yet"
+            lines.append(f"Chat commands:     {chat['state'].upper()}: {problem}")
     if data.get("sending"):
         sending = data["sending"]
         lines.append(f"Sending:           {sending['name']}: {messages.describe_sending(sending)}")

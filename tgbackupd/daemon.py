@@ -13,6 +13,7 @@ from types import FrameType
 import structlog
 
 from . import __version__
+from .chat_commands import chat_commands_for
 from .clock import Clock
 from .commands import Commands, status_line
 from .config import Config
@@ -88,7 +89,10 @@ class Daemon:
             directory,
             self._fleet,
             self._slot_next_run,
+            chat_commands=lambda: self._chat.describe() if self._chat else None,
         )
+        # Commands in the chat (telegram.commands): a poller of its own, started and stopped with the daemon.
+        self._chat = chat_commands_for(config, self._commands, store, self._cancel)
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
         )
@@ -186,6 +190,8 @@ class Daemon:
             self._backup.clean_up_after_crash()
             self._plan_catch_up()
             self._started()
+            if self._chat:
+                self._chat.start()
             self._main_loop()
         finally:
             self._shutdown()
@@ -286,6 +292,8 @@ class Daemon:
         running = self._runner.current
         log.info("Stopping tgbackupd", backup_running=running is not None)
         self._cancel.set()
+        if self._chat:
+            self._chat.stop()
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
         while not self._runner.join(0.2):
             if self.force_exit or time.monotonic() > deadline:

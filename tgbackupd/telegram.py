@@ -8,6 +8,7 @@ from __future__ import annotations  # annotations name requests' types without l
 
 import collections
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -47,6 +48,8 @@ else:
 CONNECT_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 600
+# How much longer than a long poll's own timeout its HTTP read may take before it counts as lost.
+LONG_POLL_MARGIN_S = 15
 _BODY_BLOCK_BYTES = 256 * 1024
 # What posts a message in a chat (or changes one), and so counts towards Telegram's limits for that chat.
 PACED_METHODS = frozenset({"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage"})
@@ -65,6 +68,10 @@ class TelegramRejected(TelegramError):
 
 class TelegramTooLarge(TelegramRejected):
     """The Bot API server refused the file's size (413)."""
+
+
+class TelegramConflict(TelegramRejected):
+    """409 from getUpdates: another program polls updates with this token, or a webhook is set."""
 
 
 class TelegramUnreachable(TelegramError):
@@ -262,6 +269,24 @@ class BotApi:
         result = self._call("getChatMember", chat_id, lambda: {"data": fields}, self._attempts)
         return result if isinstance(result, dict) else {}
 
+    def get_webhook_info(self) -> dict[str, Any]:
+        """Return the WebhookInfo: while its `url` is set, Telegram refuses getUpdates (409)."""
+        result = self._call("getWebhookInfo", "", lambda: {}, self._attempts)
+        return result if isinstance(result, dict) else {}
+
+    def get_updates(self, offset: int | None, timeout_s: int, allowed_updates: list[str]) -> list[Any]:
+        """Long-poll for updates from `offset` on: Telegram answers as soon as there is one, else after
+        `timeout_s`. One attempt, the read timeout above the poll's: the caller backs off as it sees fit.
+        The updates are returned unchecked (they come from the chat: the caller parses them)."""
+        fields = {"timeout": str(timeout_s), "allowed_updates": json.dumps(allowed_updates)}
+        if offset is not None:
+            fields["offset"] = str(offset)
+        read_timeout_s = timeout_s + LONG_POLL_MARGIN_S
+        result = self._call("getUpdates", "", lambda: {"data": fields}, 1, read_timeout_s=read_timeout_s)
+        if not isinstance(result, list):
+            raise TelegramError("Telegram's getUpdates answered with something other than a list of updates")
+        return result
+
     def get_file(self, file_id: str) -> dict[str, Any]:
         """Return the File object (file_path, file_size); the public Bot API serves files up to 20 MB."""
         result = self._call("getFile", "", lambda: {"data": {"file_id": file_id}}, self._attempts)
@@ -321,10 +346,12 @@ class BotApi:
         make_request: Callable[[], dict[str, Any]],
         attempts: int,
         upload_bytes: int = 0,
+        read_timeout_s: float | None = None,
     ) -> Any:
         """POST a method (each attempt at what posts in a chat after its turn, with a pacer); return its
         `result`. Raise TelegramRejected at once on 4xx, TelegramError once the retries are spent,
-        Cancelled when told to stop."""
+        Cancelled when told to stop. `read_timeout_s` replaces telegram.timeout (a long poll's)."""
+        timeout = self._timeout if read_timeout_s is None else (CONNECT_TIMEOUT_S, read_timeout_s)
         url = f"{self._api_url}/bot{self._token}/{method}"
         failure = ""
         unanswered = False
@@ -337,9 +364,7 @@ class BotApi:
                     raise Cancelled("tgbackupd is stopping")
             began = self._clock.monotonic()
             try:
-                response = self._session.post(
-                    url, timeout=self._timeout, allow_redirects=False, **make_request()
-                )
+                response = self._session.post(url, timeout=timeout, allow_redirects=False, **make_request())
             except requests.RequestException as error:
                 failure = self._describe_network_error(error)
                 unanswered = True
@@ -414,6 +439,12 @@ class BotApi:
             return TelegramRejected(
                 f"Telegram answered 404 {description}: the bot token is malformed, or telegram.api_url "
                 f"({self._api_url}) is not a Bot API server"
+            )
+        if status == 409:
+            return TelegramConflict(
+                f"Telegram refused to hand out the chat's updates (409 {description}): another program "
+                "polls getUpdates with this bot token (a second tgbackupd, another bot), or a webhook was "
+                "set for it (remove it with deleteWebhook, or give tgbackupd a bot of its own)"
             )
         if status == 413:
             return TelegramTooLarge(

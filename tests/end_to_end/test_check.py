@@ -94,3 +94,23 @@ def test_a_bot_api_that_cannot_be_reached_is_a_network_problem_and_a_401_a_wrong
     assert rejected.returncode == 1
     assert "✗ bot token: Telegram rejected the bot token (401" in rejected.stdout
     assert "cannot reach" not in rejected.stdout and "revoked-token" not in rejected.stdout
+
+
+def test_with_chat_commands_a_webhook_on_the_token_is_a_cross(tmp_path, make_database, bot_api):
+    source = make_database(empty=True)
+    environment = base_environment(
+        tmp_path,
+        source,
+        **telegram_environment(bot_api),
+        TGBACKUPD_TELEGRAM_COMMANDS="true",
+        TGBACKUPD_TELEGRAM_ADMIN_USER_IDS="111",
+    )
+    passed = run_tgbackupd(environment, "--check")
+    bot_api.set_webhook("https://example.invalid/hook-with-a-secret")
+    failed = run_tgbackupd(environment, "--check")
+
+    assert passed.returncode == 0, passed.stdout
+    assert "✓ chat commands: no webhook set" in passed.stdout
+    assert failed.returncode == 1
+    assert "✗ chat commands: the bot token has a webhook set" in failed.stdout
+    assert "deleteWebhook" in failed.stdout and "hook-with-a-secret" not in failed.stdout
