@@ -28,8 +28,9 @@ _KEY_NAMES: dict[str, str | None] = {
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """Given the running and the new configuration, return the names of the keys whose values differ,
-    in the order of the sections (`databases[N]` for an entry of `[[databases]]`, `databases` when
-    entries were added or removed). Names only: secrets are compared, never shown."""
+    in the order of the sections: `databases[N]` (counted from 1, as problems name them) for an entry of
+    `[[databases]]`, `databases` when entries were added or removed. Names only: secrets are compared,
+    never shown."""
     entries = _entries(old) or _entries(new)
     sections = (
         ("telegram", "backup", "daemon", "encryption")
