@@ -361,7 +361,7 @@ class Daemon:
                 self._reload()
             if self._runner.current is None:
                 self._fleet_for_next_job()  # the databases a reload brought, while no backup runs
-            for schedule in list(self._schedules.values()):
+            for schedule in self._schedules.values():
                 schedule.run_pending()
             self._start_due_work()
             self._publish_status()
