@@ -154,3 +154,14 @@ class Container:
                 self.nspawn.wait()
         self.console.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def build_package(directory: Path) -> Path:
+    """Build the .deb of this checkout into `directory` (packaging/build-deb.sh); return its path."""
+    built = subprocess.run(
+        ["bash", str(Path(__file__).parents[2] / "packaging" / "build-deb.sh"), str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(built.stdout.strip())

@@ -6,17 +6,14 @@ under the configuration before it; a plain SIGHUP reloads too."""
 import json
 import os
 import shutil
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.conftest import database_url, psql
-from tests.system.container import ROOT_TARBALL, Container
+from tests.system.container import ROOT_TARBALL, Container, build_package
 
-REPO = Path(__file__).parents[2]
 OTHER_CHAT = "-100987654321"
 CONFIG = "/etc/tgbackupd/config.toml"
 pytestmark = pytest.mark.skipif(
@@ -32,20 +29,14 @@ def running(tmp_path_factory):
     """The package installed and started, backing up a database of the host to a Bot API stand-in that
     knows two chats; alice may use tgbackupctl."""
     workdir = tmp_path_factory.mktemp("reload")
-    packages = workdir / "packages"
-    built = subprocess.run(
-        ["bash", str(REPO / "packaging" / "build-deb.sh"), str(packages)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    package = build_package(workdir / "packages")
     dbname = f"tgb_reload_{uuid.uuid4().hex[:8]}"
     psql("postgres", f"CREATE DATABASE {dbname}")
     psql(dbname, "CREATE TABLE t AS SELECT i FROM generate_series(1, 100) AS i")
     with BotApiStandIn(chats={CHAT_ID, OTHER_CHAT}) as api:
-        container = Container(workdir, {packages: "/mnt/packages"})
+        container = Container(workdir, {package.parent: "/mnt/packages"})
         try:
-            container.run("dpkg", "-i", f"/mnt/packages/{Path(built.stdout.strip()).name}")
+            container.run("dpkg", "-i", f"/mnt/packages/{package.name}")
             container.run("useradd", "--create-home", "--groups", "tgbackupctl", "alice")
             container.write("/etc/tgbackupd/telegram-bot-token", FAKE_TOKEN, 0o600)
             container.write(
