@@ -4,24 +4,17 @@ a bad one fails the reload with its reason, in the journal as an error, while th
 under the configuration before it; a plain SIGHUP reloads too."""
 
 import json
-import os
-import shutil
 import uuid
 
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.conftest import database_url, psql
-from tests.system.container import ROOT_TARBALL, Container, build_package
+from tests.system.container import NEEDS_CONTAINER, Container, build_package
 
 OTHER_CHAT = "-100987654321"
 CONFIG = "/etc/tgbackupd/config.toml"
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0
-    or not all(shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "zstd"))
-    or not (ROOT_TARBALL.exists() or shutil.which("debootstrap")),
-    reason="needs root, systemd-nspawn, nsenter, dpkg-deb, zstd and debootstrap (or the cached root)",
-)
+pytestmark = NEEDS_CONTAINER
 
 
 @pytest.fixture(scope="module")
