@@ -150,17 +150,18 @@ def _fitted(text: str) -> str:
 
 class ChatCommands:
     """Answers the admins' commands while the daemon runs. `start` begins polling from a thread of its
-    own; `stop` (after the daemon's cancel event is set) waits for it a bounded while."""
+    own; `stop` (at shutdown, or when a reload replaces it) ends it, waiting a bounded while."""
 
     def __init__(
         self,
         config: Config,
         commands: Commands,
         store: StateStore,
-        cancel: threading.Event,
         clock: Clock | None = None,
     ) -> None:
         telegram = config.telegram
+        # Its own: a reload that changes the Telegram settings stops this poller, the daemon running on.
+        cancel = threading.Event()
         assert telegram.bot_token is not None and telegram.chat_id is not None
         self._chat_id = telegram.chat_id
         self._admins = frozenset(telegram.admin_user_ids)
@@ -200,9 +201,11 @@ class ChatCommands:
         self._thread.start()
 
     def stop(self) -> None:
-        """Wait a bounded while for the poller to see the cancel event; a long poll in flight is left to
-        end with the process (what it fetched is not confirmed, so Telegram hands it out again)."""
-        self._thread.join(STOP_WAIT_S)
+        """Tell the poller to stop and wait for it a bounded while; a long poll in flight is left to end
+        on its own (what it fetched is not confirmed, so Telegram hands it out again)."""
+        self._cancel.set()
+        if self._thread.ident is not None:
+            self._thread.join(STOP_WAIT_S)
         if not self._thread.is_alive():
             self._poll_bot.close()
         self._state = "stopped"
@@ -402,8 +405,6 @@ class ChatCommands:
             log.warning("Chat command's answer could not be sent", chat_id=command.chat_id, error=str(error))
 
 
-def chat_commands_for(
-    config: Config, commands: Commands, store: StateStore, cancel: threading.Event
-) -> ChatCommands | None:
+def chat_commands_for(config: Config, commands: Commands, store: StateStore) -> ChatCommands | None:
     """The poller the configuration asks for (telegram.commands), else None."""
-    return ChatCommands(config, commands, store, cancel) if config.telegram.commands else None
+    return ChatCommands(config, commands, store) if config.telegram.commands else None

@@ -17,7 +17,7 @@ from .config import Config, effective_config, load_config
 from .daemon import Daemon
 from .errors import TgbackupdError
 from .events import Events
-from .fleet import Fleet
+from .fleet import Fleet, first_directory
 from .integrations import listeners
 from .logs import SYSLOG_PRIORITIES, configure_logging, under_journald
 from .recovery import prepare_state
@@ -146,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TgbackupdError as error:
         _print_error(error)
         return error.exit_code
-    first = config.databases[0].backup  # the first entry's own format and compression name its files
-    directory = BackupDirectory(first.directory, first.prefix, config.suffix_of(first))
+    directory = first_directory(config)
     if args.check:
         checks = run_checks(config, directory)
         print(render_checks(checks))
@@ -162,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.once:
             return _run_once(config, prepared.store, directory, prepared.problem)
-        return Daemon(config, prepared.store, directory, prepared.problem).run()
+        return Daemon(config, prepared.store, directory, prepared.problem, config_path=args.config).run()
     finally:
         prepared.store.close()
 

@@ -14,12 +14,15 @@ from .control import Peer, error_reply
 from .errors import Cancelled
 from .fleet import Fleet, Slot
 from .outbox import Outbox
+from .reloading import ReloadRequests
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
 
-COMMANDS = ("status", "trigger", "list", "check")
+COMMANDS = ("status", "trigger", "list", "check", "reload")
+# How long `reload` waits for the main loop to make it (it reads the file and builds the new databases).
+RELOAD_WAIT_S = 60.0
 
 
 def _group_name(gid: int) -> str:
@@ -65,9 +68,12 @@ class Commands:
         fleet: Fleet | None = None,
         slot_next_run: Callable[[Slot], datetime | None] | None = None,
         chat_commands: Callable[[], dict[str, Any] | None] | None = None,
+        reloads: ReloadRequests | None = None,
     ) -> None:
         """`fleet`: the databases backed up, for status by database and `trigger DBNAME`; without it, one.
-        `chat_commands`: how the chat's commands fare (telegram.commands), for status."""
+        `chat_commands`: how the chat's commands fare (telegram.commands), for status.
+        `reloads`: where `reload` asks the main loop for one; without it, reloading is not offered."""
+        self._reloads = reloads
         self._config = config
         self._runner = runner
         self._next_run = next_run
@@ -98,6 +104,8 @@ class Commands:
             return {
                 "data": {"ok": all(check.ok for check in checks), "checks": [c.to_dict() for c in checks]}
             }
+        if command == "reload":
+            return self.reload(peer)
         if command == "list":
             return self.list_backups()
         return error_reply(
@@ -110,11 +118,37 @@ class Commands:
         except StateError as error:
             return error_reply("state_unreadable", str(error))
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload: status and the rights to trigger follow the new configuration at once."""
+        self._config = config
+
+    def use(self, fleet: Fleet, outbox: Outbox, directory: BackupDirectory) -> None:
+        """A reload's databases, once they are the ones backed up (after the backup that was running)."""
+        self._fleet, self._outbox, self._directory = fleet, outbox, directory
+
+    def reload(self, peer: Peer) -> dict[str, Any]:
+        """Have the main loop reload the configuration, and answer how it went."""
+        if self._reloads is None:
+            return error_reply("unknown_command", "this tgbackupd cannot reload its configuration")
+        if not peer_may_trigger(peer, self._config.daemon.control_group):
+            return error_reply("permission_denied", self._refusal(peer, "reload the configuration"))
+        outcome = self._reloads.ask(RELOAD_WAIT_S)
+        if outcome is None:
+            return error_reply(
+                "timeout",
+                f"tgbackupd did not finish reloading within {RELOAD_WAIT_S:g} s; see its log "
+                "(journalctl -u tgbackupd) and `tgbackupctl status`",
+            )
+        if not outcome.ok:
+            return error_reply("reload_failed", outcome.message(), reload=outcome.describe())
+        return {"data": {"message": outcome.message(), "reload": outcome.describe()}}
+
     def status(self, count_backups: bool = True) -> dict[str, Any]:
         """The status reply; `count_backups=False` spares the directory scan when only a summary is needed."""
         config = self._config
         running = self._runner.current
         next_run = self._next_run()
+        last_reload = self._reloads.last if self._reloads else None
         pending, state_problem = None, None
         if count_backups:
             try:
@@ -142,6 +176,7 @@ class Commands:
             "state_problem": state_problem,
             "last_backup": self._runner.last_backup,
             "databases": self._fleet.status(self._slot_next_run) if self._fleet else None,
+            "reload": last_reload.describe() if last_reload else None,
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self._started_at,

@@ -72,17 +72,7 @@ class ControlServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(self.path))
-            os.chmod(self.path, SOCKET_MODE)
-            if self._group is not None and self._group != os.getegid():
-                try:
-                    os.chown(self.path, -1, self._group)
-                except PermissionError:
-                    log.warning(
-                        "Cannot give the control socket to the control group: make the tgbackupd "
-                        "user a member of it",
-                        socket=str(self.path),
-                        gid=self._group,
-                    )
+            self._give_rights()
             listener.listen(socket.SOMAXCONN)  # a crowd waits to be accepted (or told to come back)
             listener.settimeout(_ACCEPT_POLL_S)
         except OSError as error:
@@ -93,6 +83,32 @@ class ControlServer:
         self._listener = listener
         self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
         self._thread.start()
+
+    def _give_rights(self) -> None:
+        """Mode 0660, owned by the control group when there is one (else the daemon's primary group)."""
+        os.chmod(self.path, SOCKET_MODE)
+        group = os.getegid() if self._group is None else self._group
+        if os.stat(self.path).st_gid == group:
+            return
+        try:
+            os.chown(self.path, -1, group)
+        except PermissionError:
+            log.warning(
+                "Cannot give the control socket to the control group: make the tgbackupd user a member of it",
+                socket=str(self.path),
+                gid=group,
+            )
+
+    def change_group(self, group: int | None) -> None:
+        """Give the listening socket to another control group (a reload): who may open it follows at once.
+        Raise TgbackupdError if the socket's rights cannot be changed."""
+        self._group = group
+        try:
+            self._give_rights()
+        except OSError as error:
+            raise TgbackupdError(
+                f"cannot change the rights of the control socket {self.path}: {error.strerror or error}"
+            ) from None
 
     def close(self) -> None:
         self._stopping.set()

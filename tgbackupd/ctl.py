@@ -49,6 +49,8 @@ EXIT_REFUSED = {
     "stopping": os.EX_TEMPFAIL,
     "too_many_clients": os.EX_TEMPFAIL,
     "unknown_database": os.EX_USAGE,
+    "reload_failed": os.EX_CONFIG,
+    "timeout": os.EX_TEMPFAIL,
 }
 
 EPILOG = f"""\
@@ -65,7 +67,8 @@ exit status:
   75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
       (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
-  78  the configuration is invalid, or restore does not know which database to restore into
+  78  the configuration is invalid (reload: the new one was rejected, the running one stays), or restore
+      does not know which database to restore into
   129, 143  restore/verify ended by SIGHUP, SIGTERM (130: Ctrl-C): rolled back, the work directory and an
       incomplete --output removed
 
@@ -123,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DBNAME",
         help="back up only this database (its name or prefix); default: every database configured",
     )
+    reload = commands.add_parser(
+        "reload",
+        help="have the daemon read its configuration again, and say what changed or why it was rejected",
+    )
+    reload.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
     check = commands.add_parser(
         "check", help="have the daemon check its setup end to end: database, pg_dump, directory, Telegram"
     )
@@ -272,6 +280,8 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(f"Sending:           {sending['name']}: {messages.describe_sending(sending)}")
     if data.get("state_problem"):
         lines.append(f"State file:        PROBLEM: {data['state_problem']}")
+    if data.get("reload"):
+        lines.append(f"Last reload:       {describe_reload(data['reload'])}")
     for waiting in data.get("pending") or []:
         lines.append(
             f"Waiting for Telegram: {waiting['name']} (attempt {waiting['attempts']}, next try "
@@ -289,6 +299,17 @@ def render_status(data: dict[str, Any]) -> str:
         if last.get("pin_error"):
             lines.append(f"  warning: {last['pin_error']}")
     return "\n".join(lines)
+
+
+def describe_reload(reload: dict[str, Any]) -> str:
+    """The last reload: when, and what changed, what waits for a restart, or why it was rejected."""
+    when = reload["last_at"][:16].replace("T", " ")
+    if not reload["ok"]:
+        return f"{when}, REJECTED (the configuration before it still runs): {reload['error']}"
+    text = f"{when}, changed: {', '.join(reload['changed']) or 'nothing'}"
+    if reload.get("restart_required"):
+        text += f"; restart tgbackupd to apply: {', '.join(reload['restart_required'])}"
+    return text
 
 
 def _local_backups(data: dict[str, Any]) -> str:
@@ -385,6 +406,8 @@ def _ask_daemon(args: argparse.Namespace) -> int:
         data = reply["data"]
         if args.command == "status":
             print(render_status(data))
+        elif args.command == "reload":
+            print(data["message"])
         else:
             print(data["message"])
             print(render_backups(data["backups"]) if data.get("backups") else render_backup(data["backup"]))
@@ -660,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "status": _ask_daemon,
         "trigger": _ask_daemon,
+        "reload": _ask_daemon,
         "check": _check,
         "list": _list,
         "restore": _restore,

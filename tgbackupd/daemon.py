@@ -1,5 +1,6 @@
 """The daemon's lifecycle, after uvicorn's: signals only set flags, one main loop ticks, runs the schedule,
-pings the watchdog while it is healthy, and shutdown is bounded in time."""
+reloads the configuration when asked, pings the watchdog while it is healthy, and shutdown is bounded in
+time."""
 
 import contextlib
 import os
@@ -16,12 +17,21 @@ from . import __version__
 from .chat_commands import chat_commands_for
 from .clock import Clock
 from .commands import Commands, status_line
-from .config import Config
+from .config import Config, load_config
 from .control import ControlServer
 from .errors import TgbackupdError
 from .events import Events
-from .fleet import Fleet, Slot
+from .fleet import Fleet, Slot, first_directory
 from .integrations import listeners
+from .logs import configure_logging
+from .reloading import (
+    ReloadOutcome,
+    ReloadRequests,
+    changed_keys,
+    keeping_restart_keys,
+    needing_restart,
+    restart_notice,
+)
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .scheduling import DailySchedule, missed_run, repeated_slot
 from .state import StateStore
@@ -44,8 +54,13 @@ class Daemon:
         state_problem: str | None = None,
         environ: Mapping[str, str] = os.environ,
         clock: Clock | None = None,
+        config_path: str | None = None,
     ) -> None:
+        """`config_path`: the --config the daemon was started with, read again (with the same process
+        environment) at each reload."""
         self._config = config
+        self._config_path = config_path
+        self._store = store
         self._directory = directory
         self._state_problem = state_problem  # told to the chat once started
         self._clock = clock or Clock()
@@ -54,26 +69,29 @@ class Daemon:
         self._cancel = threading.Event()
         self.should_exit = False
         self.force_exit = False
-        self._fleet = Fleet(
-            config,
-            store,
-            directory,
-            clock=self._clock,
-            cancel=self._cancel,
-            events=Events(listeners(config, store)),
-        )
+        self.should_reload = False
+        self._reloads = ReloadRequests()
+        self._secrets = set(config.secrets())  # scrubbed from the log: the running ones and any before
+        # One set of listeners for the process, replaced whole on reload.
+        self._events = Events(listeners(config, store))
+        self._fleet = self._fleet_of(config, directory)
         self._backup = self._fleet.first
         self._outbox = self._backup.outbox
+        # A reload's databases wait here while a backup runs: it finishes with its own, and the next job
+        # takes these (_fleet_for_next_job).
+        self._fleet_lock = threading.Lock()
+        self._new_fleet: tuple[Fleet, BackupDirectory] | None = None
         self._runner = BackupRunner(
-            self._fleet.run, store.last_result(), self._cancel, self._clock, redeliver=self._backup.redeliver
+            lambda trigger, selection: self._fleet_for_next_job().run(trigger, selection),
+            store.last_result(),
+            self._cancel,
+            self._clock,
+            redeliver=lambda: self._fleet_for_next_job().first.redeliver(),
         )
         # One timer for each time of day some database is backed up at (the `backup` section's, and
         # each entry's own hour and minute).
-        self._schedules = (
-            {slot: DailySchedule(*slot, self._scheduled(slot)) for slot in self._fleet.slots}
-            if config.backup.enabled
-            else {}
-        )
+        self._schedules: dict[Slot, DailySchedule] = {}
+        self._reschedule(config, self._fleet)
         # Scheduled and catch-up backups that came due while another job ran, in the order they came:
         # each starts when the one before it ends, the same day, instead of being lost for the day.
         self._waiting: list[tuple[Trigger, Selection]] = []
@@ -90,9 +108,10 @@ class Daemon:
             self._fleet,
             self._slot_next_run,
             chat_commands=lambda: self._chat.describe() if self._chat else None,
+            reloads=self._reloads,
         )
         # Commands in the chat (telegram.commands): a poller of its own, started and stopped with the daemon.
-        self._chat = chat_commands_for(config, self._commands, store, self._cancel)
+        self._chat = chat_commands_for(config, self._commands, store)
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
         )
@@ -103,12 +122,111 @@ class Daemon:
             self.force_exit = True
         self.should_exit = True
 
-    @staticmethod
-    def handle_reload(signum: int, frame: FrameType | None) -> None:
-        log.warning(
-            "Reloading is not supported yet: restart tgbackupd to apply configuration changes "
-            "(systemctl restart tgbackupd)"
+    def handle_reload(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP (systemctl reload): reload the configuration in the main loop."""
+        self.should_reload = True
+
+    def _fleet_of(self, config: Config, directory: BackupDirectory) -> Fleet:
+        return Fleet(
+            config, self._store, directory, clock=self._clock, cancel=self._cancel, events=self._events
         )
+
+    def _reschedule(self, config: Config, fleet: Fleet) -> None:
+        """Keep the timers of the times still scheduled (one due now still fires), add the new ones and
+        drop the rest."""
+        slots = fleet.slots if config.backup.enabled else []
+        self._schedules = {
+            slot: self._schedules.get(slot) or DailySchedule(*slot, self._scheduled(slot)) for slot in slots
+        }
+
+    def _fleet_for_next_job(self) -> Fleet:
+        """The databases a job starting now backs up: a reload's, if one came since the last job began."""
+        with self._fleet_lock:
+            if self._new_fleet is not None:
+                fleet, directory = self._new_fleet
+                self._new_fleet = None
+                fleet.last.update(self._fleet.last)  # what the old one backed up meanwhile
+                self._fleet, self._backup, self._outbox, self._directory = (
+                    fleet,
+                    fleet.first,
+                    fleet.first.outbox,
+                    directory,
+                )
+                self._outbox.refresh()
+                self._commands.use(fleet, self._outbox, directory)
+            return self._fleet
+
+    def _reload(self) -> None:
+        """Read and check the configuration again; apply it, or keep the running one and say why. Tell
+        systemd (RELOADING=1, then READY=1 whatever the outcome) and whoever asked over the socket."""
+        answered = self._reloads.begin()
+        self._notifier.reloading()
+        at = self._clock.now().isoformat(timespec="seconds")
+        try:
+            outcome = self._apply(at, load_config(self._config_path, os.environ))
+        except TgbackupdError as error:
+            outcome = ReloadOutcome(at, ok=False, error=str(error))
+            log.error("Configuration reload failed; the running configuration stays", error=str(error))
+        except Exception as error:  # a bug must not take the running daemon down with the new configuration
+            outcome = ReloadOutcome(at, ok=False, error=f"internal error: {type(error).__name__}")
+            log.exception(
+                "Configuration reload failed; the running configuration stays", error=type(error).__name__
+            )
+        self._reloads.finish(answered, outcome)
+        self._status_text = status_line(self._commands.status(count_backups=False))
+        self._notifier.ready(self._status_text)
+
+    def _apply(self, at: str, read: Config) -> ReloadOutcome:
+        """Make `read` the running configuration, but for the keys only a restart changes. Everything that
+        can fail is built before anything is changed: a failure leaves the running configuration whole."""
+        running = self._config
+        restart_required = needing_restart(changed_keys(running, read))
+        new = keeping_restart_keys(read, running)
+        changed = changed_keys(running, new)
+        directory = first_directory(new)
+        fleet = self._fleet_of(new, directory)
+        new_listeners = listeners(new, self._store)
+        self._control.change_group(new.daemon.control_group)
+        # From here on nothing fails: the new configuration takes over.
+        self._config = new
+        self._commands.reconfigure(new)
+        self._events.replace(new_listeners)
+        with self._fleet_lock:
+            self._new_fleet = (fleet, directory)
+        self._reschedule(new, fleet)
+        if any(key.startswith("telegram.") for key in changed):
+            self._restart_chat_commands(new)
+        if new.daemon.log_level != running.daemon.log_level or not set(new.secrets()) <= self._secrets:
+            self._secrets |= set(new.secrets())
+            configure_logging(new.daemon.log_level, self._secrets)
+        outcome = ReloadOutcome(at, ok=True, changed=tuple(changed), restart_required=tuple(restart_required))
+        log.info(
+            "Configuration reloaded",
+            changed=changed,
+            restart_required=restart_required,
+            backup_running=self._runner.current is not None,
+            next_run=self._commands.status(count_backups=False)["next_run"],
+        )
+        if restart_required:
+            log.warning(
+                "Configuration reloaded, but some changes wait for a restart",
+                restart_required=restart_required,
+                error=restart_notice(restart_required),
+            )
+        if not new.telegram.configured:
+            log.warning(
+                "Telegram is not configured: backups will be kept locally only", missing=new.telegram.missing
+            )
+        return outcome
+
+    def _restart_chat_commands(self, config: Config) -> None:
+        """The chat's commands follow new Telegram settings: the old poller stops, a new one (if asked
+        for) polls with the new token, chat and admins."""
+        if self._chat:
+            self._chat.stop()
+        self._chat = chat_commands_for(config, self._commands, self._store)
+        if self._chat:
+            self._chat.start()
 
     def _next_run(self) -> datetime | None:
         runs = [run for run in map(self._slot_next_run, self._schedules) if run is not None]
@@ -255,6 +373,11 @@ class Daemon:
         last_ping = float("-inf")
         tick = min(TICK_S, self._watchdog_every or TICK_S)
         while not self.should_exit:
+            if self.should_reload or self._reloads.pending():
+                self.should_reload = False
+                self._reload()
+            if self._runner.current is None:
+                self._fleet_for_next_job()  # the databases a reload brought, while no backup runs
             for schedule in self._schedules.values():
                 schedule.run_pending()
             self._start_due_work()

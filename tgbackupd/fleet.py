@@ -38,6 +38,13 @@ def slot_of(target: Target) -> Slot:
     return (target.backup.hour, target.backup.minute)
 
 
+def first_directory(config: Config) -> BackupDirectory:
+    """The first entry's backup directory, named by its own format and compression: the one whose Backup
+    holds the outbox the others share, and where the daemon's checks look."""
+    first = config.databases[0].backup
+    return BackupDirectory(first.directory, first.prefix, config.suffix_of(first))
+
+
 class Fleet:
     def __init__(
         self,

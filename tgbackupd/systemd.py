@@ -1,13 +1,14 @@
 """systemd's notify protocol: the only module that imports sdnotify."""
 
 import os
+import time
 from collections.abc import Mapping
 
 import sdnotify
 
 
 class Notifier:
-    """Sends READY/STATUS/WATCHDOG/STOPPING when NOTIFY_SOCKET is set; does nothing otherwise."""
+    """Sends READY/RELOADING/STATUS/WATCHDOG/STOPPING when NOTIFY_SOCKET is set; does nothing otherwise."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._notifier = sdnotify.SystemdNotifier() if environ.get("NOTIFY_SOCKET") else None
@@ -18,6 +19,12 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self._send(f"READY=1\nSTATUS={status}")
+
+    def reloading(self) -> None:
+        """A reload begins; READY=1 (`ready`) ends it, whatever its outcome. systemd 253 and later want
+        the CLOCK_MONOTONIC time with it, to tell this reload from an earlier one's late message."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=Reloading the configuration")
 
     def status(self, status: str) -> None:
         self._send(f"STATUS={status}")

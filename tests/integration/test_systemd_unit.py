@@ -22,10 +22,15 @@ def installed_daemon() -> str:
 
 
 def test_unit_verifies_without_a_single_warning(tmp_path):
-    # verify insists that ExecStart exists: point it at this machine's installed tgbackupd.
+    # verify insists that ExecStart and ExecReload exist: point them at this machine's installed commands.
     unit = tmp_path / "tgbackupd.service"
     unit.write_text(
-        UNIT.read_text().replace("ExecStart=/usr/bin/tgbackupd", f"ExecStart={installed_daemon()}")
+        UNIT.read_text()
+        .replace("ExecStart=/usr/bin/tgbackupd", f"ExecStart={installed_daemon()}")
+        .replace(
+            "ExecReload=/usr/bin/tgbackupctl",
+            f"ExecReload={Path(installed_daemon()).with_name('tgbackupctl')}",
+        )
     )
     completed = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False, timeout=60
@@ -56,3 +61,5 @@ def test_unit_runs_the_daemon_as_the_daemon_expects():
     assert service["RestartPreventExitStatus"].split() == ["78", "243"] and service["Restart"] == "on-failure"
     assert service["LoadCredential"].startswith(f"{TOKEN_CREDENTIAL}:")
     assert service["ExecStart"] == "/usr/bin/tgbackupd"
+    # A reload that waits for its outcome, so that a bad configuration fails `systemctl reload`.
+    assert service["ExecReload"] == "/usr/bin/tgbackupctl reload"

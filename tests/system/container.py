@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
 # The name changes with PACKAGES, so that a root cached for an older list is not used.
 ROOT_TARBALL = CACHE / "bookworm-root-v3.tar.zst"
@@ -23,6 +25,13 @@ PACKAGES = (
     "python3-cffi-backend"
 )
 BOOT_TIMEOUT_S = 60
+# What booting a container and installing the package take; a test module's `pytestmark`.
+NEEDS_CONTAINER = pytest.mark.skipif(
+    os.geteuid() != 0
+    or not all(shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "zstd"))
+    or not (ROOT_TARBALL.exists() or shutil.which("debootstrap")),
+    reason="needs root, systemd-nspawn, nsenter, dpkg-deb, zstd and debootstrap (or the cached root)",
+)
 
 
 def debian_mirror() -> str:
@@ -154,3 +163,14 @@ class Container:
                 self.nspawn.wait()
         self.console.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def build_package(directory: Path) -> Path:
+    """Build the .deb of this checkout into `directory` (packaging/build-deb.sh); return its path."""
+    built = subprocess.run(
+        ["bash", str(Path(__file__).parents[2] / "packaging" / "build-deb.sh"), str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(built.stdout.strip())

@@ -15,6 +15,7 @@ from tgbackupd.config import load_config
 from tgbackupd.control import Peer
 from tgbackupd.delivery import Sending
 from tgbackupd.outbox import Outbox
+from tgbackupd.reloading import ReloadRequests
 from tgbackupd.runner import BackupRunner
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
@@ -58,7 +59,11 @@ class StandInBackup:
 
 
 def commands(
-    tmp_path: Path, backup: StandInBackup, sending: Sending | None = None, **environ: str
+    tmp_path: Path,
+    backup: StandInBackup,
+    sending: Sending | None = None,
+    reloads: ReloadRequests | None = None,
+    **environ: str,
 ) -> Commands:
     config = load_config(
         _config_file(tmp_path),
@@ -76,7 +81,9 @@ def commands(
     )
     sending = sending or Sending(ChatPacer(20, Clock()))
     outbox = Outbox(config, store, directory, Clock(), structlog.get_logger(), sending)
-    return Commands(config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox, store, directory)
+    return Commands(
+        config, runner, lambda: None, "2025-12-02T10:00:00+00:00", outbox, store, directory, reloads=reloads
+    )
 
 
 def _config_file(tmp_path: Path) -> str:
