@@ -184,3 +184,29 @@ def test_a_reload_adds_a_database_and_names_the_key_that_waits_for_a_restart(
     assert not (tmp_path / "elsewhere.db").exists()
     assert daemon.stop() == 0
     assert FAKE_TOKEN not in daemon.log_text()
+
+
+def test_a_reload_turns_the_chat_commands_on_and_then_follows_a_new_list_of_admins(
+    tmp_path, make_database, bot_api, start_daemon
+):
+    first_admin, second_admin = 111111111, 333333333
+    daemon = start(tmp_path, make_database(rows=5), bot_api, start_daemon)
+    assert status(daemon)["chat_commands"] is None
+
+    commands = "[telegram]\ncommands = true\nadmin_user_ids = [{admin}]\n"
+    path = tmp_path / "config.toml"
+    path.write_text(commands.format(admin=first_admin) + f'chat_id = "{CHAT_ID}"\n[backup]\nhour = 3\n')
+    assert daemon.ctl("reload").returncode == 0
+    wait_until(lambda: (status(daemon)["chat_commands"] or {}).get("state") == "polling", timeout=20)
+    bot_api.write("/status", first_admin)
+    wait_until(lambda: len(bot_api.messages_to(CHAT_ID)) == 1, timeout=20)
+
+    path.write_text(commands.format(admin=second_admin) + f'chat_id = "{CHAT_ID}"\n[backup]\nhour = 3\n')
+    assert daemon.ctl("reload").returncode == 0
+    wait_until(lambda: (status(daemon)["chat_commands"] or {}).get("state") == "polling", timeout=20)
+    bot_api.write("/status", first_admin)  # no longer an admin: ignored
+    bot_api.write("/status", second_admin)
+    wait_until(lambda: len(bot_api.messages_to(CHAT_ID)) == 2, timeout=20)
+    ignored = [e for e in events(daemon.log_text()) if e["event"].startswith("Chat command ignored")]
+    assert [e["user_id"] for e in ignored] == [first_admin]
+    assert daemon.stop() == 0
