@@ -19,7 +19,7 @@ from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
 
-COMMANDS = ("status", "trigger", "drill", "list", "check")
+COMMANDS = ("status", "trigger", "list", "check", "drill")
 
 
 def _group_name(gid: int) -> str:
