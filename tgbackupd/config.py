@@ -603,6 +603,12 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             f"configured (set {' and '.join(telegram.missing)}): configure Telegram, or keep at least 1 "
             "backup here"
         )
+    if values["verify.schedule"] is not None and not telegram.configured:
+        problems.append(
+            f"verify.schedule = {values['verify.schedule'].text!r} drills the backups in the Telegram chat, "
+            f"which is not configured (set {' and '.join(telegram.missing)}): configure Telegram, or set "
+            'verify.schedule = "off"'
+        )
     directory = _backup_directory(values, environ)
     targets = tuple(_target(values, entry, label, directory, problems) for label, entry in entries)
     _check_prefixes(targets, problems)

@@ -5,12 +5,15 @@ chat, the log and status say why."""
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import base_environment, telegram_environment
+from tests.conftest import add_noise, base_environment, telegram_environment
+from tests.end_to_end.test_encryption import age_key
 from tgbackupd.config import Config, load_config
 from tgbackupd.events import Drilled, Events, Listener
 from tgbackupd.fleet import Fleet
@@ -209,4 +212,30 @@ def test_a_drill_past_backup_timeout_is_stopped_and_says_so(tmp_path, make_datab
 
     assert not result.ok
     assert (result.error or "").startswith("the drill took longer than backup.timeout = 1 s"), result.error
+    store.close()
+
+
+@pytest.mark.skipif(shutil.which("age") is None, reason="needs age")
+def test_an_encrypted_custom_format_backup_in_several_parts_is_drilled_with_the_identity(
+    tmp_path, make_database, bot_api
+):
+    dbname = make_database(rows=ROWS)
+    add_noise(dbname, 3)  # 24 rows of random bytes: several parts of 1 MB
+    identity, recipient = age_key(tmp_path)
+    (tmp_path / "config.toml").write_text(
+        f'[backup]\nverify_after = true\nformat = "custom"\n\n[telegram]\npart_size_mb = 1\n\n'
+        f'[encryption]\nrecipients = ["{recipient}"]\nidentity_file = "{identity}"\n\n'
+        f'[[databases]]\nname = "{dbname}"\nprefix = "shop"\n'
+    )
+    config = load_config(None, base_environment(tmp_path, dbname, **telegram_environment(bot_api)))
+    store = open_store(config.daemon.state_file).store
+    name = backed_up(config, store)
+    assert name.endswith(".dump.gz.age")
+    assert len([d for d in bot_api.documents() if d.file_name.startswith(name + ".")]) > 2
+
+    (result,) = fleet_for(config, store).drill()
+
+    assert result.ok, result.error
+    assert (result.file, result.tables, result.rows) == (name, 3, ROWS * 3 + 24)
+    assert result.comparison is not None and result.comparison.startswith("the same as its verification")
     store.close()

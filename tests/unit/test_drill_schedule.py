@@ -70,6 +70,8 @@ def test_a_bad_schedule_in_the_environment_is_a_configuration_error_naming_the_k
         "DATABASE_URL": "postgresql://postgres@127.0.0.1/shop",
         "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
         "TGBACKUPD_VERIFY_SCHEDULE": "weekly funday 04:30",
+        "TELEGRAM_BOT_TOKEN": "123456789:fake-token-for-tests-only",
+        "TELEGRAM_CHAT_ID": "-100123456789",
     }
     with pytest.raises(ConfigError) as raised:
         load_config(None, environment)
@@ -145,3 +147,14 @@ def test_the_verifications_counts_are_read_from_what_it_recorded_and_compared():
     comparison, problem = compare(3, 6000, (3, 6001))
     assert comparison == "its verification counted 3 tables, 6001 rows when it was made"
     assert problem is not None and "3 tables and 6000 rows" in problem
+
+
+def test_scheduled_drills_without_telegram_are_a_configuration_error(tmp_path):
+    (tmp_path / "config.toml").write_text('[verify]\nschedule = "daily 04:30"\n')
+    environment = {
+        "TGBACKUPD_CONFIG": str(tmp_path / "config.toml"),
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1/shop",
+        "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
+    }
+    with pytest.raises(ConfigError, match="drills the backups in the Telegram chat, which is not configured"):
+        load_config(None, environment)
