@@ -19,7 +19,7 @@ import structlog
 from . import messages, restore
 from .backup import Backup
 from .clock import Clock
-from .errors import Cancelled, TgbackupdError, TimedOut
+from .errors import Cancelled, RestoreError, TgbackupdError, TimedOut
 from .events import Drilled, Events
 from .manifest import Manifest, series_of
 from .progress import Progress
@@ -243,8 +243,8 @@ def _drill(backup: Backup, bot: BotApi | None, stop: Stop, bound: Any) -> dict[s
         if isinstance(reason, TimedOut):
             reason = TimedOut(
                 f"the drill took longer than backup.timeout = {config.backup.timeout} s "
-                f"({duration_text(config.backup.timeout)}) and was stopped; the scratch database was "
-                "dropped. Raise backup.timeout if downloading and restoring need longer"
+                f"({duration_text(config.backup.timeout)}) and was stopped (a scratch database it made was "
+                "dropped). Raise backup.timeout if downloading and restoring need longer"
             )
         elif isinstance(reason, Cancelled):
             reason = Cancelled("tgbackupd stopped during the drill; it runs again at its next time")
@@ -272,7 +272,7 @@ def _latest_of(source: restore.TelegramSource, prefix: str, chat_id: str) -> Man
         walked += 1
         if series_of(manifest.name) == prefix:
             return manifest
-    raise restore.RestoreError(
+    raise RestoreError(
         f"no backup of {prefix} is in chat {chat_id}: none among the {walked} manifest(s) reached from the "
         "pinned one (was it never delivered, or was the pinned message changed?)"
     )
