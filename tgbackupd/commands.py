@@ -173,22 +173,9 @@ class Commands:
 
     def trigger(self, peer: Peer, wait: bool, database: str | None = None) -> dict[str, Any]:
         """Back up every database (or the one named), one at a time; fail if any failed, naming each."""
-        if not peer_may_trigger(peer, self._config.daemon.control_group):
-            return error_reply("permission_denied", self._refusal(peer, "trigger backups"))
-        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
-            return error_reply("unknown_database", self._unknown(database))
-        selection = Selection(database=database)
-        try:
-            running = (
-                self._runner.start_when_free(Trigger.MANUAL, selection)
-                if wait
-                else self._runner.start(Trigger.MANUAL, selection)
-            )
-        except BackupBusy as error:
-            return error_reply("busy", str(error))
-        except Cancelled as error:
-            return error_reply("stopping", str(error))
-        running.done.wait()
+        running = self._run_now(peer, "trigger backups", Trigger.MANUAL, wait, database)
+        if isinstance(running, dict):
+            return running
         results = running.results
         assert results is not None
         if not results:  # an `all = true` entry found no database of that name
@@ -215,22 +202,9 @@ class Commands:
     def drill(self, peer: Peer, wait: bool, database: str | None = None) -> dict[str, Any]:
         """A restore drill from the chat of every database (or the one named) now, one at a time, queued
         like a backup; fail if any failed, naming each."""
-        if not peer_may_trigger(peer, self._config.daemon.control_group):
-            return error_reply("permission_denied", self._refusal(peer, "run restore drills"))
-        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
-            return error_reply("unknown_database", self._unknown(database))
-        try:
-            selection = Selection(database=database)
-            running = (
-                self._runner.start_when_free(Trigger.DRILL, selection)
-                if wait
-                else self._runner.start(Trigger.DRILL, selection)
-            )
-        except BackupBusy as error:
-            return error_reply("busy", str(error))
-        except Cancelled as error:
-            return error_reply("stopping", str(error))
-        running.done.wait()
+        running = self._run_now(peer, "run restore drills", Trigger.DRILL, wait, database)
+        if isinstance(running, dict):
+            return running
         results = running.drills or []
         if not results:  # a server's globals, or an `all = true` entry found no database of that name
             return error_reply(
@@ -248,6 +222,29 @@ class Commands:
             f"Restore drill failed for {len(failed)} of {len(results)}: {names}",
             drills=drills,
         )
+
+    def _run_now(
+        self, peer: Peer, action: str, trigger: Trigger, wait: bool, database: str | None
+    ) -> RunningBackup | dict[str, Any]:
+        """Run a job now for a peer who may (`action` says what, if refused), and wait for it to end; with
+        `wait`, after the one running. Return it ended, or the error reply saying why it did not start."""
+        if not peer_may_trigger(peer, self._config.daemon.control_group):
+            return error_reply("permission_denied", self._refusal(peer, action))
+        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
+            return error_reply("unknown_database", self._unknown(database))
+        selection = Selection(database=database)
+        try:
+            running = (
+                self._runner.start_when_free(trigger, selection)
+                if wait
+                else self._runner.start(trigger, selection)
+            )
+        except BackupBusy as error:
+            return error_reply("busy", str(error))
+        except Cancelled as error:
+            return error_reply("stopping", str(error))
+        running.done.wait()
+        return running
 
     def _unknown(self, database: str) -> str:
         known = ", ".join(self._fleet.status(self._slot_next_run)) if self._fleet else ""

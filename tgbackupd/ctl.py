@@ -112,32 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         help="give up if the daemon does not answer in S seconds (default 10)",
     )
     trigger = commands.add_parser("trigger", help="make a backup now, wait for it, and print the result")
-    trigger.add_argument(
-        "--wait",
-        action="store_true",
-        help="if a backup is already running, wait for it to finish, then make this one",
-    )
-    trigger.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
-    trigger.add_argument(
-        "database",
-        nargs="?",
-        metavar="DBNAME",
-        help="back up only this database (its name or prefix); default: every database configured",
-    )
+    _add_job_options(trigger, "back up")
     drill = commands.add_parser(
         "drill",
         help="restore the latest backup in the chat into a scratch database now, count it, and drop it",
     )
-    drill.add_argument(
-        "--wait", action="store_true", help="if a backup or drill is running, wait for it to end, then drill"
-    )
-    drill.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
-    drill.add_argument(
-        "database",
-        nargs="?",
-        metavar="DBNAME",
-        help="drill only this database (its name or prefix); default: every database configured",
-    )
+    _add_job_options(drill, "drill")
     check = commands.add_parser(
         "check", help="have the daemon check its setup end to end: database, pg_dump, directory, Telegram"
     )
@@ -220,6 +200,22 @@ def _jobs(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"expected a number of connections from 1 to 64, got {text!r}")
     return int(text)
+
+
+def _add_job_options(command: argparse.ArgumentParser, doing: str) -> None:
+    """trigger's and drill's: --wait, --json and the database."""
+    command.add_argument(
+        "--wait",
+        action="store_true",
+        help="if a backup or drill is already running, wait for it to finish, then start this one",
+    )
+    command.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    command.add_argument(
+        "database",
+        nargs="?",
+        metavar="DBNAME",
+        help=f"{doing} only this database (its name or prefix); default: every database configured",
+    )
 
 
 def _add_trust_options(command: argparse.ArgumentParser) -> None:

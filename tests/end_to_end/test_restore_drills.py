@@ -6,6 +6,7 @@ import sqlite3
 
 from tests.conftest import run_tgbackupd
 from tests.end_to_end.conftest import events, status, wait_until
+from tests.integration.test_restore_drills import damage_first_part
 
 ROWS = 30  # the sample's customers; it has twice as many orders
 ENDED = ("Restore drill passed", "Restore drill failed")
@@ -40,13 +41,7 @@ def test_tgbackupctl_drill_restores_from_the_chat_and_status_keeps_the_result(
     assert people.returncode == 0 and "shop (" in people.stdout and "passed at" in people.stdout
 
     # A part damaged in the chat: the drill fails, with exit status 1 and the reason.
-    part = next(
-        d for d in bot_api.documents() if ".sql.gz" in d.file_name and not d.file_name.endswith(".json")
-    )
-    file_id = bot_api.state.messages[part.message_id]["document"]["file_id"]
-    damaged = bytearray(bot_api.state.files[file_id])
-    damaged[len(damaged) // 2] ^= 0xFF
-    bot_api.state.files[file_id] = bytes(damaged)
+    damage_first_part(bot_api, drill["file"])
     failed = daemon.ctl("drill")
     assert failed.returncode == 1
     assert "Restore drill failed for 1 of 1: shop:" in failed.stderr and "SHA-256" in failed.stderr

@@ -64,6 +64,17 @@ def backed_up(config: Config, store: StateStore) -> str:
     return name
 
 
+def damage_first_part(bot_api, name: str) -> None:
+    """Change one byte in the middle of the backup's first part in the chat: served so on every download."""
+    part = next(
+        d for d in bot_api.documents() if d.file_name.startswith(name) and not d.file_name.endswith(".json")
+    )
+    file_id = bot_api.state.messages[part.message_id]["document"]["file_id"]
+    damaged = bytearray(bot_api.state.files[file_id])
+    damaged[len(damaged) // 2] ^= 0xFF
+    bot_api.state.files[file_id] = bytes(damaged)
+
+
 def drill_messages(bot_api) -> list[str]:
     return [m.fields["text"] for m in bot_api.messages() if "Restore drill" in m.fields["text"]]
 
@@ -117,13 +128,7 @@ def test_a_part_damaged_in_the_chat_fails_the_drill_with_the_reason_in_chat_and_
     config = configured(tmp_path, make_database(rows=ROWS), bot_api)
     store = open_store(config.daemon.state_file).store
     name = backed_up(config, store)
-    part = next(
-        d for d in bot_api.documents() if d.file_name.startswith(name) and not d.file_name.endswith(".json")
-    )
-    file_id = bot_api.state.messages[part.message_id]["document"]["file_id"]
-    damaged = bytearray(bot_api.state.files[file_id])
-    damaged[len(damaged) // 2] ^= 0xFF
-    bot_api.state.files[file_id] = bytes(damaged)  # served so on every attempt
+    damage_first_part(bot_api, name)
 
     with capture_logs() as logs:
         (result,) = fleet_for(config, store).drill(Selection(database="shop"))

@@ -1,17 +1,21 @@
-"""verify.schedule: its grammar, when a drill is due (an injected clock), catch-up after the host was down,
-and what a backup's verification recorded, read back for the comparison."""
+"""verify.schedule: its grammar, when a drill is due (an injected clock), catch-up after the host was down;
+what a backup's verification recorded, read back for the comparison; and a drill queued behind a backup,
+never beside it."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tgbackupd.clock import Clock
 from tgbackupd.config import load_config
-from tgbackupd.drilling import Drills, compare, recorded_counts
+from tgbackupd.drilling import DrillResult, Drills, compare, recorded_counts
 from tgbackupd.errors import ConfigError
 from tgbackupd.events import Events
+from tgbackupd.runner import BackupBusy, BackupRunner, Selection
 from tgbackupd.scheduling import DrillSchedule, ScheduleError
 from tgbackupd.statefile import open_store
+from tgbackupd.states import Trigger
 
 # A Thursday.
 THURSDAY = datetime(2026, 12, 3, 8, 0, tzinfo=UTC)
@@ -63,16 +67,23 @@ def test_a_schedule_that_cannot_be_read_says_what_was_expected(text, problem):
         DrillSchedule.parse(text)
 
 
-def test_a_bad_schedule_in_the_environment_is_a_configuration_error_naming_the_key(tmp_path):
-    (tmp_path / "config.toml").write_text("")
-    environment = {
+def environment_of(tmp_path, config: str = "", **variables: str) -> dict[str, str]:
+    (tmp_path / "config.toml").write_text(config)
+    return {
         "TGBACKUPD_CONFIG": str(tmp_path / "config.toml"),
         "DATABASE_URL": "postgresql://postgres@127.0.0.1/shop",
         "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
-        "TGBACKUPD_VERIFY_SCHEDULE": "weekly funday 04:30",
-        "TELEGRAM_BOT_TOKEN": "123456789:fake-token-for-tests-only",
-        "TELEGRAM_CHAT_ID": "-100123456789",
+        **variables,
     }
+
+
+def test_a_bad_schedule_in_the_environment_is_a_configuration_error_naming_the_key(tmp_path):
+    environment = environment_of(
+        tmp_path,
+        TGBACKUPD_VERIFY_SCHEDULE="weekly funday 04:30",
+        TELEGRAM_BOT_TOKEN="123456789:fake-token-for-tests-only",
+        TELEGRAM_CHAT_ID="-100123456789",
+    )
     with pytest.raises(ConfigError) as raised:
         load_config(None, environment)
     assert (
@@ -150,11 +161,40 @@ def test_the_verifications_counts_are_read_from_what_it_recorded_and_compared():
 
 
 def test_scheduled_drills_without_telegram_are_a_configuration_error(tmp_path):
-    (tmp_path / "config.toml").write_text('[verify]\nschedule = "daily 04:30"\n')
-    environment = {
-        "TGBACKUPD_CONFIG": str(tmp_path / "config.toml"),
-        "DATABASE_URL": "postgresql://postgres@127.0.0.1/shop",
-        "TGBACKUPD_BACKUP_DIRECTORY": str(tmp_path),
-    }
+    environment = environment_of(tmp_path, '[verify]\nschedule = "daily 04:30"\n')
     with pytest.raises(ConfigError, match="drills the backups in the Telegram chat, which is not configured"):
         load_config(None, environment)
+
+
+def test_a_drill_asked_for_during_a_backup_waits_for_it_and_never_runs_beside_it():
+    backing_up, release = threading.Event(), threading.Event()
+    overlapped: list[bool] = []
+
+    def run_backup(trigger, selection):
+        backing_up.set()
+        release.wait(10)
+        backing_up.clear()
+        return []
+
+    def drill(selection):
+        overlapped.append(backing_up.is_set())
+        return [DrillResult(prefix="shop", database="shop on db", at="now", duration_s=0.0)]
+
+    runner = BackupRunner(run_backup, None, threading.Event(), drill=drill)
+    runner.start(Trigger.SCHEDULED)
+    assert backing_up.wait(5)
+    with pytest.raises(BackupBusy, match="a scheduled backup is already running"):
+        runner.start(Trigger.DRILL)
+    waiting: list = []
+    waiter = threading.Thread(
+        target=lambda: waiting.append(runner.start_when_free(Trigger.DRILL, Selection()))
+    )
+    waiter.start()
+    assert not overlapped
+    release.set()
+    waiter.join(10)
+    (drilling,) = waiting
+    assert drilling.done.wait(10)
+    assert overlapped == [False]
+    assert [result.prefix for result in drilling.drills] == ["shop"]
+    assert runner.last_backup is None  # a drill is not a backup: status's last_backup stays
