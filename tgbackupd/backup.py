@@ -260,6 +260,25 @@ class Backup:
         except TgbackupdError as error:
             log.info("Not cleaning the backup directory now", reason=self._text(error))
 
+    @property
+    def config(self) -> Config:
+        """This series' configuration (its database, prefix and the shared Telegram settings)."""
+        return self._config
+
+    @property
+    def server(self) -> str:
+        """This machine's name, as the chat's notices give it."""
+        return self._server
+
+    @property
+    def globals_only(self) -> bool:
+        return self._globals
+
+    def open_bot(self) -> BotApi | None:
+        """A Bot API client paced with this process's others (None when Telegram is not configured);
+        the caller closes it."""
+        return self._bot_factory(self._config, self.cancel)
+
     def tell_chat(self, problem: str) -> None:
         """Tell the chat about a problem found outside a backup (at start, say)."""
         bot = self._bot_factory(self._config, self.cancel)

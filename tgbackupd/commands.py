@@ -20,7 +20,7 @@ from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory
 
-COMMANDS = ("status", "trigger", "list", "check", "reload")
+COMMANDS = ("status", "trigger", "list", "check", "reload", "drill")
 # How long `reload` waits for the main loop to make it (it reads the file and builds the new databases).
 RELOAD_WAIT_S = 60.0
 
@@ -94,6 +94,11 @@ class Commands:
             if database is not None and not isinstance(database, str):
                 return error_reply("bad_request", "database must be a database's name or prefix")
             return self.trigger(peer, wait=request.get("wait") is True, database=database)
+        if command == "drill":
+            database = request.get("database")
+            if database is not None and not isinstance(database, str):
+                return error_reply("bad_request", "database must be a database's name or prefix")
+            return self.drill(peer, wait=request.get("wait") is True, database=database)
         if command == "check":
             if not peer_may_trigger(peer, self._config.daemon.control_group):
                 return error_reply(
@@ -159,6 +164,7 @@ class Commands:
             "backup_enabled": config.backup.enabled,
             "backup_hour": config.backup.hour,
             "backup_minute": config.backup.minute,
+            "drill_schedule": config.verify.schedule.describe() if config.verify.schedule else "off",
             "telegram_configured": config.telegram.configured,
             "telegram_chat_id": config.telegram.chat_id,
             "state": "running" if running else "idle",
@@ -209,30 +215,15 @@ class Commands:
 
     def trigger(self, peer: Peer, wait: bool, database: str | None = None) -> dict[str, Any]:
         """Back up every database (or the one named), one at a time; fail if any failed, naming each."""
-        if not peer_may_trigger(peer, self._config.daemon.control_group):
-            return error_reply("permission_denied", self._refusal(peer, "trigger backups"))
-        started = self.start_manual(database, wait)
-        if not isinstance(started, RunningBackup):
-            return started
-        started.done.wait()
-        return self.outcome(started, database)
+        running = self._run_now(peer, "trigger backups", Trigger.MANUAL, wait, database)
+        if isinstance(running, dict):
+            return running
+        return self.outcome(running, database)
 
     def start_manual(self, database: str | None, wait: bool = False) -> RunningBackup | dict[str, Any]:
         """Start a manual backup of every database (or the one named), after the running one with `wait`;
         return it, or the error reply saying why it did not start (unknown_database, busy, stopping)."""
-        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
-            return error_reply("unknown_database", self._unknown(database))
-        selection = Selection(database=database)
-        try:
-            return (
-                self._runner.start_when_free(Trigger.MANUAL, selection)
-                if wait
-                else self._runner.start(Trigger.MANUAL, selection)
-            )
-        except BackupBusy as error:
-            return error_reply("busy", str(error))
-        except Cancelled as error:
-            return error_reply("stopping", str(error))
+        return self._start(Trigger.MANUAL, database, wait)
 
     def outcome(self, running: RunningBackup, database: str | None) -> dict[str, Any]:
         """The reply for a manual backup that has ended: fail if any database failed, naming each."""
@@ -258,6 +249,57 @@ class Commands:
                 **details,
             )
         return error_reply("backup_failed", f"Manual backup failed: {failed[0].error}", **details)
+
+    def drill(self, peer: Peer, wait: bool, database: str | None = None) -> dict[str, Any]:
+        """A restore drill from the chat of every database (or the one named) now, one at a time, queued
+        like a backup; fail if any failed, naming each."""
+        running = self._run_now(peer, "run restore drills", Trigger.DRILL, wait, database)
+        if isinstance(running, dict):
+            return running
+        results = running.drills or []
+        if not results:  # a server's globals, or an `all = true` entry found no database of that name
+            return error_reply(
+                "unknown_database",
+                self._unknown(database or "") + " (a server's globals are not drilled: restoring roles is "
+                "no check)",
+            )
+        drills = [result.to_dict() for result in results]
+        failed = [result for result in results if not result.ok]
+        if not failed:
+            return {"data": {"message": "Restore drill passed", "drills": drills}}
+        names = "; ".join(f"{result.prefix}: {result.error}" for result in failed)
+        return error_reply(
+            "drill_failed",
+            f"Restore drill failed for {len(failed)} of {len(results)}: {names}",
+            drills=drills,
+        )
+
+    def _run_now(
+        self, peer: Peer, action: str, trigger: Trigger, wait: bool, database: str | None
+    ) -> RunningBackup | dict[str, Any]:
+        """Run a job now for a peer who may (`action` says what, if refused), and wait for it to end; with
+        `wait`, after the one running. Return it ended, or the error reply saying why it did not start."""
+        if not peer_may_trigger(peer, self._config.daemon.control_group):
+            return error_reply("permission_denied", self._refusal(peer, action))
+        running = self._start(trigger, database, wait)
+        if isinstance(running, RunningBackup):
+            running.done.wait()
+        return running
+
+    def _start(self, trigger: Trigger, database: str | None, wait: bool) -> RunningBackup | dict[str, Any]:
+        if database is not None and (self._fleet is None or not self._fleet.knows(database)):
+            return error_reply("unknown_database", self._unknown(database))
+        selection = Selection(database=database)
+        try:
+            return (
+                self._runner.start_when_free(trigger, selection)
+                if wait
+                else self._runner.start(trigger, selection)
+            )
+        except BackupBusy as error:
+            return error_reply("busy", str(error))
+        except Cancelled as error:
+            return error_reply("stopping", str(error))
 
     def _unknown(self, database: str) -> str:
         known = ", ".join(self._fleet.status(self._slot_next_run)) if self._fleet else ""
@@ -312,6 +354,9 @@ def status_line(status: dict[str, Any]) -> str:
         running = status["running"]
         if running["trigger"] == Trigger.REDELIVERY:
             line = f"Sending backups that were waiting for Telegram (started {running['started_at']})"
+        elif running["trigger"] == Trigger.DRILL:
+            what = running.get("database") or status["database"]
+            line = f"Restore drill of {what} from the chat (started {running['started_at']})"
         else:
             what = running.get("database") or status["database"]
             line = f"Backing up {what} ({running['trigger']}, started {running['started_at']})"
@@ -347,3 +392,14 @@ def describe_last(last: dict[str, Any] | None) -> str:
     )
     warning = " (WARNING: see status)" if last.get("warning") else ""
     return f"{last['file']} ({size}) {where}{warning}"
+
+
+def describe_drill(drill: dict[str, Any] | None) -> str:
+    """A restore drill's result in a few words; tolerant of records written by other versions."""
+    if not drill or not drill.get("at"):
+        return "none yet"
+    at = _minutes(str(drill["at"]))
+    if not drill.get("ok"):
+        return f"FAILED at {at} ({drill.get('file') or 'no backup read'}): {drill.get('error')}"[:300]
+    counted = f"{drill.get('tables')} tables, {drill.get('rows')} rows"
+    return f"passed at {at}: {drill.get('file')}, {counted}; {drill.get('comparison')}"[:300]

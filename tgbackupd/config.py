@@ -21,6 +21,7 @@ from .encryption import recipient_problem, recipients_file_entries
 from .errors import ConfigError
 from .formats import DUMP_EXTENSIONS, FORMATS, GZIP, ZSTD, Format, backup_suffix
 from .manifest import MAX_RECIPIENTS
+from .scheduling import DrillSchedule, ScheduleError
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
 DEFAULT_API_URL = "https://api.telegram.org"
@@ -349,6 +350,13 @@ def _maintenance_db(value: Any, from_env: bool) -> str:
     return _text(value, from_env) or "postgres"
 
 
+def _drill_schedule(value: Any, from_env: bool) -> DrillSchedule | None:
+    try:
+        return DrillSchedule.parse(_text(value, from_env) or "off")
+    except ScheduleError as error:
+        raise _Problem(str(error)) from None
+
+
 def _database_url(value: Any, from_env: bool) -> str | None:
     url = _text(value, from_env)
     if url is not None:
@@ -407,6 +415,7 @@ KEYS = (
     _Key("encryption", "recipients", _list(recipient_problem, MAX_RECIPIENTS), ()),
     _Key("encryption", "recipients_file", _path),
     _Key("encryption", "identity_file", _path),
+    _Key("verify", "schedule", _drill_schedule),
 )
 _KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
 # How the connection is named; the `database` section's other keys are settings of the DatabaseConfig of
@@ -566,6 +575,14 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """Restore drills: `schedule` says when the latest backup of each database is downloaded from the
+    chat and restored into a scratch database (None: only with `tgbackupctl drill`)."""
+
+    schedule: DrillSchedule | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     telegram: TelegramConfig
     database: DatabaseConfig
@@ -576,6 +593,7 @@ class Config:
     # What to back up, in order: the `[[databases]]` entries, else one made of `database` and `backup`.
     databases: tuple[Target, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
+    verify: VerifyConfig = VerifyConfig()
 
     @property
     def backup_suffix(self) -> str:
@@ -611,6 +629,12 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
             f"configured (set {' and '.join(telegram.missing)}): configure Telegram, or keep at least 1 "
             "backup here"
         )
+    if values["verify.schedule"] is not None and not telegram.configured:
+        problems.append(
+            f"verify.schedule = {values['verify.schedule'].text!r} drills the backups in the Telegram chat, "
+            f"which is not configured (set {' and '.join(telegram.missing)}): configure Telegram, or set "
+            'verify.schedule = "off"'
+        )
     directory = _backup_directory(values, environ)
     targets = tuple(_target(values, entry, label, directory, problems) for label, entry in entries)
     _check_prefixes(targets, problems)
@@ -635,6 +659,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
         config_file=config_file if config_file.exists() else None,
         sources=sources,
         encryption=encryption,
+        verify=VerifyConfig(schedule=values["verify.schedule"]),
     )
 
 
@@ -1328,6 +1353,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "recipients_file": str(encryption.recipients_file) if encryption.recipients_file else None,
             "identity_file": str(encryption.identity) if encryption.identity else None,
         },
+        "verify": {"schedule": config.verify.schedule.text if config.verify.schedule else "off"},
     }
     effective: dict[str, Any] = {
         section: {name: value for name, value in table.items() if value is not None}

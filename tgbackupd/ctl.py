@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__, messages, restore
 from .checks import Check
 from .checks import render as render_checks
-from .commands import describe_last, listing
+from .commands import describe_drill, describe_last, listing
 from .config import (
     ClientConfig,
     DatabaseConfig,
@@ -57,15 +57,16 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed;
-      with several databases: any of them failed (each is named)
-  64  wrong usage; trigger DBNAME names no database backed up here; restore --jobs with a plain backup
-      (it applies to custom-format ones); restore/verify: the backup is encrypted and no --identity given,
-      or age cannot use an --identity file (a public key, a damaged or empty key file)
+      with several databases: any of them failed (each is named); drill: a restore drill failed
+  64  wrong usage; trigger/drill DBNAME names no database backed up (or drilled) here; restore --jobs
+      with a plain backup (it applies to custom-format ones); restore/verify: the backup is encrypted
+      and no --identity given, or age cannot use an --identity file (a public key, a damaged or empty
+      key file)
   65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
       --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
-  75  a backup is already running (use trigger --wait), tgbackupd is stopping, or it did not answer in time
-      (also: it stayed busy with other clients for 5 s)
+  75  a backup or drill is already running (use trigger/drill --wait), tgbackupd is stopping, or it did
+      not answer in time (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
   78  the configuration is invalid (reload: the new one was rejected, the running one stays), or restore
       does not know which database to restore into
@@ -114,23 +115,17 @@ def _parser() -> argparse.ArgumentParser:
         help="give up if the daemon does not answer in S seconds (default 10)",
     )
     trigger = commands.add_parser("trigger", help="make a backup now, wait for it, and print the result")
-    trigger.add_argument(
-        "--wait",
-        action="store_true",
-        help="if a backup is already running, wait for it to finish, then make this one",
-    )
-    trigger.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
-    trigger.add_argument(
-        "database",
-        nargs="?",
-        metavar="DBNAME",
-        help="back up only this database (its name or prefix); default: every database configured",
+    _add_job_options(trigger, "back up")
+    drill = commands.add_parser(
+        "drill",
+        help="restore the latest backup in the chat into a scratch database now, count it, and drop it",
     )
     reload = commands.add_parser(
         "reload",
         help="have the daemon read its configuration again, and say what changed or why it was rejected",
     )
     reload.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    _add_job_options(drill, "drill")
     check = commands.add_parser(
         "check", help="have the daemon check its setup end to end: database, pg_dump, directory, Telegram"
     )
@@ -215,6 +210,22 @@ def _jobs(text: str) -> int:
     return int(text)
 
 
+def _add_job_options(command: argparse.ArgumentParser, doing: str) -> None:
+    """trigger's and drill's: --wait, --json and the database."""
+    command.add_argument(
+        "--wait",
+        action="store_true",
+        help="if a backup or drill is already running, wait for it to finish, then start this one",
+    )
+    command.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
+    command.add_argument(
+        "database",
+        nargs="?",
+        metavar="DBNAME",
+        help=f"{doing} only this database (its name or prefix); default: every database configured",
+    )
+
+
 def _add_trust_options(command: argparse.ArgumentParser) -> None:
     """What a command that reads manifests from the chat may follow besides those this token's key signed."""
     command.add_argument(
@@ -236,7 +247,8 @@ def _add_trust_options(command: argparse.ArgumentParser) -> None:
 def render_status(data: dict[str, Any]) -> str:
     if data["running"]:
         running = data["running"]
-        state = f"running a {running['trigger']} backup since {running['started_at']}"
+        doing = "restore drill" if running["trigger"] == "drill" else f"{running['trigger']} backup"
+        state = f"running a {doing} since {running['started_at']}"
         if running.get("database"):
             state += f", now of {running['database']}"
     else:
@@ -260,6 +272,7 @@ def render_status(data: dict[str, Any]) -> str:
         f"Telegram:          {telegram}",
         f"Local backups:     {_local_backups(data)}",
         f"Last backup:       {describe_last(data['last_backup'])}",
+        f"Restore drills:    {data.get('drill_schedule') or 'off'}",
     ]
     databases = data.get("databases") or {}
     if len(databases) > 1:
@@ -275,6 +288,9 @@ def render_status(data: dict[str, Any]) -> str:
         else:
             problem = chat["problem"] or "not answered yet"
             lines.append(f"Chat commands:     {chat['state'].upper()}: {problem}")
+    for prefix, each in databases.items():
+        if each.get("last_drill"):
+            lines.append(f"  last drill of {prefix}: {describe_drill(each['last_drill'])}")
     if data.get("sending"):
         sending = data["sending"]
         lines.append(f"Sending:           {sending['name']}: {messages.describe_sending(sending)}")
@@ -363,6 +379,10 @@ def render_backups(backups: list[dict[str, Any]]) -> str:
     return "\n\n".join(blocks)
 
 
+def render_drills(drills: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{drill['prefix']} ({drill['database']}): {describe_drill(drill)}" for drill in drills)
+
+
 def render_listing(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No backups yet."
@@ -386,7 +406,7 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
 
 def _ask_daemon(args: argparse.Namespace) -> int:
     message: dict[str, Any] = {"command": args.command}
-    if args.command == "trigger":
+    if args.command in ("trigger", "drill"):
         message["wait"] = args.wait
         if args.database:
             message["database"] = args.database
@@ -397,7 +417,9 @@ def _ask_daemon(args: argparse.Namespace) -> int:
         error = reply["error"]
         if not args.json:
             print(f"tgbackupctl: {error.get('message')}", file=sys.stderr)
-            if error.get("backups"):
+            if error.get("drills"):
+                print(render_drills(error["drills"]), file=sys.stderr)
+            elif error.get("backups"):
                 print(render_backups(error["backups"]), file=sys.stderr)
             elif error.get("backup"):
                 print(render_backup(error["backup"]), file=sys.stderr)
@@ -408,6 +430,9 @@ def _ask_daemon(args: argparse.Namespace) -> int:
             print(render_status(data))
         elif args.command == "reload":
             print(data["message"])
+        elif args.command == "drill":
+            print(data["message"])
+            print(render_drills(data["drills"]))
         else:
             print(data["message"])
             print(render_backups(data["backups"]) if data.get("backups") else render_backup(data["backup"]))
@@ -684,6 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _ask_daemon,
         "trigger": _ask_daemon,
         "reload": _ask_daemon,
+        "drill": _ask_daemon,
         "check": _check,
         "list": _list,
         "restore": _restore,

@@ -32,7 +32,7 @@ from .reloading import (
     needing_restart,
     restart_notice,
 )
-from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
+from .runner import EVERY_DATABASE, BackupBusy, BackupRunner, RunningBackup, Selection
 from .scheduling import DailySchedule, missed_run, repeated_slot
 from .state import StateStore
 from .states import Trigger
@@ -87,7 +87,9 @@ class Daemon:
             self._cancel,
             self._clock,
             redeliver=lambda: self._fleet_for_next_job().first.redeliver(),
+            drill=lambda selection: self._fleet_for_next_job().drill(selection),
         )
+        self._started_at = self._clock.now()
         # One timer for each time of day some database is backed up at (the `backup` section's, and
         # each entry's own hour and minute).
         self._schedules: dict[Slot, DailySchedule] = {}
@@ -360,6 +362,7 @@ class Daemon:
             database=status["database"],
             backup_enabled=config.backup.enabled,
             next_run=status["next_run"],
+            restore_drills=status["drill_schedule"],
             telegram_configured=config.telegram.configured,
             chat_id=config.telegram.chat_id,
             socket=str(config.daemon.socket),
@@ -389,7 +392,8 @@ class Daemon:
             time.sleep(tick)
 
     def _start_due_work(self) -> None:
-        """Waiting and catch-up backups first, then what waits in the outbox; one job at a time."""
+        """Waiting and catch-up backups first, then a restore drill, then what waits in the outbox; one job
+        at a time."""
         if self._runner.current is not None:
             return
         if self._waiting:
@@ -397,8 +401,15 @@ class Daemon:
         elif self._catch_up_at is not None and time.monotonic() >= self._catch_up_at:
             self._catch_up_at = None
             self._start(Trigger.CATCH_UP, Selection(slots=self._catch_up))
+        elif self._catch_up_at is None and self._drill_due():
+            self._start(Trigger.DRILL, EVERY_DATABASE)
         elif self._outbox.is_due():
             self._start_redelivery()
+
+    def _drill_due(self) -> bool:
+        """A restore drill is due (verify.schedule): after the backups due before it, never beside one."""
+        drills, config = self._fleet.drills, self._config
+        return drills.due(config.verify.schedule, self._started_at, config.backup.catch_up) is not None
 
     def _start_redelivery(self) -> None:
         with contextlib.suppress(TgbackupdError):  # a backup started in between: it drains the outbox

@@ -16,6 +16,7 @@ from . import psql
 from .backup import Backup, BackupResult
 from .clock import Clock
 from .config import BackupConfig, Config, DatabaseConfig, Target, file_safe
+from .drilling import DrillResult, Drills
 from .errors import TgbackupdError
 from .events import Events
 from .runner import EVERY_DATABASE, Selection
@@ -73,6 +74,7 @@ class Fleet:
             events=events,
         )
         self.events = self.first.events
+        self.drills = Drills(store, self.events, self._clock)
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
@@ -127,6 +129,30 @@ class Fleet:
                 results.append(result)
         return results
 
+    def drill(self, selection: Selection = EVERY_DATABASE) -> list[DrillResult]:
+        """A restore drill of the latest backup in the chat of each selected database, one after the other
+        (drilling.py); a server's globals are not drilled. Scheduled drills (every database) record when
+        they started, for catch-up."""
+        if selection.database is None:
+            self.drills.note_attempt()
+        results: list[DrillResult] = []
+        for target in self._config.databases:
+            for prefix, backup, problem in self._jobs(target, selection.database):
+                if self.first.cancel.is_set():
+                    return results  # stopping: the rest wait for the next drill
+                if backup.globals_only:
+                    log.info(
+                        "No restore drill of a server's globals: restoring roles is no check", prefix=prefix
+                    )
+                    continue
+                self._slots[prefix] = slot_of(target)
+                self.current = backup
+                try:
+                    results.append(self.drills.run(backup, problem))
+                finally:
+                    self.current = None
+        return results
+
     def status(self, next_run: Callable[[Slot], datetime | None]) -> dict[str, dict[str, Any]]:
         """Each series' description, last result and next scheduled run, by prefix."""
         databases = {}
@@ -139,6 +165,7 @@ class Fleet:
                 "database": backup.describe if backup else (last or {}).get("database"),
                 "last_backup": last,
                 "next_run": upcoming.astimezone().isoformat(timespec="seconds") if upcoming else None,
+                "last_drill": self.drills.last.get(prefix),
             }
         return databases
 

@@ -156,3 +156,36 @@ def problem_notice(*, server: str, problem: str) -> str:
     return _clip(
         f"⚠️ tgbackupd on {server}: {problem}\nDetails: journalctl -u tgbackupd -p warning", MESSAGE_LIMIT
     )
+
+
+def drill_notice(
+    *,
+    prefix: str,
+    database: str,
+    server: str,
+    file: str | None,
+    counted: str | None,
+    comparison: str | None,
+    error: str | None,
+) -> str:
+    """What a restore drill came to: on failure, what it means and what to do."""
+    if error is None:
+        return _clip(
+            f"✅ Restore drill passed: {file}\n"
+            f"Database: {database}\n"
+            f"Server: {server}\n"
+            f"Downloaded from this chat as a new machine would, restored into a scratch database (dropped "
+            f"again): {counted}; {comparison}.",
+            MESSAGE_LIMIT,
+        )
+    return _clip(
+        f"❌ Restore drill FAILED: {file or 'no backup could be read from this chat'}\n"
+        f"Database: {database}\n"
+        f"Server: {server}\n"
+        f"Reason: {error}\n"
+        "The backups in this chat may not restore. Make a fresh backup now (tgbackupctl trigger "
+        f"{prefix}), then drill again (tgbackupctl drill {prefix}); to watch a restore from the chat step "
+        f"by step: tgbackupctl verify --from-telegram latest --database {prefix}\n"
+        "Details: journalctl -u tgbackupd -p warning",
+        MESSAGE_LIMIT,
+    )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
+from .config import KEYS, Config
 
 # Keys the running daemon cannot take over, with why (said to the administrator along with the key).
 RESTART_KEYS = {
@@ -32,11 +32,12 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     `[[databases]]`, `databases` when entries were added or removed. Names only: secrets are compared,
     never shown."""
     entries = _entries(old) or _entries(new)
-    sections = (
-        ("telegram", "backup", "daemon", "encryption")
-        if entries
-        else ("telegram", "database", "backup", "daemon", "encryption")
-    )
+    # Every section of the file (in the order of KEYS), each a field of Config of the same name.
+    sections = [
+        section
+        for section in dict.fromkeys(key.section for key in KEYS)
+        if not entries or section != "database"
+    ]
     changed = []
     for section in sections:
         before, after = getattr(old, section), getattr(new, section)

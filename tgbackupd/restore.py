@@ -872,8 +872,10 @@ def verify(
         )
     check_jobs(backup, jobs)
     scratch = f"tgbackupd_verify_{secrets.token_hex(4)}"
-    psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)
     try:
+        # Within the `try`: a CREATE DATABASE that `stop` ended (psql was ended) may have been done by the
+        # server all the same, and must be dropped as well.
+        psql.query(database, f'CREATE DATABASE "{scratch}"', dbname=database.maintenance_db, stop=stop)
         progress.start(f"Verifying {backup.name} in scratch database {scratch}", backup.size_bytes)
         if jobs > 1:
             assert workdir is not None

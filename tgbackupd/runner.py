@@ -10,6 +10,7 @@ import structlog
 
 from .backup import BackupResult
 from .clock import Clock
+from .drilling import DrillResult
 from .errors import Cancelled, TgbackupdError
 from .states import Trigger
 
@@ -39,6 +40,7 @@ class RunningBackup:
         self.selection = selection
         self.done = threading.Event()
         self.results: list[BackupResult] | None = None  # one per database, in the order they were made
+        self.drills: list[DrillResult] | None = None  # a drill's, likewise
 
     def describe(self) -> dict[str, Any]:
         return {"trigger": self.trigger, "started_at": self.started_at}
@@ -52,8 +54,11 @@ class BackupRunner:
         cancel: threading.Event,
         clock: Clock | None = None,
         redeliver: Callable[[], dict[str, Any] | None] | None = None,
+        drill: Callable[[Selection], list[DrillResult]] | None = None,
     ) -> None:
+        """`drill`: runs restore drills (Trigger.DRILL) as a job like the others, never beside a backup."""
         self._run_backup = run_backup
+        self._drill = drill
         self._redeliver = redeliver
         self._cancel = cancel
         self._clock = clock or Clock()
@@ -74,11 +79,10 @@ class BackupRunner:
                 raise Cancelled("tgbackupd is stopping; no new backup is started")
             if self._current is not None:
                 current = self._current
-                doing = (
-                    "tgbackupd is sending backups that were waiting for Telegram"
-                    if current.trigger == Trigger.REDELIVERY
-                    else f"a {current.trigger} backup is already running"
-                )
+                doing = {
+                    Trigger.REDELIVERY: "tgbackupd is sending backups that were waiting for Telegram",
+                    Trigger.DRILL: "a restore drill is running",
+                }.get(current.trigger, f"a {current.trigger} backup is already running")
                 raise BackupBusy(
                     f"{doing} (started {current.started_at}); try again when it has finished, or use "
                     "`tgbackupctl trigger --wait`"
@@ -102,6 +106,9 @@ class BackupRunner:
     def _work(self, running: RunningBackup) -> None:
         if running.trigger == Trigger.REDELIVERY:
             self._finish_redelivery(running)
+            return
+        if running.trigger == Trigger.DRILL:
+            self._finish_drill(running)
             return
         try:
             results = self._run_backup(running.trigger, running.selection)
@@ -135,6 +142,26 @@ class BackupRunner:
                 self.last_backup = recorded  # the same backup, delivered now: status says so
         except Exception as error:  # as above: report, and keep serving
             log.exception("Redelivery crashed unexpectedly; please report this", error=type(error).__name__)
+        with self._lock:
+            self._current = None
+        running.done.set()
+
+    def _finish_drill(self, running: RunningBackup) -> None:
+        try:
+            running.drills = self._drill(running.selection) if self._drill is not None else []
+        except Exception as error:  # as above: report, and keep serving
+            log.exception(
+                "Restore drill crashed unexpectedly; please report this", error=type(error).__name__
+            )
+            running.drills = [
+                DrillResult(
+                    prefix=running.selection.database or "",
+                    database=running.selection.database or "",
+                    at=running.started_at,
+                    duration_s=0.0,
+                    error=f"internal error: {type(error).__name__}",
+                )
+            ]
         with self._lock:
             self._current = None
         running.done.set()

@@ -21,3 +21,4 @@ class Trigger(StrEnum):
     CATCH_UP = "catch-up"
     MANUAL = "manual"
     REDELIVERY = "redelivery"  # the job that sends backups waiting in the outbox
+    DRILL = "drill"  # a restore drill from the chat (verify.schedule, `tgbackupctl drill`)

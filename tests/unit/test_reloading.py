@@ -150,3 +150,9 @@ def test_reload_over_the_socket_is_for_those_who_may_trigger_and_answers_with_th
     assert commands(tmp_path, StandInBackup()).handle({"command": "reload"}, ROOT)["error"]["code"] == (
         "unknown_command"
     )
+
+
+def test_every_section_of_the_file_is_compared_the_newer_ones_too(tmp_path):
+    running = config(tmp_path)
+    new = config(tmp_path, '[verify]\nschedule = "weekly sun 04:30"\n')
+    assert changed_keys(running, new) == ["verify.schedule"]
