@@ -886,8 +886,9 @@ def _target(
 
 def _sets_pings(entry_values: dict[str, Any]) -> bool:
     """Whether an entry has a check of its own at a monitoring service (then none of the section's URLs
-    apply to it: its failures must not go to another check, nor another database's success to its)."""
-    return any(entry_values.get(f"monitoring.{name}") for name in _PING_KEYS)
+    apply to it: its failures must not go to another check, nor another database's success to its).
+    One set empty (`ping_url = ""`) counts: that entry's databases are not pinged at all."""
+    return any(f"monitoring.{name}" in entry_values for name in _PING_KEYS)
 
 
 def _names_database(entry_values: dict[str, Any]) -> bool:

@@ -48,11 +48,13 @@ def test_an_entry_with_a_ping_key_of_its_own_takes_none_of_the_sections(tmp_path
         tmp_path,
         f'[monitoring]\nping_url = "{BASE}"\n'
         '[[databases]]\nname = "shop"\n'
-        '[[databases]]\nname = "crm"\nping_success_url = "https://other.example/ok"\n',
+        '[[databases]]\nname = "crm"\nping_success_url = "https://other.example/ok"\n'
+        '[[databases]]\nname = "scratch"\nping_url = ""\n',
     )
-    shop, crm = config.databases
+    shop, crm, scratch = config.databases
     assert shop.pings == config.monitoring.pings
     assert crm.pings == PingUrls(success="https://other.example/ok")
+    assert not scratch.pings
     assert urls_of(config)("crm") == crm.pings and urls_of(config)("unknown") == config.monitoring.pings
 
 
