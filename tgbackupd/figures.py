@@ -66,7 +66,7 @@ def _series(store: StateStore, last: dict[str, Any] | None, pending: int, prefix
         last_success_size_bytes=_whole(success, "size_bytes"),
         last_success_parts=_whole(success, "parts"),
         pending_deliveries=pending,
-        backup_failures_total=int(store.meta(FAILURES_KEY + prefix) or 0),
+        backup_failures_total=_count(store.meta(FAILURES_KEY + prefix)),
         last_drill_timestamp_seconds=_timestamp(drill, "finished_at"),
         last_drill_success=None if drill is None else int(not drill.get("error")),
     )
@@ -80,6 +80,11 @@ def _document(text: str | None) -> dict[str, Any] | None:
     except ValueError:
         return None
     return document if isinstance(document, dict) else None
+
+
+def _count(text: str | None) -> int:
+    """A count kept in the store; 0 for none (or for what no version of tgbackupd writes)."""
+    return int(text) if text is not None and text.isdigit() else 0
 
 
 def _timestamp(document: dict[str, Any] | None, key: str) -> float | None:

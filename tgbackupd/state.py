@@ -522,16 +522,15 @@ class StateStore:
             else:
                 connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-    def add_to_count(self, key: str) -> int:
-        """Add one to the count kept under `key` (in one statement: two processes counting at once both
-        count) and return it."""
+    def add_to_count(self, key: str) -> None:
+        """Add one to the count kept under `key`, in one statement: two processes counting at once (the
+        daemon and `tgbackupd --once`) both count."""
         with self._writing(f"count {key}") as connection:
-            row = connection.execute(
+            connection.execute(
                 "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) "
-                "DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING value",
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
                 (key,),
-            ).fetchone()
-        return int(row[0])
+            )
 
     def probe(self) -> None:
         """Write once, as a backup would: raise StateError if the file cannot take a change now."""
