@@ -60,9 +60,9 @@ def urls_of(config: Config) -> Callable[[str], PingUrls]:
 
 def failure_body(what: str, error: str | None) -> str:
     """What a failure ping says: what failed, then the error's last lines (the cause is at the end)."""
-    lines = (error or "no reason was recorded").splitlines()[-ERROR_LINES:]
-    body = f"tgbackupd: {what}\n" + "\n".join(lines)
-    return body.encode()[-BODY_BYTES:].decode(errors="ignore")
+    heading = f"tgbackupd: {what}\n"
+    lines = "\n".join((error or "no reason was recorded").splitlines()[-ERROR_LINES:]).encode()
+    return heading + lines[-(BODY_BYTES - len(heading.encode())) :].decode(errors="ignore")
 
 
 class Pings(Listener):
@@ -135,7 +135,7 @@ class Pings(Listener):
 
     def drilled(self, event: Drilled) -> None:
         if not event.succeeded:
-            what = f"the restore drill of {event.prefix} ({event.file or 'no backup found'}) failed"
+            what = f"the restore drill of {event.prefix}{f' ({event.file})' if event.file else ''} failed"
             self._fail(event.prefix, failure_body(what, event.error))
 
     def _fail(self, prefix: str, body: str) -> None:

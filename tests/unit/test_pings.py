@@ -12,7 +12,7 @@ from tgbackupd.backup import BackupResult
 from tgbackupd.config import PingUrls, effective_config, load_config
 from tgbackupd.errors import ConfigError
 from tgbackupd.events import Drilled, Finished, Started
-from tgbackupd.pings import Pings, failure_body, urls_of
+from tgbackupd.pings import BODY_BYTES, Pings, failure_body, urls_of
 from tgbackupd.statefile import open_store
 from tgbackupd.states import Trigger
 
@@ -135,9 +135,7 @@ def test_a_failed_drill_pings_failure_and_a_passing_one_pings_nothing(store):
         pings.close()
 
     assert service.pings() == [("POST", "/fail"), ("GET", "/start")]
-    assert service.received[0].body == (
-        "tgbackupd: the restore drill of shop (no backup found) failed\nno backup in the chat"
-    )
+    assert service.received[0].body == ("tgbackupd: the restore drill of shop failed\nno backup in the chat")
 
 
 def test_a_failure_body_keeps_the_errors_last_lines_where_the_cause_is():
@@ -145,3 +143,5 @@ def test_a_failure_body_keeps_the_errors_last_lines_where_the_cause_is():
     body = failure_body("the backup of shop (shop) failed", error)
     assert body.splitlines()[0] == "tgbackupd: the backup of shop (shop) failed"
     assert body.splitlines()[1:] == [f"line {number}" for number in range(81, 101)]
+    long = failure_body("the backup of shop (shop) failed", "x" * 50_000)
+    assert long.startswith("tgbackupd: the backup of shop (shop) failed\nxxx") and len(long) == BODY_BYTES
