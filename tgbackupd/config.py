@@ -544,7 +544,7 @@ class PingUrls:
     def __bool__(self) -> bool:
         return any((self.start, self.success, self.failure))
 
-    def all(self) -> tuple[str, ...]:
+    def urls(self) -> tuple[str, ...]:
         return tuple(url for url in (self.start, self.success, self.failure) if url)
 
 
@@ -659,8 +659,8 @@ class Config:
             self.telegram.bot_token,
             self.database.password,
             *(target.database.password for target in self.databases),
-            *url_secrets(self.monitoring.pings.all()),
-            *url_secrets(url for target in self.databases for url in target.pings.all()),
+            *url_secrets(self.monitoring.pings.urls()),
+            *url_secrets(url for target in self.databases for url in target.pings.urls()),
         )
 
 
