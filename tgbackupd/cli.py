@@ -111,7 +111,10 @@ def _run_once(config: Config, store: StateStore, directory: BackupDirectory, pro
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    results = fleet.run(Trigger.MANUAL)
+    try:
+        results = fleet.run(Trigger.MANUAL)
+    finally:
+        fleet.events.close()  # the last pings go out before the process ends
     for result in results:
         if result.succeeded:
             where = (

@@ -12,6 +12,7 @@ from .checks import run_checks
 from .config import Config
 from .control import Peer, error_reply
 from .errors import Cancelled
+from .figures import gather
 from .fleet import Fleet, Slot
 from .outbox import Outbox
 from .reloading import ReloadRequests
@@ -154,12 +155,17 @@ class Commands:
         running = self._runner.current
         next_run = self._next_run()
         last_reload = self._reloads.last if self._reloads else None
-        pending, state_problem = None, None
+        pending, state_problem, figures = None, None, None
         if count_backups:
             try:
                 pending = self._pending()
+                figures = gather(self._store, config.fixed_prefixes())
             except StateError as error:
                 state_problem = str(error)
+        databases = self._fleet.status(self._slot_next_run) if self._fleet else None
+        for prefix, each in (databases or {}).items():
+            if figures and prefix in figures:
+                each["metrics"] = figures[prefix].to_dict()  # as the metrics file has them
         return {
             "backup_enabled": config.backup.enabled,
             "backup_hour": config.backup.hour,
@@ -181,7 +187,10 @@ class Commands:
             "state_file": str(config.daemon.state_file),
             "state_problem": state_problem,
             "last_backup": self._runner.last_backup,
-            "databases": self._fleet.status(self._slot_next_run) if self._fleet else None,
+            "databases": databases,
+            "failures_total": sum(each.backup_failures_total for each in figures.values())
+            if figures is not None
+            else None,
             "reload": last_reload.describe() if last_reload else None,
             "version": __version__,
             "pid": os.getpid(),

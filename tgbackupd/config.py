@@ -21,6 +21,7 @@ from .encryption import recipient_problem, recipients_file_entries
 from .errors import ConfigError
 from .formats import DUMP_EXTENSIONS, FORMATS, GZIP, ZSTD, Format, backup_suffix
 from .manifest import MAX_RECIPIENTS
+from .redaction import url_for_logs, url_secrets
 from .scheduling import DrillSchedule, ScheduleError
 
 DEFAULT_CONFIG_PATH = Path("/etc/tgbackupd/config.toml")
@@ -144,6 +145,16 @@ def _path(value: Any, from_env: bool) -> Path | None:
     if not os.path.isabs(text):
         raise _Problem(f"expected an absolute path, got {text!r}")
     return Path(text)
+
+
+def _metrics_file(value: Any, from_env: bool) -> Path | None:
+    path = _path(value, from_env)
+    if path is not None and path.suffix != ".prom":
+        raise _Problem(
+            f"expected a file name ending in .prom (node_exporter's textfile collector reads no other), "
+            f"got {str(path)!r}"
+        )
+    return path
 
 
 def _prefix(value: Any, from_env: bool) -> str | None:
@@ -334,6 +345,25 @@ def _refused_pg_dump_option(argument: str) -> str | None:
     return None
 
 
+def _ping_url(value: Any, from_env: bool) -> str | None:
+    """A monitoring service's URL: http or https, with a host. It is a secret (a healthchecks.io URL
+    carries the check's UUID), so a problem never quotes it whole."""
+    url = _text(value, from_env)
+    if url is None:
+        return None
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise _Problem("expected a URL such as https://hc-ping.com/<uuid>; it cannot be parsed") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise _Problem(
+            "expected an http:// or https:// URL with a host, such as https://hc-ping.com/<uuid>, "
+            f"got one beginning {url_for_logs(url)!r}"
+        )
+    return url
+
+
 def _group(value: Any, from_env: bool) -> int | None:
     name = _text(value, from_env)
     if name is None:
@@ -416,6 +446,11 @@ KEYS = (
     _Key("encryption", "recipients_file", _path),
     _Key("encryption", "identity_file", _path),
     _Key("verify", "schedule", _drill_schedule),
+    _Key("monitoring", "ping_url", _ping_url, secret=True),
+    _Key("monitoring", "ping_start_url", _ping_url, secret=True),
+    _Key("monitoring", "ping_success_url", _ping_url, secret=True),
+    _Key("monitoring", "ping_failure_url", _ping_url, secret=True),
+    _Key("monitoring", "metrics_file", _metrics_file),
 )
 _KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
 # How the connection is named; the `database` section's other keys are settings of the DatabaseConfig of
@@ -432,6 +467,9 @@ _ENTRY_BACKUP_KEYS = (
     "hour",
     "minute",
 )
+# The `monitoring` section's keys an entry of `[[databases]]` may set for itself: its own check at a
+# monitoring service. An entry that sets any of them takes none of the section's.
+_PING_KEYS = ("ping_url", "ping_start_url", "ping_success_url", "ping_failure_url")
 _CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
 
 
@@ -530,6 +568,48 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class PingUrls:
+    """Where a monitoring service hears of one database's backups: when one starts, succeeds, fails.
+    Each may be None (that event is not told)."""
+
+    start: str | None = None
+    success: str | None = None
+    failure: str | None = None
+
+    def __bool__(self) -> bool:
+        return any((self.start, self.success, self.failure))
+
+    def urls(self) -> tuple[str, ...]:
+        return tuple(url for url in (self.start, self.success, self.failure) if url)
+
+
+def ping_urls(values: Mapping[str, Any]) -> PingUrls:
+    """The URLs of monitoring.ping_url and the explicit ones (by dotted key), the explicit ones winning:
+    `<ping_url>/start`, `<ping_url>` and `<ping_url>/fail`, as healthchecks.io takes them."""
+    base = values.get("monitoring.ping_url")
+    return PingUrls(
+        start=values.get("monitoring.ping_start_url") or (_below(base, "start") if base else None),
+        success=values.get("monitoring.ping_success_url") or base,
+        failure=values.get("monitoring.ping_failure_url") or (_below(base, "fail") if base else None),
+    )
+
+
+def _below(url: str, name: str) -> str:
+    """`https://host/ping/uuid?x=1` with `/name` added to its path: `https://host/ping/uuid/name?x=1`."""
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parsed._replace(path=f"{parsed.path.rstrip('/')}/{name}"))
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """`pings`: the `monitoring` section's URLs (an entry of `[[databases]]` may have its own);
+    `metrics_file`: where the Prometheus text file is written, if anywhere."""
+
+    pings: PingUrls = PingUrls()
+    metrics_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Target:
     """One entry of `[[databases]]` (or, without that list, the `[database]` and `[backup]` sections): what
     to connect to and how to back it up. With `all`, `database` names the server (its `name` is where to
@@ -543,12 +623,19 @@ class Target:
     exclude: tuple[str, ...] = ()
     globals: bool = False
     globals_passwords: bool = False
+    pings: PingUrls = PingUrls()  # the entry's own, else the `monitoring` section's
 
     @property
     def globals_prefix(self) -> str:
         """`<prefix>_globals`, or `globals` for an `all` entry without a prefix."""
         base = self.backup.prefix.rstrip("_.-") if self.backup.prefix else ""
         return f"{base}_globals" if base else "globals"
+
+    @property
+    def fixed_prefixes(self) -> list[str]:
+        """The prefixes the entry writes that are known before it runs (not those `all` finds)."""
+        prefixes = [] if self.all else [self.backup.prefix]
+        return [*prefixes, self.globals_prefix] if self.globals else prefixes
 
 
 @dataclass(frozen=True)
@@ -594,6 +681,7 @@ class Config:
     databases: tuple[Target, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
     verify: VerifyConfig = VerifyConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @property
     def backup_suffix(self) -> str:
@@ -605,12 +693,18 @@ class Config:
         are encrypted (`backup` is the sections' only without entries: never name an entry's files by it)."""
         return backup.suffix + (ENCRYPTED_SUFFIX if self.encryption.enabled else "")
 
+    def fixed_prefixes(self) -> list[str]:
+        """Every series known before any backup ran, by prefix, in the order of the entries."""
+        return [prefix for target in self.databases for prefix in target.fixed_prefixes]
+
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
         return secret_spellings(
             self.telegram.bot_token,
             self.database.password,
             *(target.database.password for target in self.databases),
+            *url_secrets(self.monitoring.pings.urls()),
+            *url_secrets(url for target in self.databases for url in target.pings.urls()),
         )
 
 
@@ -643,7 +737,12 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     if not targets:
         assert database is not None
         targets = (
-            Target("database", database, _backup_config(values, directory, _backup_prefix(values, database))),
+            Target(
+                "database",
+                database,
+                _backup_config(values, directory, _backup_prefix(values, database)),
+                pings=ping_urls(values),
+            ),
         )
     return Config(
         telegram=telegram,
@@ -660,6 +759,7 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
         sources=sources,
         encryption=encryption,
         verify=VerifyConfig(schedule=values["verify.schedule"]),
+        monitoring=MonitoringConfig(pings=ping_urls(values), metrics_file=values["monitoring.metrics_file"]),
     )
 
 
@@ -749,9 +849,10 @@ _ENTRY_FLAGS: dict[str, Callable[[Any, bool], Any]] = {
 
 
 def _entry_keys() -> dict[str, _Key]:
-    """The keys an entry of `[[databases]]` takes from the `database` and `backup` sections."""
+    """The keys an entry of `[[databases]]` takes from the `database`, `backup` and `monitoring` sections."""
     backup = {name: key for name, key in _KEYS_BY_SECTION["backup"].items() if name in _ENTRY_BACKUP_KEYS}
-    return {**_KEYS_BY_SECTION["database"], **backup}
+    pings = {name: key for name, key in _KEYS_BY_SECTION["monitoring"].items() if name in _PING_KEYS}
+    return {**_KEYS_BY_SECTION["database"], **backup, **pings}
 
 
 @dataclass(frozen=True)
@@ -830,7 +931,15 @@ def _target(
         exclude=entry.flags.get("exclude", ()),
         globals=bool(entry.flags.get("globals")),
         globals_passwords=bool(entry.flags.get("globals_passwords")),
+        pings=ping_urls(entry.values if _sets_pings(entry.values) else values),
     )
+
+
+def _sets_pings(entry_values: dict[str, Any]) -> bool:
+    """Whether an entry has a check of its own at a monitoring service (then none of the section's URLs
+    apply to it: its failures must not go to another check, nor another database's success to its).
+    One set empty (`ping_url = ""`) counts: that entry's databases are not pinged at all."""
+    return any(f"monitoring.{name}" in entry_values for name in _PING_KEYS)
 
 
 def _names_database(entry_values: dict[str, Any]) -> bool:
@@ -1354,6 +1463,10 @@ def effective_config(config: Config) -> dict[str, Any]:
             "identity_file": str(encryption.identity) if encryption.identity else None,
         },
         "verify": {"schedule": config.verify.schedule.text if config.verify.schedule else "off"},
+        "monitoring": {
+            **_effective_pings(config.monitoring.pings),
+            "metrics_file": str(config.monitoring.metrics_file) if config.monitoring.metrics_file else None,
+        },
     }
     effective: dict[str, Any] = {
         section: {name: value for name, value in table.items() if value is not None}
@@ -1382,5 +1495,14 @@ def _effective_target(target: Target) -> dict[str, Any]:
         "exclude": list(target.exclude) or None,
         "globals": target.globals or None,
         "globals_passwords": target.globals_passwords or None,
+        **_effective_pings(target.pings),
     }
     return {name: value for name, value in entry.items() if value is not None}
+
+
+def _effective_pings(pings: PingUrls) -> dict[str, str | None]:
+    """The URLs pinged, as derived, with their secret parts (a check's UUID) redacted."""
+    return {
+        f"ping_{name}_url": url_for_logs(url) if url else None
+        for name, url in (("start", pings.start), ("success", pings.success), ("failure", pings.failure))
+    }

@@ -434,4 +434,5 @@ class Daemon:
                 log.error("The running backup did not stop in time; exiting anyway")
                 break
         self._control.close()
+        self._fleet.events.close()
         log.info("tgbackupd stopped")

@@ -92,6 +92,23 @@ def compare(tables: int, rows: int, recorded: tuple[int, int] | None) -> tuple[s
     )
 
 
+def recorded_drills(store: StateStore) -> dict[str, dict[str, Any]]:
+    """The last drill of each series, by prefix, as recorded; checked, since a meta value is a file's
+    content, not trusted. Raise StateError if the store cannot be read."""
+    try:
+        text = store.meta(LAST_DRILLS_KEY)
+        recorded = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        prefix: value
+        for prefix, value in recorded.items()
+        if isinstance(prefix, str) and isinstance(value, dict) and isinstance(value.get("ok"), bool)
+    }
+
+
 class Drills:
     """Runs drills and remembers their results (one per series, and when the scheduled drills last
     started) in the state store's meta."""
@@ -182,19 +199,10 @@ class Drills:
             bound.error("Could not record the restore drill's result", error=str(error))
 
     def _recall(self) -> dict[str, dict[str, Any]]:
-        """The last drills recorded, checked: a meta value is a file's content, not trusted."""
         try:
-            text = self._store.meta(LAST_DRILLS_KEY)
-            recorded = json.loads(text) if text else {}
-        except (StateError, ValueError):
+            return recorded_drills(self._store)
+        except StateError:
             return {}
-        if not isinstance(recorded, dict):
-            return {}
-        return {
-            prefix: value
-            for prefix, value in recorded.items()
-            if isinstance(prefix, str) and isinstance(value, dict) and isinstance(value.get("ok"), bool)
-        }
 
     def _recall_attempt(self) -> datetime | None:
         try:

@@ -90,6 +90,10 @@ class Listener:
     def drilled(self, event: Drilled) -> None:
         """A restore drill from the chat ended, well or not."""
 
+    def close(self) -> None:
+        """The process stops, or a reload replaced this listener: finish what is under way, in a bounded
+        time."""
+
 
 class Events:
     """The listeners of one process, replaced whole on reload (a running backup's announcements go to
@@ -104,8 +108,14 @@ class Events:
         return self._listeners
 
     def replace(self, listeners: Iterable[Listener]) -> None:
+        """Hand the events to new listeners, and close the old ones (what they had under way ends)."""
         with self._lock:
-            self._listeners = tuple(listeners)
+            old, self._listeners = self._listeners, tuple(listeners)
+        self._close(old)
+
+    def close(self) -> None:
+        """Close every listener (tgbackupd stops): each finishes what it has under way, in a bounded time."""
+        self._close(self._listeners)
 
     def started(self, event: Started) -> None:
         self._tell("started", event)
@@ -118,6 +128,15 @@ class Events:
 
     def drilled(self, event: Drilled) -> None:
         self._tell("drilled", event)
+
+    def _close(self, listeners: Iterable[Listener]) -> None:
+        for listener in listeners:
+            try:
+                listener.close()
+            except Exception as error:
+                log.exception(
+                    "An integration failed to close", integration=listener.name, error=type(error).__name__
+                )
 
     def _tell(self, what: str, event: Any) -> None:
         for listener in self._listeners:

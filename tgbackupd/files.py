@@ -38,11 +38,13 @@ def sync_directory(path: Path) -> None:
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write to a temporary file, fsync it, rename it over `path` and fsync the directory, so that a
-    crash leaves either the old content or the new, never half of one."""
+    crash leaves either the old content or the new, never half of one. The file gets `mode` whatever
+    the umask (a file others must read, such as the metrics file, gets it under UMask=0077 too)."""
     temporary = path.with_name(f".{path.name}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(descriptor, "wb") as stream:
+            os.fchmod(stream.fileno(), mode)
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())

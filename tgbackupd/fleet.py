@@ -82,12 +82,12 @@ class Fleet:
         self._owners: dict[str, tuple[str, str]] = {
             prefix: _identity(target.database, target.database.name if prefix == target.backup.prefix else "")
             for target in config.databases
-            for prefix in self._fixed_prefixes(target)
+            for prefix in target.fixed_prefixes
         }
         self.last: dict[str, dict[str, Any]] = {}  # each series' last result, by prefix
         self.current: Backup | None = None  # the one being made now
         for target in config.databases:
-            for prefix in self._fixed_prefixes(target):
+            for prefix in target.fixed_prefixes:
                 self._slots[prefix] = slot_of(target)
         # The series known before any run, by prefix (those an `all` entry finds join when they run).
         self._fixed: dict[str, Backup] = {
@@ -294,12 +294,6 @@ class Fleet:
 
     def _config_for(self, database: DatabaseConfig, backup: BackupConfig) -> Config:
         return dataclasses.replace(self._config, database=database, backup=backup)
-
-    @staticmethod
-    def _fixed_prefixes(target: Target) -> list[str]:
-        """The prefixes an entry writes that are known before it runs."""
-        prefixes = [] if target.all else [target.backup.prefix]
-        return [*prefixes, target.globals_prefix] if target.globals else prefixes
 
     def _recall(self) -> None:
         """Each series' last result from the catalogue, by the prefix of its file name, else by the series

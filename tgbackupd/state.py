@@ -522,6 +522,16 @@ class StateStore:
             else:
                 connection.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def add_to_count(self, key: str) -> None:
+        """Add one to the count kept under `key`, in one statement: two processes counting at once (the
+        daemon and `tgbackupd --once`) both count."""
+        with self._writing(f"count {key}") as connection:
+            connection.execute(
+                "INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                (key,),
+            )
+
     def probe(self) -> None:
         """Write once, as a backup would: raise StateError if the file cannot take a change now."""
         self.set_meta("probed_at", datetime.now().astimezone().isoformat(timespec="seconds"))

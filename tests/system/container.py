@@ -17,10 +17,10 @@ import pytest
 
 CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
 # The name changes with PACKAGES, so that a root cached for an older list is not used.
-ROOT_TARBALL = CACHE / "bookworm-root-v3.tar.zst"
+ROOT_TARBALL = CACHE / "bookworm-root-v5.tar.zst"
 PACKAGES = (
-    "systemd,systemd-sysv,dbus,adduser,python3,python3-requests,python3-structlog,python3-schedule,"
-    "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,age,"
+    "systemd,systemd-sysv,dbus,adduser,python3,python3-prometheus-client,python3-requests,python3-structlog,"
+    "python3-schedule,python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,age,"
     # python3-zstandard needs the virtual python3-cffi-backend-api-*, which debootstrap cannot resolve.
     "python3-cffi-backend"
 )

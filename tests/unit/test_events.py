@@ -62,3 +62,24 @@ def test_replacing_the_listeners_takes_effect_for_the_next_event() -> None:
     events.finished(Finished("shop", result()))
     assert first.heard == [("succeeded", "shop")]
     assert second.heard == [("succeeded", "shop")]
+
+
+class Closing(Recorder):
+    def close(self) -> None:
+        self.heard.append(("closed", None))
+
+
+class BrokenOnClose(Listener):
+    name = "broken on close"
+
+    def close(self) -> None:
+        raise RuntimeError("a bug in an integration")
+
+
+def test_replaced_listeners_are_closed_and_closing_stops_at_no_broken_one() -> None:
+    first, second = Closing(), Closing()
+    events = Events([BrokenOnClose(), first])
+    events.replace([BrokenOnClose(), second])
+    assert first.heard == [("closed", None)] and second.heard == []
+    events.close()
+    assert second.heard == [("closed", None)]
