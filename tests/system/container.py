@@ -15,10 +15,12 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
 # The name changes with PACKAGES, so that a root cached for an older list is not used.
-ROOT_TARBALL = CACHE / "bookworm-root-v3.tar.zst"
+ROOT_TARBALL = CACHE / "bookworm-root-v4.tar.zst"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,adduser,python3,python3-requests,python3-structlog,python3-schedule,"
     "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,age,"
+    # man-db, so that `man tgbackupctl` is tried as an administrator would.
+    "man-db,"
     # python3-zstandard needs the virtual python3-cffi-backend-api-*, which debootstrap cannot resolve.
     "python3-cffi-backend"
 )
@@ -43,7 +45,7 @@ def ensure_root_tarball() -> Path:
     if ROOT_TARBALL.exists():
         return ROOT_TARBALL
     CACHE.mkdir(parents=True, exist_ok=True)
-    building = CACHE / "building"
+    building = CACHE / f"{ROOT_TARBALL.name}.building"  # each version its own: two may be built at once
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run(
         [
