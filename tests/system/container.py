@@ -156,3 +156,18 @@ class Container:
                 self.nspawn.wait()
         self.console.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def build_package(source: Path, directory: Path) -> Path:
+    """Build the .deb of the tree at `source` into `directory` with that tree's own
+    packaging/build-deb.sh (a release's package with the release's script); return the .deb's path."""
+    built = subprocess.run(
+        ["bash", str(source / "packaging" / "build-deb.sh"), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise AssertionError(f"{source}/packaging/build-deb.sh failed: {built.stderr[-4000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
