@@ -60,7 +60,8 @@ def _option_label(action: argparse.Action) -> str:
 
 
 def _documented(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    """The parser's options and arguments, in their order; help and subcommands are told apart."""
+    """The parser's options and arguments, in their order; help and subcommands are told apart. (argparse
+    has no public way to walk a parser: its `_actions` are what argparse-manpage reads too.)"""
     return [
         action
         for action in parser._actions
