@@ -46,7 +46,7 @@ def upgrade(tmp_path_factory):
             yield container, api, dbname, f"/mnt/packages/{old.name}", f"/mnt/packages/{new.name}"
         finally:
             container.shutdown()
-            for name in (dbname, f"{dbname}_restored"):
+            for name in (dbname, f"{dbname}_restored", f"{dbname}_from_chat"):
                 psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -147,7 +147,7 @@ def test_2_the_upgrade_keeps_the_configuration_migrates_the_state_and_restarts_o
     assert ".tgbackupd-state.json.migrated" in files and ".tgbackupd-state.json" not in files
 
 
-def test_3_tgbackupctl_lists_the_old_backups_as_delivered_and_restores_one(upgrade):
+def test_3_tgbackupctl_lists_the_old_backups_as_delivered_and_restores_one_from_disk_and_chat(upgrade):
     container, api, dbname, _, _ = upgrade
     listed = catalogue(container)
     for name in delivered(api, dbname):
@@ -160,6 +160,24 @@ def test_3_tgbackupctl_lists_the_old_backups_as_delivered_and_restores_one(upgra
     )
 
     assert psql(f"{dbname}_restored", "SELECT count(*), sum(i) FROM t") == "1000|500500"
+
+    # The copy in the chat, found from 0.1's pinned manifest (0.1 did not sign them: --trust-unsigned).
+    psql("postgres", f"CREATE DATABASE {dbname}_from_chat")
+    container.run(
+        "env",
+        f"TELEGRAM_BOT_TOKEN={FAKE_TOKEN}",
+        f"TELEGRAM_CHAT_ID={CHAT_ID}",
+        f"TGBACKUPD_TELEGRAM_API_URL={api.url}",
+        "tgbackupctl",
+        "restore",
+        "--from-telegram",
+        oldest,
+        "--trust-unsigned",
+        "--dbname",
+        database_url(f"{dbname}_from_chat"),
+        timeout=300,
+    )
+    assert psql(f"{dbname}_from_chat", "SELECT count(*), sum(i) FROM t") == "1000|500500"
     for section, page in (("1", "tgbackupctl"), ("8", "tgbackupd"), ("5", "tgbackupd.toml")):
         manual = container.run("man", "-P", "cat", section, page).stdout
         assert manual.startswith(f"{page.upper()}({section})") and "SEE ALSO" in manual
