@@ -65,6 +65,8 @@ class _Key:
     default: Any = None
     legacy_env: tuple[str, ...] = ()
     secret: bool = False
+    # What the key does, for people: tgbackupd.toml(5) is made from it (tgbackupd/manpages.py).
+    description: str = ""
 
     @property
     def dotted(self) -> str:
@@ -395,62 +397,426 @@ def _database_url(value: Any, from_env: bool) -> str | None:
 
 
 KEYS = (
-    _Key("telegram", "bot_token", _bot_token, legacy_env=("TELEGRAM_BOT_TOKEN",), secret=True),
-    _Key("telegram", "bot_token_file", _path),
-    _Key("telegram", "chat_id", _chat_id, legacy_env=("TELEGRAM_CHAT_ID",)),
-    _Key("telegram", "api_url", _api_url, DEFAULT_API_URL),
-    _Key("telegram", "max_upload_mb", _integer(1, 2000, "a size in MB"), 50),
-    _Key("telegram", "part_size_mb", _integer(1, 2000, "a size in MB"), 19),
-    _Key("telegram", "upload_while_dumping", _boolean, True),
-    _Key("telegram", "timeout", _integer(5, 3600, "a number of seconds"), 120),
-    _Key("telegram", "retries", _integer(0, 20, "a number of retries"), 5),
-    _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
-    _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
-    _Key("telegram", "messages_per_minute", _integer(1, 60000, "a number of messages"), 20),
-    _Key("telegram", "commands", _boolean, False),
-    _Key("telegram", "admin_user_ids", _user_ids, ()),
-    _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
-    _Key("database", "host", _text, legacy_env=("PGHOST",)),
-    _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
-    _Key("database", "user", _text, legacy_env=("PGUSER",)),
-    _Key("database", "password", _text, legacy_env=("PGPASSWORD",), secret=True),
-    _Key("database", "name", _text, legacy_env=("PGDATABASE",)),
-    _Key("database", "pg_dump", _text, "pg_dump"),
-    _Key("database", "lock_wait_timeout", _integer(1, 86400, "a number of seconds"), 300),
-    _Key("database", "maintenance_db", _maintenance_db, "postgres"),
-    _Key("database", "schemas", _strings, ()),
-    _Key("database", "exclude_schemas", _strings, ()),
-    _Key("database", "tables", _strings, ()),
-    _Key("database", "exclude_tables", _strings, ()),
-    _Key("database", "pg_dump_args", _pg_dump_args, ()),
-    _Key("backup", "enabled", _boolean, True, legacy_env=("BACKUP_ENABLED",)),
-    _Key("backup", "hour", _integer(0, 23, "an hour"), 3, legacy_env=("BACKUP_HOUR",)),
-    _Key("backup", "minute", _integer(0, 59, "a minute"), 0),
-    _Key("backup", "directory", _path),
-    _Key("backup", "prefix", _prefix),
-    _Key("backup", "keep", _integer(0, 10000, "a number of backups (0: none kept here)"), 7),
-    _Key("backup", "spool_parts", _integer(1, 10000, "a number of parts"), 4),
-    _Key("backup", "format", _dump_format, "plain"),
-    _Key("backup", "compression", _compression, GZIP),
-    _Key("backup", "compression_level", _integer(ZSTD.lowest, ZSTD.highest, "a compression level")),
-    _Key("backup", "compression_threads", _integer(1, 64, "a number of threads"), 1),
-    _Key("backup", "verify_after", _boolean, False),
-    _Key("backup", "catch_up", _boolean, True),
-    _Key("backup", "catch_up_delay_s", _integer(0, 86400, "a number of seconds"), 60),
-    _Key("backup", "timeout", _integer(1, 86400, "a number of seconds"), 6 * 3600),
-    _Key("daemon", "socket", _path),
-    _Key("daemon", "control_group", _group),
-    _Key("daemon", "state_file", _path),
-    _Key("daemon", "log_level", _log_level, "info"),
-    _Key("encryption", "recipients", _list(recipient_problem, MAX_RECIPIENTS), ()),
-    _Key("encryption", "recipients_file", _path),
-    _Key("encryption", "identity_file", _path),
-    _Key("verify", "schedule", _drill_schedule),
-    _Key("monitoring", "ping_url", _ping_url, secret=True),
-    _Key("monitoring", "ping_start_url", _ping_url, secret=True),
-    _Key("monitoring", "ping_success_url", _ping_url, secret=True),
-    _Key("monitoring", "ping_failure_url", _ping_url, secret=True),
-    _Key("monitoring", "metrics_file", _metrics_file),
+    _Key(
+        "telegram",
+        "bot_token",
+        _bot_token,
+        legacy_env=("TELEGRAM_BOT_TOKEN",),
+        secret=True,
+        description="The bot token from @BotFather. Better kept out of this file: use bot_token_file, or "
+        "the systemd credential telegram-bot-token, which is read when neither is set.",
+    ),
+    _Key(
+        "telegram",
+        "bot_token_file",
+        _path,
+        description="A file holding only the bot token (mode 0600).",
+    ),
+    _Key(
+        "telegram",
+        "chat_id",
+        _chat_id,
+        legacy_env=("TELEGRAM_CHAT_ID",),
+        description="The chat or channel that receives the backups: an integer id (channels start with "
+        "-100) or @channelname. Without a token and a chat id, backups are kept locally only.",
+    ),
+    _Key(
+        "telegram",
+        "api_url",
+        _api_url,
+        DEFAULT_API_URL,
+        description="The Bot API server; a self-hosted one sends larger files.",
+    ),
+    _Key(
+        "telegram",
+        "max_upload_mb",
+        _integer(1, 2000, "a size in MB"),
+        50,
+        description="Largest backup sent, in MB (1024 * 1024 bytes): 50 on the public Bot API, up to 2000 "
+        "self-hosted. A larger backup is kept locally and the chat is told why it was not sent.",
+    ),
+    _Key(
+        "telegram",
+        "part_size_mb",
+        _integer(1, 2000, "a size in MB"),
+        19,
+        description="Backups are sent in parts of at most this many MB. 19 lets a bot on the public Bot API "
+        "download every part back (it serves at most 20 MB); raise it with a self-hosted server.",
+    ),
+    _Key(
+        "telegram",
+        "upload_while_dumping",
+        _boolean,
+        True,
+        description="Send each part as soon as the next one has begun, while pg_dump goes on (not while "
+        "older backups wait for delivery, nor with backup.verify_after).",
+    ),
+    _Key(
+        "telegram",
+        "timeout",
+        _integer(5, 3600, "a number of seconds"),
+        120,
+        description="Seconds to wait for the Bot API to answer one request.",
+    ),
+    _Key(
+        "telegram",
+        "retries",
+        _integer(0, 20, "a number of retries"),
+        5,
+        description="How often a request is retried after a network error, a 5xx or a 429.",
+    ),
+    _Key(
+        "telegram",
+        "redeliver_min_s",
+        _integer(1, 86400, "a number of seconds"),
+        60,
+        description="A backup that could not be delivered stays in the outbox and is sent again after a "
+        "delay that doubles from this many seconds up to redeliver_max_s.",
+    ),
+    _Key(
+        "telegram",
+        "redeliver_max_s",
+        _integer(1, 86400, "a number of seconds"),
+        3600,
+        description="The longest delay between two attempts to deliver a backup, in seconds.",
+    ),
+    _Key(
+        "telegram",
+        "messages_per_minute",
+        _integer(1, 60000, "a number of messages"),
+        20,
+        description="Messages sent to the chat are paced to Telegram's limits: at most this many in any "
+        "minute. Lower it if 429 Too Many Requests still come.",
+    ),
+    _Key(
+        "telegram",
+        "commands",
+        _boolean,
+        False,
+        description="Answer /status, /backup [DATABASE], /list and /last_error in the chat (and in private "
+        "chats) from the users in admin_user_ids, by long-polling getUpdates; cannot work while the bot "
+        "token has a webhook set.",
+    ),
+    _Key(
+        "telegram",
+        "admin_user_ids",
+        _user_ids,
+        (),
+        description="The Telegram user ids (integers) whose commands are answered; everyone else is "
+        "ignored and logged. Required with commands = true.",
+    ),
+    _Key(
+        "database",
+        "url",
+        _database_url,
+        legacy_env=("DATABASE_URL",),
+        secret=True,
+        description="The database to back up, as applications write it (postgresql://user:password@host:"
+        "port/dbname). The password reaches pg_dump and psql through PGPASSWORD, never their command lines.",
+    ),
+    _Key(
+        "database",
+        "host",
+        _text,
+        legacy_env=("PGHOST",),
+        description="The server, overriding the URL's; may be a Unix socket directory.",
+    ),
+    _Key(
+        "database",
+        "port",
+        _integer(1, 65535, "a TCP port"),
+        legacy_env=("PGPORT",),
+        description="The port, overriding the URL's.",
+    ),
+    _Key(
+        "database",
+        "user",
+        _text,
+        legacy_env=("PGUSER",),
+        description="The user, overriding the URL's.",
+    ),
+    _Key(
+        "database",
+        "password",
+        _text,
+        legacy_env=("PGPASSWORD",),
+        secret=True,
+        description="The password, overriding the URL's.",
+    ),
+    _Key(
+        "database",
+        "name",
+        _text,
+        legacy_env=("PGDATABASE",),
+        description="The database name, overriding the URL's.",
+    ),
+    _Key(
+        "database",
+        "pg_dump",
+        _text,
+        "pg_dump",
+        description="The pg_dump program; its major version must be at least the server's.",
+    ),
+    _Key(
+        "database",
+        "lock_wait_timeout",
+        _integer(1, 86400, "a number of seconds"),
+        300,
+        description="Seconds pg_dump waits for a table's lock (pg_dump --lock-wait-timeout) before it fails "
+        "the backup, instead of waiting behind an ALTER TABLE for as long as it runs.",
+    ),
+    _Key(
+        "database",
+        "maintenance_db",
+        _maintenance_db,
+        "postgres",
+        description="The database a verification connects to, to create and drop its scratch database.",
+    ),
+    _Key(
+        "database",
+        "schemas",
+        _strings,
+        (),
+        description="Schemas to dump, as pg_dump's --schema= patterns. Empty: every schema.",
+    ),
+    _Key(
+        "database",
+        "exclude_schemas",
+        _strings,
+        (),
+        description="Schemas left out, as pg_dump's --exclude-schema= patterns.",
+    ),
+    _Key(
+        "database",
+        "tables",
+        _strings,
+        (),
+        description="Tables to dump, as pg_dump's --table= patterns. Empty: every table.",
+    ),
+    _Key(
+        "database",
+        "exclude_tables",
+        _strings,
+        (),
+        description="Tables left out, as pg_dump's --exclude-table= patterns.",
+    ),
+    _Key(
+        "database",
+        "pg_dump_args",
+        _pg_dump_args,
+        (),
+        description="More pg_dump options, each with its value attached as one item "
+        "(--exclude-table-data=audit_log). Those tgbackupd sets itself, or that would break the backup, "
+        "are refused with the reason.",
+    ),
+    _Key(
+        "backup",
+        "enabled",
+        _boolean,
+        True,
+        legacy_env=("BACKUP_ENABLED",),
+        description="Make a backup every day at hour:minute. A manual tgbackupctl trigger works either way.",
+    ),
+    _Key(
+        "backup",
+        "hour",
+        _integer(0, 23, "an hour"),
+        3,
+        legacy_env=("BACKUP_HOUR",),
+        description="The hour of the daily backup, local time.",
+    ),
+    _Key(
+        "backup",
+        "minute",
+        _integer(0, 59, "a minute"),
+        0,
+        description="The minute of the daily backup.",
+    ),
+    _Key(
+        "backup",
+        "directory",
+        _path,
+        description="Where backups are kept, mode 0600. Default: $STATE_DIRECTORY/backups under systemd, "
+        "else /var/lib/tgbackupd/backups.",
+    ),
+    _Key(
+        "backup",
+        "prefix",
+        _prefix,
+        description="The start of each backup's file name. Default: the database name.",
+    ),
+    _Key(
+        "backup",
+        "keep",
+        _integer(0, 10000, "a number of backups (0: none kept here)"),
+        7,
+        description="How many of the newest backups to keep; older files of this naming pattern are "
+        "removed, no other file is. 0 keeps none here: the directory is then only a spool of the parts "
+        "Telegram does not have yet.",
+    ),
+    _Key(
+        "backup",
+        "spool_parts",
+        _integer(1, 10000, "a number of parts"),
+        4,
+        description="With keep = 0: how many finished parts may wait for the upload before the dump pauses "
+        "for it.",
+    ),
+    _Key(
+        "backup",
+        "format",
+        _dump_format,
+        "plain",
+        description="pg_dump's format: plain (SQL, restored with psql) or custom (an archive restored with "
+        "pg_restore, which can restore on several connections).",
+    ),
+    _Key(
+        "backup",
+        "compression",
+        _compression,
+        GZIP,
+        description="gzip (restores with gunzip and psql) or zstd (faster, and about a fifth smaller).",
+    ),
+    _Key(
+        "backup",
+        "compression_level",
+        _integer(ZSTD.lowest, ZSTD.highest, "a compression level"),
+        description="gzip: 1 (fastest) to 9 (smallest), default 6. zstd: 1 to 19, default 1.",
+    ),
+    _Key(
+        "backup",
+        "compression_threads",
+        _integer(1, 64, "a number of threads"),
+        1,
+        description="Threads that compress at once.",
+    ),
+    _Key(
+        "backup",
+        "verify_after",
+        _boolean,
+        False,
+        description="Restore each new backup into a scratch database (created and dropped again) before "
+        "sending it. The database user needs CREATEDB.",
+    ),
+    _Key(
+        "backup",
+        "catch_up",
+        _boolean,
+        True,
+        description="If the scheduled time passed while tgbackupd or the host was down, make one backup "
+        "catch_up_delay_s seconds after start instead of waiting for the next day.",
+    ),
+    _Key(
+        "backup",
+        "catch_up_delay_s",
+        _integer(0, 86400, "a number of seconds"),
+        60,
+        description="Seconds after start before a catch-up backup.",
+    ),
+    _Key(
+        "backup",
+        "timeout",
+        _integer(1, 86400, "a number of seconds"),
+        6 * 3600,
+        description="Seconds one backup may take from its start: past it, pg_dump (or the verification) is "
+        "ended and the backup fails with that reason.",
+    ),
+    _Key(
+        "daemon",
+        "socket",
+        _path,
+        description="The control socket tgbackupctl talks to. Default: $RUNTIME_DIRECTORY/control.sock, else "
+        "/run/tgbackupd/control.sock.",
+    ),
+    _Key(
+        "daemon",
+        "control_group",
+        _group,
+        description="Members of this group may run tgbackupctl trigger and check (root and the daemon's "
+        "user always may; anyone who can open the socket may ask for status and list).",
+    ),
+    _Key(
+        "daemon",
+        "state_file",
+        _path,
+        description="The state store (SQLite): the catalogue of backups, the outbox and the last result. A "
+        "state file of tgbackupd 0.1 found there is imported and kept as *.migrated. Default: "
+        ".tgbackupd-state.db in the backup directory.",
+    ),
+    _Key(
+        "daemon",
+        "log_level",
+        _log_level,
+        "info",
+        description="debug, info, warning or error.",
+    ),
+    _Key(
+        "encryption",
+        "recipients",
+        _list(recipient_problem, MAX_RECIPIENTS),
+        (),
+        description="Public keys (age1..., or SSH public keys) every backup is encrypted for with age before "
+        "it touches the disk or the chat. Empty: backups are not encrypted.",
+    ),
+    _Key(
+        "encryption",
+        "recipients_file",
+        _path,
+        description="A file of recipients, one a line, # for comments; added to those above.",
+    ),
+    _Key(
+        "encryption",
+        "identity_file",
+        _path,
+        description="The age identity backup.verify_after decrypts each new backup with. Default: the "
+        "systemd credential age-identity, if the unit passes one.",
+    ),
+    _Key(
+        "verify",
+        "schedule",
+        _drill_schedule,
+        description="Restore drills: when to download the latest backup of each database from the chat as a "
+        'new machine would, restore it into a scratch database, count it and drop it: "off" (default), '
+        '"daily HH:MM", "weekly DAY HH:MM" or "monthly N HH:MM" (N from 1 to 28), local time.',
+    ),
+    _Key(
+        "monitoring",
+        "ping_url",
+        _ping_url,
+        secret=True,
+        description="Dead-man pings, healthchecks.io style: URL/start when a backup starts, URL on success, "
+        "URL/fail (the error in the body) on failure or when it was not delivered. A secret: logs show "
+        "only its scheme and host.",
+    ),
+    _Key(
+        "monitoring",
+        "ping_start_url",
+        _ping_url,
+        secret=True,
+        description="For other services: the URL pinged (GET) when a backup starts; wins over ping_url's.",
+    ),
+    _Key(
+        "monitoring",
+        "ping_success_url",
+        _ping_url,
+        secret=True,
+        description="The URL pinged (GET) when a backup was made and delivered; wins over ping_url's.",
+    ),
+    _Key(
+        "monitoring",
+        "ping_failure_url",
+        _ping_url,
+        secret=True,
+        description="The URL pinged (POST, the error's last lines as the body) when a backup or a restore "
+        "drill failed; wins over ping_url's.",
+    ),
+    _Key(
+        "monitoring",
+        "metrics_file",
+        _metrics_file,
+        description="A Prometheus text file (*.prom, an absolute path) for node_exporter's textfile "
+        "collector, written atomically at start and after every backup, delivery and drill.",
+    ),
 )
 _KEYS_BY_SECTION = {key.section: {k.name: k for k in KEYS if k.section == key.section} for key in KEYS}
 # How the connection is named; the `database` section's other keys are settings of the DatabaseConfig of
@@ -840,15 +1206,45 @@ def _names(value: Any, from_env: bool) -> tuple[str, ...]:
 
 
 # Keys only an entry of `[[databases]]` has: what it backs up besides (or instead of) one database.
-_ENTRY_FLAGS: dict[str, Callable[[Any, bool], Any]] = {
-    "all": _boolean,
-    "exclude": _names,
-    "globals": _boolean,
-    "globals_passwords": _boolean,
+ENTRY_FLAGS = {
+    key.name: key
+    for key in (
+        _Key(
+            "databases",
+            "all",
+            _boolean,
+            False,
+            description="Back up every database of this server that accepts connections, except templates, "
+            "found when the backup runs, each as <prefix><its name>; name (default: maintenance_db) is where "
+            "to connect to list them.",
+        ),
+        _Key(
+            "databases",
+            "exclude",
+            _names,
+            (),
+            description='With all: the databases left out, such as ["scratch", "postgres"].',
+        ),
+        _Key(
+            "databases",
+            "globals",
+            _boolean,
+            False,
+            description="Also back up the server's roles and tablespaces (pg_dumpall --globals-only), as "
+            "<prefix>_globals.",
+        ),
+        _Key(
+            "databases",
+            "globals_passwords",
+            _boolean,
+            False,
+            description="With globals: include the roles' password hashes (the backup then holds them).",
+        ),
+    )
 }
 
 
-def _entry_keys() -> dict[str, _Key]:
+def entry_keys() -> dict[str, _Key]:
     """The keys an entry of `[[databases]]` takes from the `database`, `backup` and `monitoring` sections."""
     backup = {name: key for name, key in _KEYS_BY_SECTION["backup"].items() if name in _ENTRY_BACKUP_KEYS}
     pings = {name: key for name, key in _KEYS_BY_SECTION["monitoring"].items() if name in _PING_KEYS}
@@ -873,16 +1269,17 @@ def _entries(document: dict[str, Any], config_file: Path, problems: list[str]) -
     if not isinstance(tables, list) or not all(isinstance(table, dict) for table in tables):
         problems.append(f"{config_file}: databases must be a list of tables ([[databases]] entries)")
         return []
-    keys = _entry_keys()
+    keys = entry_keys()
     entries = []
     for number, table in enumerate(tables, start=1):
         label = f"databases[{number}]"
         entry = _Entry({}, {})
         for name, raw in table.items():
             key = keys.get(name)
-            parse = key.parse if key is not None else _ENTRY_FLAGS.get(name)
+            flag = ENTRY_FLAGS.get(name)
+            parse = key.parse if key is not None else flag.parse if flag is not None else None
             if parse is None:
-                hint = _suggest(name, [*keys, *_ENTRY_FLAGS])
+                hint = _suggest(name, [*keys, *ENTRY_FLAGS])
                 problems.append(f"{config_file}: unknown key {label}.{name}{hint}")
                 continue
             try:

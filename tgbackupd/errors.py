@@ -54,3 +54,9 @@ class TimedOut(TgbackupdError):
     """The backup ran past backup.timeout, and what it was running was ended."""
 
     exit_code = os.EX_TEMPFAIL
+
+
+class UndocumentedKey(TgbackupdError):
+    """A configuration key without a description: tgbackupd.toml(5), made from the keys, would omit it."""
+
+    exit_code = os.EX_SOFTWARE

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).parents[2]  # this checkout
 CACHE = Path(os.environ.get("TEST_SYSTEMD_ROOT_CACHE", "/var/cache/tgbackupd-ci"))
 # The name changes with PACKAGES, so that a root cached for an older list is not used.
-ROOT_TARBALL = CACHE / "bookworm-root-v5.tar.zst"
+ROOT_TARBALL = CACHE / "bookworm-root-v6.tar.zst"
 PACKAGES = (
-    "systemd,systemd-sysv,dbus,adduser,python3,python3-prometheus-client,python3-requests,python3-structlog,"
-    "python3-schedule,python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,age,"
+    "systemd,systemd-sysv,dbus,adduser,python3,python3-prometheus-client,python3-requests,python3-structlog,python3-schedule,"
+    "python3-sdnotify,python3-tomli-w,python3-zstandard,postgresql-client,age,"
+    # man-db, so that `man tgbackupctl` is tried as an administrator would.
+    "man-db,"
     # python3-zstandard needs the virtual python3-cffi-backend-api-*, which debootstrap cannot resolve.
     "python3-cffi-backend"
 )
@@ -52,7 +55,7 @@ def ensure_root_tarball() -> Path:
     if ROOT_TARBALL.exists():
         return ROOT_TARBALL
     CACHE.mkdir(parents=True, exist_ok=True)
-    building = CACHE / "building"
+    building = CACHE / f"{ROOT_TARBALL.name}.building"  # each version its own: two may be built at once
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run(
         [
@@ -165,12 +168,16 @@ class Container:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def build_package(directory: Path) -> Path:
-    """Build the .deb of this checkout into `directory` (packaging/build-deb.sh); return its path."""
+def build_package(source: Path, directory: Path) -> Path:
+    """Build the .deb of the tree at `source` into `directory` with that tree's own
+    packaging/build-deb.sh (a release's package with the release's script); return the .deb's path."""
     built = subprocess.run(
-        ["bash", str(Path(__file__).parents[2] / "packaging" / "build-deb.sh"), str(directory)],
+        ["bash", str(source / "packaging" / "build-deb.sh"), str(directory)],
         capture_output=True,
         text=True,
-        check=True,
+        timeout=600,
+        check=False,
     )
-    return Path(built.stdout.strip())
+    if built.returncode != 0:
+        raise AssertionError(f"{source}/packaging/build-deb.sh failed: {built.stderr[-4000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.conftest import database_url, psql
-from tests.system.container import NEEDS_CONTAINER, Container, build_package
+from tests.system.container import NEEDS_CONTAINER, REPO, Container, build_package
 
 OTHER_CHAT = "-100987654321"
 CONFIG = "/etc/tgbackupd/config.toml"
@@ -22,7 +22,7 @@ def running(tmp_path_factory):
     """The package installed and started, backing up a database of the host to a Bot API stand-in that
     knows two chats; alice may use tgbackupctl."""
     workdir = tmp_path_factory.mktemp("reload")
-    package = build_package(workdir / "packages")
+    package = build_package(REPO, workdir / "packages")
     dbname = f"tgb_reload_{uuid.uuid4().hex[:8]}"
     psql("postgres", f"CREATE DATABASE {dbname}")
     psql(dbname, "CREATE TABLE t AS SELECT i FROM generate_series(1, 100) AS i")
