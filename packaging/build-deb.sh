@@ -17,8 +17,10 @@ source="$stage/tgbackupd-$version"
 mkdir "$source"
 
 if git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    # What git tracks, and new files not ignored: a build of the work in progress, without its caches.
-    (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null -cf - -T -) \
+    # What git tracks (as it is in the work tree), and nothing else: the source package is published
+    # whole (3.0 native), so a local config.toml, token file or state database must never slip in.
+    # A new file is built once `git add` has named it.
+    (cd "$repo" && git ls-files -z --cached | tar --null -cf - -T -) \
         | tar -xf - -C "$source"
 else  # an unpacked release archive holds nothing else
     tar -C "$repo" --exclude=./dist -cf - . | tar -xf - -C "$source"

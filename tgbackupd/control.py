@@ -102,10 +102,11 @@ class ControlServer:
     def change_group(self, group: int | None) -> None:
         """Give the listening socket to another control group (a reload): who may open it follows at once.
         Raise TgbackupdError if the socket's rights cannot be changed."""
-        self._group = group
+        previous, self._group = self._group, group
         try:
             self._give_rights()
         except OSError as error:
+            self._group = previous  # the reload fails whole: the running configuration's group stays
             raise TgbackupdError(
                 f"cannot change the rights of the control socket {self.path}: {error.strerror or error}"
             ) from None

@@ -187,8 +187,9 @@ class Daemon:
         changed = changed_keys(running, new)
         directory = first_directory(new)
         fleet = self._fleet_of(new, directory)
-        new_listeners = listeners(new, self._store)
         self._control.change_group(new.daemon.control_group)
+        # Last: listeners start threads (pings) and write files (metrics), and nothing after them fails.
+        new_listeners = listeners(new, self._store)
         # From here on nothing fails: the new configuration takes over.
         self._config = new
         self._commands.reconfigure(new)

@@ -4,6 +4,7 @@ failed, and the last restore drill. Read from the state store only, so that the 
 `tgbackupctl status --json` show the same numbers, and a restarted daemon the same as before."""
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -89,7 +90,7 @@ def _document(text: str | None) -> dict[str, Any] | None:
 
 def _count(text: str | None) -> int:
     """A count kept in the store; 0 for none (or for what no version of tgbackupd writes)."""
-    return int(text) if text is not None and text.isdigit() else 0
+    return int(text) if text is not None and re.fullmatch("[0-9]{1,18}", text) else 0
 
 
 def _timestamp(document: dict[str, Any] | None, key: str) -> float | None:

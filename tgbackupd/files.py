@@ -5,6 +5,7 @@ import errno
 import fcntl
 import os
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -39,9 +40,11 @@ def sync_directory(path: Path) -> None:
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write to a temporary file, fsync it, rename it over `path` and fsync the directory, so that a
     crash leaves either the old content or the new, never half of one. The file gets `mode` whatever
-    the umask (a file others must read, such as the metrics file, gets it under UMask=0077 too)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    the umask (a file others must read, such as the metrics file, gets it under UMask=0077 too). The
+    temporary file has a name of its own, made new (never through a link another user planted in a
+    directory they may write, such as node_exporter's), so two writers never write into one file."""
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
     try:
         with os.fdopen(descriptor, "wb") as stream:
             os.fchmod(stream.fileno(), mode)

@@ -2,6 +2,7 @@
 collector, written whole (a temporary file renamed over it) when tgbackupd starts and after each backup,
 delivery and restore drill, so that a scrape never reads half a file."""
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -70,12 +71,16 @@ class MetricsFile(Listener):
         self._path = path
         self._store = store
         self._prefixes = tuple(prefixes)
+        # One writer at a time in this process (a backup's thread, and the main thread at a reload): the
+        # figures written last are the newest.
+        self._writing = threading.Lock()
         self.write()
 
     def write(self) -> None:
         try:
-            write_atomically(self._path, render(gather(self._store, self._prefixes)), METRICS_FILE_MODE)
-        except StateError as error:
+            with self._writing:
+                write_atomically(self._path, render(gather(self._store, self._prefixes)), METRICS_FILE_MODE)
+        except (StateError, ValueError) as error:  # ValueError: a figure the store holds is not one
             log.error("Metrics file not written: the state file cannot be read", error=str(error))
         except OSError as error:
             log.error(
