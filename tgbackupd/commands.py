@@ -7,19 +7,25 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from . import __version__, messages
 from .checks import run_checks
-from .config import Config
+from .config import Config, KeepRules
 from .control import Peer, error_reply
-from .errors import Cancelled
+from .errors import Cancelled, StorageError
 from .fleet import Fleet, Slot
+from .manifest import series_of
 from .outbox import Outbox
+from .retention import Pruner, mark, rules_for
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
-from .storage import BackupDirectory
+from .storage import BackupDirectory, DirectoryBusy
 
-COMMANDS = ("status", "trigger", "list", "check")
+log = structlog.stdlib.get_logger("tgbackupd.retention")
+
+COMMANDS = ("status", "trigger", "list", "check", "prune")
 
 
 def _group_name(gid: int) -> str:
@@ -97,9 +103,11 @@ class Commands:
             }
         if command == "list":
             try:
-                return {"data": {"backups": listing(self._store, self._directory)}}
+                return {"data": {"backups": listing(self._store, self._directory, self._rules_of)}}
             except StateError as error:
                 return error_reply("state_unreadable", str(error))
+        if command == "prune":
+            return self.prune(peer, dry_run=request.get("dry_run") is not False)
         return error_reply(
             "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
         )
@@ -206,6 +214,54 @@ class Commands:
             )
         return error_reply("backup_failed", f"Manual backup failed: {failed[0].error}", **details)
 
+    def _rules_of(self, series: str) -> KeepRules:
+        return rules_for(self._config, series)
+
+    def prune(self, peer: Peer, dry_run: bool) -> dict[str, Any]:
+        """What retention removes from the backup directory now, series by series, and why each other
+        backup stays; without `dry_run`, remove it as after a backup (and log it alike), under the
+        directory's lock, unless a backup is running (it prunes when it ends)."""
+        if not dry_run:
+            if not peer_may_trigger(peer, self._config.daemon.control_group):
+                return error_reply("permission_denied", self._refusal(peer, "remove backups"))
+            if self._runner.current is not None:
+                return error_reply(
+                    "busy", "a backup is running; it removes old backups itself when it ends: try again then"
+                )
+        found = []
+        for series in sorted({series_of(backup.name) for backup in self._directory.every_backup()}):
+            pruner = Pruner(
+                BackupDirectory(self._directory.path, series),
+                self._store,
+                self._rules_of(series),
+                self._config.secrets(),
+            )
+            try:
+                removed: list[str] = []
+                if dry_run:
+                    plan = pruner.plan()
+                else:
+                    plan, removed = pruner.apply()
+                    pruner.report(plan, removed, log.bind(database=series))
+            except StateError as error:
+                return error_reply("state_unreadable", str(error))
+            except StorageError as error:  # busy (a `tgbackupd --once`), or a file that cannot be removed
+                return error_reply("busy" if isinstance(error, DirectoryBusy) else "prune_failed", str(error))
+            found.append(
+                {
+                    "series": series,
+                    "rules": pruner.rules.describe(),
+                    "backups": [
+                        {"name": verdict.name, **verdict.to_dict()}
+                        for verdict in plan.verdicts
+                        if verdict.name in plan.files
+                    ],
+                    "remove": plan.to_remove,
+                    "removed": removed,
+                }
+            )
+        return {"data": {"dry_run": dry_run, "series": found}}
+
     def _unknown(self, database: str) -> str:
         known = ", ".join(self._fleet.status(self._slot_next_run)) if self._fleet else ""
         return f"no database named {database!r} is backed up here" + (f" (known: {known})" if known else "")
@@ -225,10 +281,13 @@ class Commands:
         )
 
 
-def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any]]:
+def listing(
+    store: StateStore, directory: BackupDirectory, rules_of: Callable[[str], KeepRules | None]
+) -> list[dict[str, Any]]:
     """Every backup known here, newest first: those in the catalogue, with whether they are on this
     machine, and any other backup file in the directory, of any database (made before the catalogue
-    existed, or by the system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
+    existed, or by the system tgbackupd replaces); each file here with whether retention keeps it and
+    why, by its series' rules (`rules_of`). Raise StateError if the catalogue cannot be read."""
     rows = {row["name"]: row for row in store.listing()}
     for row in rows.values():
         row["local"] = directory.where_kept(
@@ -249,7 +308,9 @@ def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any
                 "warning": None,
                 "last_error": None,
             }
-    return sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
+    ordered = sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
+    mark(ordered, rules_of)
+    return ordered
 
 
 def status_line(status: dict[str, Any]) -> str:

@@ -368,6 +368,10 @@ KEYS = (
     _Key("backup", "directory", _path),
     _Key("backup", "prefix", _prefix),
     _Key("backup", "keep", _integer(0, 10000, "a number of backups (0: none kept here)"), 7),
+    _Key("backup", "keep_daily", _integer(0, 10000, "a number of days (0: off)"), 0),
+    _Key("backup", "keep_weekly", _integer(0, 10000, "a number of weeks (0: off)"), 0),
+    _Key("backup", "keep_monthly", _integer(0, 10000, "a number of months (0: off)"), 0),
+    _Key("backup", "keep_yearly", _integer(0, 10000, "a number of years (0: off)"), 0),
     _Key("backup", "spool_parts", _integer(1, 10000, "a number of parts"), 4),
     _Key("backup", "format", _dump_format, "plain"),
     _Key("backup", "compression", _compression, GZIP),
@@ -399,6 +403,10 @@ _ENTRY_BACKUP_KEYS = (
     "compression_threads",
     "hour",
     "minute",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
 )
 _CONFIG_FILE_ENV = "TGBACKUPD_CONFIG"
 
@@ -465,6 +473,30 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class KeepRules:
+    """Which backups retention keeps (retention.py): the newest `last`, and the newest of each of the
+    newest `daily` days, `weekly` ISO weeks, `monthly` months and `yearly` years that have a backup, as
+    borg and restic count them; 0 turns a rule off."""
+
+    last: int
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    @property
+    def only_last(self) -> bool:
+        """Whether "the newest `last`" is the only rule: what backup.keep alone always meant."""
+        return not (self.daily or self.weekly or self.monthly or self.yearly)
+
+    def describe(self) -> str:
+        """The rules as the configuration spells them: `keep = 7, keep_daily = 7, keep_monthly = 12`."""
+        counts = {"keep": self.last, "keep_daily": self.daily, "keep_weekly": self.weekly}
+        counts |= {"keep_monthly": self.monthly, "keep_yearly": self.yearly}
+        return ", ".join(f"{name} = {count}" for name, count in counts.items() if count or name == "keep")
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     enabled: bool
     hour: int
@@ -481,6 +513,14 @@ class BackupConfig:
     catch_up: bool
     catch_up_delay_s: int
     timeout: int  # seconds a backup may take before its dump or verification is ended
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+    @property
+    def keep_rules(self) -> KeepRules:
+        return KeepRules(self.keep, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
 
     @property
     def keep_local(self) -> bool:
@@ -623,6 +663,9 @@ class ClientConfig:
     backup_prefix: str | None  # None when no database is configured (a new machine)
     state_file: Path
     socket: Path
+    # The sections' retention rules, by which `list` marks what is kept when the daemon does not answer;
+    # None with `[[databases]]` entries, whose own rules it does not read (the daemon knows them).
+    keep_rules: KeepRules | None = None
 
     def secrets(self) -> list[str]:
         return secret_spellings(self.telegram.bot_token, self.database.password if self.database else None)
@@ -670,6 +713,10 @@ def _backup_config(values: dict[str, Any], directory: Path, prefix: str | None) 
         catch_up=values["backup.catch_up"],
         catch_up_delay_s=values["backup.catch_up_delay_s"],
         timeout=values["backup.timeout"],
+        keep_daily=values["backup.keep_daily"],
+        keep_weekly=values["backup.keep_weekly"],
+        keep_monthly=values["backup.keep_monthly"],
+        keep_yearly=values["backup.keep_yearly"],
     )
 
 
@@ -822,7 +869,7 @@ def file_safe(name: str) -> str:
 
 
 def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> ClientConfig:
-    values, sources, problems, _, _ = _collect(path, environ)
+    values, sources, problems, _, document = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
     database = _resolve_database(values, problems, required=False)
     if problems:
@@ -835,6 +882,7 @@ def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str
         backup_prefix=_backup_prefix(values, database),
         state_file=values["daemon.state_file"] or directory / STATE_FILE_NAME,
         socket=_socket(values, environ),
+        keep_rules=None if "databases" in document else _backup_config(values, directory, None).keep_rules,
     )
 
 
@@ -1265,6 +1313,10 @@ def effective_config(config: Config) -> dict[str, Any]:
             "directory": str(config.backup.directory),
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
+            "keep_daily": config.backup.keep_daily,
+            "keep_weekly": config.backup.keep_weekly,
+            "keep_monthly": config.backup.keep_monthly,
+            "keep_yearly": config.backup.keep_yearly,
             "spool_parts": config.backup.spool_parts,
             "format": config.backup.dump_format,
             "compression": config.backup.compression.name,
@@ -1310,6 +1362,10 @@ def _effective_target(target: Target) -> dict[str, Any]:
         "compression_threads": backup.compression_threads,
         "hour": backup.hour,
         "minute": backup.minute,
+        "keep_daily": backup.keep_daily,
+        "keep_weekly": backup.keep_weekly,
+        "keep_monthly": backup.keep_monthly,
+        "keep_yearly": backup.keep_yearly,
         "all": target.all or None,
         "exclude": list(target.exclude) or None,
         "globals": target.globals or None,

@@ -1,0 +1,269 @@
+"""Retention: which backups of a series stay, and why. The policy (`decide`) is pure: given the backups,
+each with when it was made and where it stands with Telegram, it says of each whether it is kept and by
+which rules, as borg and restic count them: the newest `keep`, and for each of the newest N days, ISO
+weeks, months and years that have a backup, the newest backup in it (local time, the time in the
+name). A backup is kept if any rule keeps it; one not yet delivered, and the newest good one, always.
+
+The Pruner applies it to the backup directory after each delivery, and for `tgbackupctl prune`."""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .config import Config, KeepRules
+from .errors import TgbackupdError
+from .manifest import series_of
+from .redaction import scrub
+from .state import StateStore, backup_stamp
+from .states import DeliveryState
+from .storage import BackupDirectory, DirectoryBusy
+
+UNDELIVERED = "undelivered"
+NEWEST_GOOD = "newest good"
+_GOOD_DELIVERY = (DeliveryState.SENT, DeliveryState.LOCAL_ONLY)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One backup retention judges: `made_at` is the local time of its name; `undelivered` while it waits
+    in the outbox; `good` when it reached the chat (or was kept, Telegram not being configured), its
+    verification did not fail and nothing flagged it (an empty or shrunken dump is not trusted to be the
+    one backup left)."""
+
+    name: str
+    made_at: datetime
+    undelivered: bool = False
+    good: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a backup is kept, with every reason that keeps it (none: it goes)."""
+
+    name: str
+    reasons: tuple[str, ...]
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def protected_only(self) -> bool:
+        """Kept only because it is not delivered yet or is the newest good one: beyond the rules."""
+        return self.kept and set(self.reasons) <= {UNDELIVERED, NEWEST_GOOD}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "kept_because": list(self.reasons)}
+
+
+def made_at(name: str) -> datetime:
+    """When a backup was made, in the local time its name was given in."""
+    return datetime.strptime(backup_stamp(name), "%Y%m%d_%H%M%S")
+
+
+def _day(when: datetime) -> str:
+    return f"{when:%Y-%m-%d}"
+
+
+def _week(when: datetime) -> str:
+    year, week, _ = when.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _month(when: datetime) -> str:
+    return f"{when:%Y-%m}"
+
+
+def _year(when: datetime) -> str:
+    return f"{when:%Y}"
+
+
+def decide(candidates: Iterable[Candidate], rules: KeepRules) -> list[Verdict]:
+    """Given one series' backups and its rules, return a verdict for each, newest first."""
+    ordered = sorted(candidates, key=lambda candidate: (candidate.made_at, candidate.name), reverse=True)
+    reasons: dict[str, list[str]] = {candidate.name: [] for candidate in ordered}
+    for candidate in ordered[: rules.last]:
+        reasons[candidate.name].append(f"last {rules.last}")
+    periods: tuple[tuple[str, int, Callable[[datetime], str]], ...] = (
+        ("daily", rules.daily, _day),
+        ("weekly", rules.weekly, _week),
+        ("monthly", rules.monthly, _month),
+        ("yearly", rules.yearly, _year),
+    )
+    for label, count, period_of in periods:
+        seen: set[str] = set()
+        for candidate in ordered:
+            if len(seen) == count:
+                break
+            period = period_of(candidate.made_at)
+            if period not in seen:  # the newest backup of a period not counted yet
+                seen.add(period)
+                reasons[candidate.name].append(f"{label} {period}")
+    for candidate in ordered:
+        if candidate.undelivered:
+            reasons[candidate.name].append(UNDELIVERED)
+    newest_good = next((candidate for candidate in ordered if candidate.good), None)
+    if newest_good is not None:
+        reasons[newest_good.name].append(NEWEST_GOOD)
+    return [Verdict(candidate.name, tuple(reasons[candidate.name])) for candidate in ordered]
+
+
+def is_good(row: dict[str, Any]) -> bool:
+    """Whether a catalogue row (StateStore.listing) is a backup to fall back on: delivered, or kept here
+    with Telegram not configured; not failed verification; not flagged as empty or shrunken."""
+    return (
+        row.get("delivery") in _GOOD_DELIVERY and row.get("verified") is not False and not row.get("warning")
+    )
+
+
+def candidates(files: Iterable[str], catalogue: dict[str, dict[str, Any]], series: str) -> list[Candidate]:
+    """The backups of `series` retention counts: its files here (`files`), and those of its backups in the
+    catalogue (rows by name) that are in the chat or waiting for it; not those that are nowhere any more
+    (lost, or kept here only and removed since). A file the catalogue does not know is neither undelivered
+    nor good."""
+    names = set(files) | {
+        name
+        for name, row in catalogue.items()
+        if series_of(name) == series and row.get("delivery") in (DeliveryState.SENT, DeliveryState.PENDING)
+    }
+    return [
+        Candidate(
+            name,
+            made_at(name),
+            undelivered=name in catalogue and catalogue[name].get("delivery") == DeliveryState.PENDING,
+            good=name in catalogue and is_good(catalogue[name]),
+        )
+        for name in names
+    ]
+
+
+def local_rules(rules: KeepRules) -> KeepRules:
+    """The rules for the files here: none with keep = 0, which keeps no backup here (but one not
+    delivered, whose file its delivery still needs)."""
+    return rules if rules.last > 0 else KeepRules(0)
+
+
+def rules_for(config: Config, series: str) -> KeepRules:
+    """The rules of a series: those of the `[[databases]]` entry whose prefix (or globals' prefix) it is,
+    else of the first entry backing up a whole server whose prefix begins its name, else the sections'."""
+    for target in config.databases:
+        if (not target.all and target.backup.prefix == series) or (
+            target.globals and target.globals_prefix == series
+        ):
+            return target.backup.keep_rules
+    for target in config.databases:
+        if target.all and series.startswith(target.backup.prefix):
+            return target.backup.keep_rules
+    return config.backup.keep_rules
+
+
+def mark(rows: list[dict[str, Any]], rules_of: Callable[[str], KeepRules | None]) -> None:
+    """Add to each row of `tgbackupctl list` (StateStore.listing's, with `local`) whether retention keeps
+    its file here, and why (`kept`, `kept_because`): None where it has no file here, or the rules of its
+    series are unknown."""
+    catalogue = {row["name"]: row for row in rows}
+    files: dict[str, list[str]] = {}
+    for row in rows:
+        row["kept"], row["kept_because"] = None, None
+        if row.get("local") is True:
+            files.setdefault(series_of(row["name"]), []).append(row["name"])
+    for series, names in files.items():
+        rules = rules_of(series)
+        if rules is None:
+            continue
+        for verdict in decide(candidates(names, catalogue, series), local_rules(rules)):
+            if verdict.name in names:
+                catalogue[verdict.name].update(verdict.to_dict())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What retention does to one series' files here now: every backup it counted, newest first, and
+    which of them are files here (only those are removed)."""
+
+    verdicts: list[Verdict]
+    files: frozenset[str]
+
+    @property
+    def to_remove(self) -> list[str]:
+        return [verdict.name for verdict in self.verdicts if not verdict.kept and verdict.name in self.files]
+
+    @property
+    def beyond_rules(self) -> list[Verdict]:
+        """Files kept only because they are undelivered, or the newest good backup."""
+        return [verdict for verdict in self.verdicts if verdict.protected_only and verdict.name in self.files]
+
+
+class Pruner:
+    """Removes from the backup directory the files of one series' backups that its rules drop, holding the
+    directory's lock (so that no backup is being written there meanwhile, by this or another process)."""
+
+    def __init__(
+        self,
+        directory: BackupDirectory,
+        store: StateStore,
+        rules: KeepRules,
+        secrets: list[str] | None = None,
+    ) -> None:
+        self._directory = directory
+        self._store = store
+        self.rules = local_rules(rules)
+        self._secrets = secrets or []
+
+    def plan(self) -> Plan:
+        """What retention keeps and removes now. Raise StateError if the catalogue cannot be read: nothing
+        is removed on the strength of an outbox that could not be read."""
+        self._store.undelivered()  # the outbox must be readable before anything is judged
+        catalogue = {row["name"]: row for row in self._store.listing()}
+        files = frozenset(backup.name for backup in self._directory.backups())
+        verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.rules)
+        return Plan(verdicts, files)
+
+    def apply(self) -> tuple[Plan, list[str]]:
+        """Remove what the rules drop: (the plan, what was removed). Raise DirectoryBusy while a backup is
+        being made in the directory, StateError if the catalogue cannot be read, StorageError if a file
+        cannot be removed."""
+        with self._directory.lock():
+            plan = self.plan()
+            return plan, self._directory.remove(plan.to_remove)
+
+    def prune(self, log: Any) -> list[str]:
+        """Remove what the rules drop, and log it; return what went. Never raises for an expected failure:
+        it is logged, and pruning runs again after the next backup."""
+        try:
+            plan, removed = self.apply()
+        except DirectoryBusy as busy:
+            log.info("Not removing old backups now; they are removed after the next backup", reason=str(busy))
+            return []
+        except TgbackupdError as error:
+            log.error("Could not remove old backups", error=scrub(str(error), self._secrets))
+            return []
+        self.report(plan, removed, log)
+        return removed
+
+    def report(self, plan: Plan, removed: list[str], log: Any) -> None:
+        """Log what went, and any file kept beyond the rules (undelivered, or the newest good one)."""
+        keep = self.rules.last
+        if removed:
+            log.info("Removed old backups", removed=removed, keep=keep, rules=self.rules.describe())
+        beyond = plan.beyond_rules
+        if not beyond:
+            return
+        kept = [verdict for verdict in plan.verdicts if verdict.kept and verdict.name in plan.files]
+        fields = {
+            "undelivered": sorted(verdict.name for verdict in kept if UNDELIVERED in verdict.reasons),
+            "beyond_rules": [verdict.name for verdict in beyond],
+        }
+        if self.rules.only_last:
+            log.warning(
+                f"Keeping {len(kept)} backups, more than backup.keep ({keep}): those not yet delivered "
+                "to Telegram are never removed",
+                **fields,
+            )
+        else:
+            log.warning(
+                f"Keeping {len(beyond)} backups the retention rules ({self.rules.describe()}) would "
+                "remove: those not yet delivered to Telegram, and the newest good one, are never removed",
+                **fields,
+            )
