@@ -2,8 +2,11 @@
 
 from datetime import date, datetime, timedelta
 
-from tgbackupd.config import KeepRules
-from tgbackupd.retention import NEWEST_GOOD, UNDELIVERED, Candidate, decide, made_at
+import pytest
+
+from tgbackupd.config import KeepRules, load_config
+from tgbackupd.errors import ConfigError
+from tgbackupd.retention import NEWEST_GOOD, UNDELIVERED, Candidate, decide, made_at, rules_for
 
 
 def nights(
@@ -133,3 +136,27 @@ def test_pruning_every_night_for_a_year_ends_where_pruning_once_does():
     # 14 nights (keep = 7 among them), 5 more Sundays (W51 and W52's are among the nights), 11 more month
     # ends (January to November 2026), and 31 December 2025 for its year.
     assert len(once) == 14 + 5 + 11 + 1
+
+
+def test_each_database_entry_may_set_its_own_rules_and_each_series_gets_its_entrys(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        "[backup]\nkeep = 5\nkeep_daily = 7\n\n"
+        '[[databases]]\nname = "shop"\nglobals = true\nkeep_monthly = 12\n\n'
+        '[[databases]]\nall = true\nhost = "db2"\nprefix = "db2_"\nkeep_daily = 0\nkeep_yearly = 3\n'
+    )
+    config = load_config(str(config_file), {"TGBACKUPD_BACKUP_KEEP_WEEKLY": "4"})
+
+    assert rules_for(config, "shop") == KeepRules(last=5, daily=7, weekly=4, monthly=12)
+    assert rules_for(config, "shop_globals") == KeepRules(last=5, daily=7, weekly=4, monthly=12)
+    assert rules_for(config, "db2_billing") == KeepRules(last=5, weekly=4, yearly=3)
+    assert rules_for(config, "elsewhere") == KeepRules(last=5, daily=7, weekly=4)
+    assert KeepRules(last=5, weekly=4, yearly=3).describe() == "keep = 5, keep_weekly = 4, keep_yearly = 3"
+
+
+def test_a_rule_that_is_not_a_count_is_refused_with_its_entry_named(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text('[[databases]]\nname = "shop"\nkeep_weekly = -1\n')
+
+    with pytest.raises(ConfigError, match=r"databases\[1\]\.keep_weekly = -1 .*a number of weeks \(0: off\)"):
+        load_config(str(config_file), {})
