@@ -142,7 +142,14 @@ class Backup:
             if shared_with
             else Outbox(config, store, directory, self._clock, log, Sending(self._pacer), self.events)
         )
-        self.pruner = Pruner(directory, store, config.backup.keep_rules, config.secrets())
+        self.pruner = Pruner(
+            directory,
+            store,
+            config.backup.keep_rules,
+            config.secrets(),
+            chat_id=config.telegram.chat_id if config.telegram.delete_old else None,
+            clock=self._clock,
+        )
         self._server = socket.gethostname()
         self._globals = globals_only
         self._role_passwords = role_passwords
@@ -177,7 +184,9 @@ class Backup:
                 self._report_failure(bot, result.error or "", bound)
             else:
                 result = self._after_dump(bot, made, base, began, bound, stop)
-                self.pruner.prune(bound)  # after delivery: a backup delivered just now is no longer protected
+                self.pruner.prune(
+                    bound, bot
+                )  # after delivery: a backup delivered just now is no longer protected
             result = self._record(result, bot, bound)
         finally:
             if bot is not None:
@@ -226,23 +235,27 @@ class Backup:
         if bot is None:
             return None
         try:
-            drained = self.outbox.drain(bot, self.cancel)
-        except Cancelled:
-            log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
-            return None
-        except StateError as error:
-            log.error("Redelivery failed; it is tried again later", error=self._text(error))
-            return None
+            try:
+                drained = self.outbox.drain(bot, self.cancel)
+            except Cancelled:
+                log.warning(
+                    "Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox"
+                )
+                return None
+            except StateError as error:
+                log.error("Redelivery failed; it is tried again later", error=self._text(error))
+                return None
+            if drained.busy:
+                log.info(
+                    "Another tgbackupd process is delivering backups; trying again shortly",
+                    holder=drained.busy,
+                )
+                return None
+            if not drained.sent:
+                return None
+            self.pruner.prune(log, bot)  # what was kept only because it was undelivered may go now
         finally:
             bot.close()
-        if drained.busy:
-            log.info(
-                "Another tgbackupd process is delivering backups; trying again shortly", holder=drained.busy
-            )
-            return None
-        if not drained.sent:
-            return None
-        self.pruner.prune(log)  # what was kept only because it was undelivered may go now
         try:
             return self.store.last_result()
         except StateError:

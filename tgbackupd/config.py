@@ -348,6 +348,7 @@ KEYS = (
     _Key("telegram", "redeliver_min_s", _integer(1, 86400, "a number of seconds"), 60),
     _Key("telegram", "redeliver_max_s", _integer(1, 86400, "a number of seconds"), 3600),
     _Key("telegram", "messages_per_minute", _integer(1, 60000, "a number of messages"), 20),
+    _Key("telegram", "delete_old", _boolean, False),
     _Key("database", "url", _database_url, legacy_env=("DATABASE_URL",), secret=True),
     _Key("database", "host", _text, legacy_env=("PGHOST",)),
     _Key("database", "port", _integer(1, 65535, "a TCP port"), legacy_env=("PGPORT",)),
@@ -425,6 +426,7 @@ class TelegramConfig:
     redeliver_min_s: int
     redeliver_max_s: int
     messages_per_minute: int
+    delete_old: bool = False  # retention also deletes from the chat the parts of the backups it drops
 
     @property
     def configured(self) -> bool:
@@ -628,6 +630,9 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     directory = _backup_directory(values, environ)
     targets = tuple(_target(values, entry, label, directory, problems) for label, entry in entries)
     _check_prefixes(targets, problems)
+    if values["telegram.delete_old"]:
+        sections = _backup_config(values, directory, None).keep_rules
+        _check_chat_retention([(t.label, t.backup.keep_rules) for t in targets] or [("", sections)], problems)
     if problems:
         raise ConfigError(problems)
     if not targets:
@@ -837,6 +842,19 @@ def _names_database(entry_values: dict[str, Any]) -> bool:
     return bool(url and _parse_database_url(url)["name"])
 
 
+def _check_chat_retention(rules: list[tuple[str, KeepRules]], problems: list[str]) -> None:
+    """telegram.delete_old with no rule (keep = 0 and no keep_daily, …) would delete the parts of every
+    backup but the newest from the chat: refused, as restic's forget refuses to run without a policy."""
+    for label, kept in rules:
+        if kept.only_last and kept.last == 0:
+            where = f" (for {label})" if label else ""
+            problems.append(
+                "telegram.delete_old = true with backup.keep = 0 and no keep_daily, keep_weekly, "
+                f"keep_monthly nor keep_yearly{where} would delete every backup but the newest from the "
+                "chat: set the rules that say what to keep there, or telegram.delete_old = false"
+            )
+
+
 def _check_prefixes(targets: tuple[Target, ...], problems: list[str]) -> None:
     """Two entries writing the same file names would prune and replace each other's backups; two entries
     for whole servers under one prefix would name the databases of both alike."""
@@ -965,6 +983,7 @@ def _telegram(
         redeliver_min_s=values["telegram.redeliver_min_s"],
         redeliver_max_s=max(values["telegram.redeliver_min_s"], values["telegram.redeliver_max_s"]),
         messages_per_minute=values["telegram.messages_per_minute"],
+        delete_old=values["telegram.delete_old"],
     )
 
 
@@ -1290,6 +1309,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "redeliver_min_s": config.telegram.redeliver_min_s,
             "redeliver_max_s": config.telegram.redeliver_max_s,
             "messages_per_minute": config.telegram.messages_per_minute,
+            "delete_old": config.telegram.delete_old,
         },
         "database": {
             "host": database.host,

@@ -6,19 +6,25 @@ name). A backup is kept if any rule keeps it; one not yet delivered, and the new
 
 The Pruner applies it to the backup directory after each delivery, and for `tgbackupctl prune`."""
 
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import messages
+from .clock import Clock
 from .config import Config, KeepRules
-from .errors import TgbackupdError
+from .errors import Cancelled, TgbackupdError
 from .manifest import series_of
 from .redaction import scrub
-from .state import StateStore, backup_stamp
+from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState
 from .storage import BackupDirectory, DirectoryBusy
+from .telegram import BotApi, MessageNotDeletable, TelegramError
 
+# Meta key: when the chat was told that Telegram refuses to delete old backups (absent: not told).
+_REFUSAL_TOLD = "chat_deletion_refused_told_at"
 UNDELIVERED = "undelivered"
 NEWEST_GOOD = "newest good"
 _GOOD_DELIVERY = (DeliveryState.SENT, DeliveryState.LOCAL_ONLY)
@@ -120,12 +126,16 @@ def is_good(row: dict[str, Any]) -> bool:
 def candidates(files: Iterable[str], catalogue: dict[str, dict[str, Any]], series: str) -> list[Candidate]:
     """The backups of `series` retention counts: its files here (`files`), and those of its backups in the
     catalogue (rows by name) that are in the chat or waiting for it; not those that are nowhere any more
-    (lost, or kept here only and removed since). A file the catalogue does not know is neither undelivered
-    nor good."""
+    (lost, kept here only and removed since, or whose parts were deleted from the chat). A file the
+    catalogue does not know is neither undelivered nor good."""
     names = set(files) | {
         name
         for name, row in catalogue.items()
-        if series_of(name) == series and row.get("delivery") in (DeliveryState.SENT, DeliveryState.PENDING)
+        if series_of(name) == series
+        and (
+            row.get("delivery") == DeliveryState.PENDING
+            or (row.get("delivery") == DeliveryState.SENT and not row.get("parts_deleted_at"))
+        )
     }
     return [
         Candidate(
@@ -197,7 +207,8 @@ class Plan:
 
 class Pruner:
     """Removes from the backup directory the files of one series' backups that its rules drop, holding the
-    directory's lock (so that no backup is being written there meanwhile, by this or another process)."""
+    directory's lock (so that no backup is being written there meanwhile, by this or another process);
+    with `chat_id` (telegram.delete_old), also their parts from the chat."""
 
     def __init__(
         self,
@@ -205,11 +216,17 @@ class Pruner:
         store: StateStore,
         rules: KeepRules,
         secrets: list[str] | None = None,
+        *,
+        chat_id: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._directory = directory
         self._store = store
         self.rules = local_rules(rules)
+        self.chat_rules = rules
         self._secrets = secrets or []
+        self._chat_id = chat_id
+        self._clock = clock or Clock()
 
     def plan(self) -> Plan:
         """What retention keeps and removes now. Raise StateError if the catalogue cannot be read: nothing
@@ -228,9 +245,12 @@ class Pruner:
             plan = self.plan()
             return plan, self._directory.remove(plan.to_remove)
 
-    def prune(self, log: Any) -> list[str]:
-        """Remove what the rules drop, and log it; return what went. Never raises for an expected failure:
-        it is logged, and pruning runs again after the next backup."""
+    def prune(self, log: Any, bot: BotApi | None = None) -> list[str]:
+        """Remove what the rules drop, and log it; return what went. With a bot and telegram.delete_old,
+        delete the parts of what they drop from the chat too. Never raises for an expected failure: it is
+        logged, and pruning runs again after the next backup."""
+        if bot is not None and self._chat_id is not None:
+            self.prune_chat(bot, self._chat_id, log)
         try:
             plan, removed = self.apply()
         except DirectoryBusy as busy:
@@ -241,6 +261,81 @@ class Pruner:
             return []
         self.report(plan, removed, log)
         return removed
+
+    def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
+        """Delete from the chat the parts of the delivered backups the rules drop, newest first; return
+        those whose parts went. Their manifests stay: each is a link of the chain (a later manifest names
+        it as its previous) through which restore and `list --remote` reach the older backups kept, from
+        the chat alone. The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the
+        older ones alike): said in the log each time, and in the chat once until a deletion works again."""
+        try:
+            catalogue = {row["name"]: row for row in self._store.listing()}
+            files = [backup.name for backup in self._directory.backups()]
+            verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.chat_rules)
+        except TgbackupdError as error:
+            log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
+            return []
+        doomed = [
+            verdict.name
+            for verdict in verdicts
+            if not verdict.kept and catalogue.get(verdict.name, {}).get("delivery") == DeliveryState.SENT
+        ]
+        deleted: list[str] = []
+        try:
+            for name in doomed:
+                entry = self._store.entry(name)
+                for part in entry.manifest.parts if entry is not None else ():
+                    if part.message_id is not None:
+                        bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+                self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+                deleted.append(name)
+        except MessageNotDeletable as refused:
+            reason = scrub(str(refused), self._secrets)
+            log.error(
+                "Telegram refused to delete old backups from the chat; they stay there",
+                error=reason,
+                backup=doomed[len(deleted)],
+                not_deleted=len(doomed) - len(deleted),
+            )
+            self._tell_chat_once(bot, chat_id, reason, log)
+        except (TelegramError, Cancelled, StateError) as error:
+            log.warning(
+                "Could not delete old backups from the chat now; tried again after the next backup",
+                error=scrub(str(error), self._secrets),
+                not_deleted=len(doomed) - len(deleted),
+            )
+        else:
+            self._forget_refusal(log)
+        if deleted:
+            log.info(
+                "Deleted old backups' parts from the chat; their manifests stay as links of the chain",
+                deleted=deleted,
+                rules=self.chat_rules.describe(),
+            )
+        return deleted
+
+    def _tell_chat_once(self, bot: BotApi, chat_id: str, reason: str, log: Any) -> None:
+        """The chat hears of a refusal once, not after every backup: until a deletion works again."""
+        try:
+            if self._store.meta(_REFUSAL_TOLD) is not None:
+                return
+            self._store.set_meta(_REFUSAL_TOLD, self._clock.now().isoformat(timespec="seconds"))
+        except StateError:
+            return  # not told rather than told after every backup; the log says it each time
+        notice = messages.problem_notice(server=socket.gethostname(), problem=reason)
+        try:
+            bot.send_message(chat_id, notice, retry=False)
+        except (TelegramError, Cancelled) as error:
+            log.warning("Could not tell the Telegram chat", error=scrub(str(error), self._secrets))
+
+    def _forget_refusal(self, log: Any) -> None:
+        try:
+            if self._store.meta(_REFUSAL_TOLD) is not None:
+                self._store.set_meta(_REFUSAL_TOLD, None)
+        except StateError as error:
+            log.warning(
+                "Could not record that Telegram deletes again", error=scrub(str(error), self._secrets)
+            )
 
     def report(self, plan: Plan, removed: list[str], log: Any) -> None:
         """Log what went, and any file kept beyond the rules (undelivered, or the newest good one)."""

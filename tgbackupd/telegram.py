@@ -49,7 +49,9 @@ MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 600
 _BODY_BLOCK_BYTES = 256 * 1024
 # What posts a message in a chat (or changes one), and so counts towards Telegram's limits for that chat.
-PACED_METHODS = frozenset({"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage"})
+PACED_METHODS = frozenset(
+    {"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage", "deleteMessage"}
+)
 PACING_WINDOW_S = 60.0
 
 
@@ -65,6 +67,11 @@ class TelegramRejected(TelegramError):
 
 class TelegramTooLarge(TelegramRejected):
     """The Bot API server refused the file's size (413)."""
+
+
+class MessageNotDeletable(TelegramRejected):
+    """Telegram refused to delete a message (400 "message can't be deleted"): the bot lacks the right, or
+    the message is older than a bot may delete without it."""
 
 
 class TelegramUnreachable(TelegramError):
@@ -249,6 +256,18 @@ class BotApi:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "disable_notification": "true"}
         self._call("pinChatMessage", chat_id, lambda: {"data": fields}, self._attempts)
 
+    def delete_message(self, chat_id: str, message_id: int) -> bool:
+        """Delete one message of the chat: True when deleted, False when Telegram says it is not there
+        (deleted already). Raise MessageNotDeletable when Telegram refuses, TelegramError otherwise."""
+        fields = {"chat_id": chat_id, "message_id": str(message_id)}
+        try:
+            self._call("deleteMessage", chat_id, lambda: {"data": fields}, self._attempts)
+        except TelegramRejected as error:
+            if "message to delete not found" in str(error):
+                return False
+            raise
+        return True
+
     def get_chat(self, chat_id: str) -> dict[str, Any]:
         result = self._call("getChat", chat_id, lambda: {"data": {"chat_id": chat_id}}, self._attempts)
         return result if isinstance(result, dict) else {}
@@ -424,6 +443,14 @@ class BotApi:
             return TelegramRejected(
                 f"Telegram chat {chat_id} was not found ({status} {description}): check TELEGRAM_CHAT_ID "
                 "(a channel's id starts with -100) and that the bot was added to that chat"
+            )
+        if "message can't be deleted" in lowered:
+            return MessageNotDeletable(
+                f"Telegram refused to delete a message in chat {chat_id} ({status} {description}): a bot "
+                "may delete its own messages only within 48 hours of sending them, unless it is an "
+                'administrator with the right to delete messages (in a channel or supergroup: "Delete '
+                'messages"); give the bot that right, or set telegram.delete_old = false and delete old '
+                "backups in the chat by hand"
             )
         if status == 403:
             return TelegramRejected(
