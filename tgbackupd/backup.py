@@ -228,6 +228,11 @@ class Backup:
             return dataclasses.replace(result, error="; ".join(filter(None, (result.error, reason))))
         return result
 
+    def open_bot(self) -> BotApi | None:
+        """A Bot API client paced with this backup's others (None when Telegram is not configured); the
+        caller closes it."""
+        return self._bot_factory(self._config, self.cancel)
+
     def redeliver(self) -> dict[str, Any] | None:
         """Send what waits in the outbox (the daemon calls this when a retry is due). Return the last
         backup's result as recorded now when something was sent (it may be that backup, now sent)."""

@@ -22,6 +22,7 @@ from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
 from .storage import BackupDirectory, DirectoryBusy
+from .telegram import BotApi
 
 log = structlog.stdlib.get_logger("tgbackupd.retention")
 
@@ -219,8 +220,9 @@ class Commands:
 
     def prune(self, peer: Peer, dry_run: bool) -> dict[str, Any]:
         """What retention removes from the backup directory now, series by series, and why each other
-        backup stays; without `dry_run`, remove it as after a backup (and log it alike), under the
-        directory's lock, unless a backup is running (it prunes when it ends)."""
+        backup stays, and with telegram.delete_old whose parts it deletes from the chat; without
+        `dry_run`, do it as after a backup (and log it alike), under the directory's lock, unless a
+        backup is running (it prunes when it ends)."""
         if not dry_run:
             if not peer_may_trigger(peer, self._config.daemon.control_group):
                 return error_reply("permission_denied", self._refusal(peer, "remove backups"))
@@ -228,21 +230,40 @@ class Commands:
                 return error_reply(
                     "busy", "a backup is running; it removes old backups itself when it ends: try again then"
                 )
+        chat_id = self._config.telegram.chat_id if self._config.telegram.delete_old else None
+        bot = self._fleet.first.open_bot() if chat_id and self._fleet and not dry_run else None
+        try:
+            return self._prune(dry_run, chat_id, bot)
+        finally:
+            if bot is not None:
+                bot.close()
+
+    def _prune(self, dry_run: bool, chat_id: str | None, bot: BotApi | None) -> dict[str, Any]:
+        try:
+            known = {series_of(row["name"]) for row in self._store.listing()}
+        except StateError as error:
+            return error_reply("state_unreadable", str(error))
+        known |= {series_of(backup.name) for backup in self._directory.every_backup()}
         found = []
-        for series in sorted({series_of(backup.name) for backup in self._directory.every_backup()}):
+        for series in sorted(known):
             pruner = Pruner(
                 BackupDirectory(self._directory.path, series),
                 self._store,
                 self._rules_of(series),
                 self._config.secrets(),
+                chat_id=chat_id,
             )
+            bound = log.bind(database=series)
             try:
                 removed: list[str] = []
+                chat: list[str] = pruner.chat_plan() if chat_id else []
                 if dry_run:
                     plan = pruner.plan()
                 else:
                     plan, removed = pruner.apply()
-                    pruner.report(plan, removed, log.bind(database=series))
+                    pruner.report(plan, removed, bound)
+                    if bot is not None and chat_id is not None and chat:
+                        chat = pruner.prune_chat(bot, chat_id, bound)
             except StateError as error:
                 return error_reply("state_unreadable", str(error))
             except StorageError as error:  # busy (a `tgbackupd --once`), or a file that cannot be removed
@@ -258,6 +279,8 @@ class Commands:
                     ],
                     "remove": plan.to_remove,
                     "removed": removed,
+                    # Whose parts go from the chat (telegram.delete_old): would, or did (a refusal stops it).
+                    "chat_delete": chat,
                 }
             )
         return {"data": {"dry_run": dry_run, "series": found}}

@@ -358,6 +358,9 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
         telegram = row.get("delivery") or "unknown"
         if row.get("manifest_message_id"):
             telegram = f"{telegram} (#{row['manifest_message_id']})"
+        if row.get("parts_deleted_at"):  # retention deleted its parts from the chat; the manifest stays
+            message = row.get("manifest_message_id")
+            telegram = "manifest only" + (f" (#{message})" if message else "")
         verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
         local = {True: "yes", False: "no", None: "-"}.get(row.get("local"), str(row.get("local")))
         parts = row.get("parts") or "?"
@@ -385,6 +388,10 @@ def render_prune(data: dict[str, Any]) -> str:
         going = len(series["remove"] if data["dry_run"] else series["removed"])
         did = "would remove" if data["dry_run"] else "removed"
         lines = [f"{series['series']} ({series['rules']}): {did} {going}"]
+        for name in series.get("chat_delete", ()):
+            lines.append(
+                f"  {'chat' if data['dry_run'] else 'deleted':<7} {name}  (its parts, from the chat)"
+            )
         for backup in series["backups"]:
             if backup["kept"]:
                 lines.append(f"  keep    {backup['name']:<48} {', '.join(backup['kept_because'])}")

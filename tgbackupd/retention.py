@@ -262,6 +262,20 @@ class Pruner:
         self.report(plan, removed, log)
         return removed
 
+    def chat_plan(self) -> list[str]:
+        """The delivered backups, newest first, whose parts retention deletes from the chat now (with
+        telegram.delete_old). Raise StateError if the catalogue cannot be read."""
+        catalogue = {row["name"]: row for row in self._store.listing()}
+        files = [backup.name for backup in self._directory.backups()]
+        verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.chat_rules)
+        return [
+            verdict.name
+            for verdict in verdicts
+            if not verdict.kept
+            and catalogue.get(verdict.name, {}).get("delivery") == DeliveryState.SENT
+            and not catalogue[verdict.name].get("parts_deleted_at")
+        ]
+
     def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
         """Delete from the chat the parts of the delivered backups the rules drop, newest first; return
         those whose parts went. Their manifests stay: each is a link of the chain (a later manifest names
@@ -269,17 +283,10 @@ class Pruner:
         the chat alone. The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the
         older ones alike): said in the log each time, and in the chat once until a deletion works again."""
         try:
-            catalogue = {row["name"]: row for row in self._store.listing()}
-            files = [backup.name for backup in self._directory.backups()]
-            verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.chat_rules)
+            doomed = self.chat_plan()
         except TgbackupdError as error:
             log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
             return []
-        doomed = [
-            verdict.name
-            for verdict in verdicts
-            if not verdict.kept and catalogue.get(verdict.name, {}).get("delivery") == DeliveryState.SENT
-        ]
         deleted: list[str] = []
         try:
             for name in doomed:

@@ -5,7 +5,7 @@ import json
 from dataclasses import replace
 from datetime import date, timedelta
 
-from tests.conftest import base_environment
+from tests.conftest import base_environment, telegram_environment
 from tests.end_to_end.conftest import events
 from tgbackupd.manifest import Manifest, manifest_name, plan_parts
 from tgbackupd.state import Entry
@@ -20,9 +20,9 @@ def name_of(day: date) -> str:
     return f"shop_backup_{day:%Y%m%d}_030000.sql.gz"
 
 
-def history(tmp_path) -> list[str]:
+def history(tmp_path, newest: DeliveryState = DeliveryState.PENDING) -> list[str]:
     """Two months of nights in the backup directory and the catalogue, all sent but the newest, which
-    waits for Telegram (the chat is not configured: it stays in the outbox)."""
+    waits for Telegram unless told otherwise (the chat is not configured: it stays in the outbox)."""
     backups = tmp_path / "backups"
     backups.mkdir()
     store = open_store(tmp_path / "state.db").store
@@ -33,17 +33,19 @@ def history(tmp_path) -> list[str]:
         (backups / name).write_bytes(b"dump")
         (backups / manifest_name(name)).write_bytes(b"{}")
         manifest = Manifest(name, "shop", "shop on db", "h", f"{day}T03:00:00+00:00", 4, "ab" * 32, ())
-        delivery = DeliveryState.SENT if night < NIGHTS - 1 else DeliveryState.PENDING
-        store.add(Entry(replace(manifest, parts=plan_parts(name, [(4, "ab" * 32)])), delivery))
+        delivery = DeliveryState.SENT if night < NIGHTS - 1 else newest
+        parts = tuple(replace(part, message_id=1000 + night) for part in plan_parts(name, [(4, "ab" * 32)]))
+        store.add(Entry(replace(manifest, parts=parts), delivery))
         names.append(name)
     store.close()
     return names
 
 
-def start(tmp_path, start_daemon):
+def start(tmp_path, start_daemon, **settings: str):
     environment = base_environment(
         tmp_path,
         "shop",
+        **settings,
         TGBACKUPD_BACKUP_KEEP="2",
         TGBACKUPD_BACKUP_KEEP_WEEKLY="2",
         TGBACKUPD_BACKUP_KEEP_MONTHLY="6",
@@ -108,3 +110,29 @@ def test_prune_without_the_daemon_says_that_it_needs_it(tmp_path, start_daemon):
 
     assert refused.returncode == 69
     assert "prune asks the daemon, which knows each database's rules" in refused.stderr
+
+
+def test_with_delete_old_prune_shows_and_then_deletes_the_parts_of_what_goes_from_the_chat(
+    tmp_path, start_daemon, bot_api
+):
+    history(tmp_path, newest=DeliveryState.SENT)
+    daemon = start(
+        tmp_path, start_daemon, **telegram_environment(bot_api), TGBACKUPD_TELEGRAM_DELETE_OLD="true"
+    )
+
+    dry = daemon.ctl("prune", "--dry-run")
+
+    assert dry.returncode == 0, dry.stderr
+    doomed = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("  chat ")]
+    assert len(doomed) == NIGHTS - 4 and name_of(date(2026, 11, 28)) in doomed
+    assert not any("/deleteMessage" in request for request in bot_api.state.requests)  # a dry run
+
+    pruned = daemon.ctl("prune", "--json")
+
+    assert pruned.returncode == 0, pruned.stderr
+    (series,) = json.loads(pruned.stdout)["data"]["series"]
+    assert series["chat_delete"] == doomed
+    # The stand-in never had these messages: "message to delete not found" is taken for gone.
+    assert sum("/deleteMessage" in request for request in bot_api.state.requests) == NIGHTS - 4
+    listed = daemon.ctl("list").stdout
+    assert listed.count("manifest only") == NIGHTS - 4
