@@ -448,9 +448,9 @@ class BotApi:
             return MessageNotDeletable(
                 f"Telegram refused to delete a message in chat {chat_id} ({status} {description}): a bot "
                 "may delete its own messages only within 48 hours of sending them, unless it is an "
-                'administrator with the right to delete messages (in a channel or supergroup: "Delete '
-                'messages"); give the bot that right, or set telegram.delete_old = false and delete old '
-                "backups in the chat by hand"
+                'administrator with the right to delete messages ("Delete messages of others" in a '
+                'channel, "Delete messages" in a group); give the bot that right, or set '
+                "telegram.delete_old = false and delete old backups in the chat by hand"
             )
         if status == 403:
             return TelegramRejected(
