@@ -332,7 +332,7 @@ def listing(
                 "last_error": None,
             }
     ordered = sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
-    mark(ordered, rules_of)
+    mark(ordered, rules_of, store.undelivered())
     return ordered
 
 

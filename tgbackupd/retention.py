@@ -4,7 +4,9 @@ which rules, as borg and restic count them: the newest `keep`, and for each of t
 weeks, months and years that have a backup, the newest backup in it (local time, the time in the
 name). A backup is kept if any rule keeps it; one not yet delivered, and the newest good one, always.
 
-The Pruner applies it to the backup directory after each delivery, and for `tgbackupctl prune`."""
+The Pruner applies it after each delivery, and for `tgbackupctl prune`: to the backup directory, and with
+telegram.delete_old to the parts of delivered backups in the chat (their manifests stay: links of the
+chain that restore walks from the chat alone)."""
 
 import socket
 from collections.abc import Callable, Iterable
@@ -123,11 +125,14 @@ def is_good(row: dict[str, Any]) -> bool:
     )
 
 
-def candidates(files: Iterable[str], catalogue: dict[str, dict[str, Any]], series: str) -> list[Candidate]:
+def candidates(
+    files: Iterable[str], catalogue: dict[str, dict[str, Any]], series: str, undelivered: set[str]
+) -> list[Candidate]:
     """The backups of `series` retention counts: its files here (`files`), and those of its backups in the
     catalogue (rows by name) that are in the chat or waiting for it; not those that are nowhere any more
-    (lost, kept here only and removed since, or whose parts were deleted from the chat). A file the
-    catalogue does not know is neither undelivered nor good."""
+    (lost, kept here only and removed since, or whose parts were deleted from the chat). Undelivered are
+    those in the outbox (`undelivered`) or recorded as pending. A file the catalogue does not know is not
+    good."""
     names = set(files) | {
         name
         for name, row in catalogue.items()
@@ -141,7 +146,8 @@ def candidates(files: Iterable[str], catalogue: dict[str, dict[str, Any]], serie
         Candidate(
             name,
             made_at(name),
-            undelivered=name in catalogue and catalogue[name].get("delivery") == DeliveryState.PENDING,
+            undelivered=name in undelivered
+            or catalogue.get(name, {}).get("delivery") == DeliveryState.PENDING,
             good=name in catalogue and is_good(catalogue[name]),
         )
         for name in names
@@ -168,10 +174,12 @@ def rules_for(config: Config, series: str) -> KeepRules:
     return config.backup.keep_rules
 
 
-def mark(rows: list[dict[str, Any]], rules_of: Callable[[str], KeepRules | None]) -> None:
+def mark(
+    rows: list[dict[str, Any]], rules_of: Callable[[str], KeepRules | None], undelivered: set[str]
+) -> None:
     """Add to each row of `tgbackupctl list` (StateStore.listing's, with `local`) whether retention keeps
     its file here, and why (`kept`, `kept_because`): None where it has no file here, or the rules of its
-    series are unknown."""
+    series are unknown. `undelivered`: the outbox."""
     catalogue = {row["name"]: row for row in rows}
     files: dict[str, list[str]] = {}
     for row in rows:
@@ -182,7 +190,7 @@ def mark(rows: list[dict[str, Any]], rules_of: Callable[[str], KeepRules | None]
         rules = rules_of(series)
         if rules is None:
             continue
-        for verdict in decide(candidates(names, catalogue, series), local_rules(rules)):
+        for verdict in decide(candidates(names, catalogue, series, undelivered), local_rules(rules)):
             if verdict.name in names:
                 catalogue[verdict.name].update(verdict.to_dict())
 
@@ -231,11 +239,15 @@ class Pruner:
     def plan(self) -> Plan:
         """What retention keeps and removes now. Raise StateError if the catalogue cannot be read: nothing
         is removed on the strength of an outbox that could not be read."""
-        self._store.undelivered()  # the outbox must be readable before anything is judged
+        return Plan(self._judge(self.rules), frozenset(backup.name for backup in self._directory.backups()))
+
+    def _judge(self, rules: KeepRules) -> list[Verdict]:
+        """The verdicts on this series by `rules`. Raise StateError if the outbox or the catalogue cannot
+        be read."""
+        undelivered = self._store.undelivered()
         catalogue = {row["name"]: row for row in self._store.listing()}
-        files = frozenset(backup.name for backup in self._directory.backups())
-        verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.rules)
-        return Plan(verdicts, files)
+        files = [backup.name for backup in self._directory.backups()]
+        return decide(candidates(files, catalogue, self._directory.prefix, undelivered), rules)
 
     def apply(self) -> tuple[Plan, list[str]]:
         """Remove what the rules drop: (the plan, what was removed). Raise DirectoryBusy while a backup is
@@ -266,8 +278,7 @@ class Pruner:
         """The delivered backups, newest first, whose parts retention deletes from the chat now (with
         telegram.delete_old). Raise StateError if the catalogue cannot be read."""
         catalogue = {row["name"]: row for row in self._store.listing()}
-        files = [backup.name for backup in self._directory.backups()]
-        verdicts = decide(candidates(files, catalogue, self._directory.prefix), self.chat_rules)
+        verdicts = self._judge(self.chat_rules)
         return [
             verdict.name
             for verdict in verdicts

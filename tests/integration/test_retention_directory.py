@@ -63,7 +63,9 @@ def test_a_year_of_nights_pruned_each_night_leaves_what_the_rules_keep_and_their
         clock.next_night()
 
     expected = {
-        verdict.name for verdict in decide(retention_candidates(made, {}, "shop"), RULES) if verdict.kept
+        verdict.name
+        for verdict in decide(retention_candidates(made, {}, "shop", set()), RULES)
+        if verdict.kept
     }
     assert len(expected) == 14 + 5 + 11  # the nights, more Sundays, the other month ends (see the unit test)
     assert files(tmp_path) == expected | {manifest_name(name) for name in expected}
