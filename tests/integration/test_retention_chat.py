@@ -3,15 +3,19 @@ of those the rules drop deleted, the chain of manifests still walked from the ch
 refusals (no right to delete, older than 48 hours) said plainly, in the chat once."""
 
 import json
+import time
 from datetime import datetime
 
+import pytest
 from structlog.testing import capture_logs
 
+from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
 from tests.integration.test_retention_directory import Nightly
 from tgbackupd.config import load_config
 from tgbackupd.errors import ConfigError
+from tgbackupd.telegram import BotApi, MessageNotDeletable
 
 # Sunday 29 November 2026 (ISO week 48), then Monday to Wednesday of week 49.
 FIRST_NIGHT = datetime(2026, 11, 29, 3, 0)
@@ -111,10 +115,23 @@ def test_delete_old_without_any_rule_is_refused_rather_than_emptying_the_chat(tm
         TGBACKUPD_TELEGRAM_DELETE_OLD="true",
     )
 
-    try:
+    with pytest.raises(ConfigError, match="would delete every backup but the newest from the chat"):
         load_config(None, environment)
-    except ConfigError as error:
-        assert "would delete every backup but the newest from the chat" in str(error)
-    else:
-        raise AssertionError("telegram.delete_old with keep = 0 and no rule was accepted")
     assert load_config(None, {**environment, "TGBACKUPD_BACKUP_KEEP_DAILY": "7"}).telegram.delete_old
+
+
+def test_delete_message_answers_as_telegram_does_deleted_gone_already_or_refused(bot_api):
+    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+    first = bot.send_message(CHAT_ID, "one").message_id
+    second = bot.send_message(CHAT_ID, "two").message_id
+
+    assert bot.delete_message(CHAT_ID, first) is True
+    assert bot.delete_message(CHAT_ID, first) is False  # "message to delete not found": gone already
+    bot_api.state.can_delete_messages = False
+    assert bot.delete_message(CHAT_ID, second) is True  # its own, under 48 hours old: no right needed
+
+    third = bot.send_message(CHAT_ID, "three").message_id
+    bot_api.state.wall_clock = lambda: time.time() + 48 * 3600
+    with pytest.raises(MessageNotDeletable, match=r"400 Bad Request: message can't be deleted.*48 hours"):
+        bot.delete_message(CHAT_ID, third)
+    assert bot_api.state.deleted == [first, second]
