@@ -94,3 +94,20 @@ def test_a_bot_api_that_cannot_be_reached_is_a_network_problem_and_a_401_a_wrong
     assert rejected.returncode == 1
     assert "✗ bot token: Telegram rejected the bot token (401" in rejected.stdout
     assert "cannot reach" not in rejected.stdout and "revoked-token" not in rejected.stdout
+
+
+def test_with_delete_old_the_right_to_delete_old_messages_is_checked(tmp_path, make_database, bot_api):
+    source = make_database(empty=True)
+    environment = base_environment(
+        tmp_path, source, **telegram_environment(bot_api), TGBACKUPD_TELEGRAM_DELETE_OLD="true"
+    )
+
+    allowed = run_tgbackupd(environment, "--check")
+    bot_api.state.can_delete_messages = False
+    refused = run_tgbackupd(environment, "--check")
+
+    assert allowed.returncode == 0, allowed.stdout
+    assert "✓ deleting old backups: the bot may delete messages of any age" in allowed.stdout
+    assert refused.returncode == 1
+    assert "✗ deleting old backups: telegram.delete_old is on, but without the right" in refused.stdout
+    assert "within 48 hours" in refused.stdout and "Delete messages of others" in refused.stdout
