@@ -184,9 +184,8 @@ class Backup:
                 self._report_failure(bot, result.error or "", bound)
             else:
                 result = self._after_dump(bot, made, base, began, bound, stop)
-                self.pruner.prune(
-                    bound, bot
-                )  # after delivery: a backup delivered just now is no longer protected
+                # After delivery: a backup delivered just now is no longer protected.
+                self.pruner.prune(bound, bot)
             result = self._record(result, bot, bound)
         finally:
             if bot is not None:

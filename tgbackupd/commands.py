@@ -256,13 +256,14 @@ class Commands:
             bound = log.bind(database=series)
             try:
                 removed: list[str] = []
-                chat: list[str] = pruner.chat_plan() if chat_id else []
+                chat: list[str] = []
                 if dry_run:
                     plan = pruner.plan()
+                    chat = pruner.chat_plan() if chat_id else []
                 else:
                     plan, removed = pruner.apply()
                     pruner.report(plan, removed, bound)
-                    if bot is not None and chat_id is not None and chat:
+                    if bot is not None and chat_id is not None:
                         chat = pruner.prune_chat(bot, chat_id, bound)
             except StateError as error:
                 return error_reply("state_unreadable", str(error))

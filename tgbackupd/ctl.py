@@ -137,8 +137,9 @@ def _parser() -> argparse.ArgumentParser:
         "prune",
         help="have the daemon remove the backups its retention rules drop now (--dry-run: only show them)",
         description="Without --dry-run this removes, as the daemon does after each backup, the backup files "
-        "its retention rules (backup.keep, keep_daily, …) drop; never one not yet delivered, nor the newest "
-        "good one. It needs the daemon, which knows each database's rules; refused while a backup runs.",
+        "its retention rules (backup.keep, keep_daily, …) drop, and with telegram.delete_old their parts in "
+        "the chat; never one not yet delivered, nor the newest good one. It needs the daemon, which knows "
+        "each database's rules; refused while a backup runs.",
     )
     prune.add_argument("--dry-run", action="store_true", help="show what would go and why each other stays")
     prune.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")

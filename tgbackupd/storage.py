@@ -1,5 +1,6 @@
-"""The backup directory: names, files written under a temporary name and renamed into place, retention,
-and the spool of parts waiting for Telegram when backups are not kept here (backup.keep = 0)."""
+"""The backup directory: names, files written under a temporary name and renamed into place, removing
+the backups retention drops (retention.py decides which), and the spool of parts waiting for Telegram when
+backups are not kept here (backup.keep = 0)."""
 
 import contextlib
 import fcntl
