@@ -170,3 +170,24 @@ def test_a_real_backup_prunes_by_the_daily_rule_and_keeps_a_month_end(tmp_path, 
     (removal,) = [log for log in logs if log["event"] == "Removed old backups"]
     assert removal["keep"] == 2 and sorted(removal["removed"]) == sorted(set(old) - remaining)
     assert removal["rules"] == "keep = 2, keep_daily = 5, keep_monthly = 2"
+
+
+def test_with_more_rules_than_keep_the_warning_names_the_rules_and_what_outlives_them(tmp_path):
+    directory = BackupDirectory(tmp_path, "shop")
+    store = open_store(tmp_path / ".state.db").store
+    clock = Nightly(datetime(2026, 12, 1, 3, 0))
+    waiting = make_backup(directory, store, clock, DeliveryState.PENDING)
+    for _ in range(3):
+        clock.next_night()
+        make_backup(directory, store, clock, DeliveryState.SENT)
+
+    with capture_logs() as logs:
+        removed = Pruner(directory, store, KeepRules(last=1, daily=2)).prune(LOG)
+
+    assert len(removed) == 1 and waiting in files(tmp_path)
+    (warning,) = [log for log in logs if log["log_level"] == "warning"]
+    assert warning["event"] == (
+        "Keeping 1 backups the retention rules (keep = 1, keep_daily = 2) would remove: those not yet "
+        "delivered to Telegram, and the newest good one, are never removed"
+    )
+    assert warning["beyond_rules"] == [waiting]
