@@ -55,6 +55,11 @@ class BotApiState:
     upload_limit: int
     download_limit: int = DOWNLOAD_LIMIT_BYTES
     can_pin: bool = True
+    # Telegram's rules for deleteMessage: a bot deletes its own messages within 48 hours of sending them;
+    # with the right to delete messages (an administrator's can_delete_messages), any message of any age.
+    can_delete_messages: bool = True
+    wall_clock: Callable[[], float] = time.time  # "now" for the 48 hours (a test moves it on by days)
+    deleted: list[int] = field(default_factory=list)  # message ids deleted, in order
     kicked_from: set[str] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
@@ -228,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
             "pinChatMessage",
             "getChatMember",
             "editMessageCaption",
+            "deleteMessage",
         ):
             return _error(404, "Not Found: method not found")
         chat_id = fields.get("chat_id", "")
@@ -243,10 +249,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._pin(chat_id, fields.get("message_id", ""))
         if method == "editMessageCaption":
             return self._edit_caption(fields.get("message_id", ""), fields.get("caption", ""))
+        if method == "deleteMessage":
+            return self._delete(chat_id, fields.get("message_id", ""))
         if method == "getChatMember":
             if chat_id in state.kicked_from:
                 return 200, {"ok": True, "result": {"status": "kicked"}}
-            rights = {"can_post_messages": True, "can_edit_messages": state.can_pin}
+            rights = {
+                "can_post_messages": True,
+                "can_edit_messages": state.can_pin,
+                "can_delete_messages": state.can_delete_messages,
+            }
             return 200, {"ok": True, "result": {"status": "administrator", **rights}}
         if method == "sendMessage":
             text = fields.get("text", "")
@@ -269,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
             state.received.append(Received(method, fields, file_name, content, message_id))
         result: dict[str, Any] = {
             "message_id": message_id,
-            "date": int(time.time()),
+            "date": int(state.wall_clock()),
             "chat": self._chat(chat_id, with_pinned=False),
         }
         if method == "sendMessage":
@@ -305,6 +317,28 @@ class _Handler(BaseHTTPRequestHandler):
         if message is None:
             return _error(400, "Bad Request: message to pin not found")
         state.pinned[chat_id] = message
+        return 200, {"ok": True, "result": True}
+
+    def _delete(self, chat_id: str, message_id: str) -> tuple[int, dict[str, Any]]:
+        """deleteMessage as the real API answers it: gone or never there → "message to delete not found";
+        older than 48 hours without the right to delete messages → "message can't be deleted". The
+        document goes with its message: its file id no longer downloads."""
+        state = self.server.state
+        if not message_id.lstrip("-").isdigit():
+            return _error(400, "Bad Request: message identifier is not specified")
+        with state.lock:
+            message = state.messages.get(int(message_id))
+            if message is None:
+                return _error(400, "Bad Request: message to delete not found")
+            if not state.can_delete_messages and state.wall_clock() - message["date"] >= 48 * 3600:
+                return _error(400, "Bad Request: message can't be deleted")
+            del state.messages[int(message_id)]
+            document = message.get("document")
+            if isinstance(document, dict):
+                state.files.pop(document["file_id"], None)
+            if state.pinned.get(chat_id, {}).get("message_id") == int(message_id):
+                del state.pinned[chat_id]
+            state.deleted.append(int(message_id))
         return 200, {"ok": True, "result": True}
 
     def _edit_caption(self, message_id: str, caption: str) -> tuple[int, dict[str, Any]]:

@@ -1,5 +1,6 @@
 """One backup, start to end: pg_dump → gzip → file in place (hashed in parts as it is written) →
-retention → verification, when asked → the outbox, drained to the chat → one summary event."""
+verification, when asked → the outbox, drained to the chat → retention (retention.py) → one summary
+event."""
 
 import contextlib
 import dataclasses
@@ -28,6 +29,7 @@ from .outbox import Outbox, delivery_text
 from .pgdump import DumpProcess, run_pg_dump, run_pg_dumpall_globals
 from .pipeline import Count, Digest, PartDigests
 from .redaction import scrub
+from .retention import Pruner
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
 from .stopping import Stop
@@ -140,6 +142,14 @@ class Backup:
             if shared_with
             else Outbox(config, store, directory, self._clock, log, Sending(self._pacer), self.events)
         )
+        self.pruner = Pruner(
+            directory,
+            store,
+            config.backup.keep_rules,
+            config.secrets(),
+            chat_id=config.telegram.chat_id if config.telegram.delete_old else None,
+            clock=self._clock,
+        )
         self._server = socket.gethostname()
         self._notices = ChatNotices(config.telegram.chat_id, self._server, self._text)
         self._verification = Verification(config, directory, self._text)
@@ -176,7 +186,8 @@ class Backup:
                 self._report_failure(bot, result.error or "", bound)
             else:
                 result = self._after_dump(bot, made, base, began, bound, stop)
-                self._prune(bound)  # after delivery: a backup delivered just now is no longer protected
+                # After delivery: a backup delivered just now is no longer protected.
+                self.pruner.prune(bound, bot)
             result = self._record(result, bot, bound)
         finally:
             if bot is not None:
@@ -225,23 +236,27 @@ class Backup:
         if bot is None:
             return None
         try:
-            drained = self.outbox.drain(bot, self.cancel)
-        except Cancelled:
-            log.warning("Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox")
-            return None
-        except StateError as error:
-            log.error("Redelivery failed; it is tried again later", error=self._text(error))
-            return None
+            try:
+                drained = self.outbox.drain(bot, self.cancel)
+            except Cancelled:
+                log.warning(
+                    "Redelivery stopped because tgbackupd is stopping; the backups stay in the outbox"
+                )
+                return None
+            except StateError as error:
+                log.error("Redelivery failed; it is tried again later", error=self._text(error))
+                return None
+            if drained.busy:
+                log.info(
+                    "Another tgbackupd process is delivering backups; trying again shortly",
+                    holder=drained.busy,
+                )
+                return None
+            if not drained.sent:
+                return None
+            self.pruner.prune(log, bot)  # what was kept only because it was undelivered may go now
         finally:
             bot.close()
-        if drained.busy:
-            log.info(
-                "Another tgbackupd process is delivering backups; trying again shortly", holder=drained.busy
-            )
-            return None
-        if not drained.sent:
-            return None
-        self._prune(log)  # what was kept only because it was undelivered may go now
         try:
             return self.store.last_result()
         except StateError:
@@ -512,24 +527,6 @@ class Backup:
                 f"removed. Free space there, lower {lower}, or set backup.directory to a larger disk"
             )
         return StorageError(f"writing the backup into {where} failed: {error.strerror or error}")
-
-    def _prune(self, bound: Any) -> None:
-        keep = self._config.backup.keep
-        try:
-            undelivered = self.outbox.undelivered()  # unread, nothing is removed
-            removed = self._directory.prune(keep, protect=undelivered)
-        except TgbackupdError as error:
-            bound.error("Could not remove old backups", error=self._text(error))
-            return
-        if removed:
-            bound.info("Removed old backups", removed=removed, keep=keep)
-        stored = len(self._directory.backups())
-        if stored > keep:
-            bound.warning(
-                f"Keeping {stored} backups, more than backup.keep ({keep}): those not yet delivered to "
-                "Telegram are never removed",
-                undelivered=sorted(undelivered),
-            )
 
     def _after_dump(
         self, bot: BotApi | None, made: _Made, base: dict[str, Any], began: float, bound: Any, stop: Stop

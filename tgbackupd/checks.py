@@ -170,7 +170,7 @@ def _telegram(config: Config) -> list[Check]:
     bot = BotApi(telegram.api_url, telegram.bot_token, timeout_s=min(telegram.timeout, 30), retries=1)
     checks: list[Check] = []
     try:
-        _ask_bot_api(bot, telegram.chat_id, checks)
+        _ask_bot_api(bot, telegram.chat_id, checks, telegram.delete_old)
         if telegram.commands and checks[0].ok:  # the token works: ask about its webhook
             checks.append(_webhook(bot))
     except TelegramUnreachable as error:
@@ -189,9 +189,10 @@ def _telegram(config: Config) -> list[Check]:
     return checks
 
 
-def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check]) -> None:
-    """Append the checks of the token, the chat and the bot's rights, up to the first the Bot API refuses.
-    Raise TelegramError when it does not answer, or not properly: that says nothing about the setup."""
+def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check], delete_old: bool = False) -> None:
+    """Append the checks of the token, the chat and the bot's rights (with `delete_old`, that of deleting
+    old backups), up to the first the Bot API refuses. Raise TelegramError when it does not answer, or not
+    properly: that says nothing about the setup."""
     try:
         me = bot.get_me()
     except TelegramRejected as error:
@@ -206,6 +207,8 @@ def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check]) -> None:
     title = chat.get("title") or chat.get("username") or chat_id
     checks.append(Check("chat", True, f"{chat.get('type')} {title!r} reached"))
     if chat.get("type") == "private":
+        if delete_old:
+            checks.append(_deleting(None))
         return
     try:
         member = bot.get_chat_member(chat_id, int(me["id"]))
@@ -220,6 +223,24 @@ def _ask_bot_api(bot: BotApi, chat_id: str, checks: list[Check]) -> None:
         )
         return
     checks.extend(_rights(chat.get("type"), member))
+    if delete_old:
+        checks.append(_deleting(member))
+
+
+def _deleting(member: dict[str, Any] | None) -> Check:
+    """Whether the bot may delete the old backups retention drops (telegram.delete_old): only with the
+    right to delete messages, since Telegram lets a bot delete its own messages for 48 hours only."""
+    if member is not None and (member.get("status") == "creator" or member.get("can_delete_messages")):
+        return Check("deleting old backups", True, "the bot may delete messages of any age")
+    where = "in a private chat a bot" if member is None else "without the right to delete messages the bot"
+    return Check(
+        "deleting old backups",
+        False,
+        f"telegram.delete_old is on, but {where} may delete its messages only within 48 hours of sending "
+        "them: older backups would stay in the chat",
+        'make the bot an administrator with the right to delete messages ("Delete messages of others" in '
+        "a channel), or set telegram.delete_old = false",
+    )
 
 
 def _webhook(bot: BotApi) -> Check:

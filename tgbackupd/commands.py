@@ -7,21 +7,28 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import structlog
+
 from . import __version__, messages
 from .checks import run_checks
-from .config import Config
+from .config import Config, KeepRules
 from .control import Peer, error_reply
-from .errors import Cancelled
+from .errors import Cancelled, StorageError
 from .figures import gather
 from .fleet import Fleet, Slot
+from .manifest import series_of
 from .outbox import Outbox
 from .reloading import ReloadRequests
+from .retention import Pruner, mark, rules_for
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
-from .storage import BackupDirectory
+from .storage import BackupDirectory, DirectoryBusy
+from .telegram import BotApi
 
-COMMANDS = ("status", "trigger", "list", "check", "reload", "drill")
+log = structlog.stdlib.get_logger("tgbackupd.retention")
+
+COMMANDS = ("status", "trigger", "list", "check", "reload", "drill", "prune")
 # How long `reload` waits for the main loop to make it (it reads the file and builds the new databases).
 RELOAD_WAIT_S = 60.0
 
@@ -114,13 +121,15 @@ class Commands:
             return self.reload(peer)
         if command == "list":
             return self.list_backups()
+        if command == "prune":
+            return self.prune(peer, dry_run=request.get("dry_run") is not False)
         return error_reply(
             "unknown_command", f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}"
         )
 
     def list_backups(self) -> dict[str, Any]:
         try:
-            return {"data": {"backups": listing(self._store, self._directory)}}
+            return {"data": {"backups": listing(self._store, self._directory, self._rules_of)}}
         except StateError as error:
             return error_reply("state_unreadable", str(error))
 
@@ -310,6 +319,77 @@ class Commands:
         except Cancelled as error:
             return error_reply("stopping", str(error))
 
+    def _rules_of(self, series: str) -> KeepRules:
+        return rules_for(self._config, series)
+
+    def prune(self, peer: Peer, dry_run: bool) -> dict[str, Any]:
+        """What retention removes from the backup directory now, series by series, and why each other
+        backup stays, and with telegram.delete_old whose parts it deletes from the chat; without
+        `dry_run`, do it as after a backup (and log it alike), under the directory's lock, unless a
+        backup is running (it prunes when it ends)."""
+        if not dry_run:
+            if not peer_may_trigger(peer, self._config.daemon.control_group):
+                return error_reply("permission_denied", self._refusal(peer, "remove backups"))
+            if self._runner.current is not None:
+                return error_reply(
+                    "busy", "a backup is running; it removes old backups itself when it ends: try again then"
+                )
+        chat_id = self._config.telegram.chat_id if self._config.telegram.delete_old else None
+        bot = self._fleet.first.open_bot() if chat_id and self._fleet and not dry_run else None
+        try:
+            return self._prune(dry_run, chat_id, bot)
+        finally:
+            if bot is not None:
+                bot.close()
+
+    def _prune(self, dry_run: bool, chat_id: str | None, bot: BotApi | None) -> dict[str, Any]:
+        try:
+            known = {series_of(row["name"]) for row in self._store.listing()}
+        except StateError as error:
+            return error_reply("state_unreadable", str(error))
+        known |= {series_of(backup.name) for backup in self._directory.every_backup()}
+        found = []
+        for series in sorted(known):
+            pruner = Pruner(
+                BackupDirectory(self._directory.path, series),
+                self._store,
+                self._rules_of(series),
+                self._config.secrets(),
+                chat_id=chat_id,
+            )
+            bound = log.bind(database=series)
+            try:
+                removed: list[str] = []
+                chat: list[str] = []
+                if dry_run:
+                    plan = pruner.plan()
+                    chat = pruner.chat_plan() if chat_id else []
+                else:
+                    plan, removed = pruner.apply()
+                    pruner.report(plan, removed, bound)
+                    if bot is not None and chat_id is not None:
+                        chat = pruner.prune_chat(bot, chat_id, bound)
+            except StateError as error:
+                return error_reply("state_unreadable", str(error))
+            except StorageError as error:  # busy (a `tgbackupd --once`), or a file that cannot be removed
+                return error_reply("busy" if isinstance(error, DirectoryBusy) else "prune_failed", str(error))
+            found.append(
+                {
+                    "series": series,
+                    "rules": pruner.rules.describe(),
+                    "backups": [
+                        {"name": verdict.name, **verdict.to_dict()}
+                        for verdict in plan.verdicts
+                        if verdict.name in plan.files
+                    ],
+                    "remove": plan.to_remove,
+                    "removed": removed,
+                    # Whose parts go from the chat (telegram.delete_old): would, or did (a refusal stops it).
+                    "chat_delete": chat,
+                }
+            )
+        return {"data": {"dry_run": dry_run, "series": found}}
+
     def _unknown(self, database: str) -> str:
         known = ", ".join(self._fleet.status(self._slot_next_run)) if self._fleet else ""
         return f"no database named {database!r} is backed up here" + (f" (known: {known})" if known else "")
@@ -329,10 +409,13 @@ class Commands:
         )
 
 
-def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any]]:
+def listing(
+    store: StateStore, directory: BackupDirectory, rules_of: Callable[[str], KeepRules | None]
+) -> list[dict[str, Any]]:
     """Every backup known here, newest first: those in the catalogue, with whether they are on this
     machine, and any other backup file in the directory, of any database (made before the catalogue
-    existed, or by the system tgbackupd replaces). Raise StateError if the catalogue cannot be read."""
+    existed, or by the system tgbackupd replaces); each file here with whether retention keeps it and
+    why, by its series' rules (`rules_of`). Raise StateError if the catalogue cannot be read."""
     rows = {row["name"]: row for row in store.listing()}
     for row in rows.values():
         row["local"] = directory.where_kept(
@@ -353,7 +436,9 @@ def listing(store: StateStore, directory: BackupDirectory) -> list[dict[str, Any
                 "warning": None,
                 "last_error": None,
             }
-    return sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
+    ordered = sorted(rows.values(), key=lambda row: backup_stamp(row["name"]), reverse=True)
+    mark(ordered, rules_of, store.undelivered())
+    return ordered
 
 
 def status_line(status: dict[str, Any]) -> str:

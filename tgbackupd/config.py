@@ -506,6 +506,15 @@ KEYS = (
         "ignored and logged. Required with commands = true.",
     ),
     _Key(
+        "telegram",
+        "delete_old",
+        _boolean,
+        False,
+        description="Retention in the chat too: the parts of the delivered backups the keep rules drop are "
+        "deleted from the chat (their manifests stay, as links of the chain). Needs the right to delete "
+        "messages for parts older than 48 hours.",
+    ),
+    _Key(
         "database",
         "url",
         _database_url,
@@ -653,6 +662,38 @@ KEYS = (
         description="How many of the newest backups to keep; older files of this naming pattern are "
         "removed, no other file is. 0 keeps none here: the directory is then only a spool of the parts "
         "Telegram does not have yet.",
+    ),
+    _Key(
+        "backup",
+        "keep_daily",
+        _integer(0, 10000, "a number of days (0: off)"),
+        0,
+        description="Also keep the newest backup of each of the last this many days that have one "
+        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+    ),
+    _Key(
+        "backup",
+        "keep_weekly",
+        _integer(0, 10000, "a number of weeks (0: off)"),
+        0,
+        description="Also keep the newest backup of each of the last this many ISO weeks that have one "
+        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+    ),
+    _Key(
+        "backup",
+        "keep_monthly",
+        _integer(0, 10000, "a number of months (0: off)"),
+        0,
+        description="Also keep the newest backup of each of the last this many months that have one "
+        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+    ),
+    _Key(
+        "backup",
+        "keep_yearly",
+        _integer(0, 10000, "a number of years (0: off)"),
+        0,
+        description="Also keep the newest backup of each of the last this many years that have one "
+        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
     ),
     _Key(
         "backup",
@@ -832,6 +873,10 @@ _ENTRY_BACKUP_KEYS = (
     "compression_threads",
     "hour",
     "minute",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
 )
 # The `monitoring` section's keys an entry of `[[databases]]` may set for itself: its own check at a
 # monitoring service. An entry that sets any of them takes none of the section's.
@@ -856,6 +901,7 @@ class TelegramConfig:
     # Answer /status, /backup, /list and /last_error from these Telegram users (telegram.commands).
     commands: bool = False
     admin_user_ids: tuple[int, ...] = ()
+    delete_old: bool = False  # retention also deletes from the chat the parts of the backups it drops
 
     @property
     def configured(self) -> bool:
@@ -904,6 +950,30 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class KeepRules:
+    """Which backups retention keeps (retention.py): the newest `last`, and the newest of each of the
+    newest `daily` days, `weekly` ISO weeks, `monthly` months and `yearly` years that have a backup, as
+    borg and restic count them; 0 turns a rule off."""
+
+    last: int
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+
+    @property
+    def only_last(self) -> bool:
+        """Whether "the newest `last`" is the only rule: what backup.keep alone always meant."""
+        return not (self.daily or self.weekly or self.monthly or self.yearly)
+
+    def describe(self) -> str:
+        """The rules as the configuration spells them: `keep = 7, keep_daily = 7, keep_monthly = 12`."""
+        counts = {"keep": self.last, "keep_daily": self.daily, "keep_weekly": self.weekly}
+        counts |= {"keep_monthly": self.monthly, "keep_yearly": self.yearly}
+        return ", ".join(f"{name} = {count}" for name, count in counts.items() if count or name == "keep")
+
+
+@dataclass(frozen=True)
 class BackupConfig:
     enabled: bool
     hour: int
@@ -920,6 +990,14 @@ class BackupConfig:
     catch_up: bool
     catch_up_delay_s: int
     timeout: int  # seconds a backup may take before its dump or verification is ended
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+    @property
+    def keep_rules(self) -> KeepRules:
+        return KeepRules(self.keep, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
 
     @property
     def keep_local(self) -> bool:
@@ -1098,6 +1176,9 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     directory = _backup_directory(values, environ)
     targets = tuple(_target(values, entry, label, directory, problems) for label, entry in entries)
     _check_prefixes(targets, problems)
+    if values["telegram.delete_old"]:
+        sections = _backup_config(values, directory, None).keep_rules
+        _check_chat_retention([(t.label, t.backup.keep_rules) for t in targets] or [("", sections)], problems)
     if problems:
         raise ConfigError(problems)
     if not targets:
@@ -1140,6 +1221,9 @@ class ClientConfig:
     backup_prefix: str | None  # None when no database is configured (a new machine)
     state_file: Path
     socket: Path
+    # The sections' retention rules, by which `list` marks what is kept when the daemon does not answer;
+    # None with `[[databases]]` entries, whose own rules it does not read (the daemon knows them).
+    keep_rules: KeepRules | None = None
 
     def secrets(self) -> list[str]:
         return secret_spellings(self.telegram.bot_token, self.database.password if self.database else None)
@@ -1187,6 +1271,10 @@ def _backup_config(values: dict[str, Any], directory: Path, prefix: str | None) 
         catch_up=values["backup.catch_up"],
         catch_up_delay_s=values["backup.catch_up_delay_s"],
         timeout=values["backup.timeout"],
+        keep_daily=values["backup.keep_daily"],
+        keep_weekly=values["backup.keep_weekly"],
+        keep_monthly=values["backup.keep_monthly"],
+        keep_yearly=values["backup.keep_yearly"],
     )
 
 
@@ -1347,6 +1435,19 @@ def _names_database(entry_values: dict[str, Any]) -> bool:
     return bool(url and _parse_database_url(url)["name"])
 
 
+def _check_chat_retention(rules: list[tuple[str, KeepRules]], problems: list[str]) -> None:
+    """telegram.delete_old with no rule (keep = 0 and no keep_daily, …) would delete the parts of every
+    backup but the newest from the chat: refused, as restic's forget refuses to run without a policy."""
+    for label, kept in rules:
+        if kept.only_last and kept.last == 0:
+            where = f" (for {label})" if label else ""
+            problems.append(
+                "telegram.delete_old = true with backup.keep = 0 and no keep_daily, keep_weekly, "
+                f"keep_monthly nor keep_yearly{where} would delete every backup but the newest from the "
+                "chat: set the rules that say what to keep there, or telegram.delete_old = false"
+            )
+
+
 def _check_prefixes(targets: tuple[Target, ...], problems: list[str]) -> None:
     """Two entries writing the same file names would prune and replace each other's backups; two entries
     for whole servers under one prefix would name the databases of both alike."""
@@ -1379,7 +1480,7 @@ def file_safe(name: str) -> str:
 
 
 def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> ClientConfig:
-    values, sources, problems, _, _ = _collect(path, environ)
+    values, sources, problems, _, document = _collect(path, environ)
     telegram = _telegram(values, sources, environ, problems)
     database = _resolve_database(values, problems, required=False)
     if problems:
@@ -1392,6 +1493,7 @@ def load_client_config(path: str | os.PathLike[str] | None, environ: Mapping[str
         backup_prefix=_backup_prefix(values, database),
         state_file=values["daemon.state_file"] or directory / STATE_FILE_NAME,
         socket=_socket(values, environ),
+        keep_rules=None if "databases" in document else _backup_config(values, directory, None).keep_rules,
     )
 
 
@@ -1488,6 +1590,7 @@ def _telegram(
         messages_per_minute=values["telegram.messages_per_minute"],
         commands=values["telegram.commands"],
         admin_user_ids=values["telegram.admin_user_ids"],
+        delete_old=values["telegram.delete_old"],
     )
 
 
@@ -1815,6 +1918,7 @@ def effective_config(config: Config) -> dict[str, Any]:
             "messages_per_minute": config.telegram.messages_per_minute,
             "commands": config.telegram.commands,
             "admin_user_ids": list(config.telegram.admin_user_ids),
+            "delete_old": config.telegram.delete_old,
         },
         "database": {
             "host": database.host,
@@ -1838,6 +1942,10 @@ def effective_config(config: Config) -> dict[str, Any]:
             "directory": str(config.backup.directory),
             "prefix": config.backup.prefix,
             "keep": config.backup.keep,
+            "keep_daily": config.backup.keep_daily,
+            "keep_weekly": config.backup.keep_weekly,
+            "keep_monthly": config.backup.keep_monthly,
+            "keep_yearly": config.backup.keep_yearly,
             "spool_parts": config.backup.spool_parts,
             "format": config.backup.dump_format,
             "compression": config.backup.compression.name,
@@ -1888,6 +1996,10 @@ def _effective_target(target: Target) -> dict[str, Any]:
         "compression_threads": backup.compression_threads,
         "hour": backup.hour,
         "minute": backup.minute,
+        "keep_daily": backup.keep_daily,
+        "keep_weekly": backup.keep_weekly,
+        "keep_monthly": backup.keep_monthly,
+        "keep_yearly": backup.keep_yearly,
         "all": target.all or None,
         "exclude": list(target.exclude) or None,
         "globals": target.globals or None,

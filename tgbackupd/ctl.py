@@ -57,7 +57,8 @@ EPILOG = f"""\
 exit status:
   0   success
   1   the backup failed (the reason is printed; it was also logged and sent to the chat); a check failed;
-      with several databases: any of them failed (each is named); drill: a restore drill failed
+      with several databases: any of them failed (each is named); drill: a restore drill failed; prune
+      could not remove a file or read the catalogue
   64  wrong usage; trigger/drill DBNAME names no database backed up (or drilled) here; restore --jobs
       with a plain backup (it applies to custom-format ones); restore/verify: the backup is encrypted
       and no --identity given, or age cannot use an --identity file (a public key, a damaged or empty
@@ -65,8 +66,8 @@ exit status:
   65  restore/verify: a part is missing or corrupt, the restore failed (and was rolled back; with
       --jobs, what was restored before the failure stays), or no --identity given can decrypt the backup
   69  tgbackupd is not running, or its socket is not where --socket says; Telegram unreachable
-  75  a backup or drill is already running (use trigger/drill --wait), tgbackupd is stopping, or it did
-      not answer in time (also: it stayed busy with other clients for 5 s)
+  75  a backup or drill is already running (use trigger/drill --wait; prune: try again when it ended),
+      tgbackupd is stopping, or it did not answer in time (also: it stayed busy with other clients for 5 s)
   77  permission denied: not root, nor the tgbackupd user, nor a member of the control group
   78  the configuration is invalid (reload: the new one was rejected, the running one stays), or restore
       does not know which database to restore into
@@ -134,6 +135,16 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--remote", action="store_true", help="walk the chain of manifests in the chat")
     listing.add_argument("--json", action="store_true", help="print JSON")
     _add_trust_options(listing)
+    prune = commands.add_parser(
+        "prune",
+        help="have the daemon remove the backups its retention rules drop now (--dry-run: only show them)",
+        description="Without --dry-run this removes, as the daemon does after each backup, the backup files "
+        "its retention rules (backup.keep, keep_daily, …) drop, and with telegram.delete_old their parts in "
+        "the chat; never one not yet delivered, nor the newest good one. It needs the daemon, which knows "
+        "each database's rules; refused while a backup runs.",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="show what would go and why each other stays")
+    prune.add_argument("--json", action="store_true", help="print the daemon's raw JSON reply")
     restore_parser = commands.add_parser(
         "restore",
         help="restore a backup into a database (or only reassemble it with --output)",
@@ -387,21 +398,72 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "No backups yet."
     lines = [
-        f"{'NAME':<48} {'DATABASE':<16} {'SIZE':>10} {'PARTS':>5}  {'LOCAL':<5}  {'TELEGRAM':<16} VERIFIED"
+        f"{'NAME':<48} {'DATABASE':<16} {'SIZE':>10} {'PARTS':>5}  {'LOCAL':<5}  {'TELEGRAM':<16} "
+        f"{'VERIFIED':<8}  KEPT"
     ]
     for row in rows:
         size = messages.human_size(row["size_bytes"]) if row.get("size_bytes") is not None else "?"
         telegram = row.get("delivery") or "unknown"
         if row.get("manifest_message_id"):
             telegram = f"{telegram} (#{row['manifest_message_id']})"
+        if row.get("parts_deleted_at"):  # retention deleted its parts from the chat; the manifest stays
+            message = row.get("manifest_message_id")
+            telegram = "manifest only" + (f" (#{message})" if message else "")
         verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
         local = {True: "yes", False: "no", None: "-"}.get(row.get("local"), str(row.get("local")))
         parts = row.get("parts") or "?"
         database = row.get("database") or "?"
         lines.append(
-            f"{row['name']:<48} {database:<16} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} {verified}"
+            f"{row['name']:<48} {database:<16} {size:>10} {parts:>5}  {local:<5}  {telegram:<16} "
+            f"{verified:<8}  {_kept(row)}"
         )
     return "\n".join(lines)
+
+
+def _kept(row: dict[str, Any]) -> str:
+    """The KEPT column: why retention keeps a file here, `drop` for one it removes next, `-` where nothing
+    here is up to it (no file here, or its rules are unknown)."""
+    if row.get("kept") is None:
+        return "-"
+    return ", ".join(row.get("kept_because") or ()) if row["kept"] else "drop"
+
+
+def render_prune(data: dict[str, Any]) -> str:
+    if not data["series"]:
+        return "No backup files here."
+    blocks = []
+    for series in data["series"]:
+        going = len(series["remove"] if data["dry_run"] else series["removed"])
+        did = "would remove" if data["dry_run"] else "removed"
+        lines = [f"{series['series']} ({series['rules']}): {did} {going}"]
+        for name in series.get("chat_delete", ()):
+            lines.append(
+                f"  {'chat' if data['dry_run'] else 'deleted':<7} {name}  (its parts, from the chat)"
+            )
+        for backup in series["backups"]:
+            if backup["kept"]:
+                lines.append(f"  keep    {backup['name']:<48} {', '.join(backup['kept_because'])}")
+            else:
+                gone = data["dry_run"] or backup["name"] in series["removed"]
+                lines.append(f"  {'remove' if gone else 'left':<7} {backup['name']}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    try:
+        reply = request(args.socket, {"command": "prune", "dry_run": args.dry_run}, timeout=60.0)
+    except DaemonNotRunning as error:
+        raise DaemonNotRunning(f"{error}. prune asks the daemon, which knows each database's rules") from None
+    if args.json:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    if "error" in reply:
+        if not args.json:
+            print(f"tgbackupctl: {reply['error'].get('message')}", file=sys.stderr)
+        return EXIT_REFUSED.get(reply["error"].get("code"), EXIT_BACKUP_FAILED)
+    if not args.json:
+        print(render_prune(reply["data"]))
+    return 0
 
 
 def _ask_daemon(args: argparse.Namespace) -> int:
@@ -522,7 +584,7 @@ def _list(args: argparse.Namespace) -> int:
                 # (unknown without the database's name, which may be in a file only the daemon reads)
                 # names no series that is listed alone.
                 directory = BackupDirectory(config.backup_directory, config.backup_prefix or "")
-                rows = listing(store, directory)
+                rows = listing(store, directory, lambda series: config.keep_rules)
             finally:
                 store.close()
     print(json.dumps(rows, indent=2) if args.json else render_listing(rows))
@@ -712,6 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drill": _ask_daemon,
         "check": _check,
         "list": _list,
+        "prune": _prune,
         "restore": _restore,
         "verify": _verify,
     }

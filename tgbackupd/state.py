@@ -27,7 +27,7 @@ from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part, series_of
 from .states import DeliveryState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
@@ -91,6 +91,9 @@ MIGRATIONS = (
     # databases of one name on two servers kept one result between them. Rows written before keep the
     # database's name, which is its prefix unless an entry set another.
     "ALTER TABLE results RENAME COLUMN database TO series",
+    # When retention (telegram.delete_old) removed a delivered backup's parts from the chat; its manifest
+    # stays there, a link of the chain to the older backups (NULL: its parts are in the chat).
+    "ALTER TABLE backups ADD COLUMN parts_deleted_at TEXT",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -515,6 +518,11 @@ class StateStore:
                 "INSERT OR REPLACE INTO results (series, result) VALUES (?, ?)", (key, json.dumps(result))
             )
 
+    def record_parts_deleted(self, name: str, when: str) -> None:
+        """Retention removed the parts of a delivered backup from the chat (its manifest stays there)."""
+        with self._writing(f"record that the parts of {name} were deleted from the chat") as connection:
+            connection.execute("UPDATE backups SET parts_deleted_at = ? WHERE name = ?", (when, name))
+
     def set_meta(self, key: str, value: str | None) -> None:
         with self._writing(f"record {key}") as connection:
             if value is None:
@@ -724,6 +732,7 @@ class StateStore:
                 "last_error": row["last_error"]
                 if row["delivery"] == DeliveryState.PENDING
                 else row["lost_reason"],
+                "parts_deleted_at": row["parts_deleted_at"],
             }
             for row in rows
         ]
@@ -777,7 +786,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
     previous = manifest.previous
     reference = entry.manifest_ref
     connection.execute(
-        f"INSERT INTO backups VALUES ({', '.join('?' * 27)})",
+        f"INSERT INTO backups VALUES ({', '.join('?' * 28)})",
         (
             manifest.name,
             stem(manifest.name),
@@ -806,6 +815,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
             entry.pin_error,
             entry.lost_reason,
             json.dumps(list(manifest.recipients)) if manifest.encrypted else None,
+            None,  # parts_deleted_at: a backup is recorded with its parts where they were sent
         ),
     )
     connection.executemany(

@@ -1,5 +1,6 @@
-"""The backup directory: names, files written under a temporary name and renamed into place, retention,
-and the spool of parts waiting for Telegram when backups are not kept here (backup.keep = 0)."""
+"""The backup directory: names, files written under a temporary name and renamed into place, removing
+the backups retention drops (retention.py decides which), and the spool of parts waiting for Telegram when
+backups are not kept here (backup.keep = 0)."""
 
 import contextlib
 import fcntl
@@ -7,7 +8,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,10 @@ class StoredBackup:
     name: str
     path: Path
     size_bytes: int
+
+
+class DirectoryBusy(StorageError):
+    """Another process (or job) holds the directory's lock: it is making a backup there right now."""
 
 
 def _describe(error: OSError) -> str:
@@ -106,7 +111,7 @@ class BackupDirectory:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StorageError(
+                raise DirectoryBusy(
                     f"another tgbackupd process is making a backup in {self.path} right now; "
                     "try again when it has finished"
                 ) from None
@@ -395,23 +400,22 @@ class BackupDirectory:
         ]
         return sorted(found, key=lambda backup: backup.name, reverse=True)
 
-    def prune(self, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
-        """Remove all but the newest `keep` backups (and their manifests), except those in `protect`
-        (not delivered yet); never touch any other file."""
+    def remove(self, names: Iterable[str]) -> list[str]:
+        """Remove these backups of this series (and their manifests), as retention decided; never touch any
+        other file. Return those removed (one already gone is not)."""
         removed = []
-        for backup in self.backups()[keep:]:
-            if backup.name in protect:
-                continue
+        for name in names:
+            if not self._pattern.match(name):
+                raise StorageError(f"{name!r} is not a backup of {self.prefix}; it is not removed")
+            path = self.path / name
             try:
-                backup.path.unlink()
-                (self.path / manifest_name(backup.name)).unlink(missing_ok=True)
+                path.unlink()
+                (self.path / manifest_name(name)).unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
             except OSError as error:
-                raise StorageError(
-                    f"cannot remove the old backup {backup.path}: {_describe(error)}"
-                ) from None
-            removed.append(backup.name)
+                raise StorageError(f"cannot remove the old backup {path}: {_describe(error)}") from None
+            removed.append(name)
         return removed
 
     def remove_leftovers(self, waiting: set[str] | frozenset[str]) -> list[str]:

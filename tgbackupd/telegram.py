@@ -52,7 +52,9 @@ MAX_RETRY_AFTER_S = 600
 LONG_POLL_MARGIN_S = 15
 _BODY_BLOCK_BYTES = 256 * 1024
 # What posts a message in a chat (or changes one), and so counts towards Telegram's limits for that chat.
-PACED_METHODS = frozenset({"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage"})
+PACED_METHODS = frozenset(
+    {"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage", "deleteMessage"}
+)
 PACING_WINDOW_S = 60.0
 
 
@@ -72,6 +74,11 @@ class TelegramTooLarge(TelegramRejected):
 
 class TelegramConflict(TelegramRejected):
     """409 from getUpdates: another program polls updates with this token, or a webhook is set."""
+
+
+class MessageNotDeletable(TelegramRejected):
+    """Telegram refused to delete a message (400 "message can't be deleted"): the bot lacks the right, or
+    the message is older than a bot may delete without it."""
 
 
 class TelegramUnreachable(TelegramError):
@@ -255,6 +262,18 @@ class BotApi:
     def pin_chat_message(self, chat_id: str, message_id: int) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "disable_notification": "true"}
         self._call("pinChatMessage", chat_id, lambda: {"data": fields}, self._attempts)
+
+    def delete_message(self, chat_id: str, message_id: int) -> bool:
+        """Delete one message of the chat: True when deleted, False when Telegram says it is not there
+        (deleted already). Raise MessageNotDeletable when Telegram refuses, TelegramError otherwise."""
+        fields = {"chat_id": chat_id, "message_id": str(message_id)}
+        try:
+            self._call("deleteMessage", chat_id, lambda: {"data": fields}, self._attempts)
+        except TelegramRejected as error:
+            if "message to delete not found" in str(error):
+                return False
+            raise
+        return True
 
     def get_chat(self, chat_id: str) -> dict[str, Any]:
         result = self._call("getChat", chat_id, lambda: {"data": {"chat_id": chat_id}}, self._attempts)
@@ -455,6 +474,14 @@ class BotApi:
             return TelegramRejected(
                 f"Telegram chat {chat_id} was not found ({status} {description}): check TELEGRAM_CHAT_ID "
                 "(a channel's id starts with -100) and that the bot was added to that chat"
+            )
+        if "message can't be deleted" in lowered:
+            return MessageNotDeletable(
+                f"Telegram refused to delete a message in chat {chat_id} ({status} {description}): a bot "
+                "may delete its own messages only within 48 hours of sending them, unless it is an "
+                'administrator with the right to delete messages ("Delete messages of others" in a '
+                'channel, "Delete messages" in a group); give the bot that right, or set '
+                "telegram.delete_old = false and delete old backups in the chat by hand"
             )
         if status == 403:
             return TelegramRejected(

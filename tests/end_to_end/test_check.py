@@ -114,3 +114,20 @@ def test_with_chat_commands_a_webhook_on_the_token_is_a_cross(tmp_path, make_dat
     assert failed.returncode == 1
     assert "✗ chat commands: the bot token has a webhook set" in failed.stdout
     assert "deleteWebhook" in failed.stdout and "hook-with-a-secret" not in failed.stdout
+
+
+def test_with_delete_old_the_right_to_delete_old_messages_is_checked(tmp_path, make_database, bot_api):
+    source = make_database(empty=True)
+    environment = base_environment(
+        tmp_path, source, **telegram_environment(bot_api), TGBACKUPD_TELEGRAM_DELETE_OLD="true"
+    )
+
+    allowed = run_tgbackupd(environment, "--check")
+    bot_api.state.can_delete_messages = False
+    refused = run_tgbackupd(environment, "--check")
+
+    assert allowed.returncode == 0, allowed.stdout
+    assert "✓ deleting old backups: the bot may delete messages of any age" in allowed.stdout
+    assert refused.returncode == 1
+    assert "✗ deleting old backups: telegram.delete_old is on, but without the right" in refused.stdout
+    assert "within 48 hours" in refused.stdout and "Delete messages of others" in refused.stdout

@@ -48,3 +48,39 @@ def test_list_without_the_daemon_nor_the_database_name_still_says_which_backups_
 
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["name"], row["local"], row["delivery"]) == (name, True, "local_only")
+
+
+def test_list_without_the_daemon_marks_by_the_sections_rules_and_not_by_guesses_for_entries(
+    tmp_path, monkeypatch, capsys
+):
+    store = open_store(tmp_path / ".tgbackupd-state.db").store
+    manifest = Manifest("x", "shop", "shop on db", "h", "2025-12-03T03:00:00+00:00", 1, "ab" * 32, ())
+    names = [f"shop_backup_2025120{day}_030000.sql.gz" for day in (1, 2, 3)]
+    for name in names:
+        store.add(
+            Entry(replace(manifest, name=name, parts=plan_parts(name, [(1, "ab" * 32)])), DeliveryState.SENT)
+        )
+        (tmp_path / name).write_bytes(b"x")
+    store.close()
+    monkeypatch.setenv("TGBACKUPD_BACKUP_DIRECTORY", str(tmp_path))
+    monkeypatch.setenv("TGBACKUPD_BACKUP_KEEP", "1")
+    monkeypatch.setenv("TGBACKUPD_BACKUP_KEEP_DAILY", "2")
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("TGBACKUPD_CONFIG", str(config))
+    config.write_text("")
+    socket = str(tmp_path / "no-daemon.sock")
+
+    assert ctl.main(["--socket", socket, "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["kept"], row["kept_because"]) for row in rows] == [
+        (True, ["last 1", "daily 2025-12-03", "newest good"]),
+        (True, ["daily 2025-12-02"]),
+        (False, []),
+    ]
+    assert ctl.main(["--socket", socket, "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("  drop")
+
+    config.write_text('[[databases]]\nname = "shop"\nkeep_daily = 3\n')  # the daemon knows its rules
+
+    assert ctl.main(["--socket", socket, "list", "--json"]) == 0
+    assert {row["kept"] for row in json.loads(capsys.readouterr().out)} == {None}

@@ -138,7 +138,7 @@ def test_encrypted_names_end_in_age_and_belong_to_the_same_series(tmp_path):
     directory = BackupDirectory(tmp_path, "shop", ".sql.gz.age")
     for name in ("shop_backup_20251201_030000.sql.gz", encrypted, "shop_backup_20251204_030000.sql.gz.age"):
         (tmp_path / name).write_bytes(b"x")
-    removed = directory.prune(2, protect=set())
+    removed = directory.remove([backup.name for backup in directory.backups()[2:]])
 
     assert removed == ["shop_backup_20251201_030000.sql.gz"]  # the oldest of the one series
     assert [backup.name for backup in directory.backups()] == [

@@ -39,7 +39,7 @@ def test_an_error_while_writing_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prune_keeps_the_newest_of_ours_and_nothing_else_is_touched(tmp_path):
+def test_removing_backups_removes_only_those_named_and_their_manifests(tmp_path):
     directory = BackupDirectory(tmp_path, "db")
     ours = [f"db_backup_2025120{day}_030000.sql.gz" for day in range(1, 10)]
     others = [
@@ -52,7 +52,7 @@ def test_prune_keeps_the_newest_of_ours_and_nothing_else_is_touched(tmp_path):
     for name in ours + others:
         (tmp_path / name).write_bytes(b"x")
 
-    removed = directory.prune(7)
+    removed = directory.remove([backup.name for backup in directory.backups()[7:]])
 
     assert removed == ["db_backup_20251202_030000.sql.gz", "db_backup_20251201_030000.sql.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ours[2:] + others)
@@ -166,7 +166,7 @@ def test_plain_and_custom_backups_of_a_prefix_are_one_series_whatever_their_comp
         (tmp_path / name).write_bytes(b"x")
     assert directory.keeps_whole("db_backup_20251203_030000")
 
-    removed = directory.prune(7)
+    removed = directory.remove([backup.name for backup in directory.backups()[7:]])
 
     assert removed == ours[1::-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*ours[2:], "db_backup_20250101_030000.dump"])
@@ -192,7 +192,7 @@ def test_series_sharing_the_directory_never_prune_nor_clean_up_each_others_files
         assert [backup.name for backup in directory.backups()] == [
             f"{prefix}_backup_2025120{day}_030000.sql.gz" for day in (3, 2, 1)
         ]
-        directory.prune(1)
+        directory.remove([backup.name for backup in directory.backups()[1:]])
         directory.remove_leftovers(frozenset())
 
         assert {path.name for path in tmp_path.iterdir()} == before - {
