@@ -57,8 +57,11 @@ class Fleet:
         cancel: threading.Event | None = None,
         bot_factory: Callable[[Config, threading.Event], BotApi | None] | None = None,
         events: Events | None = None,
+        drills: Drills | None = None,
     ) -> None:
-        """`directory` is the first entry's: its Backup holds the outbox (and the events) the others share."""
+        """`directory` is the first entry's: its Backup holds the outbox (and the events) the others share.
+        `drills`: the process's, kept across reloads (a drill running during one records into it, and the
+        new databases' status shows that), else one of this fleet's own."""
         self._config = config
         self._store = store
         self._clock = clock or Clock()
@@ -74,7 +77,7 @@ class Fleet:
             events=events,
         )
         self.events = self.first.events
-        self.drills = Drills(store, self.events, self._clock)
+        self.drills = drills or Drills(store, self.events, self._clock)
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
