@@ -16,7 +16,7 @@ from . import psql
 from .backup import Backup, BackupResult
 from .clock import Clock
 from .config import BackupConfig, Config, DatabaseConfig, Target, file_safe
-from .drilling import DrillResult, Drills
+from .drilling import ChatIndex, DrillResult, Drills
 from .errors import TgbackupdError
 from .events import Events
 from .runner import EVERY_DATABASE, Selection
@@ -139,21 +139,26 @@ class Fleet:
         if selection.database is None:
             self.drills.note_attempt()
         results: list[DrillResult] = []
-        for target in self._config.databases:
-            for prefix, backup, problem in self._jobs(target, selection.database):
-                if self.first.cancel.is_set():
-                    return results  # stopping: the rest wait for the next drill
-                if backup.globals_only:
-                    log.info(
-                        "No restore drill of a server's globals: restoring roles is no check", prefix=prefix
-                    )
-                    continue
-                self._slots[prefix] = slot_of(target)
-                self.current = backup
-                try:
-                    results.append(self.drills.run(backup, problem))
-                finally:
-                    self.current = None
+        chat = ChatIndex()  # the chain is read once for all of them
+        try:
+            for target in self._config.databases:
+                for prefix, backup, problem in self._jobs(target, selection.database):
+                    if self.first.cancel.is_set():
+                        return results  # stopping: the rest wait for the next drill
+                    if backup.globals_only:
+                        log.info(
+                            "No restore drill of a server's globals: restoring roles is no check",
+                            prefix=prefix,
+                        )
+                        continue
+                    self._slots[prefix] = slot_of(target)
+                    self.current = backup
+                    try:
+                        results.append(self.drills.run(backup, chat, problem))
+                    finally:
+                        self.current = None
+        finally:
+            chat.close()
         return results
 
     def status(self, next_run: Callable[[Slot], datetime | None]) -> dict[str, dict[str, Any]]:
