@@ -19,6 +19,7 @@ from .clock import Clock
 from .commands import Commands, status_line
 from .config import Config, load_config
 from .control import ControlServer
+from .drilling import Drills
 from .errors import TgbackupdError
 from .events import Events
 from .fleet import Fleet, Slot, first_directory
@@ -74,6 +75,8 @@ class Daemon:
         self._secrets = set(config.secrets())  # scrubbed from the log: the running ones and any before
         # One set of listeners for the process, replaced whole on reload.
         self._events = Events(listeners(config, store))
+        # One set of drill results for the process: a drill running during a reload records into it.
+        self._drills = Drills(store, self._events, self._clock)
         self._fleet = self._fleet_of(config, directory)
         self._backup = self._fleet.first
         self._outbox = self._backup.outbox
@@ -130,7 +133,13 @@ class Daemon:
 
     def _fleet_of(self, config: Config, directory: BackupDirectory) -> Fleet:
         return Fleet(
-            config, self._store, directory, clock=self._clock, cancel=self._cancel, events=self._events
+            config,
+            self._store,
+            directory,
+            clock=self._clock,
+            cancel=self._cancel,
+            events=self._events,
+            drills=self._drills,
         )
 
     def _reschedule(self, config: Config, fleet: Fleet) -> None:

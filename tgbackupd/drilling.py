@@ -9,6 +9,7 @@ import json
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from .backup import Backup
 from .clock import Clock
 from .errors import Cancelled, RestoreError, TgbackupdError, TimedOut
 from .events import Drilled, Events
-from .manifest import Manifest, series_of
+from .manifest import Manifest, ManifestRef, series_of
 from .progress import Progress
 from .redaction import scrub
 from .scheduling import DrillSchedule
@@ -139,9 +140,10 @@ class Drills:
         except StateError as error:
             log.warning("Could not record when the restore drills started", error=str(error))
 
-    def run(self, backup: Backup, problem: str | None = None) -> DrillResult:
-        """Drill the latest backup of `backup`'s series in the chat (or report `problem`, which kept it
-        from starting); never raises for an expected failure."""
+    def run(self, backup: Backup, chat: "ChatIndex", problem: str | None = None) -> DrillResult:
+        """Drill the latest backup of `backup`'s series in the chat, found in `chat` (this drill run's),
+        or report `problem`, which kept it from starting. Never raises: even a bug ends in a failed
+        result that is recorded, announced and told to the chat, and the next database is drilled."""
         config = backup.config
         started = self._clock.now()
         began = self._clock.monotonic()
@@ -149,10 +151,20 @@ class Drills:
         bound.info("Starting restore drill from the chat...")
         bot = backup.open_bot()
         try:
-            if problem is not None:
-                outcome: dict[str, Any] = {"error": problem}
-            else:
-                outcome = _drill(backup, bot, Stop(backup.cancel, config.backup.timeout, self._clock), bound)
+            try:
+                if problem is not None:
+                    outcome: dict[str, Any] = {"error": problem}
+                else:
+                    stop = Stop(backup.cancel, config.backup.timeout, self._clock)
+                    outcome = _drill(backup, bot, chat, stop, bound)
+            except Exception as error:  # a bug: this drill fails as itself, the others still run
+                bound.exception(
+                    "Restore drill crashed unexpectedly; please report this", error=type(error).__name__
+                )
+                outcome = {
+                    "error": f"internal error: {type(error).__name__}; the log has the details (please "
+                    "report it)"
+                }
             for key in ("error", "warning"):
                 if outcome.get(key) is not None:
                     outcome[key] = scrub(outcome[key], config.secrets())
@@ -212,7 +224,7 @@ class Drills:
             return None
 
 
-def _drill(backup: Backup, bot: BotApi | None, stop: Stop, bound: Any) -> dict[str, Any]:
+def _drill(backup: Backup, bot: BotApi | None, chat: "ChatIndex", stop: Stop, bound: Any) -> dict[str, Any]:
     """Download, restore, count, compare and drop: the DrillResult's fields that say how it went."""
     config = backup.config
     telegram = config.telegram
@@ -228,7 +240,7 @@ def _drill(backup: Backup, bot: BotApi | None, stop: Stop, bound: Any) -> dict[s
     outcome: dict[str, Any] = {}
     guard = _Guard(stop)
     try:
-        manifest = _latest_of(source, backup.prefix, telegram.chat_id)
+        manifest = chat.newest(backup, stop)
         outcome["file"] = manifest.name
         bound.info(f"Restore drill: downloading {manifest.name} from the chat", file=manifest.name)
         with tempfile.TemporaryDirectory(prefix="tgbackupd-drill-") as workdir:
@@ -246,9 +258,16 @@ def _drill(backup: Backup, bot: BotApi | None, stop: Stop, bound: Any) -> dict[s
             finally:
                 if checked.downloads is not None:  # before their directory goes, however it ended
                     checked.downloads.close()
-    except (TgbackupdError, TelegramError) as error:
-        reason = guard.reason or error
-        if isinstance(reason, TimedOut):
+    except (TgbackupdError, OSError) as error:
+        reason: BaseException = guard.reason or error
+        if isinstance(reason, OSError):
+            reason = RestoreError(
+                f"a disk error stopped the drill: {reason}. It downloads the backup to a temporary "
+                f"directory under {tempfile.gettempdir()}: make room there (about the backup's size), or "
+                "give tgbackupd a TMPDIR on a file system with space, and run "
+                f"`tgbackupctl drill {backup.prefix}` again"
+            )
+        elif isinstance(reason, TimedOut):
             reason = TimedOut(
                 f"the drill took longer than backup.timeout = {config.backup.timeout} s "
                 f"({duration_text(config.backup.timeout)}) and was stopped (a scratch database it made was "
@@ -273,17 +292,61 @@ def _drill(backup: Backup, bot: BotApi | None, stop: Stop, bound: Any) -> dict[s
     return outcome
 
 
-def _latest_of(source: restore.TelegramSource, prefix: str, chat_id: str) -> Manifest:
-    """The newest manifest of the series `prefix`, walking back from the pinned one."""
-    walked = 0
-    for manifest, _ in source.history():
-        walked += 1
-        if series_of(manifest.name) == prefix:
-            return manifest
-    raise RestoreError(
-        f"no backup of {prefix} is in chat {chat_id}: none among the {walked} manifest(s) reached from the "
-        "pinned one (was it never delivered, or was the pinned message changed?)"
-    )
+class ChatIndex:
+    """The newest manifest of each series in the chat, for one drill run. The chain is walked once, from
+    the pinned manifest back only as far as the series asked for so far, one step at a time under the
+    asking drill's Stop (backup.timeout, tgbackupd stopping): a series with nothing in the chat would
+    otherwise walk every manifest, thousands of requests for each database, while every backup waits."""
+
+    def __init__(self) -> None:
+        self._newest: dict[str, Manifest] = {}
+        self._walk: Iterator[tuple[Manifest, ManifestRef]] | None = None
+        self._bot: BotApi | None = None
+        self._walked = 0
+        self._ended = False
+        self._failure: TgbackupdError | None = None  # what ended the walk early: the same for every series
+
+    def newest(self, backup: Backup, stop: Stop) -> Manifest:
+        """The newest manifest of `backup`'s series (Telegram configured). Raise what `stop` says when the
+        drill must stop, RestoreError when the chain cannot be read or holds no backup of the series."""
+        prefix, chat_id = backup.prefix, backup.config.telegram.chat_id
+        while prefix not in self._newest and not self._ended:
+            if self._failure is not None:
+                raise self._failure
+            reason = stop.reason("nothing was restored")
+            if reason is not None:
+                raise reason
+            try:
+                step = next(self._steps(backup), None)
+            except TgbackupdError as error:
+                self._failure = error
+                raise
+            if step is None:
+                self._ended = True
+            else:
+                self._walked += 1
+                self._newest.setdefault(series_of(step[0].name), step[0])
+        if prefix in self._newest:
+            return self._newest[prefix]
+        raise RestoreError(
+            f"no backup of {prefix} is in chat {chat_id}: none among the {self._walked} manifest(s) reached "
+            "from the pinned one (was it never delivered, or was the pinned message changed?)"
+        )
+
+    def close(self) -> None:
+        if self._bot is not None:
+            self._bot.close()
+
+    def _steps(self, backup: Backup) -> Iterator[tuple[Manifest, ManifestRef]]:
+        """The walk, begun with a Bot API client of its own (each drill closes its own)."""
+        if self._walk is None:
+            telegram = backup.config.telegram
+            self._bot = backup.open_bot()
+            assert self._bot is not None and telegram.chat_id is not None and telegram.bot_token is not None
+            keyring = Keyring((ManifestKey.from_token(telegram.bot_token),))
+            source = restore.TelegramSource(self._bot, telegram.chat_id, keyring, Progress(io.StringIO()))
+            self._walk = source.history()
+        return self._walk
 
 
 class _Guard:

@@ -16,7 +16,7 @@ from . import psql
 from .backup import Backup, BackupResult
 from .clock import Clock
 from .config import BackupConfig, Config, DatabaseConfig, Target, file_safe
-from .drilling import DrillResult, Drills
+from .drilling import ChatIndex, DrillResult, Drills
 from .errors import TgbackupdError
 from .events import Events
 from .runner import EVERY_DATABASE, Selection
@@ -57,8 +57,11 @@ class Fleet:
         cancel: threading.Event | None = None,
         bot_factory: Callable[[Config, threading.Event], BotApi | None] | None = None,
         events: Events | None = None,
+        drills: Drills | None = None,
     ) -> None:
-        """`directory` is the first entry's: its Backup holds the outbox (and the events) the others share."""
+        """`directory` is the first entry's: its Backup holds the outbox (and the events) the others share.
+        `drills`: the process's, kept across reloads (a drill running during one records into it, and the
+        new databases' status shows that), else one of this fleet's own."""
         self._config = config
         self._store = store
         self._clock = clock or Clock()
@@ -74,7 +77,7 @@ class Fleet:
             events=events,
         )
         self.events = self.first.events
-        self.drills = Drills(store, self.events, self._clock)
+        self.drills = drills or Drills(store, self.events, self._clock)
         self._backups: dict[str, Backup] = {} if first.all else {first.backup.prefix: self.first}
         self._directories = {} if first.all else {first.backup.prefix: directory}
         self._slots: dict[str, Slot] = {}  # each series' schedule, by prefix
@@ -136,21 +139,26 @@ class Fleet:
         if selection.database is None:
             self.drills.note_attempt()
         results: list[DrillResult] = []
-        for target in self._config.databases:
-            for prefix, backup, problem in self._jobs(target, selection.database):
-                if self.first.cancel.is_set():
-                    return results  # stopping: the rest wait for the next drill
-                if backup.globals_only:
-                    log.info(
-                        "No restore drill of a server's globals: restoring roles is no check", prefix=prefix
-                    )
-                    continue
-                self._slots[prefix] = slot_of(target)
-                self.current = backup
-                try:
-                    results.append(self.drills.run(backup, problem))
-                finally:
-                    self.current = None
+        chat = ChatIndex()  # the chain is read once for all of them
+        try:
+            for target in self._config.databases:
+                for prefix, backup, problem in self._jobs(target, selection.database):
+                    if self.first.cancel.is_set():
+                        return results  # stopping: the rest wait for the next drill
+                    if backup.globals_only:
+                        log.info(
+                            "No restore drill of a server's globals: restoring roles is no check",
+                            prefix=prefix,
+                        )
+                        continue
+                    self._slots[prefix] = slot_of(target)
+                    self.current = backup
+                    try:
+                        results.append(self.drills.run(backup, chat, problem))
+                    finally:
+                        self.current = None
+        finally:
+            chat.close()
         return results
 
     def status(self, next_run: Callable[[Slot], datetime | None]) -> dict[str, dict[str, Any]]:

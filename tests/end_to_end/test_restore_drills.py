@@ -1,8 +1,11 @@
-"""Restore drills through the real daemon process: `tgbackupctl drill` over the control socket, and a
-scheduled drill missed while tgbackupd was down, caught up at start; each from the chat alone."""
+"""Restore drills through the real daemon process: `tgbackupctl drill` over the control socket, a drill's
+result kept through a reload made while it ran, and a scheduled drill missed while tgbackupd was down,
+caught up at start; each from the chat alone."""
 
 import json
 import sqlite3
+import threading
+import time
 
 from tests.conftest import run_tgbackupd
 from tests.end_to_end.conftest import events, status, wait_until
@@ -47,6 +50,39 @@ def test_tgbackupctl_drill_restores_from_the_chat_and_status_keeps_the_result(
     assert "Restore drill failed for 1 of 1: shop:" in failed.stderr and "SHA-256" in failed.stderr
     assert status(daemon)["databases"]["shop"]["last_drill"]["ok"] is False
     assert daemon.ctl("drill", "nosuchdb").returncode == 64
+    assert daemon.stop() == 0
+
+
+def test_a_drills_result_is_kept_when_the_configuration_is_reloaded_while_it_runs(
+    tmp_path, make_database, daemon_for, bot_api
+):
+    daemon = daemon_for(make_database(rows=ROWS), TGBACKUPD_BACKUP_PREFIX="shop")
+    assert daemon.ctl("trigger").returncode == 0
+    remove_local_backups(tmp_path / "backups")
+    passed = daemon.ctl("drill")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    file = status(daemon)["databases"]["shop"]["last_drill"]["file"]
+    damage_first_part(bot_api, file)  # the next drill fails
+    downloading = threading.Event()
+
+    def slowly(file_id: str) -> None:
+        downloading.set()
+        time.sleep(0.5)
+
+    bot_api.state.on_download = slowly
+    drilled: list = []
+    drill = threading.Thread(target=lambda: drilled.append(daemon.ctl("drill")))
+    drill.start()
+    assert downloading.wait(30)
+    reloaded = daemon.ctl("reload")  # while the drill runs
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    drill.join(60)
+    bot_api.state.on_download = None
+    assert drilled and drilled[0].returncode == 1, drilled and drilled[0].stderr
+    assert daemon.ctl("trigger").returncode == 0  # a job: the reloaded configuration's databases take over
+
+    last = status(daemon)["databases"]["shop"]["last_drill"]
+    assert last["ok"] is False and "SHA-256" in last["error"]
     assert daemon.stop() == 0
 
 

@@ -1,11 +1,13 @@
 """Restore drills against the real server and the Bot API stand-in: real backups delivered to the chat,
 then drilled from the chat alone (the local files are gone), counted and compared with what the
-verification counted when each backup was made; a part damaged in the chat fails the drill, and the
-chat, the log and status say why."""
+verification counted when each backup was made; a part damaged in the chat, a disk error or a bug fails
+the drill (and that one only), and the chat, the log and status say why; the chat is searched once per
+drill run, and no longer than backup.timeout."""
 
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from structlog.testing import capture_logs
 
 from tests.conftest import add_noise, base_environment, telegram_environment
 from tests.end_to_end.test_encryption import age_key
+from tgbackupd import drilling
 from tgbackupd.config import Config, load_config
 from tgbackupd.events import Drilled, Events, Listener
 from tgbackupd.fleet import Fleet
-from tgbackupd.runner import Selection
+from tgbackupd.runner import EVERY_DATABASE, Selection
 from tgbackupd.state import StateStore
 from tgbackupd.statefile import open_store
 from tgbackupd.states import Trigger
@@ -46,14 +49,45 @@ def configured(
     return load_config(None, base_environment(tmp_path, dbname, **telegram_environment(bot_api)))
 
 
+def two_databases(tmp_path: Path, make_database, bot_api) -> tuple[Config, StateStore]:
+    """Two series, `shop` and `depot`, in one chat; and the state store."""
+    shop, depot = make_database(rows=ROWS), make_database(rows=ROWS)
+    (tmp_path / "config.toml").write_text(
+        "[backup]\nverify_after = true\n\n"
+        f'[[databases]]\nname = "{shop}"\nprefix = "shop"\n\n'
+        f'[[databases]]\nname = "{depot}"\nprefix = "depot"\n'
+    )
+    config = load_config(None, base_environment(tmp_path, shop, **telegram_environment(bot_api)))
+    return config, open_store(config.daemon.state_file).store
+
+
+def hurried(config: Config, timeout: int) -> Config:
+    """`config` with backup.timeout = `timeout` for every entry."""
+    entries = [
+        dataclasses.replace(target, backup=dataclasses.replace(target.backup, timeout=timeout))
+        for target in config.databases
+    ]
+    return dataclasses.replace(config, databases=tuple(entries))
+
+
+def manifest_downloads(bot_api) -> int:
+    """How many times a manifest was downloaded from the stand-in."""
+    manifests = {
+        bot_api.state.messages[d.message_id]["document"]["file_id"]
+        for d in bot_api.documents()
+        if (d.file_name or "").endswith(".json")
+    }
+    return sum(1 for path in bot_api.state.requests if path.rsplit("/", 1)[-1] in manifests)
+
+
 def fleet_for(config: Config, store: StateStore, heard: Heard | None = None) -> Fleet:
     directory = BackupDirectory(config.backup.directory, config.backup.prefix, config.backup_suffix)
     return Fleet(config, store, directory, events=Events([heard] if heard else []))
 
 
-def backed_up(config: Config, store: StateStore) -> str:
+def backed_up(config: Config, store: StateStore, selection: Selection = EVERY_DATABASE) -> str:
     """Back up, deliver to the stand-in, and remove every local backup file: the drill has only the chat."""
-    results = fleet_for(config, store).run(Trigger.MANUAL)
+    results = fleet_for(config, store).run(Trigger.MANUAL, selection)
     assert all(result.succeeded for result in results), [result.error for result in results]
     for path in config.backup.directory.iterdir():
         if path.is_file() and "_backup_" in path.name:
@@ -206,11 +240,7 @@ def test_a_drill_past_backup_timeout_is_stopped_and_says_so(tmp_path, make_datab
     config = configured(tmp_path, make_database(rows=ROWS), bot_api)
     store = open_store(config.daemon.state_file).store
     backed_up(config, store)
-    hurried = [
-        dataclasses.replace(target, backup=dataclasses.replace(target.backup, timeout=1))
-        for target in config.databases
-    ]
-    config = dataclasses.replace(config, databases=tuple(hurried))
+    config = hurried(config, 1)
     bot_api.state.on_download = lambda file_id: time.sleep(2)  # a chat that answers slowly
 
     (result,) = fleet_for(config, store).drill()
@@ -243,4 +273,95 @@ def test_an_encrypted_custom_format_backup_in_several_parts_is_drilled_with_the_
     assert result.ok, result.error
     assert (result.file, result.tables, result.rows) == (name, 3, ROWS * 3 + 24)
     assert result.comparison is not None and result.comparison.startswith("the same as its verification")
+    store.close()
+
+
+def test_a_disk_error_fails_the_drill_saying_where_and_what_to_do_and_the_next_database_is_drilled(
+    tmp_path, make_database, bot_api, monkeypatch
+):
+    config, store = two_databases(tmp_path, make_database, bot_api)
+    backed_up(config, store)
+    gone = tmp_path / "no-such-directory"
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))  # where the drill downloads to, as TMPDIR sets it
+    heard = Heard()
+
+    results = fleet_for(config, store, heard).drill()
+
+    assert [(result.prefix, result.ok) for result in results] == [("shop", False), ("depot", False)]
+    for result in results:
+        assert result.error is not None and result.error.startswith(
+            "a disk error stopped the drill: [Errno 2] No such file or directory: "
+        )
+        assert f"It downloads the backup to a temporary directory under {gone}: make room" in result.error
+        assert f"run `tgbackupctl drill {result.prefix}` again" in result.error
+    assert [(event.prefix, event.error) for event in heard.heard] == [(r.prefix, r.error) for r in results]
+    assert [message.split(":")[0] for message in drill_messages(bot_api)] == ["❌ Restore drill FAILED"] * 2
+    stored = json.loads(store.meta("last_drills") or "{}")
+    assert {prefix: stored[prefix]["error"] for prefix in stored} == {r.prefix: r.error for r in results}
+    store.close()
+
+
+def test_a_drill_that_crashes_fails_as_itself_and_the_next_database_is_still_drilled(
+    tmp_path, make_database, bot_api, monkeypatch
+):
+    config, store = two_databases(tmp_path, make_database, bot_api)
+    backed_up(config, store)
+    real_drill = drilling._drill
+
+    def buggy(backup, *rest):
+        if backup.prefix == "shop":
+            raise ZeroDivisionError("a bug")  # no failure a real server can be made to cause
+        return real_drill(backup, *rest)
+
+    monkeypatch.setattr(drilling, "_drill", buggy)
+    heard = Heard()
+
+    with capture_logs() as logs:
+        shop, depot = fleet_for(config, store, heard).drill()
+
+    assert shop.prefix == "shop" and not shop.ok
+    assert shop.error == "internal error: ZeroDivisionError; the log has the details (please report it)"
+    assert depot.prefix == "depot" and depot.ok, depot.error
+    crashed = [entry for entry in logs if entry["event"].startswith("Restore drill crashed unexpectedly")]
+    assert len(crashed) == 1 and crashed[0]["prefix"] == "shop" and crashed[0]["exc_info"] is True
+    assert [(event.prefix, event.error) for event in heard.heard] == [("shop", shop.error), ("depot", None)]
+    failed, passed = drill_messages(bot_api)
+    assert failed.startswith("❌ Restore drill FAILED") and "internal error" in failed
+    assert passed.startswith("✅ Restore drill passed")
+    last = fleet_for(config, store).status(lambda slot: None)
+    assert (last["shop"]["last_drill"]["error"], last["depot"]["last_drill"]["ok"]) == (shop.error, True)
+    store.close()
+
+
+def test_the_chat_is_read_once_per_drill_run_and_a_series_not_in_it_says_so(tmp_path, make_database, bot_api):
+    config, store = two_databases(tmp_path, make_database, bot_api)
+    for _ in range(3):  # three backups of shop in the chat, none of depot
+        backed_up(config, store, Selection(database="shop"))
+    bot_api.state.requests.clear()
+
+    shop, depot = fleet_for(config, store).drill()
+
+    assert shop.ok, shop.error
+    assert depot.error == (
+        f"no backup of depot is in chat {config.telegram.chat_id}: none among the 3 manifest(s) reached from "
+        "the pinned one (was it never delivered, or was the pinned message changed?)"
+    )
+    assert [path for path in bot_api.state.requests if path.endswith("/getChat")] == [
+        f"/bot{config.telegram.bot_token}/getChat"
+    ]
+    assert manifest_downloads(bot_api) == 3, "each manifest is downloaded once"
+    store.close()
+
+
+def test_a_search_of_the_chat_past_backup_timeout_is_stopped_and_says_so(tmp_path, make_database, bot_api):
+    config, store = two_databases(tmp_path, make_database, bot_api)
+    for _ in range(4):  # four manifests of shop to walk through, looking for depot's
+        backed_up(config, store, Selection(database="shop"))
+    bot_api.state.requests.clear()
+    bot_api.state.on_download = lambda file_id: time.sleep(0.7)  # a chat that answers slowly
+
+    (depot,) = fleet_for(hurried(config, 1), store).drill(Selection(database="depot"))
+
+    assert (depot.error or "").startswith("the drill took longer than backup.timeout = 1 s"), depot.error
+    assert manifest_downloads(bot_api) < 4, "the walk stopped at the time limit"
     store.close()
