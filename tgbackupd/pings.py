@@ -188,8 +188,14 @@ class Pings(Listener):
 
     def _send_late(self, ping: Ping) -> None:
         """Send a ping made after `close`, in the caller's thread and once only (bounded by the timeout):
-        the worker is gone or going, and a dead-man check must not miss a backup for a reload."""
-        log.info("Monitoring ping made as a reload replaced the monitoring; sent at once", ping=ping.kind)
+        the worker is gone or going, and a dead-man check must not miss a backup for a reload. It goes
+        after what the worker still flushes (a start ping must not come after its success)."""
+        log.info(
+            "Monitoring ping made after a reload replaced the monitoring, or as tgbackupd stops: sent now",
+            ping=ping.kind,
+            database=ping.database,
+        )
+        self._worker.join(self._flush_s)
         with _new_session() as session:
             self._send(ping, session, attempts=1)
 
