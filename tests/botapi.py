@@ -79,6 +79,7 @@ class BotApiState:
     updates_changed: threading.Condition = field(default_factory=threading.Condition)
     webhook_url: str = ""
     polls: int = 0  # getUpdates requests so far: a newer one ends the one waiting
+    connections: int = 0  # open now: a client that keeps one after it is done leaks it
     closing: bool = False
 
 
@@ -101,6 +102,13 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body leave in two writes: without this, Nagle's algorithm holds the body until the
         # client's delayed ACK, 40 ms on every reply, which no real Bot API server adds.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.server.state.lock:
+            self.server.state.connections += 1
+
+    def finish(self) -> None:
+        with self.server.state.lock:
+            self.server.state.connections -= 1
+        super().finish()
 
     def do_GET(self) -> None:
         if self.path.startswith("/file/"):
@@ -545,6 +553,10 @@ class BotApiStandIn:
         with self.state.updates_changed:
             self.state.webhook_url = url
             self.state.updates_changed.notify_all()
+
+    def open_connections(self) -> int:
+        with self.state.lock:
+            return self.state.connections
 
     def pending_updates(self) -> list[int]:
         """The update_ids not confirmed yet (a getUpdates with a higher offset confirms them)."""

@@ -157,8 +157,11 @@ class ChatCommands:
         config: Config,
         commands: Commands,
         store: StateStore,
+        shutdown: threading.Event,
         clock: Clock | None = None,
     ) -> None:
+        """`shutdown`: set when tgbackupd stops. It alone cancels the answers: a reload that stops this
+        poller must not lose the result of a /backup still running, which is sent when it ends."""
         telegram = config.telegram
         # Its own: a reload that changes the Telegram settings stops this poller, the daemon running on.
         cancel = threading.Event()
@@ -179,10 +182,14 @@ class ChatCommands:
             telegram.bot_token,
             timeout_s=telegram.timeout,
             retries=2,
-            cancel=cancel,
+            cancel=shutdown,
             pacer=ChatPacer(telegram.messages_per_minute, self._clock),
         )
         self._replying = threading.Lock()
+        # Who may still answer through _reply_bot: the poller, and each /backup waiting for its result.
+        # The last to end closes it (a reload must not leak a connection to Telegram).
+        self._reply_users = 0
+        self._reply_users_lock = threading.Lock()
         self._bot_name: str | None = None
         self._state = "starting"
         self._problem: str | None = None
@@ -198,16 +205,19 @@ class ChatCommands:
         }
 
     def start(self) -> None:
+        self._use_reply_bot()
         self._thread.start()
 
     def stop(self) -> None:
         """Tell the poller to stop and wait for it a bounded while; a long poll in flight is left to end
-        on its own (what it fetched is not confirmed, so Telegram hands it out again)."""
+        on its own (what it fetched is not confirmed, so Telegram hands it out again), and the poller
+        then closes its connections. A /backup's result still comes when the backup ends."""
         self._cancel.set()
-        if self._thread.ident is not None:
-            self._thread.join(STOP_WAIT_S)
-        if not self._thread.is_alive():
+        if self._thread.ident is None:  # never started: nothing else will close them
             self._poll_bot.close()
+            self._reply_bot.close()
+        else:
+            self._thread.join(STOP_WAIT_S)
         self._state = "stopped"
 
     def _run(self) -> None:
@@ -219,6 +229,20 @@ class ChatCommands:
         except Exception as error:  # a bug here must not go unnoticed, nor take the daemon down
             log.exception("Chat commands stopped unexpectedly; please report", error=type(error).__name__)
             self._state, self._problem = "failed", f"internal error: {type(error).__name__}"
+        finally:
+            self._poll_bot.close()
+            self._release_reply_bot()
+
+    def _use_reply_bot(self) -> None:
+        with self._reply_users_lock:
+            self._reply_users += 1
+
+    def _release_reply_bot(self) -> None:
+        with self._reply_users_lock:
+            self._reply_users -= 1
+            last = self._reply_users == 0
+        if last:
+            self._reply_bot.close()
 
     def _prepare(self) -> bool:
         """Learn the bot's name (for /command@name) and make sure no webhook takes the updates; return
@@ -382,29 +406,39 @@ class ChatCommands:
         started = self._commands.start_manual(database)
         if not isinstance(started, RunningBackup):
             return f"Not started: {started['error']['message']}"
+        self._use_reply_bot()
         threading.Thread(
             target=self._report_result, args=(command, started, database), name="chat-backup", daemon=True
         ).start()
         return f"Backup of {database or 'every database'} started; the result follows when it ends."
 
     def _report_result(self, command: ChatCommand, running: RunningBackup, database: str | None) -> None:
-        running.done.wait()
-        reply = self._commands.outcome(running, database)
-        body = reply.get("data") or reply["error"]
-        backups, backup = body.get("backups"), body.get("backup")
-        details = render_backups(backups) if backups else render_backup(backup) if backup else ""
-        self._reply(command, body["message"] + (f"\n{details}" if details else ""))
+        try:
+            running.done.wait()
+            reply = self._commands.outcome(running, database)
+            body = reply.get("data") or reply["error"]
+            backups, backup = body.get("backups"), body.get("backup")
+            details = render_backups(backups) if backups else render_backup(backup) if backup else ""
+            self._reply(command, body["message"] + (f"\n{details}" if details else ""))
+        finally:
+            self._release_reply_bot()
 
     def _reply(self, command: ChatCommand, text: str) -> None:
         try:
             with self._replying:
                 self._reply_bot.send_message(str(command.chat_id), _fitted(text))
         except Cancelled:
-            pass
+            log.warning(
+                "Chat command's answer not sent: tgbackupd is stopping",
+                chat_id=command.chat_id,
+                command=command.word or "?",
+            )
         except TelegramError as error:
             log.warning("Chat command's answer could not be sent", chat_id=command.chat_id, error=str(error))
 
 
-def chat_commands_for(config: Config, commands: Commands, store: StateStore) -> ChatCommands | None:
+def chat_commands_for(
+    config: Config, commands: Commands, store: StateStore, shutdown: threading.Event
+) -> ChatCommands | None:
     """The poller the configuration asks for (telegram.commands), else None."""
-    return ChatCommands(config, commands, store) if config.telegram.commands else None
+    return ChatCommands(config, commands, store, shutdown) if config.telegram.commands else None

@@ -116,7 +116,7 @@ class Daemon:
             reloads=self._reloads,
         )
         # Commands in the chat (telegram.commands): a poller of its own, started and stopped with the daemon.
-        self._chat = chat_commands_for(config, self._commands, store)
+        self._chat = chat_commands_for(config, self._commands, store, self._cancel)
         self._control = ControlServer(
             config.daemon.socket, self._commands.handle, config.daemon.control_group
         )
@@ -236,7 +236,7 @@ class Daemon:
         for) polls with the new token, chat and admins."""
         if self._chat:
             self._chat.stop()
-        self._chat = chat_commands_for(config, self._commands, self._store)
+        self._chat = chat_commands_for(config, self._commands, self._store, self._cancel)
         if self._chat:
             self._chat.start()
 

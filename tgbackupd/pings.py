@@ -58,6 +58,15 @@ def urls_of(config: Config) -> Callable[[str], PingUrls]:
     return find
 
 
+def configured_series(config: Config) -> Callable[[str], bool]:
+    """Given the configuration, return whether a series (by prefix) is one of its own: an entry's fixed
+    prefix, or one an `all = true` entry's prefix begins (`<prefix><name>`). A series no longer configured
+    is none of the monitoring's business: its last failure must not hold back a check's success."""
+    fixed = set(config.fixed_prefixes())
+    found_by = [target.backup.prefix for target in config.databases if target.all]
+    return lambda prefix: prefix in fixed or any(prefix.startswith(begins) for begins in found_by)
+
+
 def failure_body(what: str, error: str | None) -> str:
     """What a failure ping says: what failed, then the error's last lines (the cause is at the end)."""
     heading = f"tgbackupd: {what}\n"
@@ -79,6 +88,7 @@ class Pings(Listener):
         store: StateStore,
         secrets: Iterable[str] = (),
         *,
+        configured: Callable[[str], bool],
         timeout_s: float = TIMEOUT_S,
         attempts: int = ATTEMPTS,
         backoff_s: float = BACKOFF_S,
@@ -93,20 +103,29 @@ class Pings(Listener):
         self._queue: queue.Queue[Ping | None] = queue.Queue(QUEUED_AT_MOST)
         self._abandon = threading.Event()
         self._failing: dict[PingUrls, set[str]] = {}
-        self._recall(store)
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = "tgbackupd"
+        self._recall(store, configured)
+        # Set by `close`: a ping made after it (a backup that heard these listeners as a reload replaced
+        # them) no longer goes to the worker, which is ending, but is sent at once.
+        self._closed = False
+        self._closing = threading.Lock()
+        self._session = _new_session()
         self._worker = threading.Thread(target=self._work, name="pings", daemon=True)
         self._worker.start()
 
-    def _recall(self, store: StateStore) -> None:
-        """The series whose last backup failed, from the store: a restart must not forget them."""
+    def _recall(self, store: StateStore, configured: Callable[[str], bool]) -> None:
+        """The configured series whose last backup failed, from the store: a restart must not forget
+        them. A series no longer configured (or a 0.1 row, by database name) is left out: nothing of it
+        would ever succeed again to release the check."""
         try:
             results = store.results_by_series()
-        except StateError:
-            return  # reported where the store is used; nothing is held back then
+        except (StateError, ValueError) as error:  # ValueError: a result that is no JSON
+            log.warning(
+                "Monitoring: the last results cannot be read; no earlier failure holds a success ping back",
+                error=str(error),
+            )
+            return
         for prefix, result in results.items():
-            if result.get("error"):
+            if result.get("error") and configured(prefix):
                 self._failing.setdefault(self._urls_of(prefix), set()).add(prefix)
 
     def started(self, event: Started) -> None:
@@ -145,6 +164,13 @@ class Pings(Listener):
             self._put(Ping("failure", prefix, urls.failure, scrub(body, self._secrets)))
 
     def _put(self, ping: Ping) -> None:
+        with self._closing:
+            if not self._closed:
+                self._queue_up(ping)
+                return
+        self._send_late(ping)
+
+    def _queue_up(self, ping: Ping) -> None:
         try:
             self._queue.put_nowait(ping)
         except queue.Full:
@@ -160,15 +186,30 @@ class Pings(Listener):
         while (ping := self._queue.get()) is not None:
             self._send(ping)
 
-    def _send(self, ping: Ping) -> None:
+    def _send_late(self, ping: Ping) -> None:
+        """Send a ping made after `close`, in the caller's thread and once only (bounded by the timeout):
+        the worker is gone or going, and a dead-man check must not miss a backup for a reload. It goes
+        after what the worker still flushes (a start ping must not come after its success)."""
+        log.info(
+            "Monitoring ping made after a reload replaced the monitoring, or as tgbackupd stops: sent now",
+            ping=ping.kind,
+            database=ping.database,
+        )
+        self._worker.join(self._flush_s)
+        with _new_session() as session:
+            self._send(ping, session, attempts=1)
+
+    def _send(self, ping: Ping, session: requests.Session | None = None, attempts: int | None = None) -> None:
         """Send one ping, trying again after a growing pause; log it if it never got through."""
+        session = session or self._session
+        attempts = attempts or self._attempts
         problem = ""
-        for attempt in range(1, self._attempts + 1):
+        for attempt in range(1, attempts + 1):
             try:
                 if ping.body:  # healthchecks.io keeps a POST's body and shows it with the failure
-                    response = self._session.post(ping.url, data=ping.body.encode(), timeout=self._timeout_s)
+                    response = session.post(ping.url, data=ping.body.encode(), timeout=self._timeout_s)
                 else:
-                    response = self._session.get(ping.url, timeout=self._timeout_s)
+                    response = session.get(ping.url, timeout=self._timeout_s)
                 response.close()
             except requests.RequestException as error:
                 secrets = [*self._secrets, *url_secrets([ping.url])]
@@ -178,7 +219,7 @@ class Pings(Listener):
                     log.debug("Monitoring ping sent", ping=ping.kind, database=ping.database)
                     return
                 problem = f"the service answered HTTP {response.status_code}"
-            if attempt < self._attempts and self._abandon.wait(self._backoff_s * 2 ** (attempt - 1)):
+            if attempt < attempts and self._abandon.wait(self._backoff_s * 2 ** (attempt - 1)):
                 break
         log.warning(
             "Monitoring ping failed",
@@ -193,6 +234,8 @@ class Pings(Listener):
         """Send what is queued, for at most FLUSH_S seconds (a backup's last ping must not be lost when
         `tgbackupd --once` ends); what is left then is logged, not sent."""
         deadline = time.monotonic() + self._flush_s
+        with self._closing:
+            self._closed = True
         try:
             self._queue.put(None, timeout=self._flush_s)
             queued_end = 1
@@ -208,3 +251,9 @@ class Pings(Listener):
             )
         else:
             self._session.close()
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = "tgbackupd"
+    return session

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
-from tests.end_to_end.conftest import events, status, wait_until
+from tests.end_to_end.conftest import events, fake_pg_dump, status, wait_until
 from tgbackupd.telegram import BotApi, TelegramConflict
 
 pytestmark = pytest.mark.skipif(shutil.which("pg_dump") is None, reason="needs pg_dump")
@@ -216,4 +216,28 @@ def test_a_second_poller_on_the_same_token_is_a_conflict_reported_until_it_goes(
     bot_api.write("/status", ADMIN)
     assert answers(bot_api, CHAT_ID, 1, timeout=40)[0].startswith("tgbackupd ")
     assert polling(daemon)
+    assert daemon.stop() == 0
+
+
+def test_a_backup_asked_for_in_the_chat_is_answered_after_a_reload_replaced_the_poller(
+    tmp_path, make_database, bot_api, daemon_for
+):
+    source = make_database(rows=5)
+    slow = fake_pg_dump(tmp_path, f'sleep 4\nexec {shutil.which("pg_dump")} "$@"')
+    config = tmp_path / "config.toml"
+    config.write_text("[telegram]\ntimeout = 40\n")
+    daemon = daemon_for(source, **COMMANDS_ON, TGBACKUPD_DATABASE_PG_DUMP=slow)
+    wait_until(lambda: polling(daemon))
+    bot_api.write("/backup", ADMIN)
+    answers(bot_api, CHAT_ID, 1)
+    assert status(daemon)["state"] == "running"
+
+    config.write_text("[telegram]\ntimeout = 41\n")  # a telegram.* key: the poller is replaced
+    reloaded = daemon.ctl("reload")
+    assert reloaded.returncode == 0 and "telegram.timeout" in reloaded.stdout, reloaded.stderr
+
+    result = answers(bot_api, CHAT_ID, 2, timeout=60)[1]
+    assert result.startswith("Manual backup completed successfully\nFile:")
+    bot_api.write("/status", ADMIN)  # the new poller answers
+    assert answers(bot_api, CHAT_ID, 3)[2].startswith("tgbackupd ")
     assert daemon.stop() == 0

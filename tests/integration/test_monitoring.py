@@ -19,7 +19,7 @@ from tgbackupd.backup import Backup
 from tgbackupd.config import Config, load_config
 from tgbackupd.events import Events
 from tgbackupd.integrations import listeners
-from tgbackupd.pings import FLUSH_S, Pings, urls_of
+from tgbackupd.pings import FLUSH_S, Pings, configured_series, urls_of
 from tgbackupd.recovery import prepare_state
 from tgbackupd.storage import BackupDirectory
 
@@ -130,7 +130,14 @@ def test_a_ping_that_keeps_failing_is_tried_again_and_logged_with_the_url_redact
     url = refused_url() + CHECK
     config = load_config(None, base_environment(tmp_path, source, TGBACKUPD_MONITORING_PING_URL=url))
     backup, _ = backup_heard(config)
-    pings = Pings(urls_of(config), backup.store, config.secrets(), timeout_s=1, backoff_s=0.05)
+    pings = Pings(
+        urls_of(config),
+        backup.store,
+        config.secrets(),
+        configured=configured_series(config),
+        timeout_s=1,
+        backoff_s=0.05,
+    )
     backup.events.replace([pings])
     with capture_logs() as logs:
         assert backup.run("manual").succeeded

@@ -2,15 +2,17 @@
 a command, what /last_error says, and the Bot API client's getUpdates and getWebhookInfo against the
 stand-in (a real HTTP server)."""
 
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
-from tgbackupd.chat_commands import ALLOWED_UPDATES, last_errors, parse_update
+from tgbackupd.chat_commands import ALLOWED_UPDATES, ChatCommands, last_errors, parse_update
 from tgbackupd.config import load_config
 from tgbackupd.errors import ConfigError
+from tgbackupd.statefile import open_store
 from tgbackupd.telegram import BotApi, TelegramConflict
 
 BASE = {
@@ -177,3 +179,33 @@ def test_a_webhook_is_told_by_get_webhook_info_and_makes_get_updates_a_conflict(
     message = str(raised.value)
     assert "409 Conflict: can't use getUpdates method while webhook is active" in message
     assert "another program polls getUpdates" in message and FAKE_TOKEN not in message
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_stopped_poller_closes_its_connections_once_its_long_poll_ends(tmp_path, stand_in):
+    environ = {
+        **BASE,
+        "TGBACKUPD_TELEGRAM_API_URL": stand_in.url,
+        "TGBACKUPD_TELEGRAM_COMMANDS": "true",
+        "TGBACKUPD_TELEGRAM_ADMIN_USER_IDS": "42",
+    }
+    config = load_config(None, environ)
+    opened = open_store(tmp_path / "state.db")
+    # An unknown command is answered without the daemon's Commands: none are needed here.
+    chat = ChatCommands(config, None, opened.store, threading.Event())  # type: ignore[arg-type]
+    chat.start()
+    stand_in.write("/frobnicate", 42)
+    wait_until(lambda: len(stand_in.messages()) == 1 and stand_in.state.polls >= 2)
+    assert stand_in.open_connections() == 2  # the long poll's, and the answers'
+
+    chat.stop()  # as a reload that changes telegram.* does; the long poll still waits
+    stand_in.write("/status", 42)  # ends it: the stopped poller neither answers nor confirms it
+    wait_until(lambda: stand_in.open_connections() == 0)
+    assert len(stand_in.messages()) == 1 and len(stand_in.pending_updates()) == 1
+    opened.store.close()

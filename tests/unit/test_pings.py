@@ -2,17 +2,18 @@
 database's success never hides another's failure on a shared check, and a drill's success is no
 backup's. Pings go to a real HTTP server on 127.0.0.1."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 import structlog
 
-from tests.monitoring_service import MonitoringService
+from tests.monitoring_service import MonitoringService, refused_url
 from tgbackupd.backup import BackupResult
 from tgbackupd.config import PingUrls, effective_config, load_config
 from tgbackupd.errors import ConfigError
 from tgbackupd.events import Drilled, Finished, Started
-from tgbackupd.pings import BODY_BYTES, Pings, failure_body, urls_of
+from tgbackupd.pings import BODY_BYTES, Pings, configured_series, failure_body, urls_of
 from tgbackupd.statefile import open_store
 from tgbackupd.states import Trigger
 
@@ -101,7 +102,7 @@ def store(tmp_path):
 def test_on_a_shared_check_a_success_is_held_back_until_every_database_that_failed_succeeds_again(store):
     with MonitoringService() as service:
         shared = PingUrls(success=service.url + "/ok", failure=service.url + "/fail")
-        pings = Pings(lambda prefix: shared, store)
+        pings = Pings(lambda prefix: shared, store, configured=lambda prefix: True)
         with structlog.testing.capture_logs() as logs:
             pings.failed(Finished("shop", result("shop", "pg_dump failed")))
             pings.succeeded(Finished("crm", result("crm")))
@@ -116,11 +117,65 @@ def test_a_failure_recorded_before_a_restart_still_holds_a_shared_success_back(s
     store.record_result(result("shop", "pg_dump failed").to_dict(), "shop")
     with MonitoringService() as service:
         shared = PingUrls(success=service.url + "/ok")
-        pings = Pings(lambda prefix: shared, store)
+        pings = Pings(lambda prefix: shared, store, configured=lambda prefix: True)
         pings.succeeded(Finished("crm", result("crm")))
         pings.close()
 
     assert service.received == []
+
+
+def test_only_configured_series_failed_before_a_restart_hold_a_shared_success_back(tmp_path, store):
+    with MonitoringService() as service:
+        config = load(
+            tmp_path,
+            f'[monitoring]\nping_success_url = "{service.url}/ok"\n'
+            '[[databases]]\nname = "shop"\n[[databases]]\nall = true\nprefix = "srv_"\n',
+        )
+        configured = configured_series(config)
+        assert configured("shop") and configured("srv_crm") and not configured("gone")
+        store.record_result(result("gone", "pg_dump failed").to_dict(), "gone")  # an entry since removed
+        pings = Pings(urls_of(config), store, configured=configured)
+        pings.succeeded(Finished("shop", result("shop")))
+        store.record_result(result("srv_crm", "pg_dump failed").to_dict(), "srv_crm")
+        restarted = Pings(urls_of(config), store, configured=configured)
+        restarted.succeeded(Finished("shop", result("shop")))  # held back: srv_crm failed last
+        restarted.succeeded(Finished("srv_crm", result("srv_crm")))
+        pings.close()
+        restarted.close()
+
+    assert service.pings() == [("GET", "/ok"), ("GET", "/ok")]
+
+
+def test_a_last_result_that_is_no_json_is_logged_and_holds_nothing_back(tmp_path, store):
+    store.record_result(result("shop", "pg_dump failed").to_dict(), "shop")
+    with sqlite3.connect(tmp_path / "state.db") as connection:
+        connection.execute("INSERT INTO results (series, result) VALUES ('crm', 'not json {')")
+    connection.close()
+    with MonitoringService() as service:
+        shared = PingUrls(success=service.url + "/ok")
+        with structlog.testing.capture_logs() as logs:
+            pings = Pings(lambda prefix: shared, store, configured=lambda prefix: True)
+            pings.succeeded(Finished("crm", result("crm")))
+            pings.close()
+
+    assert service.pings() == [("GET", "/ok")]
+    assert any("last results cannot be read" in entry["event"] for entry in logs)
+
+
+def test_a_ping_made_after_close_is_still_sent_or_logged(store):
+    with MonitoringService() as service:
+        urls = PingUrls(success=service.url + "/ok")
+        pings = Pings(lambda prefix: urls, store, configured=lambda prefix: True)
+        pings.close()  # a reload replaced these listeners as a backup was ending
+        pings.succeeded(Finished("shop", result("shop")))
+    assert service.pings() == [("GET", "/ok")]
+
+    refused = PingUrls(success=refused_url() + "/ok")
+    pings = Pings(lambda prefix: refused, store, configured=lambda prefix: True, timeout_s=1)
+    pings.close()
+    with structlog.testing.capture_logs() as logs:
+        pings.succeeded(Finished("shop", result("shop")))
+    assert [entry["ping"] for entry in logs if entry["event"] == "Monitoring ping failed"] == ["success"]
 
 
 def test_a_failed_drill_pings_failure_and_a_passing_one_pings_nothing(store):
@@ -128,7 +183,7 @@ def test_a_failed_drill_pings_failure_and_a_passing_one_pings_nothing(store):
         urls = PingUrls(
             start=service.url + "/start", success=service.url + "/ok", failure=service.url + "/fail"
         )
-        pings = Pings(lambda prefix: urls, store)
+        pings = Pings(lambda prefix: urls, store, configured=lambda prefix: True)
         pings.drilled(Drilled("shop", "shop_backup_x.sql.gz", "2026-12-03T04:00:00+00:00", 3.0, 2, 10))
         pings.drilled(Drilled("shop", None, "2026-12-03T04:00:00+00:00", 1.0, error="no backup in the chat"))
         pings.started(Started("shop", "shop", "shop on h", Trigger.MANUAL, "2026-12-03T05:00:00+00:00"))
