@@ -245,7 +245,7 @@ class Pings(Listener):
         if self._worker.is_alive():  # a daemon thread: it ends with the process, or at its next pause
             self._abandon.set()
             log.warning(
-                "Monitoring pings not sent: tgbackupd is stopping and the service does not answer",
+                "Monitoring pings not sent: tgbackupd is stopping and the service has not accepted them",
                 unsent=self._queue.qsize() - queued_end + 1,  # and the one being tried
                 waited_s=self._flush_s,
             )
