@@ -47,6 +47,8 @@ DELIVERY_WAIT_S = 300.0
 # A compressed dump is about a quarter of the database's size on the server (bench/speed.py: 862 MB on
 # disk, 212 MB as gzip -6): indexes and free space are not dumped, and compression does the rest.
 DATABASE_BYTES_PER_DUMP_BYTE = 4
+# How long a backup waits for the backup directory's lock another process holds (a prune: moments).
+DIRECTORY_WAIT_S = 30.0
 _START_EVENTS = {
     Trigger.SCHEDULED: "Starting automated database backup...",
     Trigger.CATCH_UP: "Starting automated database backup...",
@@ -315,7 +317,7 @@ class Backup:
         """Dump, compress and put the file in place, hashed in parts as it is written. Raise on any
         failure, having removed what it wrote."""
         self._directory.ensure()
-        with self._directory.lock():
+        with self._directory.lock(DIRECTORY_WAIT_S, self.cancel):
             for stale in self._directory.remove_leftovers(self.outbox.undelivered()):
                 bound.warning("Removed an unfinished backup file left by an interrupted run", file=stale)
             name = self._directory.unused_name(started, self.store.second_taken)

@@ -319,7 +319,7 @@ class Commands:
         except Cancelled as error:
             return error_reply("stopping", str(error))
 
-    def _rules_of(self, series: str) -> KeepRules:
+    def _rules_of(self, series: str) -> KeepRules | None:
         return rules_for(self._config, series)
 
     def prune(self, peer: Peer, dry_run: bool) -> dict[str, Any]:
@@ -350,10 +350,24 @@ class Commands:
         known |= {series_of(backup.name) for backup in self._directory.every_backup()}
         found = []
         for series in sorted(known):
+            rules = self._rules_of(series)
+            if rules is None:  # a renamed prefix's, a removed database's: not this configuration's to prune
+                found.append(
+                    {
+                        "series": series,
+                        "configured": False,
+                        "rules": None,
+                        "backups": [],
+                        "remove": [],
+                        "removed": [],
+                        "chat_delete": [],
+                    }
+                )
+                continue
             pruner = Pruner(
                 BackupDirectory(self._directory.path, series),
                 self._store,
-                self._rules_of(series),
+                rules,
                 self._config.secrets(),
                 chat_id=chat_id,
             )
@@ -376,6 +390,7 @@ class Commands:
             found.append(
                 {
                     "series": series,
+                    "configured": True,
                     "rules": pruner.rules.describe(),
                     "backups": [
                         {"name": verdict.name, **verdict.to_dict()}

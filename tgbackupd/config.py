@@ -669,7 +669,7 @@ KEYS = (
         _integer(0, 10000, "a number of days (0: off)"),
         0,
         description="Also keep the newest backup of each of the last this many days that have one "
-        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+        "(counted as restic counts them; 0: off). A backup is kept if any rule keeps it.",
     ),
     _Key(
         "backup",
@@ -677,7 +677,7 @@ KEYS = (
         _integer(0, 10000, "a number of weeks (0: off)"),
         0,
         description="Also keep the newest backup of each of the last this many ISO weeks that have one "
-        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+        "(counted as restic counts them; 0: off). A backup is kept if any rule keeps it.",
     ),
     _Key(
         "backup",
@@ -685,7 +685,7 @@ KEYS = (
         _integer(0, 10000, "a number of months (0: off)"),
         0,
         description="Also keep the newest backup of each of the last this many months that have one "
-        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+        "(counted as restic counts them; 0: off). A backup is kept if any rule keeps it.",
     ),
     _Key(
         "backup",
@@ -693,7 +693,7 @@ KEYS = (
         _integer(0, 10000, "a number of years (0: off)"),
         0,
         description="Also keep the newest backup of each of the last this many years that have one "
-        "(counted as borg and restic count them; 0: off). A backup is kept if any rule keeps it.",
+        "(counted as restic counts them; 0: off). A backup is kept if any rule keeps it.",
     ),
     _Key(
         "backup",
@@ -953,7 +953,7 @@ class DatabaseConfig:
 class KeepRules:
     """Which backups retention keeps (retention.py): the newest `last`, and the newest of each of the
     newest `daily` days, `weekly` ISO weeks, `monthly` months and `yearly` years that have a backup, as
-    borg and restic count them; 0 turns a rule off."""
+    restic counts them (each rule on its own); 0 turns a rule off."""
 
     last: int
     daily: int = 0

@@ -433,6 +433,9 @@ def render_prune(data: dict[str, Any]) -> str:
         return "No backup files here."
     blocks = []
     for series in data["series"]:
+        if series.get("configured") is False:
+            blocks.append(f"{series['series']}: not configured here: left alone")
+            continue
         going = len(series["remove"] if data["dry_run"] else series["removed"])
         did = "would remove" if data["dry_run"] else "removed"
         lines = [f"{series['series']} ({series['rules']}): {did} {going}"]
@@ -452,7 +455,8 @@ def render_prune(data: dict[str, Any]) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     try:
-        reply = request(args.socket, {"command": "prune", "dry_run": args.dry_run}, timeout=60.0)
+        # Deleting from the chat is paced (telegram.messages_per_minute): up to 50 messages in one run.
+        reply = request(args.socket, {"command": "prune", "dry_run": args.dry_run}, timeout=300.0)
     except DaemonNotRunning as error:
         raise DaemonNotRunning(f"{error}. prune asks the daemon, which knows each database's rules") from None
     if args.json:
@@ -582,9 +586,14 @@ def _list(args: argparse.Namespace) -> int:
             try:
                 # Every database's backup files are listed, whatever their prefix: the prefix given here
                 # (unknown without the database's name, which may be in a file only the daemon reads)
-                # names no series that is listed alone.
+                # names no series that is listed alone. Where it is known, another series is not this
+                # configuration's: it is not marked.
                 directory = BackupDirectory(config.backup_directory, config.backup_prefix or "")
-                rows = listing(store, directory, lambda series: config.keep_rules)
+                rows = listing(
+                    store,
+                    directory,
+                    lambda series: config.keep_rules if config.backup_prefix in (None, series) else None,
+                )
             finally:
                 store.close()
     print(json.dumps(rows, indent=2) if args.json else render_listing(rows))

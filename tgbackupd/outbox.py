@@ -242,7 +242,9 @@ class Outbox:
             if isinstance(error, Cancelled):
                 raise
             return self._postpone(entry, error, bound)
-        self._store.record_delivered(delivered.manifest, delivered.manifest_ref, delivered.pin_error)
+        self._store.record_delivered(
+            delivered.manifest, delivered.manifest_ref, delivered.pin_error, chat_id=chat_id
+        )
         if delivered.newest:
             self._note_newest(delivered.manifest_ref, bound)
         if entry.spooled:
@@ -320,7 +322,7 @@ class Outbox:
                     manifest.sha256,
                     manifest.size_bytes,
                 ):
-                    self._store.record_delivered(manifest, reference, None)
+                    self._store.record_delivered(manifest, reference, None, chat_id=chat_id)
                     unconfirmed.pop(manifest.name)
                 elif mode == CHAIN_HISTORY and manifest.name not in known:
                     found.append(Entry(manifest, DeliveryState.SENT, manifest_ref=reference))

@@ -1,8 +1,10 @@
 """Retention: which backups of a series stay, and why. The policy (`decide`) is pure: given the backups,
 each with when it was made and where it stands with Telegram, it says of each whether it is kept and by
-which rules, as borg and restic count them: the newest `keep`, and for each of the newest N days, ISO
-weeks, months and years that have a backup, the newest backup in it (local time, the time in the
-name). A backup is kept if any rule keeps it; one not yet delivered, and the newest good one, always.
+which rules, as restic counts them (each rule on its own): the newest `keep`, and for each of the newest N
+days, ISO weeks, months and years that have a backup, the newest backup in it (local time, the time in the
+name). A backup is kept if any rule keeps it; one not yet delivered, the newest good one, and the newest
+made (by the time with its UTC offset, where the catalogue knows it: a name's local time can go back at
+the end of summer time), always.
 
 The Pruner applies it after each delivery, and for `tgbackupctl prune`: to the backup directory, and with
 telegram.delete_old to the parts of delivered backups in the chat (their manifests stay: links of the
@@ -27,8 +29,14 @@ from .telegram import BotApi, MessageNotDeletable, TelegramError
 
 # Meta key: when the chat was told that Telegram refuses to delete old backups (absent: not told).
 _REFUSAL_TOLD = "chat_deletion_refused_told_at"
+# Meta key: how many dropped backups were last logged as left in the chat, not known to be in this chat.
+_UNKNOWN_CHAT_TOLD = "chat_deletion_unknown_chat_told"
 UNDELIVERED = "undelivered"
 NEWEST_GOOD = "newest good"
+NEWEST_MADE = "newest made"
+# At most this many messages are deleted from the chat per run (Telegram's pace makes each take seconds):
+# a first run over a year of history goes on at the next runs instead of holding up the backup.
+CHAT_DELETIONS_PER_RUN = 50
 _GOOD_DELIVERY = (DeliveryState.SENT, DeliveryState.LOCAL_ONLY)
 
 
@@ -37,12 +45,13 @@ class Candidate:
     """One backup retention judges: `made_at` is the local time of its name; `undelivered` while it waits
     in the outbox; `good` when it reached the chat (or was kept, Telegram not being configured), its
     verification did not fail and nothing flagged it (an empty or shrunken dump is not trusted to be the
-    one backup left)."""
+    one backup left). `created_at`: when it was made, with its UTC offset, where the catalogue knows it."""
 
     name: str
     made_at: datetime
     undelivered: bool = False
     good: bool = False
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,8 @@ class Verdict:
 
     @property
     def protected_only(self) -> bool:
-        """Kept only because it is not delivered yet or is the newest good one: beyond the rules."""
-        return self.kept and set(self.reasons) <= {UNDELIVERED, NEWEST_GOOD}
+        """Kept only because it is not delivered yet, or is the newest good or made: beyond the rules."""
+        return self.kept and set(self.reasons) <= {UNDELIVERED, NEWEST_GOOD, NEWEST_MADE}
 
     def to_dict(self) -> dict[str, Any]:
         return {"kept": self.kept, "kept_because": list(self.reasons)}
@@ -114,6 +123,11 @@ def decide(candidates: Iterable[Candidate], rules: KeepRules) -> list[Verdict]:
     newest_good = next((candidate for candidate in ordered if candidate.good), None)
     if newest_good is not None:
         reasons[newest_good.name].append(NEWEST_GOOD)
+    timed = [candidate for candidate in ordered if candidate.created_at is not None]
+    if timed:  # the name's local time may go back (end of summer time): the backup just made stays
+        newest_made = max(timed, key=lambda candidate: candidate.created_at or candidate.made_at)
+        if not reasons[newest_made.name]:
+            reasons[newest_made.name].append(NEWEST_MADE)
     return [Verdict(candidate.name, tuple(reasons[candidate.name])) for candidate in ordered]
 
 
@@ -123,6 +137,16 @@ def is_good(row: dict[str, Any]) -> bool:
     return (
         row.get("delivery") in _GOOD_DELIVERY and row.get("verified") is not False and not row.get("warning")
     )
+
+
+def _created_at(row: dict[str, Any] | None) -> datetime | None:
+    """When a catalogue row says its backup was made, if it says so with a UTC offset."""
+    value = (row or {}).get("created_at")
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
 
 
 def candidates(
@@ -149,8 +173,29 @@ def candidates(
             undelivered=name in undelivered
             or catalogue.get(name, {}).get("delivery") == DeliveryState.PENDING,
             good=name in catalogue and is_good(catalogue[name]),
+            created_at=_created_at(catalogue.get(name)),
         )
         for name in names
+    ]
+
+
+def in_chat(row: dict[str, Any], chat_id: str) -> bool:
+    """Whether a catalogue row's backup has its parts in the chat `chat_id`: delivered there, or delivered
+    before the chat was recorded (NULL), and not deleted since."""
+    return (
+        row.get("delivery") == DeliveryState.SENT
+        and not row.get("parts_deleted_at")
+        and row.get("chat_id") in (None, chat_id)
+    )
+
+
+def chat_candidates(catalogue: dict[str, dict[str, Any]], series: str, chat_id: str) -> list[Candidate]:
+    """The backups of `series` retention counts in the chat `chat_id`: only those whose parts are there
+    (one waiting for delivery, or kept here only, takes no place of one in the chat)."""
+    return [
+        Candidate(name, made_at(name), good=is_good(row), created_at=_created_at(row))
+        for name, row in catalogue.items()
+        if series_of(name) == series and in_chat(row, chat_id)
     ]
 
 
@@ -160,9 +205,10 @@ def local_rules(rules: KeepRules) -> KeepRules:
     return rules if rules.last > 0 else KeepRules(0)
 
 
-def rules_for(config: Config, series: str) -> KeepRules:
+def rules_for(config: Config, series: str) -> KeepRules | None:
     """The rules of a series: those of the `[[databases]]` entry whose prefix (or globals' prefix) it is,
-    else of the first entry backing up a whole server whose prefix begins its name, else the sections'."""
+    else of the first entry backing up a whole server whose prefix begins its name; None for a series no
+    entry names (a renamed prefix's, a removed database's): its backups are left alone."""
     for target in config.databases:
         if (not target.all and target.backup.prefix == series) or (
             target.globals and target.globals_prefix == series
@@ -171,7 +217,7 @@ def rules_for(config: Config, series: str) -> KeepRules:
     for target in config.databases:
         if target.all and series.startswith(target.backup.prefix):
             return target.backup.keep_rules
-    return config.backup.keep_rules
+    return None
 
 
 def mark(
@@ -274,18 +320,71 @@ class Pruner:
         self.report(plan, removed, log)
         return removed
 
-    def chat_plan(self) -> list[str]:
+    def chat_plan(self, log: Any = None) -> list[str]:
         """The delivered backups, newest first, whose parts retention deletes from the chat now (with
-        telegram.delete_old). Raise StateError if the catalogue cannot be read."""
+        telegram.delete_old): the rules count only the backups whose parts are in this chat, and only
+        those recorded as delivered to it are deleted (not those delivered before the chat was recorded:
+        they may be in a chat telegram.chat_id named before). With `log`, say once why those stay. Raise
+        StateError if the catalogue cannot be read."""
+        chat_id = self._chat_id or ""
         catalogue = {row["name"]: row for row in self._store.listing()}
-        verdicts = self._judge(self.chat_rules)
-        return [
-            verdict.name
-            for verdict in verdicts
-            if not verdict.kept
-            and catalogue.get(verdict.name, {}).get("delivery") == DeliveryState.SENT
-            and not catalogue[verdict.name].get("parts_deleted_at")
-        ]
+        verdicts = decide(chat_candidates(catalogue, self._directory.prefix, chat_id), self.chat_rules)
+        dropped = [verdict.name for verdict in verdicts if not verdict.kept]
+        unknown = [name for name in dropped if catalogue[name].get("chat_id") is None]
+        if log is not None:
+            self._tell_unknown_chat_once(unknown, log)
+        return [name for name in dropped if catalogue[name].get("chat_id") == chat_id]
+
+    def _tell_unknown_chat_once(self, unknown: list[str], log: Any) -> None:
+        """Log, when their number changes, the dropped backups left in the chat because the catalogue does
+        not say which chat they went to (delivered before tgbackupd recorded it)."""
+        key = f"{_UNKNOWN_CHAT_TOLD}:{self._directory.prefix}"
+        try:
+            if self._store.meta(key) == str(len(unknown)):
+                return
+            self._store.set_meta(key, str(len(unknown)))
+        except StateError:
+            return
+        if unknown:
+            log.warning(
+                "Not deleting old backups from the chat: the catalogue does not say which chat they were "
+                "delivered to (before tgbackupd recorded it), and telegram.chat_id may have named another "
+                "then; delete them by hand if they are in this chat",
+                backups=unknown,
+            )
+
+    def _chat_batch(self, doomed: list[str], log: Any) -> list[str]:
+        """Of the backups whose parts go from the chat, those deleted in this run: up to
+        CHAT_DELETIONS_PER_RUN messages (the rest go at the next runs, said in the log), and only those
+        whose every part's message is known (a backup imported from tgbackupd 0.1 may not say): the
+        others are left, and said. Raise StateError if the catalogue cannot be read."""
+        batch: list[str] = []
+        unknown: list[str] = []
+        messages_now = 0
+        for name in doomed:
+            entry = self._store.entry(name)
+            if entry is None or any(part.message_id is None for part in entry.manifest.parts):
+                unknown.append(name)
+                continue
+            if batch and messages_now + len(entry.manifest.parts) > CHAT_DELETIONS_PER_RUN:
+                break
+            batch.append(name)
+            messages_now += len(entry.manifest.parts)
+        if unknown:
+            log.warning(
+                "Not deleting old backups from the chat: the catalogue does not know the messages of "
+                "their parts; delete them by hand if they are there",
+                backups=unknown,
+            )
+        remaining = len(doomed) - len(batch) - len(unknown)
+        if remaining:
+            log.info(
+                f"Deleting at most {CHAT_DELETIONS_PER_RUN} messages from the chat per run; the other old "
+                "backups' parts go at the next runs",
+                deleting=len(batch),
+                remaining=remaining,
+            )
+        return batch
 
     def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
         """Delete from the chat the parts of the delivered backups the rules drop, newest first; return
@@ -294,7 +393,7 @@ class Pruner:
         the chat alone. The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the
         older ones alike): said in the log each time, and in the chat once until a deletion works again."""
         try:
-            doomed = self.chat_plan()
+            doomed = self._chat_batch(self.chat_plan(log), log)
         except TgbackupdError as error:
             log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
             return []

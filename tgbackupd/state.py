@@ -92,8 +92,9 @@ MIGRATIONS = (
     # database's name, which is its prefix unless an entry set another.
     "ALTER TABLE results RENAME COLUMN database TO series",
     # When retention (telegram.delete_old) removed a delivered backup's parts from the chat; its manifest
-    # stays there, a link of the chain to the older backups (NULL: its parts are in the chat).
-    "ALTER TABLE backups ADD COLUMN parts_deleted_at TEXT",
+    # stays there, a link of the chain to the older backups (NULL: its parts are in the chat). And the chat
+    # a backup was delivered to (NULL: delivered before it was recorded): retention deletes only from it.
+    "ALTER TABLE backups ADD COLUMN parts_deleted_at TEXT; ALTER TABLE backups ADD COLUMN chat_id TEXT",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -439,15 +440,22 @@ class StateStore:
             )
 
     def record_delivered(
-        self, manifest: Manifest, reference: ManifestRef, pin_error: str | None, attempts: int | None = None
+        self,
+        manifest: Manifest,
+        reference: ManifestRef,
+        pin_error: str | None,
+        attempts: int | None = None,
+        *,
+        chat_id: str | None = None,
     ) -> None:
-        """The backup's parts and manifest are in the chat, as `manifest` says (each part's message). When
-        the last result of its database is this backup's, waiting for delivery, it now says sent."""
+        """The backup's parts and manifest are in the chat `chat_id`, as `manifest` says (each part's
+        message). When the last result of its database is this backup's, waiting for delivery, it now
+        says sent."""
         with self._writing(f"record {manifest.name} as delivered") as connection:
             previous = manifest.previous
             connection.execute(
                 "UPDATE backups SET delivery = ?, manifest_message_id = ?, manifest_file_id = ?, "
-                "pin_error = ?, "
+                "pin_error = ?, chat_id = ?, "
                 "previous_name = ?, previous_message_id = ?, previous_file_id = ?, lost_reason = NULL "
                 "WHERE name = ?",
                 (
@@ -455,6 +463,7 @@ class StateStore:
                     reference.message_id,
                     reference.file_id,
                     pin_error,
+                    chat_id,
                     previous.name if previous else None,
                     previous.message_id if previous else None,
                     previous.file_id if previous else None,
@@ -716,6 +725,7 @@ class StateStore:
                 "SELECT backups.*, outbox.last_error FROM backups "
                 "LEFT JOIN outbox ON outbox.backup = backups.name ORDER BY stamp DESC, name DESC"
             ).fetchall()
+        columns = set(rows[0].keys()) if rows else set()
         return [
             {
                 "name": row["name"],
@@ -732,7 +742,9 @@ class StateStore:
                 "last_error": row["last_error"]
                 if row["delivery"] == DeliveryState.PENDING
                 else row["lost_reason"],
-                "parts_deleted_at": row["parts_deleted_at"],
+                # Columns of schema 4: a reader of an older store (tgbackupctl) finds none.
+                "parts_deleted_at": row["parts_deleted_at"] if "parts_deleted_at" in columns else None,
+                "chat_id": row["chat_id"] if "chat_id" in columns else None,
             }
             for row in rows
         ]
@@ -786,7 +798,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
     previous = manifest.previous
     reference = entry.manifest_ref
     connection.execute(
-        f"INSERT INTO backups VALUES ({', '.join('?' * 28)})",
+        f"INSERT INTO backups VALUES ({', '.join('?' * 29)})",
         (
             manifest.name,
             stem(manifest.name),
@@ -816,6 +828,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
             entry.lost_reason,
             json.dumps(list(manifest.recipients)) if manifest.encrypted else None,
             None,  # parts_deleted_at: a backup is recorded with its parts where they were sent
+            None,  # chat_id: recorded with its delivery
         ),
     )
     connection.executemany(

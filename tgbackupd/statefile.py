@@ -69,19 +69,29 @@ def open_store(path: Path, now: datetime | None = None) -> Opened:
 
 def _open_holding(path: Path, descriptor: int, moment: datetime) -> Opened:
     why = "created" if not path.exists() else "migrated from tgbackupd 0.1"
+    older = False
     try:
         if path.exists() and _legacy_source(path) is None:
-            store = _open_writable(path, descriptor)
+            store = _open_writable(path, descriptor, migrating=False)
             _finish_migration(store)
             return Opened(store)
+    except _OlderSchema as schema:
+        why, older = f"migrated from schema {schema.version}", True
     except Damaged as damage:
         why = f"moved aside ({damage})"
     except Foreign as foreign:
         raise _not_ours(path, foreign) from None
-    # The file must be made, imported or moved aside: only with no other process using it. Let go of the
-    # shared lock first, so that two processes starting at once do not wait for each other.
+    # The file must be made, migrated, imported or moved aside: only with no other process using it (an
+    # older tgbackupd still running would fail at its next write). Let go of the shared lock first, so that
+    # two processes starting at once do not wait for each other.
     fcntl.flock(descriptor, fcntl.LOCK_UN)
     if not wait_for_lock(descriptor, _OPEN_WAIT_S):
+        if older:
+            raise StateLocationError(
+                f"daemon.state_file = {path} must be {why} to this version's, but another tgbackupd (an "
+                f"older version?) has had the state file open for over {_OPEN_WAIT_S:g} s: restart it "
+                "(systemctl restart tgbackupd), and this one runs after"
+            )
         raise StateLocationError(
             f"daemon.state_file = {path} must be {why}, but another tgbackupd process has had it open for "
             f"over {_OPEN_WAIT_S:g} s: stop it (systemctl stop tgbackupd), then start again"
@@ -212,12 +222,23 @@ def _unusable(path: Path, error: sqlite3.Error) -> StateLocationError:
     return StateLocationError(f"daemon.state_file = {path} cannot be used: {explain(error)}")
 
 
-def _open_writable(path: Path, held: int) -> StateStore:
-    """The store at `path`, checked and brought to the current schema. Raise Damaged if it is damaged or
-    of a schema this version does not know, Foreign if it is someone else's database."""
+class _OlderSchema(Exception):
+    """The store is of an older schema: it is migrated only by a process that has it alone."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
+
+
+def _open_writable(path: Path, held: int, migrating: bool = True) -> StateStore:
+    """The store at `path`, checked and brought to the current schema (`migrating`: holding the lock
+    alone). Raise Damaged if it is damaged or of a schema this version does not know, Foreign if it is
+    someone else's database, _OlderSchema if it must be migrated and `migrating` is off."""
     connection = connect(str(path))
     try:
-        recognize(connection)  # before anything is written: someone else's database is left as it is
+        version = recognize(connection)  # before anything is written: another's database is left as it is
+        if version < SCHEMA_VERSION and not migrating:
+            raise _OlderSchema(version)
         problems = [row[0] for row in connection.execute("PRAGMA integrity_check(5)")]
         if problems != ["ok"]:
             raise Damaged(f"SQLite's integrity check failed: {'; '.join(problems)}")

@@ -3,11 +3,11 @@ the backups retention drops (retention.py decides which), and the spool of parts
 backups are not kept here (backup.keep = 0)."""
 
 import contextlib
-import fcntl
 import glob
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import StorageError
-from .files import FileSlice, open_for_reading, sync_directory, write_atomically
+from .files import FileSlice, open_for_reading, sync_directory, wait_for_lock, write_atomically
 from .formats import DUMP_EXTENSIONS, ENCRYPTED_SUFFIX, FORMATS, GZIP, SUFFIX_PATTERN, backup_suffix, stem
 from .manifest import PART_FILE, SUFFIX, Manifest, ManifestRef, Part, is_backup_name, manifest_name, part_name
 
@@ -100,21 +100,21 @@ class BackupDirectory:
             )
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, wait_s: float = 0.0, cancel: threading.Event | None = None) -> Iterator[None]:
         """Hold the directory's lock for one backup, so that a `tgbackupd --once` from cron and the
-        daemon never write into the same directory at once, and leftovers found under it are stale."""
+        daemon never write into the same directory at once, and leftovers found under it are stale.
+        Wait up to `wait_s` for another process to let go of it (a prune holds it for a moment). Raise
+        DirectoryBusy if it still holds it."""
         try:
             descriptor = os.open(self.path / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
         except OSError as error:
             raise StorageError(f"cannot create the lock file in {self.path}: {_describe(error)}") from None
         try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not wait_for_lock(descriptor, wait_s, cancel):
                 raise DirectoryBusy(
                     f"another tgbackupd process is making a backup in {self.path} right now; "
                     "try again when it has finished"
-                ) from None
+                )
             yield
         finally:
             os.close(descriptor)

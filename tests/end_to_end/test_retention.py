@@ -5,9 +5,10 @@ import json
 from dataclasses import replace
 from datetime import date, timedelta
 
+from tests.botapi import CHAT_ID
 from tests.conftest import base_environment, telegram_environment
 from tests.end_to_end.conftest import events
-from tgbackupd.manifest import Manifest, manifest_name, plan_parts
+from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
 from tgbackupd.state import Entry
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
@@ -20,9 +21,10 @@ def name_of(day: date) -> str:
     return f"shop_backup_{day:%Y%m%d}_030000.sql.gz"
 
 
-def history(tmp_path, newest: DeliveryState = DeliveryState.PENDING) -> list[str]:
-    """Two months of nights in the backup directory and the catalogue, all sent but the newest, which
-    waits for Telegram unless told otherwise (the chat is not configured: it stays in the outbox)."""
+def history(tmp_path, newest: DeliveryState = DeliveryState.PENDING, chat_id: str | None = None) -> list[str]:
+    """Two months of nights in the backup directory and the catalogue, all sent (to `chat_id`, recorded
+    as delivered there) but the newest, which waits for Telegram unless told otherwise (the chat is not
+    configured: it stays in the outbox)."""
     backups = tmp_path / "backups"
     backups.mkdir()
     store = open_store(tmp_path / "state.db").store
@@ -36,6 +38,9 @@ def history(tmp_path, newest: DeliveryState = DeliveryState.PENDING) -> list[str
         delivery = DeliveryState.SENT if night < NIGHTS - 1 else newest
         parts = tuple(replace(part, message_id=1000 + night) for part in plan_parts(name, [(4, "ab" * 32)]))
         store.add(Entry(replace(manifest, parts=parts), delivery))
+        if chat_id is not None and delivery == DeliveryState.SENT:
+            reference = ManifestRef(name, 2000 + night, f"manifest-{night}")
+            store.record_delivered(replace(manifest, parts=parts), reference, None, chat_id=chat_id)
         names.append(name)
     store.close()
     return names
@@ -115,7 +120,7 @@ def test_prune_without_the_daemon_says_that_it_needs_it(tmp_path, start_daemon):
 def test_with_delete_old_prune_shows_and_then_deletes_the_parts_of_what_goes_from_the_chat(
     tmp_path, start_daemon, bot_api
 ):
-    history(tmp_path, newest=DeliveryState.SENT)
+    history(tmp_path, newest=DeliveryState.SENT, chat_id=CHAT_ID)
     daemon = start(
         tmp_path, start_daemon, **telegram_environment(bot_api), TGBACKUPD_TELEGRAM_DELETE_OLD="true"
     )
@@ -131,8 +136,40 @@ def test_with_delete_old_prune_shows_and_then_deletes_the_parts_of_what_goes_fro
 
     assert pruned.returncode == 0, pruned.stderr
     (series,) = json.loads(pruned.stdout)["data"]["series"]
-    assert series["chat_delete"] == doomed
+    assert series["chat_delete"] == doomed[:50]  # at most 50 messages a run (one part each here)
+    (batch,) = [
+        event for event in events(daemon.log_text()) if event["event"].startswith("Deleting at most 50")
+    ]
+    assert (batch["deleting"], batch["remaining"]) == (50, NIGHTS - 4 - 50)
     # The stand-in never had these messages: "message to delete not found" is taken for gone.
+    assert sum("/deleteMessage" in request for request in bot_api.state.requests) == 50
+    again = daemon.ctl("prune", "--json")
+    (series,) = json.loads(again.stdout)["data"]["series"]
+    assert series["chat_delete"] == doomed[50:]  # the rest, at the next run
     assert sum("/deleteMessage" in request for request in bot_api.state.requests) == NIGHTS - 4
     listed = daemon.ctl("list").stdout
     assert listed.count("manifest only") == NIGHTS - 4
+
+
+def test_prune_and_list_leave_alone_a_series_no_entry_names(tmp_path, start_daemon):
+    history(tmp_path)
+    backups = tmp_path / "backups"
+    old = [
+        f"oldshop_backup_{date(2025, 1, 1) + timedelta(days=night):%Y%m%d}_030000.sql.gz"
+        for night in range(30)
+    ]
+    for name in old:  # an old prefix's archive, from before a rename
+        (backups / name).write_bytes(b"dump")
+    daemon = start(tmp_path, start_daemon)
+
+    listed = json.loads(daemon.ctl("list", "--json").stdout)
+    dry = daemon.ctl("prune", "--dry-run")
+    pruned = daemon.ctl("prune", "--json")
+
+    assert [row["kept"] for row in listed if row["name"].startswith("oldshop_")] == [None] * 30
+    assert "oldshop: not configured here: left alone" in dry.stdout.splitlines()
+    assert pruned.returncode == 0, pruned.stderr
+    by_series = {series["series"]: series for series in json.loads(pruned.stdout)["data"]["series"]}
+    assert by_series["oldshop"]["configured"] is False and by_series["oldshop"]["removed"] == []
+    assert len(by_series["shop"]["removed"]) == NIGHTS - 4
+    assert all((backups / name).exists() for name in old)

@@ -4,6 +4,7 @@ refusals (no right to delete, older than 48 hours) said plainly, in the chat onc
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -12,9 +13,15 @@ from structlog.testing import capture_logs
 from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
-from tests.integration.test_retention_directory import Nightly
-from tgbackupd.config import load_config
+from tests.integration.test_retention_directory import LOG, Nightly
+from tgbackupd.config import KeepRules, load_config
 from tgbackupd.errors import ConfigError
+from tgbackupd.manifest import Manifest, ManifestRef, plan_parts
+from tgbackupd.retention import Pruner
+from tgbackupd.state import Entry
+from tgbackupd.statefile import open_store
+from tgbackupd.states import DeliveryState
+from tgbackupd.storage import BackupDirectory
 from tgbackupd.telegram import BotApi, MessageNotDeletable
 
 # Sunday 29 November 2026 (ISO week 48), then Monday to Wednesday of week 49.
@@ -135,3 +142,122 @@ def test_delete_message_answers_as_telegram_does_deleted_gone_already_or_refused
     with pytest.raises(MessageNotDeletable, match=r"400 Bad Request: message can't be deleted.*48 hours"):
         bot.delete_message(CHAT_ID, third)
     assert bot_api.state.deleted == [first, second]
+
+
+OTHER_CHAT = "-100777"
+
+
+class Chat:
+    """A store, a backup directory and the stand-in's chats, with backups delivered as the outbox records
+    them: each part a real message in the chat it went to, and that chat recorded (or not: before it was)."""
+
+    def __init__(self, tmp_path, bot_api, rules: KeepRules) -> None:
+        bot_api.state.chats.add(OTHER_CHAT)
+        (tmp_path / "backups").mkdir()
+        self.bot_api = bot_api
+        self.bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+        self.store = open_store(tmp_path / "state.db").store
+        self.pruner = Pruner(
+            BackupDirectory(tmp_path / "backups", "shop"), self.store, rules, chat_id=CHAT_ID
+        )
+        self.parts: dict[str, list[int]] = {}
+
+    def delivered(self, day: int, to: str | None = CHAT_ID, parts: int = 1, known: bool = True) -> str:
+        """A backup of the night of `day` November delivered to `to` (None: before the chat was recorded;
+        `known` False: its parts' messages unknown, as 0.1 left some)."""
+        name = f"shop_backup_202611{day:02d}_030000.sql.gz"
+        manifest = self._manifest(name, parts)
+        self.store.add(Entry(manifest, DeliveryState.PENDING))
+        ids = [
+            self.bot.send_message(to or CHAT_ID, f"{name} part {index}").message_id for index in range(parts)
+        ]
+        self.parts[name] = ids
+        sent = tuple(
+            replace(part, message_id=ids[part.index - 1] if known or part.index > 1 else None, file_id="f")
+            for part in manifest.parts
+        )
+        reference = ManifestRef(name, self.bot.send_message(to or CHAT_ID, "manifest").message_id, "m")
+        self.store.record_delivered(replace(manifest, parts=sent), reference, None, chat_id=to)
+        return name
+
+    def pending(self, day: int) -> str:
+        name = f"shop_backup_202611{day:02d}_030000.sql.gz"
+        self.store.add(Entry(self._manifest(name, 1), DeliveryState.PENDING))
+        return name
+
+    @staticmethod
+    def _manifest(name: str, parts: int) -> Manifest:
+        planned = plan_parts(name, [(4, "ab" * 32)] * parts)
+        return Manifest(
+            name, "shop", "shop on db", "h", "2026-11-01T03:00:00+00:00", 4 * parts, "ab" * 32, planned
+        )
+
+    def deleted_from_chat(self) -> set[str]:
+        return {row["name"] for row in self.store.listing() if row["parts_deleted_at"]}
+
+
+def test_only_backups_recorded_as_delivered_to_the_current_chat_are_deleted_and_the_others_said_once(
+    tmp_path, bot_api
+):
+    chat = Chat(tmp_path, bot_api, KeepRules(1))
+    elsewhere = [chat.delivered(day, to=OTHER_CHAT) for day in (1, 2, 3)]  # telegram.chat_id named it then
+    unrecorded = [chat.delivered(day, to=None) for day in (4, 5)]  # delivered before the chat was recorded
+    here = [chat.delivered(day) for day in (6, 7, 8)]
+
+    with capture_logs() as logs:
+        deleted = chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+    with capture_logs() as again:
+        chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+
+    assert deleted == [here[1], here[0]]
+    assert sorted(bot_api.state.deleted) == sorted(chat.parts[here[0]] + chat.parts[here[1]])
+    assert chat.deleted_from_chat() == set(here[:2])
+    assert not any(chat.parts[name][0] in bot_api.state.deleted for name in elsewhere + unrecorded)
+    (told,) = [log for log in logs if "does not say which chat" in log["event"]]
+    assert told["backups"] == [unrecorded[1], unrecorded[0]]
+    assert not any("does not say which chat" in log["event"] for log in again)  # once, not every night
+
+
+def test_backups_waiting_for_telegram_take_no_place_of_those_in_the_chat(tmp_path, bot_api):
+    chat = Chat(tmp_path, bot_api, KeepRules(3))
+    sent = [chat.delivered(day) for day in range(1, 11)]
+    for day in (11, 12, 13):  # the uploads of three nights failed: they wait in the outbox
+        chat.pending(day)
+
+    chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+
+    assert chat.deleted_from_chat() == set(sent[:7])  # the chat keeps its 3 newest
+
+
+def test_a_backup_whose_parts_messages_are_unknown_is_left_in_the_chat_not_recorded_deleted(
+    tmp_path, bot_api
+):
+    chat = Chat(tmp_path, bot_api, KeepRules(1))
+    half_known = chat.delivered(1, parts=2, known=False)
+    whole = chat.delivered(2)
+    chat.delivered(3)
+
+    with capture_logs() as logs:
+        deleted = chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+
+    assert deleted == [whole] and chat.deleted_from_chat() == {whole}
+    assert not set(chat.parts[half_known]) & set(bot_api.state.deleted)
+    (told,) = [log for log in logs if "does not know the messages of their parts" in log["event"]]
+    assert told["backups"] == [half_known]
+
+
+def test_at_most_50_messages_are_deleted_a_run_and_the_rest_at_the_next(tmp_path, bot_api):
+    chat = Chat(tmp_path, bot_api, KeepRules(1))
+    doomed = [chat.delivered(day, parts=4) for day in range(1, 16)]  # 14 dropped, 56 messages
+    newest = doomed.pop()
+
+    with capture_logs() as logs:
+        first = chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+    deleted_first = len(bot_api.state.deleted)
+    second = chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
+
+    assert first == doomed[::-1][:12] and deleted_first == 48
+    (batch,) = [log for log in logs if log["event"].startswith("Deleting at most 50 messages")]
+    assert (batch["deleting"], batch["remaining"]) == (12, 2)
+    assert second == doomed[1::-1] and len(bot_api.state.deleted) == 56
+    assert newest not in chat.deleted_from_chat()

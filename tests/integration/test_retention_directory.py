@@ -2,6 +2,8 @@
 clock that moves a night at a time, pruned after each night as the daemon prunes after each backup."""
 
 import os
+import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -191,3 +193,27 @@ def test_with_more_rules_than_keep_the_warning_names_the_rules_and_what_outlives
         "delivered to Telegram, and the newest good one, are never removed"
     )
     assert warning["beyond_rules"] == [waiting]
+
+
+def test_a_backup_starting_while_a_prune_holds_the_directory_waits_for_it_instead_of_failing(
+    tmp_path, make_database
+):
+    source = make_database(empty=True)
+    (tmp_path / "backups").mkdir()
+    backup = backup_for(load_config(None, base_environment(tmp_path, source)))
+    held = threading.Event()
+
+    def prune_elsewhere() -> None:  # `tgbackupctl prune` in the daemon, or a `tgbackupd --once` pruning
+        with BackupDirectory(tmp_path / "backups", source).lock():
+            held.set()
+            time.sleep(1.5)
+
+    pruning = threading.Thread(target=prune_elsewhere)
+    pruning.start()
+    held.wait(5)
+    began = time.monotonic()
+    result = backup.run("manual")
+    pruning.join()
+
+    assert result.succeeded, result.error
+    assert time.monotonic() - began >= 1.0  # it waited for the lock

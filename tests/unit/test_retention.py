@@ -6,7 +6,17 @@ import pytest
 
 from tgbackupd.config import KeepRules, load_config
 from tgbackupd.errors import ConfigError
-from tgbackupd.retention import NEWEST_GOOD, UNDELIVERED, Candidate, decide, made_at, rules_for
+from tgbackupd.retention import (
+    NEWEST_GOOD,
+    NEWEST_MADE,
+    UNDELIVERED,
+    Candidate,
+    candidates,
+    decide,
+    made_at,
+    rules_for,
+)
+from tgbackupd.states import DeliveryState
 
 
 def nights(
@@ -110,6 +120,24 @@ def test_undelivered_backups_and_the_newest_good_one_stay_whatever_the_rules():
     assert [verdict.protected_only for verdict in verdicts if verdict.kept] == [False, False, True, True]
 
 
+def test_a_backup_made_after_summer_time_ended_stays_though_its_name_says_earlier():
+    # Berlin, 25 October 2026: the scheduled backup at 02:45 CEST, then a manual one at 02:15 CET, after
+    # the clocks went back from 03:00 to 02:00: made half an hour later, named half an hour earlier.
+    scheduled, manual = "shop_backup_20261025_024500.sql.gz", "shop_backup_20261025_021500.sql.gz"
+    catalogue = {
+        scheduled: {"delivery": DeliveryState.SENT, "created_at": "2026-10-25T02:45:00+02:00"},
+        manual: {"delivery": DeliveryState.SENT, "created_at": "2026-10-25T02:15:00+01:00"},
+    }
+
+    verdicts = {
+        verdict.name: verdict
+        for verdict in decide(candidates([scheduled, manual], catalogue, "shop", set()), KeepRules(1))
+    }
+
+    assert verdicts[manual].reasons == (NEWEST_MADE,) and verdicts[manual].protected_only
+    assert verdicts[scheduled].kept  # by keep = 1, as the names order them
+
+
 def test_nothing_at_all_is_kept_only_where_nothing_is_good_nor_waiting_and_no_rule_is_on():
     history = [Candidate(c.name, c.made_at) for c in nights(date(2026, 12, 1), date(2026, 12, 3))]
 
@@ -150,7 +178,7 @@ def test_each_database_entry_may_set_its_own_rules_and_each_series_gets_its_entr
     assert rules_for(config, "shop") == KeepRules(last=5, daily=7, weekly=4, monthly=12)
     assert rules_for(config, "shop_globals") == KeepRules(last=5, daily=7, weekly=4, monthly=12)
     assert rules_for(config, "db2_billing") == KeepRules(last=5, weekly=4, yearly=3)
-    assert rules_for(config, "elsewhere") == KeepRules(last=5, daily=7, weekly=4)
+    assert rules_for(config, "elsewhere") is None  # no entry names it: left alone, not pruned
     assert KeepRules(last=5, weekly=4, yearly=3).describe() == "keep = 5, keep_weekly = 4, keep_yearly = 3"
 
 

@@ -1,6 +1,7 @@
 """The state store on its own: rows in and out, one transaction per change, shared by two processes, a
 location it cannot use refused with what to do, damage moved aside, 0.1's JSON imported. No PostgreSQL."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -708,3 +709,54 @@ def test_a_chat_that_cannot_be_read_after_a_rebuild_backs_the_outbox_off_instead
 
     assert outbox.drain(Unreachable(), threading.Event()).sent == 0
     assert not outbox.is_due() and "could not connect" in outbox.last_error
+
+
+def _schema_3_store(path: Path) -> None:
+    """A store as tgbackupd before schema 4 left it, with one delivered backup."""
+    connection = sqlite3.connect(path)
+    connection.executescript(f"{MIGRATIONS[0]}; {MIGRATIONS[1]}; {MIGRATIONS[2]}; PRAGMA user_version = 3;")
+    name = "shop_backup_20251203_030000.sql.gz"
+    made = (
+        name,
+        "shop_backup_20251203_030000",
+        "20251203_030000",
+        "shop",
+        "h",
+        "host",
+        "2025-12-03T03:00:00Z",
+    )
+    content = (4, "ab" * 32, "plain", "gzip", None, 1, None, None, None, None, None, None, 0, "[]")
+    delivered = ("sent", 7, "m-7", None, None, None)
+    connection.execute(f"INSERT INTO backups VALUES ({', '.join('?' * 27)})", (*made, *content, *delivered))
+    connection.commit()
+    connection.close()
+
+
+def test_tgbackupctl_lists_a_store_of_schema_3_that_the_daemon_has_not_migrated_yet(tmp_path):
+    _schema_3_store(tmp_path / "state.db")
+
+    (row,) = open_reader(tmp_path / "state.db").listing()
+
+    assert (row["delivery"], row["parts_deleted_at"], row["chat_id"]) == ("sent", None, None)
+
+
+def test_a_store_of_an_older_schema_is_migrated_only_once_no_older_tgbackupd_has_it_open(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(statefile, "_OPEN_WAIT_S", 0.5)
+    path = tmp_path / "state.db"
+    _schema_3_store(path)
+    old_daemon = os.open(tmp_path / ".state.db.lock", os.O_RDWR | os.O_CREAT)  # held shared, as any does
+    fcntl.flock(old_daemon, fcntl.LOCK_SH)
+
+    with pytest.raises(
+        StateLocationError, match=r"another tgbackupd \(an older version\?\) has had the state"
+    ):
+        open_store(path)
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 3  # the old one goes on writing it
+    connection.close()
+    os.close(old_daemon)  # it was restarted
+    store = open_store(path).store
+    assert store.listing()[0]["chat_id"] is None
+    assert store._connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
