@@ -19,7 +19,7 @@ from .fleet import Fleet, Slot
 from .manifest import series_of
 from .outbox import Outbox
 from .reloading import ReloadRequests
-from .retention import Pruner, mark, rules_for
+from .retention import Pruner, manifest_key, mark, rules_for
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
@@ -356,6 +356,7 @@ class Commands:
                 self._rules_of(series),
                 self._config.secrets(),
                 chat_id=chat_id,
+                key=manifest_key(self._config),
             )
             bound = log.bind(database=series)
             try:

@@ -5,12 +5,13 @@ weeks, months and years that have a backup, the newest backup in it (local time,
 name). A backup is kept if any rule keeps it; one not yet delivered, and the newest good one, always.
 
 The Pruner applies it after each delivery, and for `tgbackupctl prune`: to the backup directory, and with
-telegram.delete_old to the parts of delivered backups in the chat (their manifests stay: links of the
-chain that restore walks from the chat alone)."""
+telegram.delete_old to the messages of delivered backups in the chat: their parts, and their manifest once
+the later manifest that named it skips it (the chain that restore walks from the chat alone stays whole)."""
 
 import socket
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,18 +19,28 @@ from . import messages
 from .clock import Clock
 from .config import Config, KeepRules
 from .errors import Cancelled, TgbackupdError
-from .manifest import series_of
+from .files import FileSlice, write_atomically
+from .manifest import Manifest, ManifestRef, series_of
 from .redaction import scrub
-from .state import StateError, StateStore, backup_stamp
+from .signing import ManifestKey, signed_json
+from .state import Entry, StateError, StateStore, backup_stamp
 from .states import DeliveryState
 from .storage import BackupDirectory, DirectoryBusy
-from .telegram import BotApi, MessageNotDeletable, TelegramError
+from .telegram import BotApi, MessageNotDeletable, TelegramError, TelegramRejected
 
 # Meta key: when the chat was told that Telegram refuses to delete old backups (absent: not told).
 _REFUSAL_TOLD = "chat_deletion_refused_told_at"
 UNDELIVERED = "undelivered"
 NEWEST_GOOD = "newest good"
 _GOOD_DELIVERY = (DeliveryState.SENT, DeliveryState.LOCAL_ONLY)
+
+
+class ChainLinkRefused(TelegramRejected):
+    """Telegram would not replace the later manifest that names one retention deletes: that one stays."""
+
+
+class ChainBusy(TgbackupdError):
+    """Another process is delivering a backup, whose manifest may name one retention would delete."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,12 @@ def candidates(
     ]
 
 
+def manifest_key(config: Config) -> ManifestKey | None:
+    """The key the manifests in the chat are signed with, the bot token's (None without a token)."""
+    token = config.telegram.bot_token
+    return ManifestKey.from_token(token) if token else None
+
+
 def local_rules(rules: KeepRules) -> KeepRules:
     """The rules for the files here: none with keep = 0, which keeps no backup here (but one not
     delivered, whose file its delivery still needs)."""
@@ -216,7 +233,7 @@ class Plan:
 class Pruner:
     """Removes from the backup directory the files of one series' backups that its rules drop, holding the
     directory's lock (so that no backup is being written there meanwhile, by this or another process);
-    with `chat_id` (telegram.delete_old), also their parts from the chat."""
+    with `chat_id` and `key` (telegram.delete_old), also their messages from the chat."""
 
     def __init__(
         self,
@@ -226,6 +243,7 @@ class Pruner:
         secrets: list[str] | None = None,
         *,
         chat_id: str | None = None,
+        key: ManifestKey | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._directory = directory
@@ -234,6 +252,7 @@ class Pruner:
         self.chat_rules = rules
         self._secrets = secrets or []
         self._chat_id = chat_id
+        self._key = key  # what the manifests replaced in the chat are signed with: the bot token's
         self._clock = clock or Clock()
 
     def plan(self) -> Plan:
@@ -261,7 +280,7 @@ class Pruner:
         """Remove what the rules drop, and log it; return what went. With a bot and telegram.delete_old,
         delete the parts of what they drop from the chat too. Never raises for an expected failure: it is
         logged, and pruning runs again after the next backup."""
-        if bot is not None and self._chat_id is not None:
+        if bot is not None and self._chat_id is not None and self._key is not None:
             self.prune_chat(bot, self._chat_id, log)
         try:
             plan, removed = self.apply()
@@ -275,48 +294,75 @@ class Pruner:
         return removed
 
     def chat_plan(self) -> list[str]:
-        """The delivered backups, newest first, whose parts retention deletes from the chat now (with
-        telegram.delete_old). Raise StateError if the catalogue cannot be read."""
-        catalogue = {row["name"]: row for row in self._store.listing()}
-        verdicts = self._judge(self.chat_rules)
-        return [
+        """The delivered backups, newest first, whose messages retention deletes from the chat now (with
+        telegram.delete_old): those the rules drop, and those whose parts went already but whose manifest
+        is still there (a refused edit or deletion kept it, or tgbackupd before 0.3 left it); never the
+        newest manifest, where the chain begins. Raise StateError if the catalogue cannot be read."""
+        rows = self._store.listing()
+        catalogue = {row["name"]: row for row in rows}
+        head = self._store.latest_manifest_ref()
+        dropped = {
             verdict.name
-            for verdict in verdicts
+            for verdict in self._judge(self.chat_rules)
             if not verdict.kept
             and catalogue.get(verdict.name, {}).get("delivery") == DeliveryState.SENT
             and not catalogue[verdict.name].get("parts_deleted_at")
-        ]
+        }
+        linked = {
+            row["name"]
+            for row in rows
+            if series_of(row["name"]) == self._directory.prefix
+            and row.get("parts_deleted_at")
+            and row.get("manifest_message_id") is not None
+            and (head is None or row["name"] != head.name)
+        }
+        return [row["name"] for row in rows if row["name"] in dropped | linked]  # the listing's newest first
 
     def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
-        """Delete from the chat the parts of the delivered backups the rules drop, newest first; return
-        those whose parts went. Their manifests stay: each is a link of the chain (a later manifest names
-        it as its previous) through which restore and `list --remote` reach the older backups kept, from
-        the chat alone. The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the
-        older ones alike): said in the log each time, and in the chat once until a deletion works again."""
+        """Delete from the chat the messages of the delivered backups the rules drop, newest first: their
+        parts, then their manifest, once the later manifest that named it as its previous names the one
+        before it instead (replaced in its message, signed anew), so that the chain from the pinned
+        manifest still reaches every older backup kept, from the chat alone. Newest first, each step
+        leaves a chain that walks, and only kept manifests are replaced. Return those whose messages went.
+        The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the older ones
+        alike): said in the log each time, and in the chat once until it works again; a manifest whose
+        successor could not be replaced stays, a link of the chain."""
         try:
             doomed = self.chat_plan()
         except TgbackupdError as error:
             log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
             return []
         deleted: list[str] = []
+        relinked: list[str] = []
         try:
+            head = self._store.latest_manifest_ref()  # where the chain begins: its manifest stays
+            parts_gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")}
             for name in doomed:
                 entry = self._store.entry(name)
-                for part in entry.manifest.parts if entry is not None else ():
-                    if part.message_id is not None:
-                        bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
-                self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+                if entry is None:
+                    continue
+                if name not in parts_gone:
+                    for part in entry.manifest.parts:
+                        if part.message_id is not None:
+                            bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+                    self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+                reference = entry.manifest_ref
+                if reference is not None and reference.message_id is not None and reference != head:
+                    relinked += self._unlink(bot, chat_id, entry)
                 deleted.append(name)
-        except MessageNotDeletable as refused:
+        except (MessageNotDeletable, ChainLinkRefused) as refused:
             reason = scrub(str(refused), self._secrets)
             log.error(
-                "Telegram refused to delete old backups from the chat; they stay there",
+                "Telegram refused to delete old backups from the chat; they stay there"
+                if isinstance(refused, MessageNotDeletable)
+                else "Telegram refused to replace a manifest that names an old backup's; that backup's "
+                "manifest stays in the chat, a link of the chain",
                 error=reason,
                 backup=doomed[len(deleted)],
                 not_deleted=len(doomed) - len(deleted),
             )
             self._tell_chat_once(bot, chat_id, reason, log)
-        except (TelegramError, Cancelled, StateError) as error:
+        except (TelegramError, Cancelled, StateError, ChainBusy, OSError) as error:
             log.warning(
                 "Could not delete old backups from the chat now; tried again after the next backup",
                 error=scrub(str(error), self._secrets),
@@ -326,11 +372,67 @@ class Pruner:
             self._forget_refusal(log)
         if deleted:
             log.info(
-                "Deleted old backups' parts from the chat; their manifests stay as links of the chain",
+                "Deleted old backups' parts and manifests from the chat; the later manifests skip them",
                 deleted=deleted,
+                relinked=relinked,
                 rules=self.chat_rules.describe(),
             )
         return deleted
+
+    def _unlink(self, bot: BotApi, chat_id: str, entry: Entry) -> list[str]:
+        """Delete the manifest of `entry` from the chat, after replacing each later manifest that names it
+        as its previous by one that names its previous instead; return the backups whose manifest was
+        replaced. Under the delivery lock, so that no backup is delivered meanwhile with it as its previous.
+        Raise ChainLinkRefused (and keep it) if a later manifest could not be replaced, MessageNotDeletable
+        if Telegram refuses to delete it (the chain walks past it already), TelegramError, StateError or
+        OSError otherwise, ChainBusy while another process delivers."""
+        reference = entry.manifest_ref
+        assert reference is not None and reference.message_id is not None and self._key is not None
+        with self._store.delivery_lock(0, threading.Event()) as held_elsewhere:
+            if held_elsewhere:
+                raise ChainBusy(f"the manifests are left for now: {held_elsewhere}")
+            relinked = []
+            for successor in self._store.successors(entry.manifest.name):
+                skipping = replace(successor.manifest, previous=entry.manifest.previous)
+                self._replace_manifest(bot, chat_id, successor, skipping)
+                relinked.append(successor.manifest.name)
+            bot.delete_message(chat_id, reference.message_id)  # False: gone already, as wanted
+            self._store.record_manifest_deleted(
+                entry.manifest.name, self._clock.now().isoformat(timespec="seconds")
+            )
+        return relinked
+
+    def _replace_manifest(self, bot: BotApi, chat_id: str, entry: Entry, manifest: Manifest) -> None:
+        """Put `manifest`, signed, in the message of `entry`'s manifest (its caption kept, its pin too),
+        then record it, here (the manifest file, if one is kept; the note of the newest manifest, if it is
+        that one) and in the catalogue. Raise ChainLinkRefused if Telegram will not replace it."""
+        old = entry.manifest_ref
+        assert old is not None and old.message_id is not None and self._key is not None
+        data = signed_json(manifest, self._key)
+        local = self._directory.path / manifest.file_name
+        sending = self._directory.path / f".{manifest.file_name}.relinked"
+        caption = messages.manifest_caption(
+            messages.facts_of(manifest, entry.facts), parts=len(manifest.parts)
+        )
+        write_atomically(sending, data)
+        try:
+            sent = bot.edit_message_document(
+                chat_id, old.message_id, FileSlice.whole(sending), manifest.file_name, caption
+            )
+        except TelegramRejected as error:
+            raise ChainLinkRefused(
+                f"the manifest of {entry.manifest.name} (message {old.message_id}) could not be replaced by "
+                f"one that skips the manifest retention deletes: {error}"
+            ) from None
+        finally:
+            sending.unlink(missing_ok=True)
+        reference = ManifestRef(manifest.name, old.message_id, sent.file_id)
+        self._store.record_relinked(manifest, reference)
+        if local.exists():
+            write_atomically(local, data)
+        noted = self._directory.newest_manifest()
+        if noted is not None and noted.message_id == old.message_id:
+            self._directory.note_newest_manifest(reference)
 
     def _tell_chat_once(self, bot: BotApi, chat_id: str, reason: str, log: Any) -> None:
         """The chat hears of a refusal once, not after every backup: until a deletion works again."""

@@ -1,6 +1,7 @@
 """Retention in the chat (telegram.delete_old): real backups delivered to the Bot API stand-in, the parts
-of those the rules drop deleted, the chain of manifests still walked from the chat alone, and Telegram's
-refusals (no right to delete, older than 48 hours) said plainly, in the chat once."""
+and manifests of those the rules drop deleted, the later manifests replaced to skip them, the chain of
+manifests still walked from the chat alone, and Telegram's refusals (no right to delete, older than 48
+hours, no right to edit) said plainly, in the chat once."""
 
 import json
 import time
@@ -10,12 +11,22 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
-from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
+from tests.conftest import (
+    backup_for,
+    base_environment,
+    child_environment,
+    database_url,
+    psql,
+    telegram_environment,
+)
 from tests.integration.test_parts_and_restore import ctl, new_machine
 from tests.integration.test_retention_directory import Nightly
+from tests.processes import child_environment
 from tgbackupd.config import load_config
 from tgbackupd.errors import ConfigError
-from tgbackupd.telegram import BotApi, MessageNotDeletable
+from tgbackupd.files import FileSlice
+from tgbackupd.manifest import manifest_name
+from tgbackupd.telegram import BotApi, MessageNotDeletable, MessageNotEditable, TelegramRejected
 
 # Sunday 29 November 2026 (ISO week 48), then Monday to Wednesday of week 49.
 FIRST_NIGHT = datetime(2026, 11, 29, 3, 0)
@@ -48,33 +59,98 @@ def message_ids(backup, name: str) -> list[int]:
     return [part.message_id for part in entry.manifest.parts]
 
 
-def test_the_parts_of_dropped_backups_leave_the_chat_and_the_chain_still_reaches_the_older_kept_one(
+def manifest_in_chat(bot_api, message_id: int) -> dict:
+    """The manifest document a message of the stand-in holds now, parsed."""
+    return json.loads(bot_api.state.files[bot_api.state.messages[message_id]["document"]["file_id"]])
+
+
+def chain_from_pin(bot_api) -> list[str]:
+    """The backups the chain from the pinned manifest reaches, as the stand-in holds it, newest first."""
+    names = []
+    document = manifest_in_chat(bot_api, bot_api.state.pinned[CHAT_ID]["message_id"])
+    while True:
+        names.append(document["name"])
+        if document["previous"] is None:
+            return names
+        document = manifest_in_chat(bot_api, document["previous"]["message_id"])
+
+
+def test_dropped_backups_leave_the_chat_whole_and_the_chain_from_the_pin_still_reaches_the_older_kept_one(
     tmp_path, make_database, bot_api
 ):
     source = make_database(rows=50)
     backup, results, logs = nightly_backups(tmp_path, source, bot_api, nights=4)
     sunday, monday, tuesday, wednesday = (result.file for result in results)
+    manifests = {result.file: result.message_id for result in results}
 
-    # Kept: Wednesday (keep = 1; weekly W49) and Sunday (weekly W48). Monday and Tuesday go.
-    dropped_parts = message_ids(backup, monday) + message_ids(backup, tuesday)
-    assert sorted(bot_api.state.deleted) == sorted(dropped_parts)
-    assert not set(bot_api.state.deleted) & {result.message_id for result in results}  # manifests stay
+    # Kept: Wednesday (keep = 1; weekly W49) and Sunday (weekly W48). Monday and Tuesday go, each after
+    # the manifest that named it was replaced by one that skips it.
+    dropped = (
+        message_ids(backup, monday) + message_ids(backup, tuesday) + [manifests[monday], manifests[tuesday]]
+    )
+    assert sorted(bot_api.state.deleted) == sorted(dropped)
+    assert set(bot_api.state.edited) == {manifests[tuesday], manifests[wednesday]}
+    assert bot_api.state.pinned[CHAT_ID]["message_id"] == manifests[wednesday]  # edited, still pinned
+    assert chain_from_pin(bot_api) == [wednesday, sunday]
+    pinned = bot_api.state.pinned[CHAT_ID]
+    assert pinned["caption"].startswith(f"🗂 Manifest of backup {wednesday}")  # its caption kept
+    local = json.loads((tmp_path / "backups" / manifest_name(wednesday)).read_bytes())
+    assert local == manifest_in_chat(bot_api, manifests[wednesday])  # the file kept here follows
     listing = {row["name"]: row for row in backup.store.listing()}
-    assert [name for name in listing if listing[name]["parts_deleted_at"]] == [tuesday, monday]
-    deletions = [log for log in logs if log["event"].startswith("Deleted old backups' parts from the chat")]
-    assert [log["deleted"] for log in deletions] == [[monday], [tuesday]]
+    assert [name for name in listing if listing[name]["manifest_deleted_at"]] == [tuesday, monday]
+    assert backup.store.entry(wednesday).manifest.previous.name == sunday
+    deletions = [log for log in logs if log["event"].startswith("Deleted old backups' parts and manifests")]
+    assert [(log["deleted"], log["relinked"]) for log in deletions] == [
+        ([monday], [tuesday]),
+        ([tuesday], [wednesday]),
+    ]
 
-    machine = new_machine(tmp_path, bot_api)
+    machine = new_machine(tmp_path, bot_api)  # nothing but the token and the chat: as a new machine
     remote = ctl(machine, "list", "--remote", "--json")
     restored = make_database(empty=True)
     restore = ctl(machine, "restore", "--from-telegram", sunday, "--dbname", database_url(restored))
 
     assert remote.returncode == 0, remote.stderr
-    assert [row["name"] for row in json.loads(remote.stdout)] == [wednesday, tuesday, monday, sunday]
+    assert [row["name"] for row in json.loads(remote.stdout)] == [wednesday, sunday]
+    assert "unsigned" not in remote.stderr and "not following" not in remote.stderr.lower()
     assert restore.returncode == 0, restore.stderr
     assert psql(restored, "SELECT count(*) FROM orders") == psql(source, "SELECT count(*) FROM orders")
-    gone = ctl(machine, "restore", "--from-telegram", monday, "--dbname", database_url(restored))
-    assert gone.returncode == 65 and "is missing from Telegram (was its message deleted?)" in gone.stderr
+    here = base_environment(tmp_path, source, **telegram_environment(bot_api), **RULES)
+    listed = ctl(child_environment() | here, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert " deleted " in rows[monday] and " deleted " in rows[tuesday] and " sent (#" in rows[sunday]
+
+
+def test_a_refused_edit_keeps_the_manifest_it_would_skip_and_says_so_and_consecutive_ones_go_later(
+    tmp_path, make_database, bot_api
+):
+    source = make_database(rows=10)
+    bot_api.state.can_edit_own = False  # the bot may not edit its posts: no manifest may be skipped
+    backup, results, logs = nightly_backups(tmp_path, source, bot_api, nights=4)
+    sunday, monday, tuesday, wednesday = (result.file for result in results)
+    manifests = {result.file: result.message_id for result in results}
+
+    # The parts of Monday and Tuesday went; their manifests stay, and the chain walks through them.
+    assert not {manifests[monday], manifests[tuesday]} & set(bot_api.state.deleted)
+    assert chain_from_pin(bot_api) == [wednesday, tuesday, monday, sunday]
+    refusals = [log for log in logs if log["event"].startswith("Telegram refused to replace a manifest")]
+    assert [refusal["backup"] for refusal in refusals] == [monday, tuesday]
+    assert "400 Bad Request: message can't be edited" in refusals[-1]["error"]
+    notices = [message for message in bot_api.messages() if "could not be replaced" in message.fields["text"]]
+    assert len(notices) == 1
+    listed = {row["name"]: row for row in backup.store.listing()}
+    assert listed[monday]["parts_deleted_at"] and not listed[monday]["manifest_deleted_at"]
+
+    bot_api.state.can_edit_own = True  # the administrator lets it edit: Monday, Tuesday and Wednesday go
+    thursday = backup.run("scheduled")
+    assert thursday.succeeded, thursday.error
+
+    assert chain_from_pin(bot_api) == [thursday.file, sunday]
+    assert {manifests[monday], manifests[tuesday], manifests[wednesday]} <= set(bot_api.state.deleted)
+    assert bot_api.state.pinned[CHAT_ID]["message_id"] == thursday.message_id
+    remote = ctl(new_machine(tmp_path, bot_api), "list", "--remote", "--json")
+    assert [row["name"] for row in json.loads(remote.stdout)] == [thursday.file, sunday]
 
 
 def test_where_telegram_refuses_nothing_is_marked_deleted_the_log_says_why_and_the_chat_hears_it_once(
@@ -100,7 +176,8 @@ def test_where_telegram_refuses_nothing_is_marked_deleted_the_log_says_why_and_t
     with capture_logs() as later:
         assert backup.run("scheduled").succeeded
 
-    assert len(bot_api.state.deleted) == 4  # the parts of the four older backups, one each
+    assert len(bot_api.state.deleted) == 8  # the part and the manifest of each of the four older backups
+    assert chain_from_pin(bot_api) == [backup.store.find("latest").manifest.name]
     assert any(log["event"].startswith("Deleted old backups' parts") for log in later)
     assert backup.store.meta("chat_deletion_refused_told_at") is None  # a new refusal is told again
 
@@ -135,3 +212,26 @@ def test_delete_message_answers_as_telegram_does_deleted_gone_already_or_refused
     with pytest.raises(MessageNotDeletable, match=r"400 Bad Request: message can't be deleted.*48 hours"):
         bot.delete_message(CHAT_ID, third)
     assert bot_api.state.deleted == [first, second]
+
+
+def test_edit_message_document_replaces_the_file_keeps_the_message_and_its_pin_as_telegram_does(
+    tmp_path, bot_api
+):
+    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_bytes(b'{"n": 1}')
+    second.write_bytes(b'{"n": 2}')
+    sent = bot.send_document(CHAT_ID, FileSlice.whole(first), "m.json", "caption one", "application/json")
+    bot.pin_chat_message(CHAT_ID, sent.message_id)
+
+    edited = bot.edit_message_document(CHAT_ID, sent.message_id, FileSlice.whole(second), "m.json", "two")
+
+    assert edited.message_id == sent.message_id and edited.file_id != sent.file_id
+    assert bot.get_chat(CHAT_ID)["pinned_message"]["document"]["file_id"] == edited.file_id
+    assert bot.get_chat(CHAT_ID)["pinned_message"]["caption"] == "two"
+    assert bot_api.state.files[edited.file_id] == b'{"n": 2}' and sent.file_id not in bot_api.state.files
+    with pytest.raises(TelegramRejected, match="message to edit not found"):
+        bot.edit_message_document(CHAT_ID, sent.message_id + 100, FileSlice.whole(second), "m.json", "x")
+    bot_api.state.can_edit_own = False
+    with pytest.raises(MessageNotEditable, match=r"message can't be edited.*allowed to post"):
+        bot.edit_message_document(CHAT_ID, sent.message_id, FileSlice.whole(first), "m.json", "three")
