@@ -11,14 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN
-from tests.conftest import (
-    backup_for,
-    base_environment,
-    child_environment,
-    database_url,
-    psql,
-    telegram_environment,
-)
+from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
 from tests.integration.test_retention_directory import Nightly
 from tests.processes import child_environment
