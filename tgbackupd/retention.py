@@ -314,42 +314,38 @@ class Pruner:
             if series_of(row["name"]) == self._directory.prefix
             and row.get("parts_deleted_at")
             and row.get("manifest_message_id") is not None
-            and (head is None or row["name"] != head.name)
         }
-        return [row["name"] for row in rows if row["name"] in dropped | linked]  # the listing's newest first
+        doomed = (dropped | linked) - {head.name if head is not None else ""}
+        return [row["name"] for row in rows if row["name"] in doomed]  # the listing's newest first
 
     def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
-        """Delete from the chat the messages of the delivered backups the rules drop, newest first: their
-        parts, then their manifest, once the later manifest that named it as its previous names the one
-        before it instead (replaced in its message, signed anew), so that the chain from the pinned
-        manifest still reaches every older backup kept, from the chat alone. Newest first, each step
-        leaves a chain that walks, and only kept manifests are replaced. Return those whose messages went.
-        The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the older ones
-        alike): said in the log each time, and in the chat once until it works again; a manifest whose
-        successor could not be replaced stays, a link of the chain."""
+        """Delete from the chat the messages of the delivered backups the rules drop, newest first: first
+        their parts; then, under the delivery lock, their manifests, each once the later manifest that
+        names it as its previous names the next older one kept instead (its message's document replaced,
+        signed anew), so that the chain from the pinned manifest still reaches every older backup kept,
+        from the chat alone, after each step. Return those whose messages all went. The first refusal
+        ends the run (the bot's rights, or the 48-hour rule, refuse the older ones alike): said in the log
+        each time, and in the chat once until it works again; a manifest that could not be skipped stays,
+        a link of the chain."""
         try:
             doomed = self.chat_plan()
         except TgbackupdError as error:
             log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
             return []
-        deleted: list[str] = []
+        gone: list[str] = []  # every message of theirs deleted
         relinked: list[str] = []
+        left = doomed
         try:
-            head = self._store.latest_manifest_ref()  # where the chain begins: its manifest stays
-            parts_gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")}
-            for name in doomed:
-                entry = self._store.entry(name)
-                if entry is None:
-                    continue
-                if name not in parts_gone:
-                    for part in entry.manifest.parts:
-                        if part.message_id is not None:
-                            bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
-                    self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
-                reference = entry.manifest_ref
-                if reference is not None and reference.message_id is not None and reference != head:
-                    relinked += self._unlink(bot, chat_id, entry)
-                deleted.append(name)
+            parts_gone = self._delete_parts(bot, chat_id, doomed)
+            left = [name for name in doomed if name not in parts_gone]
+            with self._store.delivery_lock(0, threading.Event()) as held_elsewhere:
+                if held_elsewhere:
+                    raise ChainBusy(f"their manifests are left for now: {held_elsewhere}")
+                relinked += self._repair_links(bot, chat_id)
+                for name in doomed:
+                    if name in parts_gone:
+                        relinked += self._delete_manifest(bot, chat_id, name, parts_gone)
+                        gone.append(name)
         except (MessageNotDeletable, ChainLinkRefused) as refused:
             reason = scrub(str(refused), self._secrets)
             log.error(
@@ -358,48 +354,86 @@ class Pruner:
                 else "Telegram refused to replace a manifest that names an old backup's; that backup's "
                 "manifest stays in the chat, a link of the chain",
                 error=reason,
-                backup=doomed[len(deleted)],
-                not_deleted=len(doomed) - len(deleted),
+                backup=(left or [name for name in doomed if name not in gone])[0],
+                not_deleted=len(doomed) - len(gone),
             )
             self._tell_chat_once(bot, chat_id, reason, log)
         except (TelegramError, Cancelled, StateError, ChainBusy, OSError) as error:
             log.warning(
                 "Could not delete old backups from the chat now; tried again after the next backup",
                 error=scrub(str(error), self._secrets),
-                not_deleted=len(doomed) - len(deleted),
+                not_deleted=len(doomed) - len(gone),
             )
         else:
             self._forget_refusal(log)
-        if deleted:
+        if gone:
             log.info(
                 "Deleted old backups' parts and manifests from the chat; the later manifests skip them",
-                deleted=deleted,
-                relinked=relinked,
+                deleted=gone,
+                relinked=sorted(set(relinked)),
                 rules=self.chat_rules.describe(),
             )
-        return deleted
+        return gone
 
-    def _unlink(self, bot: BotApi, chat_id: str, entry: Entry) -> list[str]:
-        """Delete the manifest of `entry` from the chat, after replacing each later manifest that names it
-        as its previous by one that names its previous instead; return the backups whose manifest was
-        replaced. Under the delivery lock, so that no backup is delivered meanwhile with it as its previous.
-        Raise ChainLinkRefused (and keep it) if a later manifest could not be replaced, MessageNotDeletable
-        if Telegram refuses to delete it (the chain walks past it already), TelegramError, StateError or
-        OSError otherwise, ChainBusy while another process delivers."""
-        reference = entry.manifest_ref
-        assert reference is not None and reference.message_id is not None and self._key is not None
-        with self._store.delivery_lock(0, threading.Event()) as held_elsewhere:
-            if held_elsewhere:
-                raise ChainBusy(f"the manifests are left for now: {held_elsewhere}")
-            relinked = []
-            for successor in self._store.successors(entry.manifest.name):
-                skipping = replace(successor.manifest, previous=entry.manifest.previous)
-                self._replace_manifest(bot, chat_id, successor, skipping)
-                relinked.append(successor.manifest.name)
-            bot.delete_message(chat_id, reference.message_id)  # False: gone already, as wanted
-            self._store.record_manifest_deleted(
-                entry.manifest.name, self._clock.now().isoformat(timespec="seconds")
-            )
+    def _delete_parts(self, bot: BotApi, chat_id: str, doomed: list[str]) -> set[str]:
+        """Delete the parts of `doomed` from the chat, newest first; return those whose parts are gone (now
+        or before). Raise MessageNotDeletable at the first refusal, TelegramError or StateError otherwise."""
+        gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")}
+        for name in doomed:
+            entry = self._store.entry(name)
+            if name in gone or entry is None:
+                continue
+            for part in entry.manifest.parts:
+                if part.message_id is not None:
+                    bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+            self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+            gone.add(name)
+        return gone
+
+    def _delete_manifest(self, bot: BotApi, chat_id: str, name: str, skippable: set[str]) -> list[str]:
+        """Delete the manifest of `name` from the chat, after replacing each later manifest that names it
+        as its previous by one that names the next older manifest not in `skippable` (backups whose parts
+        are gone: their manifests go next) instead, and each manifest after that by one that names it by
+        its new file; return the backups whose manifests were replaced. Raise ChainLinkRefused (and keep
+        it) if a later manifest could not be replaced, MessageNotDeletable if Telegram refuses to delete it
+        (the chain walks past it already), TelegramError, StateError or OSError otherwise."""
+        entry = self._store.entry(name)
+        reference = entry.manifest_ref if entry is not None else None
+        if entry is None or reference is None or reference.message_id is None:
+            return []  # where its manifest is, if anywhere, is not known: nothing to delete
+        relinked = []
+        for successor in self._store.successors(name):
+            skip_to = self._skip_to(entry.manifest.previous, skippable)
+            self._replace_manifest(bot, chat_id, successor, replace(successor.manifest, previous=skip_to))
+            relinked.append(successor.manifest.name)
+            relinked += self._repair_links(bot, chat_id)
+        bot.delete_message(chat_id, reference.message_id)  # False: gone already, as wanted
+        self._store.record_manifest_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+        return relinked
+
+    def _skip_to(self, previous: ManifestRef | None, skippable: set[str]) -> ManifestRef | None:
+        """`previous`, or, while it names a backup whose manifest goes too, the one that names."""
+        seen: set[str] = set()
+        while previous is not None and previous.name in skippable and previous.name not in seen:
+            seen.add(previous.name)
+            entry = self._store.entry(previous.name)
+            if entry is None or entry.manifest_ref is None:
+                break
+            previous = entry.manifest.previous
+        return previous
+
+    def _repair_links(self, bot: BotApi, chat_id: str) -> list[str]:
+        """Replace, oldest first, each manifest whose `previous` names a manifest by the file it had before
+        it was replaced (Telegram does not promise that an old file id still downloads): each such
+        replacement makes the next later manifest's link old in turn, up to the newest. Return the backups
+        whose manifests were replaced. Raise as _replace_manifest."""
+        relinked: list[str] = []
+        while stale := self._store.stale_links():
+            entry, current = stale
+            if entry.manifest.name in relinked:  # a loop in the catalogue's chain: never replaced again
+                raise StateError(f"the catalogue's chain of manifests loops at {entry.manifest.name}")
+            self._replace_manifest(bot, chat_id, entry, replace(entry.manifest, previous=current))
+            relinked.append(entry.manifest.name)
         return relinked
 
     def _replace_manifest(self, bot: BotApi, chat_id: str, entry: Entry, manifest: Manifest) -> None:

@@ -5,12 +5,17 @@ import json
 from dataclasses import replace
 from datetime import date, timedelta
 
+from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import base_environment, telegram_environment
 from tests.end_to_end.conftest import events
-from tgbackupd.manifest import Manifest, manifest_name, plan_parts
+from tests.integration.test_parts_and_restore import ctl, new_machine
+from tgbackupd.files import FileSlice, write_atomically
+from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
+from tgbackupd.signing import ManifestKey, signed_json
 from tgbackupd.state import Entry
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
+from tgbackupd.telegram import BotApi
 
 FIRST = date(2026, 10, 1)
 NIGHTS = 62  # 1 October to 1 December
@@ -112,13 +117,48 @@ def test_prune_without_the_daemon_says_that_it_needs_it(tmp_path, start_daemon):
     assert "prune asks the daemon, which knows each database's rules" in refused.stderr
 
 
-def test_with_delete_old_prune_shows_and_then_deletes_the_parts_of_what_goes_from_the_chat(
+def history_in_chat(tmp_path, bot_api) -> dict[str, int]:
+    """Two months of nights delivered to the stand-in as tgbackupd delivers them: each backup's part, then
+    its manifest, signed with the bot token's key and naming the one before, the newest pinned; recorded
+    in the catalogue. Return each backup's manifest message."""
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    store = open_store(tmp_path / "state.db").store
+    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+    key = ManifestKey.from_token(FAKE_TOKEN)
+    previous = None
+    manifests = {}
+    for night in range(NIGHTS):
+        day = FIRST + timedelta(days=night)
+        name = name_of(day)
+        (backups / name).write_bytes(b"dump")
+        part = plan_parts(name, [(4, "ab" * 32)])[0]
+        sent = bot.send_document(CHAT_ID, FileSlice.whole(backups / name), part.file_name, f"part of {name}")
+        parts = (replace(part, message_id=sent.message_id, file_id=sent.file_id),)
+        manifest = Manifest(
+            name, "shop", "shop on db", "h", f"{day}T03:00:00+00:00", 4, "ab" * 32, parts, previous
+        )
+        write_atomically(backups / manifest_name(name), signed_json(manifest, key))
+        sent = bot.send_document(
+            CHAT_ID, FileSlice.whole(backups / manifest_name(name)), manifest.file_name, f"manifest of {name}"
+        )
+        previous = ManifestRef(name, sent.message_id, sent.file_id)
+        store.add(Entry(manifest, DeliveryState.SENT, manifest_ref=previous))
+        manifests[name] = sent.message_id
+    bot.pin_chat_message(CHAT_ID, previous.message_id)
+    bot.close()
+    store.close()
+    return manifests
+
+
+def test_with_delete_old_prune_deletes_what_goes_from_the_chat_and_the_chain_skips_it(
     tmp_path, start_daemon, bot_api
 ):
-    history(tmp_path, newest=DeliveryState.SENT)
+    manifests = history_in_chat(tmp_path, bot_api)
     daemon = start(
         tmp_path, start_daemon, **telegram_environment(bot_api), TGBACKUPD_TELEGRAM_DELETE_OLD="true"
     )
+    kept = [name_of(date(2026, month, day)) for month, day in ((12, 1), (11, 30), (11, 29), (10, 31))]
 
     dry = daemon.ctl("prune", "--dry-run")
 
@@ -126,13 +166,27 @@ def test_with_delete_old_prune_shows_and_then_deletes_the_parts_of_what_goes_fro
     doomed = [line.split()[1] for line in dry.stdout.splitlines() if line.startswith("  chat ")]
     assert len(doomed) == NIGHTS - 4 and name_of(date(2026, 11, 28)) in doomed
     assert not any("/deleteMessage" in request for request in bot_api.state.requests)  # a dry run
+    assert not bot_api.state.edited
 
     pruned = daemon.ctl("prune", "--json")
 
     assert pruned.returncode == 0, pruned.stderr
     (series,) = json.loads(pruned.stdout)["data"]["series"]
     assert series["chat_delete"] == doomed
-    # The stand-in never had these messages: "message to delete not found" is taken for gone.
-    assert sum("/deleteMessage" in request for request in bot_api.state.requests) == NIGHTS - 4
+    # Every part and manifest of what goes, and nothing of what stays.
+    assert len(bot_api.state.deleted) == 2 * (NIGHTS - 4)
+    assert not {manifests[name] for name in kept} & set(bot_api.state.deleted)
+    # Only kept manifests were replaced, each run of dropped backups skipped at once: 29 November's
+    # (skipping 1 to 28 November), then 31 October's (skipping October), and each time every later one,
+    # whose link names the one before by its file, which changed.
+    later = [manifests[name] for name in kept[2::-1]]  # 29 November's, 30 November's, 1 December's
+    assert bot_api.state.edited == [*later, manifests[kept[3]], *later]
+    assert bot_api.state.pinned[CHAT_ID]["message_id"] == manifests[kept[0]]
     listed = daemon.ctl("list").stdout
-    assert listed.count("manifest only") == NIGHTS - 4
+    assert listed.count(" deleted ") == NIGHTS - 4 and "manifest only" not in listed
+
+    # A new machine, with nothing but the token and the chat, walks the chain from the pin to every backup
+    # kept, each manifest's signature checked.
+    remote = ctl(new_machine(tmp_path, bot_api), "list", "--remote", "--json")
+    assert remote.returncode == 0, remote.stderr
+    assert [row["name"] for row in json.loads(remote.stdout)] == kept
