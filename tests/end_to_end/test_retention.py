@@ -5,17 +5,15 @@ import json
 from dataclasses import replace
 from datetime import date, timedelta
 
-from tests.botapi import CHAT_ID, FAKE_TOKEN
+from tests.botapi import CHAT_ID
 from tests.conftest import base_environment, telegram_environment
 from tests.end_to_end.conftest import events
 from tests.integration.test_parts_and_restore import ctl, new_machine
-from tgbackupd.files import FileSlice, write_atomically
-from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
-from tgbackupd.signing import ManifestKey, signed_json
+from tests.integration.test_retention_chat import deliver_chain
+from tgbackupd.manifest import Manifest, manifest_name, plan_parts
 from tgbackupd.state import Entry
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
-from tgbackupd.telegram import BotApi
 
 FIRST = date(2026, 10, 1)
 NIGHTS = 62  # 1 October to 1 December
@@ -118,35 +116,13 @@ def test_prune_without_the_daemon_says_that_it_needs_it(tmp_path, start_daemon):
 
 
 def history_in_chat(tmp_path, bot_api) -> dict[str, int]:
-    """Two months of nights delivered to the stand-in as tgbackupd delivers them: each backup's part, then
-    its manifest, signed with the bot token's key and naming the one before, the newest pinned; recorded
-    in the catalogue. Return each backup's manifest message."""
+    """Two months of nights delivered to the stand-in as tgbackupd delivers them (deliver_chain)."""
     backups = tmp_path / "backups"
     backups.mkdir()
     store = open_store(tmp_path / "state.db").store
-    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
-    key = ManifestKey.from_token(FAKE_TOKEN)
-    previous = None
-    manifests = {}
-    for night in range(NIGHTS):
-        day = FIRST + timedelta(days=night)
-        name = name_of(day)
-        (backups / name).write_bytes(b"dump")
-        part = plan_parts(name, [(4, "ab" * 32)])[0]
-        sent = bot.send_document(CHAT_ID, FileSlice.whole(backups / name), part.file_name, f"part of {name}")
-        parts = (replace(part, message_id=sent.message_id, file_id=sent.file_id),)
-        manifest = Manifest(
-            name, "shop", "shop on db", "h", f"{day}T03:00:00+00:00", 4, "ab" * 32, parts, previous
-        )
-        write_atomically(backups / manifest_name(name), signed_json(manifest, key))
-        sent = bot.send_document(
-            CHAT_ID, FileSlice.whole(backups / manifest_name(name)), manifest.file_name, f"manifest of {name}"
-        )
-        previous = ManifestRef(name, sent.message_id, sent.file_id)
-        store.add(Entry(manifest, DeliveryState.SENT, manifest_ref=previous))
-        manifests[name] = sent.message_id
-    bot.pin_chat_message(CHAT_ID, previous.message_id)
-    bot.close()
+    manifests = deliver_chain(
+        backups, store, bot_api, [name_of(FIRST + timedelta(days=n)) for n in range(NIGHTS)]
+    )
     store.close()
     return manifests
 

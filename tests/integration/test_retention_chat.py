@@ -5,20 +5,29 @@ hours, no right to edit) said plainly, in the chat once."""
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from tests.botapi import CHAT_ID, FAKE_TOKEN
+from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
 from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
 from tests.integration.test_retention_directory import Nightly
 from tests.processes import child_environment
-from tgbackupd.config import load_config
+from tgbackupd.config import KeepRules, load_config
 from tgbackupd.errors import ConfigError
-from tgbackupd.files import FileSlice
-from tgbackupd.manifest import manifest_name
+from tgbackupd.files import FileSlice, write_atomically
+from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
+from tgbackupd.retention import Pruner, made_at
+from tgbackupd.signing import ManifestKey, signed_json
+from tgbackupd.state import Entry
+from tgbackupd.statefile import open_store
+from tgbackupd.states import DeliveryState
+from tgbackupd.storage import BackupDirectory
 from tgbackupd.telegram import BotApi, MessageNotDeletable, MessageNotEditable, TelegramRejected
 
 # Sunday 29 November 2026 (ISO week 48), then Monday to Wednesday of week 49.
@@ -52,6 +61,39 @@ def message_ids(backup, name: str) -> list[int]:
     return [part.message_id for part in entry.manifest.parts]
 
 
+def deliver_chain(directory: Path, store, bot_api, names: list[str]) -> dict[str, int]:
+    """Backups delivered to the stand-in as tgbackupd delivers them, oldest first: each one's part, then
+    its manifest (kept in `directory` too), signed with the bot token's key and naming the one before, the
+    newest pinned; recorded in the catalogue. Return each backup's manifest message."""
+    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+    key = ManifestKey.from_token(FAKE_TOKEN)
+    previous = None
+    manifests = {}
+    for name in names:
+        (directory / name).write_bytes(b"dump")
+        part = plan_parts(name, [(4, "ab" * 32)])[0]
+        sent = bot.send_document(
+            CHAT_ID, FileSlice.whole(directory / name), part.file_name, f"part of {name}"
+        )
+        parts = (replace(part, message_id=sent.message_id, file_id=sent.file_id),)
+        made = made_at(name).isoformat()
+        manifest = Manifest(name, "shop", "shop on db", "h", made, 4, "ab" * 32, parts, previous)
+        write_atomically(directory / manifest_name(name), signed_json(manifest, key))
+        sent = bot.send_document(
+            CHAT_ID,
+            FileSlice.whole(directory / manifest_name(name)),
+            manifest.file_name,
+            f"manifest of {name}",
+        )
+        previous = ManifestRef(name, sent.message_id, sent.file_id)
+        store.add(Entry(manifest, DeliveryState.SENT, manifest_ref=previous))
+        manifests[name] = sent.message_id
+    assert previous is not None
+    bot.pin_chat_message(CHAT_ID, previous.message_id)
+    bot.close()
+    return manifests
+
+
 def manifest_in_chat(bot_api, message_id: int) -> dict:
     """The manifest document a message of the stand-in holds now, parsed."""
     return json.loads(bot_api.state.files[bot_api.state.messages[message_id]["document"]["file_id"]])
@@ -66,6 +108,19 @@ def chain_from_pin(bot_api) -> list[str]:
         if document["previous"] is None:
             return names
         document = manifest_in_chat(bot_api, document["previous"]["message_id"])
+
+
+def chain_from_pin_by_file(bot_api) -> list[str]:
+    """The backups the chain from the pinned manifest reaches by the file ids each manifest names, as a
+    new machine follows it, newest first; it ends where a file id no longer downloads."""
+    names = []
+    document = manifest_in_chat(bot_api, bot_api.state.pinned[CHAT_ID]["message_id"])
+    while True:
+        names.append(document["name"])
+        previous = document["previous"]
+        if previous is None or previous["file_id"] not in bot_api.state.files:
+            return names
+        document = json.loads(bot_api.state.files[previous["file_id"]])
 
 
 def test_dropped_backups_leave_the_chat_whole_and_the_chain_from_the_pin_still_reaches_the_older_kept_one(
@@ -173,6 +228,49 @@ def test_where_telegram_refuses_nothing_is_marked_deleted_the_log_says_why_and_t
     assert chain_from_pin(bot_api) == [backup.store.find("latest").manifest.name]
     assert any(log["event"].startswith("Deleted old backups' parts") for log in later)
     assert backup.store.meta("chat_deletion_refused_told_at") is None  # a new refusal is told again
+
+
+def test_a_replacement_cut_short_leaves_the_later_link_to_be_mended_first_next_time(tmp_path, bot_api):
+    # Sunday 22 November (W47), Wednesday 25, Saturday 28 and Sunday 29 (W48): keep = 2 and keep_weekly
+    # = 2 keep the 29th, the 28th and the 22nd; the 25th goes.
+    names = [f"shop_backup_202611{day}_030000.sql.gz" for day in (22, 25, 28, 29)]
+    store = open_store(tmp_path / "state.db").store
+    manifests = deliver_chain(tmp_path, store, bot_api, names)
+    pruner = Pruner(
+        BackupDirectory(tmp_path, "shop"),
+        store,
+        KeepRules(last=2, weekly=2),
+        chat_id=CHAT_ID,
+        key=ManifestKey.from_token(FAKE_TOKEN),
+    )
+    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
+    # The part goes, the 28th's manifest is replaced; replacing the 29th's, which names it, fails.
+    bot_api.fail_next(
+        Fault(action="pass"), Fault(action="pass"), Fault(status=502, description="Bad Gateway")
+    )
+
+    with capture_logs() as logs:
+        assert pruner.prune_chat(bot, CHAT_ID, structlog.get_logger()) == []
+
+    assert bot_api.state.edited == [manifests[names[2]]] and manifests[names[1]] in bot_api.state.messages
+    (warning,) = [log for log in logs if log["log_level"] == "warning"]
+    assert (
+        warning["event"].startswith("Could not delete old backups from the chat now")
+        and "502" in warning["error"]
+    )
+
+    with capture_logs() as logs:
+        assert pruner.prune_chat(bot, CHAT_ID, structlog.get_logger()) == [names[1]]
+
+    assert bot_api.state.edited == [manifests[names[2]], manifests[names[3]]]
+    assert manifests[names[1]] not in bot_api.state.messages
+    assert [name.split("_")[2] for name in chain_from_pin_by_file(bot_api)] == [
+        "20261129",
+        "20261128",
+        "20261122",
+    ]
+    local = json.loads((tmp_path / manifest_name(names[3])).read_bytes())
+    assert local["previous"]["file_id"] == bot_api.state.messages[manifests[names[2]]]["document"]["file_id"]
 
 
 def test_delete_old_without_any_rule_is_refused_rather_than_emptying_the_chat(tmp_path):
