@@ -278,7 +278,7 @@ class Pruner:
 
     def prune(self, log: Any, bot: BotApi | None = None) -> list[str]:
         """Remove what the rules drop, and log it; return what went. With a bot and telegram.delete_old,
-        delete the parts of what they drop from the chat too. Never raises for an expected failure: it is
+        delete the messages of what they drop from the chat too. Never raises for an expected failure: it is
         logged, and pruning runs again after the next backup."""
         if bot is not None and self._chat_id is not None and self._key is not None:
             self.prune_chat(bot, self._chat_id, log)
