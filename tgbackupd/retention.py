@@ -334,10 +334,9 @@ class Pruner:
             return []
         gone: list[str] = []  # every message of theirs deleted
         relinked: list[str] = []
-        left = doomed
+        refusal: TelegramRejected | None = None
         try:
-            parts_gone = self._delete_parts(bot, chat_id, doomed)
-            left = [name for name in doomed if name not in parts_gone]
+            parts_gone, refusal = self._delete_parts(bot, chat_id, doomed)
             with self._store.delivery_lock(0, threading.Event()) as held_elsewhere:
                 if held_elsewhere:
                     raise ChainBusy(f"their manifests are left for now: {held_elsewhere}")
@@ -347,24 +346,26 @@ class Pruner:
                         relinked += self._delete_manifest(bot, chat_id, name, parts_gone)
                         gone.append(name)
         except (MessageNotDeletable, ChainLinkRefused) as refused:
-            reason = scrub(str(refused), self._secrets)
-            log.error(
-                "Telegram refused to delete old backups from the chat; they stay there"
-                if isinstance(refused, MessageNotDeletable)
-                else "Telegram refused to replace a manifest that names an old backup's; that backup's "
-                "manifest stays in the chat, a link of the chain",
-                error=reason,
-                backup=(left or [name for name in doomed if name not in gone])[0],
-                not_deleted=len(doomed) - len(gone),
-            )
-            self._tell_chat_once(bot, chat_id, reason, log)
+            refusal = refused
         except (TelegramError, Cancelled, StateError, ChainBusy, OSError) as error:
             log.warning(
                 "Could not delete old backups from the chat now; tried again after the next backup",
                 error=scrub(str(error), self._secrets),
                 not_deleted=len(doomed) - len(gone),
             )
-        else:
+        if refusal is not None:
+            reason = scrub(str(refusal), self._secrets)
+            log.error(
+                "Telegram refused to delete old backups from the chat; they stay there"
+                if isinstance(refusal, MessageNotDeletable)
+                else "Telegram refused to replace a manifest that names an old backup's; that backup's "
+                "manifest stays in the chat, a link of the chain",
+                error=reason,
+                backup=next(name for name in doomed if name not in gone),
+                not_deleted=len(doomed) - len(gone),
+            )
+            self._tell_chat_once(bot, chat_id, reason, log)
+        elif len(gone) == len(doomed):
             self._forget_refusal(log)
         if gone:
             log.info(
@@ -375,20 +376,26 @@ class Pruner:
             )
         return gone
 
-    def _delete_parts(self, bot: BotApi, chat_id: str, doomed: list[str]) -> set[str]:
-        """Delete the parts of `doomed` from the chat, newest first; return those whose parts are gone (now
-        or before). Raise MessageNotDeletable at the first refusal, TelegramError or StateError otherwise."""
-        gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")}
+    def _delete_parts(
+        self, bot: BotApi, chat_id: str, doomed: list[str]
+    ) -> tuple[set[str], MessageNotDeletable | None]:
+        """Delete the parts of `doomed` from the chat, newest first, up to the first that Telegram refuses
+        to delete; return those of `doomed` whose parts are gone (now or before), and the refusal, if any.
+        Raise TelegramError or StateError if they could not be deleted for another reason."""
+        gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")} & set(doomed)
         for name in doomed:
             entry = self._store.entry(name)
             if name in gone or entry is None:
                 continue
-            for part in entry.manifest.parts:
-                if part.message_id is not None:
-                    bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+            try:
+                for part in entry.manifest.parts:
+                    if part.message_id is not None:
+                        bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+            except MessageNotDeletable as refused:
+                return gone, refused
             self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
             gone.add(name)
-        return gone
+        return gone, None
 
     def _delete_manifest(self, bot: BotApi, chat_id: str, name: str, skippable: set[str]) -> list[str]:
         """Delete the manifest of `name` from the chat, after replacing each later manifest that names it
