@@ -725,13 +725,15 @@ class StateStore:
 
     def stale_links(self) -> tuple[Entry, ManifestRef] | None:
         """The oldest delivered backup whose manifest names its previous by a file that manifest no longer
-        has (it was replaced since: retention), with where that previous is now; None if there is none."""
+        has (it was replaced since: retention), with where that previous is now; None if there is none. A
+        link with no file id (which nothing can follow) is left alone."""
         with self._reading("read the links of the chain") as connection:
             row = connection.execute(
                 "SELECT later.name, earlier.name, earlier.manifest_message_id, earlier.manifest_file_id "
                 "FROM backups AS later JOIN backups AS earlier ON later.previous_name = earlier.name "
                 "WHERE later.manifest_file_id IS NOT NULL AND earlier.manifest_file_id IS NOT NULL "
-                "AND later.previous_file_id IS NOT earlier.manifest_file_id "
+                "AND later.previous_file_id IS NOT NULL "
+                "AND later.previous_file_id != earlier.manifest_file_id "
                 "ORDER BY later.stamp, later.name LIMIT 1"
             ).fetchone()
         entry = self.entry(row[0]) if row else None
