@@ -419,7 +419,8 @@ class Pruner:
         return relinked
 
     def _skip_to(self, previous: ManifestRef | None, skippable: set[str]) -> ManifestRef | None:
-        """`previous`, or, while it names a backup whose manifest goes too, the one that names."""
+        """What a later manifest names instead of `previous`: `previous`, or, while that is the manifest of
+        a backup whose manifest goes too (`skippable`), the one that one names."""
         seen: set[str] = set()
         while previous is not None and previous.name in skippable and previous.name not in seen:
             seen.add(previous.name)
@@ -467,6 +468,11 @@ class Pruner:
             ) from None
         finally:
             sending.unlink(missing_ok=True)
+        if sent.file_id is None:
+            raise TelegramError(
+                f"Telegram replaced the manifest of {entry.manifest.name} (message {old.message_id}) but did "
+                "not say its new file id; the next run replaces it again"
+            )
         reference = ManifestRef(manifest.name, old.message_id, sent.file_id)
         self._store.record_relinked(manifest, reference)
         if local.exists():
