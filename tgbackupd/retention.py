@@ -296,8 +296,9 @@ class Pruner:
     def chat_plan(self) -> list[str]:
         """The delivered backups, newest first, whose messages retention deletes from the chat now (with
         telegram.delete_old): those the rules drop, and those whose parts went already but whose manifest
-        is still there (a refused edit or deletion kept it, or tgbackupd before 0.3 left it); never the
-        newest manifest, where the chain begins. Raise StateError if the catalogue cannot be read."""
+        is still there (a refused edit or deletion kept it, or an earlier tgbackupd, which kept them, left
+        it); never the newest manifest, where the chain begins. Raise StateError if the catalogue cannot be
+        read."""
         rows = self._store.listing()
         catalogue = {row["name"]: row for row in rows}
         head = self._store.latest_manifest_ref()
