@@ -1,10 +1,10 @@
-"""A Bot API stand-in on 127.0.0.1: answers sendDocument, sendMessage, pinChatMessage, getChat, getFile,
-editMessageCaption, editMessageMedia, deleteMessage and file downloads as the real server does, with its
-size limits (50 MB up, 20 MB down) and its error replies, and can be told to fail (5xx, 429 with
-retry_after, 4xx, a reset connection, a stall, a download cut short). Tests read what it received and may
-damage what it stores. Tests also write in the chat (`write`): getUpdates hands those messages out as the
-real server does (long polling, `offset` confirming what came before, `allowed_updates`), and refuses with
-409 while a webhook is set (`webhook_url`, which getWebhookInfo tells)."""
+"""A Bot API stand-in on 127.0.0.1: answers sendDocument, sendMessage, pinChatMessage, getChat, getFile
+and file downloads as the real server does, with its size limits (50 MB up, 20 MB down) and its error
+replies, and can be told to fail (5xx, 429 with retry_after, 4xx, a reset connection, a stall, a
+download cut short). Tests read what it received and may damage what it stores. Tests also write in the
+chat (`write`): getUpdates hands those messages out as the real server does (long polling, `offset`
+confirming what came before, `allowed_updates`), and refuses with 409 while a webhook is set
+(`webhook_url`, which getWebhookInfo tells)."""
 
 import json
 import re
@@ -60,9 +60,6 @@ class BotApiState:
     can_delete_messages: bool = True
     wall_clock: Callable[[], float] = time.time  # "now" for the 48 hours (a test moves it on by days)
     deleted: list[int] = field(default_factory=list)  # message ids deleted, in order
-    # Whether the bot may edit its own messages (in a channel: it is an administrator allowed to post).
-    can_edit_own: bool = True
-    edited: list[int] = field(default_factory=list)  # message ids whose document editMessageMedia replaced
     kicked_from: set[str] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
@@ -211,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
         token, method = parts[1][3:], parts[2]
         if token != state.token:
             return _error(401, "Unauthorized")
-        fields, file_name, content, file_field = self._form(body)
+        fields, file_name, content = self._form(body)
         if method == "getMe":
             return 200, {
                 "ok": True,
@@ -244,7 +241,6 @@ class _Handler(BaseHTTPRequestHandler):
             "pinChatMessage",
             "getChatMember",
             "editMessageCaption",
-            "editMessageMedia",
             "deleteMessage",
         ):
             return _error(404, "Not Found: method not found")
@@ -263,8 +259,6 @@ class _Handler(BaseHTTPRequestHandler):
             return self._edit_caption(fields.get("message_id", ""), fields.get("caption", ""))
         if method == "deleteMessage":
             return self._delete(chat_id, fields.get("message_id", ""))
-        if method == "editMessageMedia":
-            return self._edit_media(fields, file_field, file_name, content)
         if method == "getChatMember":
             if chat_id in state.kicked_from:
                 return 200, {"ok": True, "result": {"status": "kicked"}}
@@ -371,67 +365,6 @@ class _Handler(BaseHTTPRequestHandler):
                     received.fields["caption"] = caption
         return 200, {"ok": True, "result": message}
 
-    def _edit_media(
-        self, fields: dict[str, str], file_field: str | None, file_name: str | None, content: bytes | None
-    ) -> tuple[int, dict[str, Any]]:
-        """editMessageMedia with an InputMediaDocument as the real API answers it: the message keeps its id
-        (and its pin: getChat's pinned_message shows the new document), its document and caption are the
-        new ones (no caption: none), the new file gets a new file id and the old one no longer downloads
-        here (Telegram does not promise that it does); "message to edit not found", "message can't be
-        edited" (no right), "message is not modified" (the same file and caption)."""
-        state = self.server.state
-        message_id = fields.get("message_id", "")
-        try:
-            media = json.loads(fields.get("media", ""))
-        except ValueError:
-            return _error(400, "Bad Request: can't parse InputMedia: Can't parse media JSON object")
-        if not isinstance(media, dict) or not isinstance(media.get("media"), str):
-            return _error(400, 'Bad Request: can\'t parse InputMedia: Field "media" must be of type String')
-        if media.get("type") != "document":
-            return _error(400, 'Bad Request: can\'t parse InputMedia: Field "type" must be one of the known')
-        caption = media.get("caption") or ""
-        if len(caption) > CAPTION_LIMIT:
-            return _error(400, "Bad Request: message caption is too long")
-        with state.lock:
-            message = state.messages.get(int(message_id)) if message_id.isdigit() else None
-            if message is None or not isinstance(message.get("document"), dict):
-                return _error(400, "Bad Request: message to edit not found")
-            if not state.can_edit_own:
-                return _error(400, "Bad Request: message can't be edited")
-            old = message["document"]
-            if media["media"].startswith("attach://"):
-                if content is None or file_field != media["media"].removeprefix("attach://"):
-                    return _error(400, "Bad Request: can't parse InputMedia: media not found")
-                if not content:
-                    return _error(400, "Bad Request: file must be non-empty")
-                file_id = f"doc{message_id}e{len(state.edited) + 1}"
-                document = {"file_name": file_name, "file_id": file_id, "file_unique_id": f"u{file_id}"}
-                document["file_size"] = len(content)
-                state.files[file_id] = content
-            elif media["media"] == old["file_id"]:
-                if caption == message.get("caption", ""):
-                    return _error(
-                        400,
-                        "Bad Request: message is not modified: specified new message content and reply "
-                        "markup are exactly the same as a current content and reply markup of the message",
-                    )
-                document = old
-            else:
-                return _error(400, "Bad Request: wrong file identifier/HTTP URL specified")
-            if document is not old:
-                state.files.pop(old["file_id"], None)
-            message["document"] = document
-            message["edit_date"] = int(state.wall_clock())
-            if caption:
-                message["caption"] = caption
-            else:
-                message.pop("caption", None)
-            state.edited.append(int(message_id))
-            state.received.append(
-                Received("editMessageMedia", fields, document["file_name"], content, int(message_id))
-            )
-        return 200, {"ok": True, "result": message}
-
     def _get_updates(self, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """Confirm the updates below `offset`, then hand out the rest of the kinds asked for, waiting up to
         `timeout` seconds for one to come (long polling). A getUpdates that comes meanwhile (another poller
@@ -488,29 +421,28 @@ class _Handler(BaseHTTPRequestHandler):
         }
         return 200, {"ok": True, "result": file}
 
-    def _form(self, body: bytes) -> tuple[dict[str, str], str | None, bytes | None, str | None]:
-        """The request's fields, and its one file: (fields, file name, content, the file's field name)."""
+    def _form(self, body: bytes) -> tuple[dict[str, str], str | None, bytes | None]:
         content_type = self.headers.get("Content-Type", "")
         if content_type.startswith("application/json"):
-            return {key: str(value) for key, value in json.loads(body or b"{}").items()}, None, None, None
+            return {key: str(value) for key, value in json.loads(body or b"{}").items()}, None, None
         if content_type.startswith("multipart/form-data"):
             return _multipart(body, content_type)
-        return dict(urllib.parse.parse_qsl(body.decode("utf-8"))), None, None, None
+        return dict(urllib.parse.parse_qsl(body.decode("utf-8"))), None, None
 
 
-def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], str | None, bytes | None, str | None]:
+def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], str | None, bytes | None]:
     """Split a multipart/form-data body (RFC 7578) into its fields and its one file, by finding the
     delimiters and copying each payload once: a stand-in that spends less CPU than the client it
     measures (the email package took seconds per part, splitting and trimming copies several times)."""
     boundary = re.search(r'boundary="?([^";]+)"?', content_type)
     if boundary is None:
-        return {}, None, None, None
+        return {}, None, None
     delimiter = b"\r\n--" + boundary[1].encode()
     fields: dict[str, str] = {}
-    file_name = content = file_field = None
+    file_name = content = None
     position = body.find(delimiter[2:])
     if position < 0:
-        return {}, None, None, None
+        return {}, None, None
     position += len(delimiter) - 2
     while not body.startswith(b"--", position):
         head_end = body.find(b"\r\n\r\n", position)
@@ -524,10 +456,9 @@ def _multipart(body: bytes, content_type: str) -> tuple[dict[str, str], str | No
         filename = re.search(r'\bfilename="([^"]*)"', disposition)
         if filename is not None:
             file_name, content = filename[1], payload
-            file_field = name[1] if name is not None else None
         elif name is not None:
             fields[name[1]] = payload.decode("utf-8")
-    return fields, file_name, content, file_field
+    return fields, file_name, content
 
 
 class _Server(ThreadingHTTPServer):

@@ -29,7 +29,7 @@ from .outbox import Outbox, delivery_text
 from .pgdump import DumpProcess, run_pg_dump, run_pg_dumpall_globals
 from .pipeline import Count, Digest, PartDigests
 from .redaction import scrub
-from .retention import Pruner, manifest_key
+from .retention import Pruner
 from .state import StateError, StateStore
 from .states import DeliveryState, Trigger
 from .stopping import Stop
@@ -150,7 +150,6 @@ class Backup:
             config.backup.keep_rules,
             config.secrets(),
             chat_id=config.telegram.chat_id if config.telegram.delete_old else None,
-            key=manifest_key(config),
             clock=self._clock,
         )
         self._server = socket.gethostname()

@@ -19,7 +19,7 @@ from .fleet import Fleet, Slot
 from .manifest import series_of
 from .outbox import Outbox
 from .reloading import ReloadRequests
-from .retention import Pruner, manifest_key, mark, rules_for
+from .retention import Pruner, mark, rules_for
 from .runner import BackupBusy, BackupRunner, RunningBackup, Selection
 from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState, Trigger
@@ -324,7 +324,7 @@ class Commands:
 
     def prune(self, peer: Peer, dry_run: bool) -> dict[str, Any]:
         """What retention removes from the backup directory now, series by series, and why each other
-        backup stays, and with telegram.delete_old whose messages it deletes from the chat; without
+        backup stays, and with telegram.delete_old whose parts it deletes from the chat; without
         `dry_run`, do it as after a backup (and log it alike), under the directory's lock, unless a
         backup is running (it prunes when it ends)."""
         if not dry_run:
@@ -370,7 +370,6 @@ class Commands:
                 rules,
                 self._config.secrets(),
                 chat_id=chat_id,
-                key=manifest_key(self._config),
             )
             bound = log.bind(database=series)
             try:
@@ -400,7 +399,7 @@ class Commands:
                     ],
                     "remove": plan.to_remove,
                     "removed": removed,
-                    # Whose messages go from the chat (telegram.delete_old): would, or did (a refusal stops).
+                    # Whose parts go from the chat (telegram.delete_old): would, or did (a refusal stops it).
                     "chat_delete": chat,
                 }
             )

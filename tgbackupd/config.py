@@ -510,10 +510,9 @@ KEYS = (
         "delete_old",
         _boolean,
         False,
-        description="Retention in the chat too: the parts and manifests of the delivered backups the keep "
-        "rules drop are deleted from the chat, the later manifests replaced (editMessageMedia) by ones that "
-        "skip them, so the chain still reaches every backup kept. Needs the right to delete messages for "
-        "messages older than 48 hours (and, in a channel, to post, to edit the manifests).",
+        description="Retention in the chat too: the parts of the delivered backups the keep rules drop are "
+        "deleted from the chat (their manifests stay, as links of the chain). Needs the right to delete "
+        "messages for parts older than 48 hours.",
     ),
     _Key(
         "database",
@@ -902,7 +901,7 @@ class TelegramConfig:
     # Answer /status, /backup, /list and /last_error from these Telegram users (telegram.commands).
     commands: bool = False
     admin_user_ids: tuple[int, ...] = ()
-    delete_old: bool = False  # retention also deletes from the chat the backups it drops
+    delete_old: bool = False  # retention also deletes from the chat the parts of the backups it drops
 
     @property
     def configured(self) -> bool:

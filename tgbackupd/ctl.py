@@ -406,11 +406,9 @@ def render_listing(rows: list[dict[str, Any]]) -> str:
         telegram = row.get("delivery") or "unknown"
         if row.get("manifest_message_id"):
             telegram = f"{telegram} (#{row['manifest_message_id']})"
-        if row.get("manifest_deleted_at"):  # retention deleted its parts and its manifest from the chat
-            telegram = "deleted"
-        elif row.get("parts_deleted_at"):  # its parts went; its manifest stays (a refused edit kept it)
+        if row.get("parts_deleted_at"):  # retention deleted its parts from the chat; the manifest stays
             message = row.get("manifest_message_id")
-            telegram = f"manifest only (#{message})" if message else "parts deleted"
+            telegram = "manifest only" + (f" (#{message})" if message else "")
         verified = {True: "yes", False: "NO", None: "-"}[row.get("verified")]
         local = {True: "yes", False: "no", None: "-"}.get(row.get("local"), str(row.get("local")))
         parts = row.get("parts") or "?"
@@ -443,7 +441,7 @@ def render_prune(data: dict[str, Any]) -> str:
         lines = [f"{series['series']} ({series['rules']}): {did} {going}"]
         for name in series.get("chat_delete", ()):
             lines.append(
-                f"  {'chat' if data['dry_run'] else 'deleted':<7} {name}  (its messages, from the chat)"
+                f"  {'chat' if data['dry_run'] else 'deleted':<7} {name}  (its parts, from the chat)"
             )
         for backup in series["backups"]:
             if backup["kept"]:

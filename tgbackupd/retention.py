@@ -7,13 +7,12 @@ made (by the time with its UTC offset, where the catalogue knows it: a name's lo
 the end of summer time), always.
 
 The Pruner applies it after each delivery, and for `tgbackupctl prune`: to the backup directory, and with
-telegram.delete_old to the messages of delivered backups in the chat: their parts, and their manifest once
-the later manifest that named it skips it (the chain that restore walks from the chat alone stays whole)."""
+telegram.delete_old to the parts of delivered backups in the chat (their manifests stay: links of the
+chain that restore walks from the chat alone)."""
 
 import socket
-import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,14 +20,12 @@ from . import messages
 from .clock import Clock
 from .config import Config, KeepRules
 from .errors import Cancelled, TgbackupdError
-from .files import FileSlice, write_atomically
-from .manifest import Manifest, ManifestRef, series_of
+from .manifest import series_of
 from .redaction import scrub
-from .signing import ManifestKey, signed_json
-from .state import Entry, StateError, StateStore, backup_stamp
+from .state import StateError, StateStore, backup_stamp
 from .states import DeliveryState
 from .storage import BackupDirectory, DirectoryBusy
-from .telegram import BotApi, MessageNotDeletable, TelegramError, TelegramRejected
+from .telegram import BotApi, MessageNotDeletable, TelegramError
 
 # Meta key: when the chat was told that Telegram refuses to delete old backups (absent: not told).
 _REFUSAL_TOLD = "chat_deletion_refused_told_at"
@@ -41,14 +38,6 @@ NEWEST_MADE = "newest made"
 # a first run over a year of history goes on at the next runs instead of holding up the backup.
 CHAT_DELETIONS_PER_RUN = 50
 _GOOD_DELIVERY = (DeliveryState.SENT, DeliveryState.LOCAL_ONLY)
-
-
-class ChainLinkRefused(TelegramRejected):
-    """Telegram would not replace the later manifest that names one retention deletes: that one stays."""
-
-
-class ChainBusy(TgbackupdError):
-    """Another process is delivering a backup, whose manifest may name one retention would delete."""
 
 
 @dataclass(frozen=True)
@@ -210,12 +199,6 @@ def chat_candidates(catalogue: dict[str, dict[str, Any]], series: str, chat_id: 
     ]
 
 
-def manifest_key(config: Config) -> ManifestKey | None:
-    """The key the manifests in the chat are signed with, the bot token's (None without a token)."""
-    token = config.telegram.bot_token
-    return ManifestKey.from_token(token) if token else None
-
-
 def local_rules(rules: KeepRules) -> KeepRules:
     """The rules for the files here: none with keep = 0, which keeps no backup here (but one not
     delivered, whose file its delivery still needs)."""
@@ -279,7 +262,7 @@ class Plan:
 class Pruner:
     """Removes from the backup directory the files of one series' backups that its rules drop, holding the
     directory's lock (so that no backup is being written there meanwhile, by this or another process);
-    with `chat_id` and `key` (telegram.delete_old), also their messages from the chat."""
+    with `chat_id` (telegram.delete_old), also their parts from the chat."""
 
     def __init__(
         self,
@@ -289,7 +272,6 @@ class Pruner:
         secrets: list[str] | None = None,
         *,
         chat_id: str | None = None,
-        key: ManifestKey | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._directory = directory
@@ -298,7 +280,6 @@ class Pruner:
         self.chat_rules = rules
         self._secrets = secrets or []
         self._chat_id = chat_id
-        self._key = key  # what the manifests replaced in the chat are signed with: the bot token's
         self._clock = clock or Clock()
 
     def plan(self) -> Plan:
@@ -324,9 +305,9 @@ class Pruner:
 
     def prune(self, log: Any, bot: BotApi | None = None) -> list[str]:
         """Remove what the rules drop, and log it; return what went. With a bot and telegram.delete_old,
-        delete the messages of what they drop from the chat too. Never raises for an expected failure: it is
+        delete the parts of what they drop from the chat too. Never raises for an expected failure: it is
         logged, and pruning runs again after the next backup."""
-        if bot is not None and self._chat_id is not None and self._key is not None:
+        if bot is not None and self._chat_id is not None:
             self.prune_chat(bot, self._chat_id, log)
         try:
             plan, removed = self.apply()
@@ -340,33 +321,19 @@ class Pruner:
         return removed
 
     def chat_plan(self, log: Any = None) -> list[str]:
-        """The delivered backups, newest first, whose messages retention deletes from the chat now (with
-        telegram.delete_old): those the rules drop, counting only the backups whose parts are in this
-        chat, and those whose parts went already but whose manifest is still there (a refused edit or
-        deletion kept it, or an earlier tgbackupd, which kept them, left it); only those recorded as
-        delivered to this chat (not those delivered before the chat was recorded: they may be in a chat
-        telegram.chat_id named before; with `log`, said once), and never the newest manifest, where the
-        chain begins. Raise StateError if the catalogue cannot be read."""
+        """The delivered backups, newest first, whose parts retention deletes from the chat now (with
+        telegram.delete_old): the rules count only the backups whose parts are in this chat, and only
+        those recorded as delivered to it are deleted (not those delivered before the chat was recorded:
+        they may be in a chat telegram.chat_id named before). With `log`, say once why those stay. Raise
+        StateError if the catalogue cannot be read."""
         chat_id = self._chat_id or ""
-        rows = self._store.listing()
-        catalogue = {row["name"]: row for row in rows}
-        head = self._store.latest_manifest_ref()
+        catalogue = {row["name"]: row for row in self._store.listing()}
         verdicts = decide(chat_candidates(catalogue, self._directory.prefix, chat_id), self.chat_rules)
         dropped = [verdict.name for verdict in verdicts if not verdict.kept]
+        unknown = [name for name in dropped if catalogue[name].get("chat_id") is None]
         if log is not None:
-            self._tell_unknown_chat_once(
-                [name for name in dropped if catalogue[name].get("chat_id") is None], log
-            )
-        linked = {
-            row["name"]
-            for row in rows
-            if series_of(row["name"]) == self._directory.prefix
-            and row.get("parts_deleted_at")
-            and row.get("manifest_message_id") is not None
-        }
-        here = {name for name in [*dropped, *linked] if catalogue[name].get("chat_id") == chat_id}
-        doomed = here - {head.name if head is not None else ""}
-        return [row["name"] for row in rows if row["name"] in doomed]  # the listing's newest first
+            self._tell_unknown_chat_once(unknown, log)
+        return [name for name in dropped if catalogue[name].get("chat_id") == chat_id]
 
     def _tell_unknown_chat_once(self, unknown: list[str], log: Any) -> None:
         """Log, when their number changes, the dropped backups left in the chat because the catalogue does
@@ -399,11 +366,10 @@ class Pruner:
             if entry is None or any(part.message_id is None for part in entry.manifest.parts):
                 unknown.append(name)
                 continue
-            messages = len(entry.manifest.parts) + 1  # and its manifest
-            if batch and messages_now + messages > CHAT_DELETIONS_PER_RUN:
+            if batch and messages_now + len(entry.manifest.parts) > CHAT_DELETIONS_PER_RUN:
                 break
             batch.append(name)
-            messages_now += messages
+            messages_now += len(entry.manifest.parts)
         if unknown:
             log.warning(
                 "Not deleting old backups from the chat: the catalogue does not know the messages of "
@@ -421,167 +387,49 @@ class Pruner:
         return batch
 
     def prune_chat(self, bot: BotApi, chat_id: str, log: Any) -> list[str]:
-        """Delete from the chat the messages of the delivered backups the rules drop, newest first: first
-        their parts; then, under the delivery lock, their manifests, each once the later manifest that
-        names it as its previous names the next older one kept instead (its message's document replaced,
-        signed anew), so that the chain from the pinned manifest still reaches every older backup kept,
-        from the chat alone, after each step. Return those whose messages all went. The first refusal
-        ends the run (the bot's rights, or the 48-hour rule, refuse the older ones alike): said in the log
-        each time, and in the chat once until it works again; a manifest that could not be skipped stays,
-        a link of the chain."""
+        """Delete from the chat the parts of the delivered backups the rules drop, newest first; return
+        those whose parts went. Their manifests stay: each is a link of the chain (a later manifest names
+        it as its previous) through which restore and `list --remote` reach the older backups kept, from
+        the chat alone. The first refusal ends the run (the bot's rights, or the 48-hour rule, refuse the
+        older ones alike): said in the log each time, and in the chat once until a deletion works again."""
         try:
             doomed = self._chat_batch(self.chat_plan(log), log)
         except TgbackupdError as error:
             log.error("Could not delete old backups from the chat", error=scrub(str(error), self._secrets))
             return []
-        gone: list[str] = []  # every message of theirs deleted
-        relinked: list[str] = []
-        refusal: TelegramRejected | None = None
+        deleted: list[str] = []
         try:
-            parts_gone, refusal = self._delete_parts(bot, chat_id, doomed)
-            with self._store.delivery_lock(0, threading.Event()) as held_elsewhere:
-                if held_elsewhere:
-                    raise ChainBusy(f"their manifests are left for now: {held_elsewhere}")
-                relinked += self._repair_links(bot, chat_id)
-                for name in doomed:
-                    if name in parts_gone:
-                        relinked += self._delete_manifest(bot, chat_id, name, parts_gone)
-                        gone.append(name)
-        except (MessageNotDeletable, ChainLinkRefused) as refused:
-            refusal = refused
-        except (TelegramError, Cancelled, StateError, ChainBusy, OSError) as error:
+            for name in doomed:
+                entry = self._store.entry(name)
+                for part in entry.manifest.parts if entry is not None else ():
+                    if part.message_id is not None:
+                        bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
+                self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
+                deleted.append(name)
+        except MessageNotDeletable as refused:
+            reason = scrub(str(refused), self._secrets)
+            log.error(
+                "Telegram refused to delete old backups from the chat; they stay there",
+                error=reason,
+                backup=doomed[len(deleted)],
+                not_deleted=len(doomed) - len(deleted),
+            )
+            self._tell_chat_once(bot, chat_id, reason, log)
+        except (TelegramError, Cancelled, StateError) as error:
             log.warning(
                 "Could not delete old backups from the chat now; tried again after the next backup",
                 error=scrub(str(error), self._secrets),
-                not_deleted=len(doomed) - len(gone),
+                not_deleted=len(doomed) - len(deleted),
             )
-        if refusal is not None:
-            reason = scrub(str(refusal), self._secrets)
-            log.error(
-                "Telegram refused to delete old backups from the chat; they stay there"
-                if isinstance(refusal, MessageNotDeletable)
-                else "Telegram refused to replace a manifest that names an old backup's; that backup's "
-                "manifest stays in the chat, a link of the chain",
-                error=reason,
-                backup=next(name for name in doomed if name not in gone),
-                not_deleted=len(doomed) - len(gone),
-            )
-            self._tell_chat_once(bot, chat_id, reason, log)
-        elif len(gone) == len(doomed):
+        else:
             self._forget_refusal(log)
-        if gone:
+        if deleted:
             log.info(
-                "Deleted old backups' parts and manifests from the chat; the later manifests skip them",
-                deleted=gone,
-                relinked=sorted(set(relinked)),
+                "Deleted old backups' parts from the chat; their manifests stay as links of the chain",
+                deleted=deleted,
                 rules=self.chat_rules.describe(),
             )
-        return gone
-
-    def _delete_parts(
-        self, bot: BotApi, chat_id: str, doomed: list[str]
-    ) -> tuple[set[str], MessageNotDeletable | None]:
-        """Delete the parts of `doomed` from the chat, newest first, up to the first that Telegram refuses
-        to delete; return those of `doomed` whose parts are gone (now or before), and the refusal, if any.
-        Raise TelegramError or StateError if they could not be deleted for another reason."""
-        gone = {row["name"] for row in self._store.listing() if row.get("parts_deleted_at")} & set(doomed)
-        for name in doomed:
-            entry = self._store.entry(name)
-            if name in gone or entry is None:
-                continue
-            try:
-                for part in entry.manifest.parts:
-                    if part.message_id is not None:
-                        bot.delete_message(chat_id, part.message_id)  # False: gone already, as wanted
-            except MessageNotDeletable as refused:
-                return gone, refused
-            self._store.record_parts_deleted(name, self._clock.now().isoformat(timespec="seconds"))
-            gone.add(name)
-        return gone, None
-
-    def _delete_manifest(self, bot: BotApi, chat_id: str, name: str, skippable: set[str]) -> list[str]:
-        """Delete the manifest of `name` from the chat, after replacing each later manifest that names it
-        as its previous by one that names the next older manifest not in `skippable` (backups whose parts
-        are gone: their manifests go next) instead, and each manifest after that by one that names it by
-        its new file; return the backups whose manifests were replaced. Raise ChainLinkRefused (and keep
-        it) if a later manifest could not be replaced, MessageNotDeletable if Telegram refuses to delete it
-        (the chain walks past it already), TelegramError, StateError or OSError otherwise."""
-        entry = self._store.entry(name)
-        reference = entry.manifest_ref if entry is not None else None
-        if entry is None or reference is None or reference.message_id is None:
-            return []  # where its manifest is, if anywhere, is not known: nothing to delete
-        relinked = []
-        for successor in self._store.successors(name):
-            skip_to = self._skip_to(entry.manifest.previous, skippable)
-            self._replace_manifest(bot, chat_id, successor, replace(successor.manifest, previous=skip_to))
-            relinked.append(successor.manifest.name)
-            relinked += self._repair_links(bot, chat_id)
-        bot.delete_message(chat_id, reference.message_id)  # False: gone already, as wanted
-        self._store.record_manifest_deleted(name, self._clock.now().isoformat(timespec="seconds"))
-        return relinked
-
-    def _skip_to(self, previous: ManifestRef | None, skippable: set[str]) -> ManifestRef | None:
-        """What a later manifest names instead of `previous`: `previous`, or, while that is the manifest of
-        a backup whose manifest goes too (`skippable`), the one that one names."""
-        seen: set[str] = set()
-        while previous is not None and previous.name in skippable and previous.name not in seen:
-            seen.add(previous.name)
-            entry = self._store.entry(previous.name)
-            if entry is None or entry.manifest_ref is None:
-                break
-            previous = entry.manifest.previous
-        return previous
-
-    def _repair_links(self, bot: BotApi, chat_id: str) -> list[str]:
-        """Replace, oldest first, each manifest whose `previous` names a manifest by the file it had before
-        it was replaced (Telegram does not promise that an old file id still downloads): each such
-        replacement makes the next later manifest's link old in turn, up to the newest. Return the backups
-        whose manifests were replaced. Raise as _replace_manifest."""
-        relinked: list[str] = []
-        while stale := self._store.stale_links():
-            entry, current = stale
-            if entry.manifest.name in relinked:  # a loop in the catalogue's chain: never replaced again
-                raise StateError(f"the catalogue's chain of manifests loops at {entry.manifest.name}")
-            self._replace_manifest(bot, chat_id, entry, replace(entry.manifest, previous=current))
-            relinked.append(entry.manifest.name)
-        return relinked
-
-    def _replace_manifest(self, bot: BotApi, chat_id: str, entry: Entry, manifest: Manifest) -> None:
-        """Put `manifest`, signed, in the message of `entry`'s manifest (its caption kept, its pin too),
-        then record it, here (the manifest file, if one is kept; the note of the newest manifest, if it is
-        that one) and in the catalogue. Raise ChainLinkRefused if Telegram will not replace it."""
-        old = entry.manifest_ref
-        assert old is not None and old.message_id is not None and self._key is not None
-        data = signed_json(manifest, self._key)
-        local = self._directory.path / manifest.file_name
-        sending = self._directory.path / f".{manifest.file_name}.relinked"
-        caption = messages.manifest_caption(
-            messages.facts_of(manifest, entry.facts), parts=len(manifest.parts)
-        )
-        write_atomically(sending, data)
-        try:
-            sent = bot.edit_message_document(
-                chat_id, old.message_id, FileSlice.whole(sending), manifest.file_name, caption
-            )
-        except TelegramRejected as error:
-            raise ChainLinkRefused(
-                f"the manifest of {entry.manifest.name} (message {old.message_id}) could not be replaced by "
-                f"one that skips the manifest retention deletes: {error}"
-            ) from None
-        finally:
-            sending.unlink(missing_ok=True)
-        if sent.file_id is None:
-            raise TelegramError(
-                f"Telegram replaced the manifest of {entry.manifest.name} (message {old.message_id}) but did "
-                "not say its new file id; the next run replaces it again"
-            )
-        reference = ManifestRef(manifest.name, old.message_id, sent.file_id)
-        self._store.record_relinked(manifest, reference)
-        if local.exists():
-            write_atomically(local, data)
-        noted = self._directory.newest_manifest()
-        if noted is not None and noted.message_id == old.message_id:
-            self._directory.note_newest_manifest(reference)
+        return deleted
 
     def _tell_chat_once(self, bot: BotApi, chat_id: str, reason: str, log: Any) -> None:
         """The chat hears of a refusal once, not after every backup: until a deletion works again."""

@@ -27,7 +27,7 @@ from .formats import SUFFIX_PATTERN, stem
 from .manifest import Manifest, ManifestRef, Part, series_of
 from .states import DeliveryState
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 4
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 15.0
 _STAMP = re.compile(rf"_backup_(?P<stamp>[0-9]{{8}}_[0-9]{{6}}){SUFFIX_PATTERN}$")
@@ -95,9 +95,6 @@ MIGRATIONS = (
     # stays there, a link of the chain to the older backups (NULL: its parts are in the chat). And the chat
     # a backup was delivered to (NULL: delivered before it was recorded): retention deletes only from it.
     "ALTER TABLE backups ADD COLUMN parts_deleted_at TEXT; ALTER TABLE backups ADD COLUMN chat_id TEXT",
-    # When retention deleted its manifest from the chat too, the later manifest that named it skipping it
-    # (NULL: its manifest is in the chat, or was never sent). Its manifest's message and file are then NULL.
-    "ALTER TABLE backups ADD COLUMN manifest_deleted_at TEXT",
 )
 _TABLES = {"backups", "parts", "outbox", "results", "meta"}
 
@@ -535,33 +532,6 @@ class StateStore:
         with self._writing(f"record that the parts of {name} were deleted from the chat") as connection:
             connection.execute("UPDATE backups SET parts_deleted_at = ? WHERE name = ?", (when, name))
 
-    def record_relinked(self, manifest: Manifest, reference: ManifestRef) -> None:
-        """A delivered backup's manifest was replaced in the chat (editMessageMedia) by `manifest`, which
-        names another previous, now at `reference` (a new file id)."""
-        previous = manifest.previous
-        with self._writing(f"record the new manifest of {manifest.name}") as connection:
-            connection.execute(
-                "UPDATE backups SET previous_name = ?, previous_message_id = ?, previous_file_id = ?, "
-                "manifest_message_id = ?, manifest_file_id = ? WHERE name = ?",
-                (
-                    previous.name if previous else None,
-                    previous.message_id if previous else None,
-                    previous.file_id if previous else None,
-                    reference.message_id,
-                    reference.file_id,
-                    manifest.name,
-                ),
-            )
-
-    def record_manifest_deleted(self, name: str, when: str) -> None:
-        """Retention deleted a backup's manifest from the chat: no manifest is there to link to."""
-        with self._writing(f"record that the manifest of {name} was deleted from the chat") as connection:
-            connection.execute(
-                "UPDATE backups SET manifest_deleted_at = ?, manifest_message_id = NULL, "
-                "manifest_file_id = NULL WHERE name = ?",
-                (when, name),
-            )
-
     def set_meta(self, key: str, value: str | None) -> None:
         with self._writing(f"record {key}") as connection:
             if value is None:
@@ -718,36 +688,6 @@ class StateStore:
             row = connection.execute(query + " ORDER BY stamp DESC, name DESC LIMIT 1", arguments).fetchone()
         return ManifestRef(row[0], row[1], row[2]) if row else None
 
-    def successors(self, name: str) -> list[Entry]:
-        """The delivered backups whose manifest names the manifest of `name` as its previous: those a
-        deletion of that manifest would cut off from the older ones."""
-        with self._reading(f"read the manifests that follow {name}") as connection:
-            names = [
-                row[0]
-                for row in connection.execute(
-                    "SELECT name FROM backups WHERE previous_name = ? AND manifest_file_id IS NOT NULL "
-                    "ORDER BY stamp, name",
-                    (name,),
-                )
-            ]
-        return [entry for entry in map(self.entry, names) if entry is not None]
-
-    def stale_links(self) -> tuple[Entry, ManifestRef] | None:
-        """The oldest delivered backup whose manifest names its previous by a file that manifest no longer
-        has (it was replaced since: retention), with where that previous is now; None if there is none. A
-        link with no file id (which nothing can follow) is left alone."""
-        with self._reading("read the links of the chain") as connection:
-            row = connection.execute(
-                "SELECT later.name, earlier.name, earlier.manifest_message_id, earlier.manifest_file_id "
-                "FROM backups AS later JOIN backups AS earlier ON later.previous_name = earlier.name "
-                "WHERE later.manifest_file_id IS NOT NULL AND earlier.manifest_file_id IS NOT NULL "
-                "AND later.previous_file_id IS NOT NULL "
-                "AND later.previous_file_id != earlier.manifest_file_id "
-                "ORDER BY later.stamp, later.name LIMIT 1"
-            ).fetchone()
-        entry = self.entry(row[0]) if row else None
-        return (entry, ManifestRef(row[1], row[2], row[3])) if entry is not None else None
-
     def newer_delivered(self, name: str) -> bool:
         """Whether a backup newer than `name` is in the chat already (then `name` must not be pinned)."""
         with self._reading("read the newest delivered backup") as connection:
@@ -802,12 +742,9 @@ class StateStore:
                 "last_error": row["last_error"]
                 if row["delivery"] == DeliveryState.PENDING
                 else row["lost_reason"],
-                # Columns of schemas 4 and 5: a reader of an older store (tgbackupctl) finds none.
+                # Columns of schema 4: a reader of an older store (tgbackupctl) finds none.
                 "parts_deleted_at": row["parts_deleted_at"] if "parts_deleted_at" in columns else None,
                 "chat_id": row["chat_id"] if "chat_id" in columns else None,
-                "manifest_deleted_at": row["manifest_deleted_at"]
-                if "manifest_deleted_at" in columns
-                else None,
             }
             for row in rows
         ]
@@ -861,7 +798,7 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
     previous = manifest.previous
     reference = entry.manifest_ref
     connection.execute(
-        f"INSERT INTO backups VALUES ({', '.join('?' * 30)})",
+        f"INSERT INTO backups VALUES ({', '.join('?' * 29)})",
         (
             manifest.name,
             stem(manifest.name),
@@ -892,7 +829,6 @@ def _insert(connection: sqlite3.Connection, entry: Entry) -> None:
             json.dumps(list(manifest.recipients)) if manifest.encrypted else None,
             None,  # parts_deleted_at: a backup is recorded with its parts where they were sent
             None,  # chat_id: recorded with its delivery
-            None,  # manifest_deleted_at: and with its manifest
         ),
     )
     connection.executemany(

@@ -53,14 +53,7 @@ LONG_POLL_MARGIN_S = 15
 _BODY_BLOCK_BYTES = 256 * 1024
 # What posts a message in a chat (or changes one), and so counts towards Telegram's limits for that chat.
 PACED_METHODS = frozenset(
-    {
-        "sendDocument",
-        "sendMessage",
-        "editMessageCaption",
-        "editMessageMedia",
-        "pinChatMessage",
-        "deleteMessage",
-    }
+    {"sendDocument", "sendMessage", "editMessageCaption", "pinChatMessage", "deleteMessage"}
 )
 PACING_WINDOW_S = 60.0
 
@@ -86,11 +79,6 @@ class TelegramConflict(TelegramRejected):
 class MessageNotDeletable(TelegramRejected):
     """Telegram refused to delete a message (400 "message can't be deleted"): the bot lacks the right, or
     the message is older than a bot may delete without it."""
-
-
-class MessageNotEditable(TelegramRejected):
-    """Telegram refused to edit a message (400 "message can't be edited"): the bot may not edit in that
-    chat, or the message is not the bot's own."""
 
 
 class TelegramUnreachable(TelegramError):
@@ -270,33 +258,6 @@ class BotApi:
     def edit_message_caption(self, chat_id: str, message_id: int, caption: str) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "caption": caption}
         self._call("editMessageCaption", chat_id, lambda: {"data": fields}, self._attempts)
-
-    def edit_message_document(
-        self,
-        chat_id: str,
-        message_id: int,
-        content: FileSlice,
-        file_name: str,
-        caption: str,
-        content_type: str = "application/json",
-    ) -> SentMessage:
-        """Replace the document of one of the bot's messages with a new file (editMessageMedia, the file
-        attached to the request), with `caption` (an edit without one would remove it); the message keeps
-        its id and its pin, the document gets a new file id. Raise MessageNotEditable when Telegram refuses,
-        TelegramRejected when the message is gone ("message to edit not found"), TelegramError otherwise."""
-
-        def request() -> dict[str, Any]:
-            media = {
-                "type": "document",
-                "media": "attach://document",
-                "caption": caption,
-                "disable_content_type_detection": True,
-            }
-            fields = {"chat_id": chat_id, "message_id": str(message_id), "media": json.dumps(media)}
-            body = MultipartBody(fields, "document", content, file_name, content_type, self._cancel)
-            return {"data": body, "headers": {"Content-Type": body.content_type}}
-
-        return self._sent(self._call("editMessageMedia", chat_id, request, self._attempts, content.length))
 
     def pin_chat_message(self, chat_id: str, message_id: int) -> None:
         fields = {"chat_id": chat_id, "message_id": str(message_id), "disable_notification": "true"}
@@ -521,12 +482,6 @@ class BotApi:
                 'administrator with the right to delete messages ("Delete messages of others" in a '
                 'channel, "Delete messages" in a group); give the bot that right, or set '
                 "telegram.delete_old = false and delete old backups in the chat by hand"
-            )
-        if "message can't be edited" in lowered:
-            return MessageNotEditable(
-                f"Telegram refused to edit a message in chat {chat_id} ({status} {description}): a bot may "
-                "edit its own messages; in a channel it must be an administrator allowed to post messages "
-                '("Post messages", and "Edit messages of others" for messages it did not send)'
             )
         if status == 403:
             return TelegramRejected(

@@ -1,34 +1,28 @@
 """Retention in the chat (telegram.delete_old): real backups delivered to the Bot API stand-in, the parts
-and manifests of those the rules drop deleted, the later manifests replaced to skip them, the chain of
-manifests still walked from the chat alone, and Telegram's refusals (no right to delete, older than 48
-hours, no right to edit) said plainly, in the chat once."""
+of those the rules drop deleted, the chain of manifests still walked from the chat alone, and Telegram's
+refusals (no right to delete, older than 48 hours) said plainly, in the chat once."""
 
 import json
 import time
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
-from tests.botapi import CHAT_ID, FAKE_TOKEN, Fault
+from tests.botapi import CHAT_ID, FAKE_TOKEN
 from tests.conftest import backup_for, base_environment, database_url, psql, telegram_environment
 from tests.integration.test_parts_and_restore import ctl, new_machine
 from tests.integration.test_retention_directory import LOG, Nightly
-from tests.processes import child_environment
 from tgbackupd.config import KeepRules, load_config
 from tgbackupd.errors import ConfigError
-from tgbackupd.files import FileSlice, write_atomically
-from tgbackupd.manifest import Manifest, ManifestRef, manifest_name, plan_parts
-from tgbackupd.retention import Pruner, made_at
-from tgbackupd.signing import ManifestKey, signed_json
+from tgbackupd.manifest import Manifest, ManifestRef, plan_parts
+from tgbackupd.retention import Pruner
 from tgbackupd.state import Entry
 from tgbackupd.statefile import open_store
 from tgbackupd.states import DeliveryState
 from tgbackupd.storage import BackupDirectory
-from tgbackupd.telegram import BotApi, MessageNotDeletable, MessageNotEditable, TelegramRejected
+from tgbackupd.telegram import BotApi, MessageNotDeletable
 
 # Sunday 29 November 2026 (ISO week 48), then Monday to Wednesday of week 49.
 FIRST_NIGHT = datetime(2026, 11, 29, 3, 0)
@@ -61,145 +55,33 @@ def message_ids(backup, name: str) -> list[int]:
     return [part.message_id for part in entry.manifest.parts]
 
 
-def deliver_chain(directory: Path, store, bot_api, names: list[str]) -> dict[str, int]:
-    """Backups delivered to the stand-in as tgbackupd delivers them, oldest first: each one's part, then
-    its manifest (kept in `directory` too), signed with the bot token's key and naming the one before, the
-    newest pinned; recorded in the catalogue. Return each backup's manifest message."""
-    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
-    key = ManifestKey.from_token(FAKE_TOKEN)
-    previous = None
-    manifests = {}
-    for name in names:
-        (directory / name).write_bytes(b"dump")
-        part = plan_parts(name, [(4, "ab" * 32)])[0]
-        sent = bot.send_document(
-            CHAT_ID, FileSlice.whole(directory / name), part.file_name, f"part of {name}"
-        )
-        parts = (replace(part, message_id=sent.message_id, file_id=sent.file_id),)
-        made = made_at(name).isoformat()
-        manifest = Manifest(name, "shop", "shop on db", "h", made, 4, "ab" * 32, parts, previous)
-        write_atomically(directory / manifest_name(name), signed_json(manifest, key))
-        sent = bot.send_document(
-            CHAT_ID,
-            FileSlice.whole(directory / manifest_name(name)),
-            manifest.file_name,
-            f"manifest of {name}",
-        )
-        previous = ManifestRef(name, sent.message_id, sent.file_id)
-        store.add(Entry(manifest, DeliveryState.PENDING))
-        store.record_delivered(manifest, previous, None, chat_id=CHAT_ID)
-        manifests[name] = sent.message_id
-    assert previous is not None
-    bot.pin_chat_message(CHAT_ID, previous.message_id)
-    bot.close()
-    return manifests
-
-
-def manifest_in_chat(bot_api, message_id: int) -> dict:
-    """The manifest document a message of the stand-in holds now, parsed."""
-    return json.loads(bot_api.state.files[bot_api.state.messages[message_id]["document"]["file_id"]])
-
-
-def chain_from_pin(bot_api) -> list[str]:
-    """The backups the chain from the pinned manifest reaches, as the stand-in holds it, newest first."""
-    names = []
-    document = manifest_in_chat(bot_api, bot_api.state.pinned[CHAT_ID]["message_id"])
-    while True:
-        names.append(document["name"])
-        if document["previous"] is None:
-            return names
-        document = manifest_in_chat(bot_api, document["previous"]["message_id"])
-
-
-def chain_from_pin_by_file(bot_api) -> list[str]:
-    """The backups the chain from the pinned manifest reaches by the file ids each manifest names, as a
-    new machine follows it, newest first; it ends where a file id no longer downloads."""
-    names = []
-    document = manifest_in_chat(bot_api, bot_api.state.pinned[CHAT_ID]["message_id"])
-    while True:
-        names.append(document["name"])
-        previous = document["previous"]
-        if previous is None or previous["file_id"] not in bot_api.state.files:
-            return names
-        document = json.loads(bot_api.state.files[previous["file_id"]])
-
-
-def test_dropped_backups_leave_the_chat_whole_and_the_chain_from_the_pin_still_reaches_the_older_kept_one(
+def test_the_parts_of_dropped_backups_leave_the_chat_and_the_chain_still_reaches_the_older_kept_one(
     tmp_path, make_database, bot_api
 ):
     source = make_database(rows=50)
     backup, results, logs = nightly_backups(tmp_path, source, bot_api, nights=4)
     sunday, monday, tuesday, wednesday = (result.file for result in results)
-    manifests = {result.file: result.message_id for result in results}
 
-    # Kept: Wednesday (keep = 1; weekly W49) and Sunday (weekly W48). Monday and Tuesday go, each after
-    # the manifest that named it was replaced by one that skips it.
-    dropped = (
-        message_ids(backup, monday) + message_ids(backup, tuesday) + [manifests[monday], manifests[tuesday]]
-    )
-    assert sorted(bot_api.state.deleted) == sorted(dropped)
-    assert set(bot_api.state.edited) == {manifests[tuesday], manifests[wednesday]}
-    assert bot_api.state.pinned[CHAT_ID]["message_id"] == manifests[wednesday]  # edited, still pinned
-    assert chain_from_pin(bot_api) == [wednesday, sunday]
-    pinned = bot_api.state.pinned[CHAT_ID]
-    assert pinned["caption"].startswith(f"🗂 Manifest of backup {wednesday}")  # its caption kept
-    local = json.loads((tmp_path / "backups" / manifest_name(wednesday)).read_bytes())
-    assert local == manifest_in_chat(bot_api, manifests[wednesday])  # the file kept here follows
+    # Kept: Wednesday (keep = 1; weekly W49) and Sunday (weekly W48). Monday and Tuesday go.
+    dropped_parts = message_ids(backup, monday) + message_ids(backup, tuesday)
+    assert sorted(bot_api.state.deleted) == sorted(dropped_parts)
+    assert not set(bot_api.state.deleted) & {result.message_id for result in results}  # manifests stay
     listing = {row["name"]: row for row in backup.store.listing()}
-    assert [name for name in listing if listing[name]["manifest_deleted_at"]] == [tuesday, monday]
-    assert backup.store.entry(wednesday).manifest.previous.name == sunday
-    deletions = [log for log in logs if log["event"].startswith("Deleted old backups' parts and manifests")]
-    assert [(log["deleted"], log["relinked"]) for log in deletions] == [
-        ([monday], [tuesday]),
-        ([tuesday], [wednesday]),
-    ]
+    assert [name for name in listing if listing[name]["parts_deleted_at"]] == [tuesday, monday]
+    deletions = [log for log in logs if log["event"].startswith("Deleted old backups' parts from the chat")]
+    assert [log["deleted"] for log in deletions] == [[monday], [tuesday]]
 
-    machine = new_machine(tmp_path, bot_api)  # nothing but the token and the chat: as a new machine
+    machine = new_machine(tmp_path, bot_api)
     remote = ctl(machine, "list", "--remote", "--json")
     restored = make_database(empty=True)
     restore = ctl(machine, "restore", "--from-telegram", sunday, "--dbname", database_url(restored))
 
     assert remote.returncode == 0, remote.stderr
-    assert [row["name"] for row in json.loads(remote.stdout)] == [wednesday, sunday]
-    assert "unsigned" not in remote.stderr and "not following" not in remote.stderr.lower()
+    assert [row["name"] for row in json.loads(remote.stdout)] == [wednesday, tuesday, monday, sunday]
     assert restore.returncode == 0, restore.stderr
     assert psql(restored, "SELECT count(*) FROM orders") == psql(source, "SELECT count(*) FROM orders")
-    here = base_environment(tmp_path, source, **telegram_environment(bot_api), **RULES)
-    listed = ctl(child_environment() | here, "list")
-    assert listed.returncode == 0, listed.stderr
-    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
-    assert " deleted " in rows[monday] and " deleted " in rows[tuesday] and " sent (#" in rows[sunday]
-
-
-def test_a_refused_edit_keeps_the_manifest_it_would_skip_and_says_so_and_consecutive_ones_go_later(
-    tmp_path, make_database, bot_api
-):
-    source = make_database(rows=10)
-    bot_api.state.can_edit_own = False  # the bot may not edit its posts: no manifest may be skipped
-    backup, results, logs = nightly_backups(tmp_path, source, bot_api, nights=4)
-    sunday, monday, tuesday, wednesday = (result.file for result in results)
-    manifests = {result.file: result.message_id for result in results}
-
-    # The parts of Monday and Tuesday went; their manifests stay, and the chain walks through them.
-    assert not {manifests[monday], manifests[tuesday]} & set(bot_api.state.deleted)
-    assert chain_from_pin(bot_api) == [wednesday, tuesday, monday, sunday]
-    refusals = [log for log in logs if log["event"].startswith("Telegram refused to replace a manifest")]
-    assert [refusal["backup"] for refusal in refusals] == [monday, tuesday]
-    assert "400 Bad Request: message can't be edited" in refusals[-1]["error"]
-    notices = [message for message in bot_api.messages() if "could not be replaced" in message.fields["text"]]
-    assert len(notices) == 1
-    listed = {row["name"]: row for row in backup.store.listing()}
-    assert listed[monday]["parts_deleted_at"] and not listed[monday]["manifest_deleted_at"]
-
-    bot_api.state.can_edit_own = True  # the administrator lets it edit: Monday, Tuesday and Wednesday go
-    thursday = backup.run("scheduled")
-    assert thursday.succeeded, thursday.error
-
-    assert chain_from_pin(bot_api) == [thursday.file, sunday]
-    assert {manifests[monday], manifests[tuesday], manifests[wednesday]} <= set(bot_api.state.deleted)
-    assert bot_api.state.pinned[CHAT_ID]["message_id"] == thursday.message_id
-    remote = ctl(new_machine(tmp_path, bot_api), "list", "--remote", "--json")
-    assert [row["name"] for row in json.loads(remote.stdout)] == [thursday.file, sunday]
+    gone = ctl(machine, "restore", "--from-telegram", monday, "--dbname", database_url(restored))
+    assert gone.returncode == 65 and "is missing from Telegram (was its message deleted?)" in gone.stderr
 
 
 def test_where_telegram_refuses_nothing_is_marked_deleted_the_log_says_why_and_the_chat_hears_it_once(
@@ -225,53 +107,9 @@ def test_where_telegram_refuses_nothing_is_marked_deleted_the_log_says_why_and_t
     with capture_logs() as later:
         assert backup.run("scheduled").succeeded
 
-    assert len(bot_api.state.deleted) == 8  # the part and the manifest of each of the four older backups
-    assert chain_from_pin(bot_api) == [backup.store.find("latest").manifest.name]
+    assert len(bot_api.state.deleted) == 4  # the parts of the four older backups, one each
     assert any(log["event"].startswith("Deleted old backups' parts") for log in later)
     assert backup.store.meta("chat_deletion_refused_told_at") is None  # a new refusal is told again
-
-
-def test_a_replacement_cut_short_leaves_the_later_link_to_be_mended_first_next_time(tmp_path, bot_api):
-    # Sunday 22 November (W47), Wednesday 25, Saturday 28 and Sunday 29 (W48): keep = 2 and keep_weekly
-    # = 2 keep the 29th, the 28th and the 22nd; the 25th goes.
-    names = [f"shop_backup_202611{day}_030000.sql.gz" for day in (22, 25, 28, 29)]
-    store = open_store(tmp_path / "state.db").store
-    manifests = deliver_chain(tmp_path, store, bot_api, names)
-    pruner = Pruner(
-        BackupDirectory(tmp_path, "shop"),
-        store,
-        KeepRules(last=2, weekly=2),
-        chat_id=CHAT_ID,
-        key=ManifestKey.from_token(FAKE_TOKEN),
-    )
-    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
-    # The part goes, the 28th's manifest is replaced; replacing the 29th's, which names it, fails.
-    bot_api.fail_next(
-        Fault(action="pass"), Fault(action="pass"), Fault(status=502, description="Bad Gateway")
-    )
-
-    with capture_logs() as logs:
-        assert pruner.prune_chat(bot, CHAT_ID, structlog.get_logger()) == []
-
-    assert bot_api.state.edited == [manifests[names[2]]] and manifests[names[1]] in bot_api.state.messages
-    (warning,) = [log for log in logs if log["log_level"] == "warning"]
-    assert (
-        warning["event"].startswith("Could not delete old backups from the chat now")
-        and "502" in warning["error"]
-    )
-
-    with capture_logs() as logs:
-        assert pruner.prune_chat(bot, CHAT_ID, structlog.get_logger()) == [names[1]]
-
-    assert bot_api.state.edited == [manifests[names[2]], manifests[names[3]]]
-    assert manifests[names[1]] not in bot_api.state.messages
-    assert [name.split("_")[2] for name in chain_from_pin_by_file(bot_api)] == [
-        "20261129",
-        "20261128",
-        "20261122",
-    ]
-    local = json.loads((tmp_path / manifest_name(names[3])).read_bytes())
-    assert local["previous"]["file_id"] == bot_api.state.messages[manifests[names[2]]]["document"]["file_id"]
 
 
 def test_delete_old_without_any_rule_is_refused_rather_than_emptying_the_chat(tmp_path):
@@ -323,7 +161,6 @@ class Chat:
             BackupDirectory(tmp_path / "backups", "shop"), self.store, rules, chat_id=CHAT_ID
         )
         self.parts: dict[str, list[int]] = {}
-        self.manifests: dict[str, int] = {}
 
     def delivered(self, day: int, to: str | None = CHAT_ID, parts: int = 1, known: bool = True) -> str:
         """A backup of the night of `day` November delivered to `to` (None: before the chat was recorded;
@@ -340,7 +177,6 @@ class Chat:
             for part in manifest.parts
         )
         reference = ManifestRef(name, self.bot.send_message(to or CHAT_ID, "manifest").message_id, "m")
-        self.manifests[name] = reference.message_id
         self.store.record_delivered(replace(manifest, parts=sent), reference, None, chat_id=to)
         return name
 
@@ -374,10 +210,7 @@ def test_only_backups_recorded_as_delivered_to_the_current_chat_are_deleted_and_
         chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
 
     assert deleted == [here[1], here[0]]
-    # Their parts, then their manifests (nothing names them: these manifests link to none).
-    assert sorted(bot_api.state.deleted) == sorted(
-        chat.parts[here[0]] + chat.parts[here[1]] + [chat.manifests[here[0]], chat.manifests[here[1]]]
-    )
+    assert sorted(bot_api.state.deleted) == sorted(chat.parts[here[0]] + chat.parts[here[1]])
     assert chat.deleted_from_chat() == set(here[:2])
     assert not any(chat.parts[name][0] in bot_api.state.deleted for name in elsewhere + unrecorded)
     (told,) = [log for log in logs if "does not say which chat" in log["event"]]
@@ -415,7 +248,7 @@ def test_a_backup_whose_parts_messages_are_unknown_is_left_in_the_chat_not_recor
 
 def test_at_most_50_messages_are_deleted_a_run_and_the_rest_at_the_next(tmp_path, bot_api):
     chat = Chat(tmp_path, bot_api, KeepRules(1))
-    doomed = [chat.delivered(day, parts=4) for day in range(1, 16)]  # 14 dropped, 70 messages
+    doomed = [chat.delivered(day, parts=4) for day in range(1, 16)]  # 14 dropped, 56 messages
     newest = doomed.pop()
 
     with capture_logs() as logs:
@@ -423,32 +256,8 @@ def test_at_most_50_messages_are_deleted_a_run_and_the_rest_at_the_next(tmp_path
     deleted_first = len(bot_api.state.deleted)
     second = chat.pruner.prune_chat(chat.bot, CHAT_ID, LOG)
 
-    # Each backup is 5 messages, its 4 parts and its manifest: 10 backups, 50 messages, a run.
-    assert first == doomed[::-1][:10] and deleted_first == 50
+    assert first == doomed[::-1][:12] and deleted_first == 48
     (batch,) = [log for log in logs if log["event"].startswith("Deleting at most 50 messages")]
-    assert (batch["deleting"], batch["remaining"]) == (10, 4)
-    assert second == doomed[3::-1] and len(bot_api.state.deleted) == 70
+    assert (batch["deleting"], batch["remaining"]) == (12, 2)
+    assert second == doomed[1::-1] and len(bot_api.state.deleted) == 56
     assert newest not in chat.deleted_from_chat()
-
-
-def test_edit_message_document_replaces_the_file_keeps_the_message_and_its_pin_as_telegram_does(
-    tmp_path, bot_api
-):
-    bot = BotApi(bot_api.url, FAKE_TOKEN, timeout_s=5, retries=0)
-    first, second = tmp_path / "first.json", tmp_path / "second.json"
-    first.write_bytes(b'{"n": 1}')
-    second.write_bytes(b'{"n": 2}')
-    sent = bot.send_document(CHAT_ID, FileSlice.whole(first), "m.json", "caption one", "application/json")
-    bot.pin_chat_message(CHAT_ID, sent.message_id)
-
-    edited = bot.edit_message_document(CHAT_ID, sent.message_id, FileSlice.whole(second), "m.json", "two")
-
-    assert edited.message_id == sent.message_id and edited.file_id != sent.file_id
-    assert bot.get_chat(CHAT_ID)["pinned_message"]["document"]["file_id"] == edited.file_id
-    assert bot.get_chat(CHAT_ID)["pinned_message"]["caption"] == "two"
-    assert bot_api.state.files[edited.file_id] == b'{"n": 2}' and sent.file_id not in bot_api.state.files
-    with pytest.raises(TelegramRejected, match="message to edit not found"):
-        bot.edit_message_document(CHAT_ID, sent.message_id + 100, FileSlice.whole(second), "m.json", "x")
-    bot_api.state.can_edit_own = False
-    with pytest.raises(MessageNotEditable, match=r"message can't be edited.*allowed to post"):
-        bot.edit_message_document(CHAT_ID, sent.message_id, FileSlice.whole(first), "m.json", "three")
