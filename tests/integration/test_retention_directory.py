@@ -107,13 +107,19 @@ def test_an_undelivered_backup_and_the_newest_good_one_outlive_the_rules(tmp_pat
     assert warning["undelivered"] == [waiting] and warning["beyond_rules"] == [good, waiting]
 
 
-def test_nothing_is_removed_when_the_catalogue_cannot_be_read(tmp_path):
+def delivered_nights(tmp_path, nights: int):
+    """The directory and store of `nights` nightly backups of shop, all delivered."""
     directory = BackupDirectory(tmp_path, "shop")
     store = open_store(tmp_path / ".state.db").store
     clock = Nightly(datetime(2026, 12, 1, 3, 0))
-    for _ in range(5):
+    for _ in range(nights):
         make_backup(directory, store, clock, DeliveryState.SENT)
         clock.next_night()
+    return directory, store
+
+
+def test_nothing_is_removed_when_the_catalogue_cannot_be_read(tmp_path):
+    directory, store = delivered_nights(tmp_path, 5)
     before = files(tmp_path)
     os.rename(tmp_path / ".state.db", tmp_path / "moved.db")  # the store this process has open is gone
 
@@ -126,12 +132,7 @@ def test_nothing_is_removed_when_the_catalogue_cannot_be_read(tmp_path):
 
 
 def test_while_another_backup_is_made_in_the_directory_pruning_waits_for_the_next_time(tmp_path):
-    directory = BackupDirectory(tmp_path, "shop")
-    store = open_store(tmp_path / ".state.db").store
-    clock = Nightly(datetime(2026, 12, 1, 3, 0))
-    for _ in range(3):
-        make_backup(directory, store, clock, DeliveryState.SENT)
-        clock.next_night()
+    directory, store = delivered_nights(tmp_path, 3)
     before = files(tmp_path)
 
     with BackupDirectory(tmp_path, "shop").lock(), capture_logs() as logs:

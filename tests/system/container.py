@@ -28,12 +28,14 @@ PACKAGES = (
     "python3-cffi-backend"
 )
 BOOT_TIMEOUT_S = 60
-# What booting a container and installing the package take; a test module's `pytestmark`.
+# What building the package, booting a container and installing it take; a test module's `pytestmark`.
 NEEDS_CONTAINER = pytest.mark.skipif(
     os.geteuid() != 0
-    or not all(shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "zstd"))
+    or not all(
+        shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "dpkg-buildpackage", "zstd")
+    )
     or not (ROOT_TARBALL.exists() or shutil.which("debootstrap")),
-    reason="needs root, systemd-nspawn, nsenter, dpkg-deb, zstd and debootstrap (or the cached root)",
+    reason="needs root, systemd-nspawn, nsenter, dpkg-buildpackage, zstd, debootstrap (or the cached root)",
 )
 
 

@@ -3,27 +3,17 @@ the token through LoadCredential=, a backup of the host's PostgreSQL delivered t
 the control group, the journal, the watchdog, and the hardening in force while it works."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.conftest import database_url, psql
-from tests.system.container import ROOT_TARBALL, Container
+from tests.system.container import NEEDS_CONTAINER, REPO, Container, build_package
 
-REPO = Path(__file__).parents[2]
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0
-    or not all(shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "zstd"))
-    or not (ROOT_TARBALL.exists() or shutil.which("debootstrap")),
-    reason="needs root, systemd-nspawn, nsenter, dpkg-deb, zstd and debootstrap (or the cached root)",
-)
+pytestmark = NEEDS_CONTAINER
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +21,14 @@ def system(tmp_path_factory):
     """A booted container with the package installed, alice in tgbackupctl, bob in no group."""
     workdir = tmp_path_factory.mktemp("system")
     packages = workdir / "packages"
-    built = subprocess.run(
-        ["bash", str(REPO / "packaging" / "build-deb.sh"), str(packages)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    package = build_package(REPO, packages)
     dbname = f"tgb_system_{uuid.uuid4().hex[:8]}"
     psql("postgres", f"CREATE DATABASE {dbname}")
     psql(dbname, "CREATE TABLE t AS SELECT i, md5(i::text) AS m FROM generate_series(1, 1000) AS i")
     with BotApiStandIn() as api:
         container = Container(workdir, {packages: "/mnt/packages"})
         try:
-            container.run("dpkg", "-i", f"/mnt/packages/{Path(built.stdout.strip()).name}")
+            container.run("dpkg", "-i", f"/mnt/packages/{package.name}")
             container.run("useradd", "--create-home", "--groups", "tgbackupctl", "alice")
             container.run("useradd", "--create-home", "bob")
             yield container, api, dbname

@@ -5,8 +5,6 @@ to a Bot API stand-in; then this package installed over it, removed, installed a
 The steps run in order on one container, each a test of its own, so that a failure names its step."""
 
 import json
-import os
-import shutil
 import time
 import uuid
 
@@ -15,17 +13,10 @@ import pytest
 from tests import release_0_1
 from tests.botapi import CHAT_ID, FAKE_TOKEN, BotApiStandIn
 from tests.conftest import database_url, psql
-from tests.system.container import REPO, ROOT_TARBALL, Container, build_package
+from tests.system.container import NEEDS_CONTAINER, REPO, Container, build_package
 
 BACKUPS = "/var/lib/tgbackupd/backups"
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0
-    or not all(
-        shutil.which(tool) for tool in ("systemd-nspawn", "nsenter", "dpkg-deb", "dpkg-buildpackage", "zstd")
-    )
-    or not (ROOT_TARBALL.exists() or shutil.which("debootstrap")),
-    reason="needs root, systemd-nspawn, nsenter, dpkg-buildpackage, zstd, debootstrap (or the cached root)",
-)
+pytestmark = NEEDS_CONTAINER
 
 
 @pytest.fixture(scope="module")
