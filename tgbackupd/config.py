@@ -1141,6 +1141,18 @@ class Config:
         """Every series known before any backup ran, by prefix, in the order of the entries."""
         return [prefix for target in self.databases for prefix in target.fixed_prefixes]
 
+    def target_of(self, series: str) -> "Target | None":
+        """The entry a series (by prefix) belongs to: the one that writes that prefix, else the `all = true`
+        entry whose prefix begins it (`<prefix><name>`; the longest such); None for a series no entry
+        names (a renamed prefix's, a removed database's), which retention and monitoring leave alone."""
+        for target in self.databases:
+            if series in target.fixed_prefixes:
+                return target
+        finding = [
+            target for target in self.databases if target.all and series.startswith(target.backup.prefix)
+        ]
+        return max(finding, key=lambda target: len(target.backup.prefix), default=None)
+
     def secrets(self) -> list[str]:
         """Return the values that must never reach logs, errors or status output."""
         return secret_spellings(

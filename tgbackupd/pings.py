@@ -40,31 +40,20 @@ class Ping:
 
 def urls_of(config: Config) -> Callable[[str], PingUrls]:
     """Given the configuration, return where each series (by prefix) is pinged: its entry's URLs (an
-    entry of `[[databases]]` may have its own, else it has the `monitoring` section's). A series an
-    `all = true` entry found is its entry's: the entry whose prefix begins its own, the longest."""
-    fixed = {prefix: target.pings for target in config.databases for prefix in target.fixed_prefixes}
-    servers = sorted(
-        (target for target in config.databases if target.all),
-        key=lambda target: len(target.backup.prefix),
-        reverse=True,
-    )
+    entry of `[[databases]]` may have its own, else it has the `monitoring` section's)."""
 
     def find(prefix: str) -> PingUrls:
-        if prefix in fixed:
-            return fixed[prefix]
-        found = next((target for target in servers if prefix.startswith(target.backup.prefix)), None)
-        return found.pings if found else config.monitoring.pings
+        target = config.target_of(prefix)
+        return target.pings if target else config.monitoring.pings
 
     return find
 
 
 def configured_series(config: Config) -> Callable[[str], bool]:
-    """Given the configuration, return whether a series (by prefix) is one of its own: an entry's fixed
-    prefix, or one an `all = true` entry's prefix begins (`<prefix><name>`). A series no longer configured
-    is none of the monitoring's business: its last failure must not hold back a check's success."""
-    fixed = set(config.fixed_prefixes())
-    found_by = [target.backup.prefix for target in config.databases if target.all]
-    return lambda prefix: prefix in fixed or any(prefix.startswith(begins) for begins in found_by)
+    """Given the configuration, return whether a series (by prefix) is one of its own. A series no longer
+    configured is none of the monitoring's business: its last failure must not hold back a check's
+    success."""
+    return lambda prefix: config.target_of(prefix) is not None
 
 
 def failure_body(what: str, error: str | None) -> str:

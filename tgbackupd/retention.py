@@ -206,18 +206,10 @@ def local_rules(rules: KeepRules) -> KeepRules:
 
 
 def rules_for(config: Config, series: str) -> KeepRules | None:
-    """The rules of a series: those of the `[[databases]]` entry whose prefix (or globals' prefix) it is,
-    else of the first entry backing up a whole server whose prefix begins its name; None for a series no
-    entry names (a renamed prefix's, a removed database's): its backups are left alone."""
-    for target in config.databases:
-        if (not target.all and target.backup.prefix == series) or (
-            target.globals and target.globals_prefix == series
-        ):
-            return target.backup.keep_rules
-    for target in config.databases:
-        if target.all and series.startswith(target.backup.prefix):
-            return target.backup.keep_rules
-    return None
+    """The rules of a series: its entry's (Config.target_of); None for a series no entry names (a renamed
+    prefix's, a removed database's): its backups are left alone."""
+    target = config.target_of(series)
+    return target.backup.keep_rules if target else None
 
 
 def mark(

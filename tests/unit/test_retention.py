@@ -188,3 +188,17 @@ def test_a_rule_that_is_not_a_count_is_refused_with_its_entry_named(tmp_path):
 
     with pytest.raises(ConfigError, match=r"databases\[1\]\.keep_weekly = -1 .*a number of weeks \(0: off\)"):
         load_config(str(config_file), {})
+
+
+def test_a_series_found_by_two_whole_server_entries_belongs_to_the_one_with_the_longer_prefix(tmp_path):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        '[[databases]]\nall = true\nhost = "db1"\nprefix = "db"\nkeep_daily = 3\n\n'
+        '[[databases]]\nall = true\nhost = "db2"\nprefix = "db2_"\nkeep_yearly = 3\n'
+    )
+    config = load_config(str(config_file), {})
+
+    # Retention and the pings ask the same question of the configuration, and get the same entry.
+    assert rules_for(config, "db2_billing") == config.databases[1].backup.keep_rules
+    assert rules_for(config, "dbshop") == config.databases[0].backup.keep_rules
+    assert config.target_of("db2_billing") is config.databases[1]
